@@ -1,0 +1,63 @@
+package pitr_test
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+const module = "github.com/pitr-io/pitr"
+
+// TestDependencyDirection enforces the import rules of STYLE.md over the
+// non-test imports of every package (transitively):
+//   - storage and proto import nothing of ours;
+//   - restore never imports agent or coordinator (restore works with the
+//     source cluster gone);
+//   - playground is imported only by cmd/pitr, cmd/pitr-bench and the
+//     playground itself (tests may import it freely).
+func TestDependencyDirection(t *testing.T) {
+	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Deps", "./...").Output()
+	require.NoError(t, err, "go list")
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	deps := map[string][]string{}
+	for {
+		var p struct {
+			ImportPath string
+			Deps       []string
+		}
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		for _, d := range p.Deps {
+			if strings.HasPrefix(d, module+"/") {
+				deps[p.ImportPath] = append(deps[p.ImportPath], strings.TrimPrefix(d, module+"/"))
+			}
+		}
+		if _, ok := deps[p.ImportPath]; !ok {
+			deps[p.ImportPath] = nil
+		}
+	}
+	require.NotEmpty(t, deps)
+	under := func(pkg, dir string) bool { return pkg == dir || strings.HasPrefix(pkg, dir+"/") }
+	for full, ds := range deps {
+		pkg := strings.TrimPrefix(full, module+"/")
+		for _, d := range ds {
+			switch {
+			case (under(pkg, "storage") || under(pkg, "proto")) && !under(d, "storage") && !under(d, "proto"):
+				t.Errorf("%s imports %s: storage and proto import nothing of ours", pkg, d)
+			case under(pkg, "storage") && under(d, "proto"), under(pkg, "proto") && under(d, "storage"):
+				t.Errorf("%s imports %s: storage and proto import nothing of ours", pkg, d)
+			case under(pkg, "restore") && (under(d, "agent") || under(d, "coordinator")):
+				t.Errorf("%s imports %s: restore must work with the cluster gone", pkg, d)
+			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr") && !under(pkg, "cmd/pitr-bench"):
+				t.Errorf("%s imports %s: playground is for tests, cmd/pitr and demo code only", pkg, d)
+			}
+		}
+	}
+}
