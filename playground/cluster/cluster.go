@@ -216,6 +216,10 @@ type Cluster struct {
 	regions  []*Region // sorted by StartKey
 	watchers map[int]Watcher
 	nextW    int
+	// before holds, per region id, the range the region had before its last
+	// split, so a stale request is answered with every region that now covers
+	// it (TiKV attaches the split siblings to EpochNotMatch the same way).
+	before map[uint64]*Region
 }
 
 type persisted struct {
@@ -231,7 +235,7 @@ const metaFile = "cluster.json"
 // region covering the whole key space when dir has none. An empty dir keeps
 // the cluster in memory only.
 func Open(dir string, clusterID uint64, nStores int) (*Cluster, error) {
-	c := &Cluster{dir: dir, stores: map[uint64]*Store{}, watchers: map[int]Watcher{}}
+	c := &Cluster{dir: dir, stores: map[uint64]*Store{}, watchers: map[int]Watcher{}, before: map[uint64]*Region{}}
 	if dir != "" {
 		b, err := os.ReadFile(filepath.Join(dir, metaFile))
 		switch {
@@ -255,11 +259,16 @@ func Open(dir string, clusterID uint64, nStores int) (*Cluster, error) {
 	}
 	c.id = clusterID
 	c.nextID = 1
-	r := &Region{ID: c.allocLocked(), StartKey: []byte{}, EndKey: []byte{}, Epoch: metapb.RegionEpoch{ConfVer: 1, Version: 1}}
+	// Stores take ids 1..n, as a fresh TiKV cluster's usually do.
+	var ids []uint64
 	for i := 0; i < nStores; i++ {
 		s := &Store{ID: c.allocLocked(), Up: true}
 		c.stores[s.ID] = s
-		r.Peers = append(r.Peers, metapb.Peer{Id: c.allocLocked(), StoreId: s.ID})
+		ids = append(ids, s.ID)
+	}
+	r := &Region{ID: c.allocLocked(), StartKey: []byte{}, EndKey: []byte{}, Epoch: metapb.RegionEpoch{ConfVer: 1, Version: 1}}
+	for _, id := range ids {
+		r.Peers = append(r.Peers, metapb.Peer{Id: c.allocLocked(), StoreId: id})
 	}
 	r.Leader = r.Peers[0].StoreId
 	c.regions = []*Region{r}
@@ -504,6 +513,7 @@ func (c *Cluster) Split(rawKey []byte) ([]*Region, error) {
 		return nil, ErrBadSplitKey
 	}
 	before := old.Clone()
+	c.before[old.ID] = before
 	left := old.Clone()
 	left.ID = c.allocLocked()
 	for j := range left.Peers {
@@ -706,9 +716,18 @@ func (c *Cluster) checkLocked(storeID uint64, ctx *kvrpcpb.Context, rawKeys [][]
 // epochNotMatchLocked builds the EpochNotMatch error carrying the regions
 // that now cover the stale region's range, as TiKV does after a split.
 func (c *Cluster) epochNotMatchLocked(r *Region, ep *metapb.RegionEpoch) *errorpb.Error {
+	start, end := r.StartKey, r.EndKey
+	if b := c.before[r.ID]; b != nil {
+		if bytes.Compare(b.StartKey, start) < 0 {
+			start = b.StartKey
+		}
+		if len(end) > 0 && (len(b.EndKey) == 0 || bytes.Compare(b.EndKey, end) > 0) {
+			end = b.EndKey
+		}
+	}
 	var cur []*metapb.Region
 	for _, o := range c.regions {
-		if overlaps(o, r.StartKey, r.EndKey) {
+		if overlaps(o, start, end) {
 			cur = append(cur, o.Meta())
 		}
 	}
