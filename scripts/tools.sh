@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# tools.sh installs the external servers and tools the tests need into
+# <repo>/.tools (git-ignored). It is idempotent: each tool is skipped when it
+# is already present. It exits non-zero if any install fails.
+#
+#   .tools/bin/minio             S3 server      (go install, slow: several minutes)
+#   .tools/bin/fake-gcs-server   GCS emulator   (go install)
+#   .tools/node_modules/.bin/azurite-blob   Azure Blob emulator (npm)
+#   .tools/node_modules/@duckdb/node-api    DuckDB for Node (npm; used by other engineers)
+#
+# Environment:
+#   PITR_TOOLS_FORCE=1   reinstall even when present
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+BIN="$TOOLS/bin"
+mkdir -p "$BIN"
+
+# Pinned versions. Each one is known to build/install with this repo's Go
+# toolchain (Go 1.26) and Node 20.
+MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
+FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
+AZURITE_VERSION="3.35.0"
+DUCKDB_NODE_VERSION="${DUCKDB_NODE_VERSION:-}"
+
+FORCE="${PITR_TOOLS_FORCE:-}"
+
+log() { printf 'tools.sh: %s\n' "$*"; }
+
+present() { [[ -z "$FORCE" && -x "$1" ]]; }
+
+go_install() { # name pkg@version
+	local name="$1" pkg="$2"
+	if present "$BIN/$name"; then
+		log "$name: already at $BIN/$name, skipping"
+		return 0
+	fi
+	log "$name: go install $pkg (GOBIN=$BIN)"
+	# Build outside the repo module so its go.mod pins do not interfere.
+	(cd "$TOOLS" && GOBIN="$BIN" GOFLAGS=-buildvcs=false GOWORK=off go install "$pkg")
+	"$BIN/$name" --version >/dev/null 2>&1 || "$BIN/$name" -help >/dev/null 2>&1 || true
+	log "$name: installed"
+}
+
+npm_install() { # check-path spec
+	local check="$1" spec="$2"
+	if [[ -z "$FORCE" && -e "$check" ]]; then
+		log "$spec: already in $TOOLS/node_modules, skipping"
+		return 0
+	fi
+	log "$spec: npm install --prefix $TOOLS"
+	npm install --no-audit --no-fund --prefix "$TOOLS" "$spec"
+	[[ -e "$check" ]] || { log "$spec: installed but $check is missing"; return 1; }
+	log "$spec: installed"
+}
+
+command -v go >/dev/null || { log "go not found in PATH"; exit 1; }
+command -v npm >/dev/null || { log "npm not found in PATH"; exit 1; }
+
+# npm needs a package.json in the prefix to keep the install local.
+[[ -f "$TOOLS/package.json" ]] || echo '{"name":"pitr-tools","private":true}' >"$TOOLS/package.json"
+
+go_install fake-gcs-server "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION"
+npm_install "$TOOLS/node_modules/.bin/azurite-blob" "azurite@$AZURITE_VERSION"
+duck_spec="@duckdb/node-api"
+[[ -n "$DUCKDB_NODE_VERSION" ]] && duck_spec="@duckdb/node-api@$DUCKDB_NODE_VERSION"
+npm_install "$TOOLS/node_modules/@duckdb/node-api/package.json" "$duck_spec"
+go_install minio "github.com/minio/minio@$MINIO_VERSION"
+
+log "done: $(ls "$BIN" | tr '\n' ' ')"

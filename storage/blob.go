@@ -1,0 +1,343 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"gocloud.dev/blob"
+)
+
+// blobStorage implements Storage on a gocloud.dev/blob bucket (mem, s3, gs,
+// azblob). The file backend has its own implementation (file.go).
+type blobStorage struct {
+	bucket *blob.Bucket
+	prefix string // "" or "a/b/"
+	url    string // redacted
+	red    *redactor
+	cfg    openConfig
+
+	// conditional, if set, makes a write fail when the object exists
+	// (If-None-Match: * or the backend's equivalent), through the driver's
+	// BeforeWrite As hook.
+	conditional func(asFunc func(any) bool) error
+	// conditionalPartSize forces single-request uploads for conditional
+	// writes (S3 conditions apply to PutObject, not to parts).
+	conditionalSinglePart bool
+	// memMu, for the mem backend, serialises writes so that CreateIfAbsent's
+	// check-then-write is exact.
+	memMu *sync.Mutex
+
+	closers []func() error
+}
+
+var _ Storage = (*blobStorage)(nil)
+
+func (s *blobStorage) wrap(op, key string, err error, conditional bool) error {
+	if err == nil {
+		return nil
+	}
+	var oe *opError
+	if errors.As(err, &oe) {
+		return err
+	}
+	return &opError{op: op, key: key, kind: classify(err, conditional), err: err, red: s.red}
+}
+
+func (s *blobStorage) fail(op, key string, kind error) error {
+	return &opError{op: op, key: key, kind: kind, red: s.red}
+}
+
+func (s *blobStorage) check(op, key string) error {
+	return keyError(op, key, checkKey(key, false), s.red)
+}
+
+func keyError(op, key string, err error, red *redactor) error {
+	if err == nil {
+		return nil
+	}
+	return &opError{op: op, kind: ErrInvalidKey, err: err, red: red}
+}
+
+func (s *blobStorage) lockMem() func() {
+	if s.memMu == nil {
+		return func() {}
+	}
+	s.memMu.Lock()
+	return s.memMu.Unlock
+}
+
+func (s *blobStorage) URL() string { return s.url }
+
+func (s *blobStorage) Close() error {
+	err := s.bucket.Close()
+	for _, c := range s.closers {
+		err = errors.Join(err, c())
+	}
+	return err
+}
+
+func (s *blobStorage) Put(ctx context.Context, key string, data []byte) error {
+	if err := s.check("put", key); err != nil {
+		return err
+	}
+	defer s.lockMem()()
+	return s.write(ctx, "put", key, bytes.NewReader(data), int64(len(data)), false)
+}
+
+func (s *blobStorage) PutReader(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := s.check("put", key); err != nil {
+		return err
+	}
+	defer s.lockMem()()
+	return s.write(ctx, "put", key, r, size, false)
+}
+
+// write streams r to key. Any failure, including a reader error or a length
+// mismatch, cancels the writer's context before Close, which makes every
+// gocloud driver abandon the upload instead of committing what it has.
+func (s *blobStorage) write(ctx context.Context, op, key string, r io.Reader, size int64, conditional bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	partSize := s.cfg.partSize
+	opts := &blob.WriterOptions{
+		ContentType:                 "application/octet-stream",
+		DisableContentTypeDetection: true,
+		MaxConcurrency:              s.cfg.concurrency,
+	}
+	if conditional && s.conditional != nil {
+		opts.BeforeWrite = s.conditional
+		if s.conditionalSinglePart && size >= partSize {
+			partSize = size + 1
+		}
+	}
+	opts.BufferSize = int(partSize)
+	w, err := s.bucket.NewWriter(ctx, s.prefix+key, opts)
+	if err != nil {
+		return s.wrap(op, key, err, conditional)
+	}
+	src := r
+	if size >= 0 {
+		src = &exactReader{r: r, left: size}
+	}
+	_, err = io.Copy(w, src)
+	if err != nil {
+		cancel()
+		_ = w.Close() // reports the cancellation; err is the cause
+		return s.wrap(op, key, err, conditional)
+	}
+	if err := w.Close(); err != nil {
+		return s.wrap(op, key, err, conditional)
+	}
+	return nil
+}
+
+// exactReader passes through exactly left bytes and fails if r has fewer or
+// more.
+type exactReader struct {
+	r    io.Reader
+	left int64
+}
+
+var errTooLong = errors.New("reader yields more bytes than the declared size")
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.left == 0 {
+		var one [1]byte
+		n, err := io.ReadFull(e.r, one[:])
+		if n > 0 {
+			return 0, errTooLong
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return 0, io.EOF
+		}
+		return 0, err
+	}
+	if int64(len(p)) > e.left {
+		p = p[:e.left]
+	}
+	n, err := e.r.Read(p)
+	e.left -= int64(n)
+	if err == io.EOF && e.left > 0 {
+		return n, fmt.Errorf("reader ended %d bytes before the declared size: %w", e.left, io.ErrUnexpectedEOF)
+	}
+	if err == io.EOF {
+		err = nil // the next call checks for excess bytes
+	}
+	return n, err
+}
+
+func (s *blobStorage) Get(ctx context.Context, key string) ([]byte, error) {
+	rc, err := s.getRange(ctx, "get", key, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, rc.size()))
+	if _, err := buf.ReadFrom(rc); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func (s *blobStorage) NewReader(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, err := s.getRange(ctx, "read", key, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
+
+func (s *blobStorage) GetRange(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	rc, err := s.getRange(ctx, "read", key, off, length)
+	if err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
+
+type sizedReadCloser interface {
+	io.ReadCloser
+	size() int64
+}
+
+func (s *blobStorage) getRange(ctx context.Context, op, key string, off, length int64) (sizedReadCloser, error) {
+	if err := s.check(op, key); err != nil {
+		return nil, err
+	}
+	if off < 0 {
+		return nil, s.fail(op, key, ErrInvalidRange)
+	}
+	if length == 0 {
+		info, err := s.Stat(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if off > info.Size {
+			return nil, s.fail(op, key, ErrInvalidRange)
+		}
+		return emptyReader{}, nil
+	}
+	r, err := s.bucket.NewRangeReader(ctx, s.prefix+key, off, length, nil)
+	if err != nil {
+		if classify(err, false) == ErrInvalidRange {
+			// Services answer 416 for off >= size (also for 0 on an empty
+			// object); tell off == size (empty, like reading at EOF) from
+			// off > size.
+			info, serr := s.Stat(ctx, key)
+			if serr != nil {
+				return nil, serr
+			}
+			switch {
+			case off == info.Size:
+				return emptyReader{}, nil
+			case off > info.Size:
+				return nil, s.fail(op, key, ErrInvalidRange)
+			}
+		}
+		return nil, s.wrap(op, key, err, false)
+	}
+	if off > r.Size() {
+		_ = r.Close()
+		return nil, s.fail(op, key, ErrInvalidRange)
+	}
+	return &blobReader{r: r, s: s, key: key}, nil
+}
+
+type emptyReader struct{}
+
+func (emptyReader) Read([]byte) (int, error) { return 0, io.EOF }
+func (emptyReader) Close() error             { return nil }
+func (emptyReader) size() int64              { return 0 }
+
+// blobReader classifies errors that happen mid-stream, so that a retrying
+// caller can tell a reset connection from a bug.
+type blobReader struct {
+	r   *blob.Reader
+	s   *blobStorage
+	key string
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = b.s.wrap("read", b.key, err, false)
+	}
+	return n, err
+}
+
+func (b *blobReader) Close() error { return b.s.wrap("close reader", b.key, b.r.Close(), false) }
+func (b *blobReader) size() int64  { return b.r.Size() }
+
+func (s *blobStorage) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	if err := keyError("list", prefix, checkKey(prefix, true), s.red); err != nil {
+		return err
+	}
+	it := s.bucket.List(&blob.ListOptions{Prefix: s.prefix + prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return s.wrap("list", prefix, err, false)
+		}
+		if obj.IsDir || !strings.HasPrefix(obj.Key, s.prefix) {
+			continue
+		}
+		if err := fn(ObjectInfo{Key: obj.Key[len(s.prefix):], Size: obj.Size, ModTime: obj.ModTime}); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *blobStorage) Delete(ctx context.Context, key string) error {
+	if err := s.check("delete", key); err != nil {
+		return err
+	}
+	defer s.lockMem()()
+	// The gocloud drivers check existence first, so a missing object is
+	// NotFound on every backend (S3's DeleteObject alone would succeed).
+	return s.wrap("delete", key, s.bucket.Delete(ctx, s.prefix+key), false)
+}
+
+func (s *blobStorage) Exists(ctx context.Context, key string) (bool, error) {
+	if err := s.check("exists", key); err != nil {
+		return false, err
+	}
+	ok, err := s.bucket.Exists(ctx, s.prefix+key)
+	return ok, s.wrap("exists", key, err, false)
+}
+
+func (s *blobStorage) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	if err := s.check("stat", key); err != nil {
+		return ObjectInfo{}, err
+	}
+	a, err := s.bucket.Attributes(ctx, s.prefix+key)
+	if err != nil {
+		return ObjectInfo{}, s.wrap("stat", key, err, false)
+	}
+	return ObjectInfo{Key: key, Size: a.Size, ModTime: a.ModTime}, nil
+}
+
+func (s *blobStorage) CreateIfAbsent(ctx context.Context, key string, data []byte) error {
+	if err := s.check("create", key); err != nil {
+		return err
+	}
+	defer s.lockMem()()
+	// The cheap check first: it answers the common "already there" case
+	// without an upload, and narrows the race on backends without
+	// conditional writes to the check-then-put window.
+	ok, err := s.bucket.Exists(ctx, s.prefix+key)
+	if err != nil {
+		return s.wrap("create", key, err, false)
+	}
+	if ok {
+		return s.fail("create", key, ErrAlreadyExists)
+	}
+	return s.write(ctx, "create", key, bytes.NewReader(data), int64(len(data)), true)
+}
