@@ -142,7 +142,10 @@ func TestPrewriteRules(t *testing.T) {
 			name:  "older commit is fine",
 			setup: func(t *testing.T, e *Engine) { writeTxn(t, e, 10, 20, put("k", "a")) },
 			args:  PrewriteArgs{Mutations: []Mutation{put("k", "b")}, Primary: []byte("k"), StartTS: 25},
-			check: func(t *testing.T, res PrewriteResult, err error) { require.NoError(t, err); require.Empty(t, res.Locked) },
+			check: func(t *testing.T, res PrewriteResult, err error) {
+				require.NoError(t, err)
+				require.Empty(t, res.Locked)
+			},
 		},
 		{
 			name: "other txn's locks are all reported and nothing is written",
@@ -162,13 +165,19 @@ func TestPrewriteRules(t *testing.T) {
 			name:  "re-prewrite is idempotent",
 			setup: func(t *testing.T, e *Engine) { mustPrewrite(t, e, 10, "k", put("k", "a")) },
 			args:  PrewriteArgs{Mutations: []Mutation{put("k", "a")}, Primary: []byte("k"), StartTS: 10},
-			check: func(t *testing.T, res PrewriteResult, err error) { require.NoError(t, err); require.Empty(t, res.Locked) },
+			check: func(t *testing.T, res PrewriteResult, err error) {
+				require.NoError(t, err)
+				require.Empty(t, res.Locked)
+			},
 		},
 		{
 			name:  "re-prewrite after commit succeeds without writing",
 			setup: func(t *testing.T, e *Engine) { writeTxn(t, e, 10, 20, put("k", "a")) },
 			args:  PrewriteArgs{Mutations: []Mutation{put("k", "a")}, Primary: []byte("k"), StartTS: 10},
-			check: func(t *testing.T, res PrewriteResult, err error) { require.NoError(t, err); require.Empty(t, res.Locked) },
+			check: func(t *testing.T, res PrewriteResult, err error) {
+				require.NoError(t, err)
+				require.Empty(t, res.Locked)
+			},
 		},
 		{
 			name: "prewrite after own rollback is a self-rolled-back conflict",
