@@ -1,0 +1,201 @@
+package flush
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/merge"
+	pitrpb "github.com/pitr-io/pitr/proto"
+)
+
+// flushGen writes g's rows as data files, then the meta. g belongs to the
+// caller; its rows and runs are read, not consumed.
+func (f *Flusher) flushGen(ctx context.Context, g *gen, flushTS uint64, regions []*pitrpb.RegionCoverage) (*pitrpb.Meta, error) {
+	var its []logfile.Iterator
+	closeAll := func() {
+		for _, it := range its {
+			_ = it.Close() // read-only inputs: nothing to lose
+		}
+	}
+	if len(g.chunks) > 0 {
+		its = append(its, merge.Slice(sortChunks(g.chunks)))
+	}
+	for _, r := range g.runs {
+		it, err := openRun(r.path)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("open spill run: %w", err)
+		}
+		its = append(its, it)
+	}
+	var files []*pitrpb.DataFile
+	if len(its) > 0 {
+		// Merge also drops duplicates (equal key and commit_ts) within and
+		// across inputs: readers tolerate them (I5), but they cost space.
+		src := merge.Merge(its...)
+		var err error
+		files, err = f.writeFiles(ctx, flushTS, src)
+		if cerr := src.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("close spill runs: %w", cerr)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	meta := &pitrpb.Meta{
+		FormatVersion: uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1),
+		StoreId:       f.cfg.StoreID,
+		FlushTs:       flushTS,
+		Task:          f.cfg.Task,
+		Files:         files,
+		Regions:       regions,
+	}
+	b, err := logfile.EncodeMeta(meta)
+	if err != nil {
+		return nil, fmt.Errorf("encode meta: %w", err)
+	}
+	if err := f.cfg.Storage.PutReader(ctx, logfile.MetaPath(flushTS, f.cfg.StoreID), bytes.NewReader(b), int64(len(b))); err != nil {
+		f.m.uploadErrors.Inc()
+		return nil, fmt.Errorf("upload meta: %w", err)
+	}
+	return meta, nil
+}
+
+// fileUpload is one data file being written and streamed to storage.
+type fileUpload struct {
+	path string
+	w    *logfile.Writer
+	pw   *io.PipeWriter
+	df   *pitrpb.DataFile
+}
+
+// errShortUpload: PutReader returned before reading the whole file.
+var errShortUpload = errors.New("upload ended before the file was complete")
+
+// writeFiles writes the sorted rows of src as data files of at least
+// FileTarget bytes (the last one may be smaller), each streamed to storage
+// through a pipe while it is written. At most UploadConcurrency files are in
+// flight. It returns once every upload it started has ended, with the files
+// in key order, or the first error (the others follow from it).
+func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.Iterator) ([]*pitrpb.DataFile, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		once  sync.Once
+		first error
+		wg    sync.WaitGroup
+	)
+	fail := func(err error) {
+		once.Do(func() { first = err; cancel(err) })
+	}
+	sem := make(chan struct{}, f.cfg.UploadConcurrency)
+	var uploads []*fileUpload
+
+	start := func() (*fileUpload, error) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+		id, err := newID()
+		if err != nil {
+			<-sem
+			return nil, err
+		}
+		pr, pw := io.Pipe()
+		u := &fileUpload{path: logfile.DataPath(f.cfg.StoreID, flushTS, id), pw: pw}
+		if u.w, err = logfile.NewWriter(pw, f.cfg.Writer); err != nil {
+			<-sem
+			return nil, fmt.Errorf("new data file writer: %w", err)
+		}
+		uploads = append(uploads, u)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := f.cfg.Storage.PutReader(ctx, u.path, pr, -1)
+			if err != nil {
+				f.m.uploadErrors.Inc()
+				fail(fmt.Errorf("upload %s: %w", u.path, err))
+				pr.CloseWithError(err)
+				return
+			}
+			pr.CloseWithError(errShortUpload) // harmless after EOF
+		}()
+		return u, nil
+	}
+	finish := func(u *fileUpload) error {
+		st, err := u.w.Close()
+		if err != nil {
+			return fmt.Errorf("write %s: %w", u.path, err)
+		}
+		_ = u.pw.Close() // always nil; the upload sees EOF
+		u.df = st.DataFile(u.path)
+		return nil
+	}
+	// produce writes the files. On error it reports the cause (fail) before
+	// closing the current pipe, so the cause wins over the upload's echo of it.
+	produce := func() error {
+		var cur *fileUpload
+		abort := func(err error) error {
+			fail(err)
+			if cur != nil {
+				cur.pw.CloseWithError(err)
+			}
+			return err
+		}
+		for src.Next() {
+			r := src.Row()
+			if cur == nil {
+				u, err := start()
+				if err != nil {
+					return abort(err)
+				}
+				cur = u
+			}
+			if err := cur.w.Write(r); err != nil {
+				return abort(fmt.Errorf("write %s: %w", cur.path, err))
+			}
+			if cur.w.Size() >= f.cfg.FileTarget {
+				if err := finish(cur); err != nil {
+					return abort(err)
+				}
+				cur = nil
+			}
+		}
+		if err := src.Err(); err != nil {
+			return abort(fmt.Errorf("read buffered rows: %w", err))
+		}
+		if cur != nil {
+			if err := finish(cur); err != nil {
+				return abort(err)
+			}
+		}
+		return nil
+	}
+	_ = produce()
+	wg.Wait()
+	if first != nil {
+		return nil, first
+	}
+	files := make([]*pitrpb.DataFile, 0, len(uploads))
+	for _, u := range uploads {
+		files = append(files, u.df)
+	}
+	return files, nil
+}
+
+func newID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random file id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
