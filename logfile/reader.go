@@ -520,4 +520,5 @@ func (it *iter) openGroup(g int) error {
 	it.rowsLeft = rg.rows
 	return nil
 }
+
 var _ Iterator = (*iter)(nil)

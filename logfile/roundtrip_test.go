@@ -173,7 +173,9 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestWriteRefusesDisorder(t *testing.T) {
-	r := func(k string, ts uint64) *Row { return &Row{Key: []byte(k), CommitTS: ts, StartTS: ts - 1, Op: OpPut, Value: []byte("v")} }
+	r := func(k string, ts uint64) *Row {
+		return &Row{Key: []byte(k), CommitTS: ts, StartTS: ts - 1, Op: OpPut, Value: []byte("v")}
+	}
 	for _, tc := range []struct {
 		name string
 		rows []*Row

@@ -457,4 +457,3 @@ func stampFooter(buf []byte) error {
 	hex.Encode(meta[at:], c[:])
 	return nil
 }
-
