@@ -112,7 +112,9 @@ func (s *Server) batchSend(ctx context.Context, stream tikvpb.Tikv_BatchCommands
 	return sendErr
 }
 
-func unsupported(name string) string { return fmt.Sprintf("%s is not supported by the playground", name) }
+func unsupported(name string) string {
+	return fmt.Sprintf("%s is not supported by the playground", name)
+}
 
 // handleBatch runs one request of a batch. It returns an error only for a
 // request it cannot answer in kind.
