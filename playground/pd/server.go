@@ -1,0 +1,327 @@
+package pd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/pingcap/kvproto/pkg/pdpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+
+	"github.com/pitr-io/pitr/playground/cluster"
+)
+
+// DefaultGCLifeTime is TiDB's default tidb_gc_life_time.
+const DefaultGCLifeTime = 10 * time.Minute
+
+// etcdReadyTimeout bounds how long Start waits for the embedded etcd.
+const etcdReadyTimeout = 30 * time.Second
+
+// ErrClosed is returned by calls made after Close.
+var ErrClosed = errors.New("pd server is closed")
+
+// Config configures a Server.
+type Config struct {
+	// Dir is the data directory; the embedded etcd lives under Dir/pd. Empty
+	// means a temporary directory removed on Close.
+	Dir string
+	// ClientAddr is the host:port of the PD client URL (also the etcd client
+	// URL). Port 0 picks a free port. Empty means "127.0.0.1:0".
+	ClientAddr string
+	// Cluster is the region book PD reports. Required.
+	Cluster *cluster.Cluster
+	// Logger receives the server's logs (nil = discard).
+	Logger hclog.Logger
+	// GCLifeTime is how far behind the given "now" AdvanceGC keeps the GC
+	// safepoint (0 = DefaultGCLifeTime).
+	GCLifeTime time.Duration
+}
+
+// Server is a running playground PD.
+type Server struct {
+	cfg       Config
+	log       hclog.Logger
+	cluster   *cluster.Cluster
+	clusterID uint64
+	root      string // "/pd/<cluster_id>"
+	dir       string
+	ownDir    bool
+
+	etcd     *embed.Etcd
+	cli      *clientv3.Client
+	addr     string
+	peerURL  string
+	memberID uint64
+
+	tso *tsoAllocator
+
+	// gcMu serialises safepoint read-modify-writes (PD's serviceSafePointLock).
+	gcMu sync.Mutex
+	// skew is added to the wall clock used for safepoint TTLs, so tests can
+	// move time forward.
+	skew atomic.Int64
+
+	downMu    sync.Mutex
+	downSince map[uint64]time.Time // store id -> when PD saw it go down
+	unwatch   func()
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start starts the embedded etcd with the PD service on its client URL and
+// returns once both are ready.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Cluster == nil {
+		return nil, errors.New("pd: Config.Cluster is required")
+	}
+	if cfg.Cluster.ID() == 0 {
+		return nil, errors.New("pd: cluster id must not be 0")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.GCLifeTime <= 0 {
+		cfg.GCLifeTime = DefaultGCLifeTime
+	}
+	if cfg.ClientAddr == "" {
+		cfg.ClientAddr = "127.0.0.1:0"
+	}
+	host, portStr, err := net.SplitHostPort(cfg.ClientAddr)
+	if err != nil {
+		return nil, fmt.Errorf("pd: client addr %q: %w", cfg.ClientAddr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("pd: client addr %q: bad port", cfg.ClientAddr)
+	}
+
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.Named("pd"),
+		cluster:   cfg.Cluster,
+		clusterID: cfg.Cluster.ID(),
+		dir:       cfg.Dir,
+		downSince: map[uint64]time.Time{},
+		closing:   make(chan struct{}),
+	}
+	s.root = fmt.Sprintf("/pd/%d", s.clusterID)
+	s.tso = newTSOAllocator(s.saveTSOLimit)
+	if s.dir == "" {
+		d, err := os.MkdirTemp("", "pitr-pd-*")
+		if err != nil {
+			return nil, fmt.Errorf("pd: temp dir: %w", err)
+		}
+		s.dir, s.ownDir = d, true
+	}
+	fail := func(err error) (*Server, error) {
+		s.shutdown()
+		return nil, err
+	}
+
+	// Free ports are picked by binding and releasing them, so another process
+	// may grab one in between; retry a few times when that happens.
+	for attempt := 0; ; attempt++ {
+		clientPort := port
+		if clientPort == 0 {
+			if clientPort, err = freePort(host); err != nil {
+				return fail(err)
+			}
+		}
+		peerPort, perr := freePort(host)
+		if perr != nil {
+			return fail(perr)
+		}
+		err = s.startEtcd(ctx, host, clientPort, peerPort)
+		if err == nil {
+			break
+		}
+		if attempt >= 4 || !errors.Is(err, syscall.EADDRINUSE) {
+			return fail(err)
+		}
+		s.log.Debug("port taken, retrying", "error", err)
+	}
+
+	s.cli, err = clientv3.New(clientv3.Config{
+		Endpoints:   []string{s.addr},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return fail(fmt.Errorf("pd: etcd client: %w", err))
+	}
+	if err := s.initTSO(ctx); err != nil {
+		return fail(err)
+	}
+
+	// Stores that are already down when PD starts count as down from now.
+	for _, st := range s.cluster.Stores() {
+		if !st.Up {
+			s.downSince[st.ID] = s.wallNow()
+		}
+	}
+	s.unwatch = s.cluster.Watch(s.onTopology)
+
+	s.log.Info("pd started", "addr", s.addr, "cluster_id", s.clusterID, "dir", s.dir)
+	return s, nil
+}
+
+func (s *Server) startEtcd(ctx context.Context, host string, clientPort, peerPort int) error {
+	clientURL := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(clientPort))}
+	peerURL := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(peerPort))}
+
+	ec := embed.NewConfig()
+	ec.Name = "pd"
+	ec.Dir = filepath.Join(s.dir, "pd")
+	ec.ListenClientUrls = []url.URL{clientURL}
+	ec.AdvertiseClientUrls = []url.URL{clientURL}
+	ec.ListenPeerUrls = []url.URL{peerURL}
+	ec.AdvertisePeerUrls = []url.URL{peerURL}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.InitialClusterToken = "pitr-playground-pd"
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = "1h"
+	ec.Logger = "zap"
+	ec.LogLevel = "error"
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdLogger(s.cfg.Logger.Named("etcd")))
+	ec.ServiceRegister = func(gs *grpc.Server) {
+		// etcd already registers grpc.health.v1.Health (SERVING for ""),
+		// which is what PD serves too; registering it again would panic.
+		pdpb.RegisterPDServer(gs, &grpcService{s: s})
+	}
+
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return fmt.Errorf("pd: start etcd: %w", err)
+	}
+	timer := time.NewTimer(etcdReadyTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return fmt.Errorf("pd: etcd: %w", err)
+	case <-timer.C:
+		e.Close()
+		return errors.New("pd: etcd did not become ready in time")
+	case <-ctx.Done():
+		e.Close()
+		return ctx.Err()
+	}
+	s.etcd = e
+	s.addr = clientURL.Host
+	s.peerURL = peerURL.String()
+	s.memberID = uint64(e.Server.ID())
+	return nil
+}
+
+// etcdLogger routes etcd's zap logs at error level and above to hclog.
+func etcdLogger(l hclog.Logger) *zap.Logger {
+	w := l.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error})
+	enc := zapcore.NewConsoleEncoder(zapcore.EncoderConfig{
+		MessageKey:     "msg",
+		LevelKey:       "",
+		TimeKey:        "",
+		NameKey:        "logger",
+		EncodeDuration: zapcore.StringDurationEncoder,
+	})
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), zapcore.ErrorLevel))
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("pd: pick free port: %w", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, fmt.Errorf("pd: pick free port: %w", err)
+	}
+	return port, nil
+}
+
+// Addr returns the host:port of the PD client URL, which also serves etcd.
+func (s *Server) Addr() string { return s.addr }
+
+// Etcd returns a client of the embedded etcd. It is owned by the Server and
+// closed by Close.
+func (s *Server) Etcd() *clientv3.Client { return s.cli }
+
+// ClusterID returns the PD cluster id (the region book's id).
+func (s *Server) ClusterID() uint64 { return s.clusterID }
+
+// Close stops the PD service and the embedded etcd, and removes the data
+// directory when Start created it.
+func (s *Server) Close() error {
+	s.shutdown()
+	return s.closeErr
+}
+
+func (s *Server) shutdown() {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		if s.unwatch != nil {
+			s.unwatch()
+		}
+		var errs []error
+		if s.cli != nil {
+			if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+				errs = append(errs, fmt.Errorf("close etcd client: %w", err))
+			}
+		}
+		if s.etcd != nil {
+			s.etcd.Close()
+		}
+		if s.ownDir {
+			if err := os.RemoveAll(s.dir); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s: %w", s.dir, err))
+			}
+		}
+		s.closeErr = errors.Join(errs...)
+		s.log.Info("pd stopped", "addr", s.addr)
+	})
+}
+
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// onTopology records when stores go down, for down_peers. It runs under the
+// cluster's write lock and must not call back into the cluster.
+func (s *Server) onTopology(ev cluster.Event) {
+	switch ev.Kind {
+	case cluster.EventStoreDown:
+		s.downMu.Lock()
+		s.downSince[ev.StoreID] = s.wallNow()
+		s.downMu.Unlock()
+	case cluster.EventStoreUp:
+		s.downMu.Lock()
+		delete(s.downSince, ev.StoreID)
+		s.downMu.Unlock()
+	}
+}
+
+// wallNow is the wall clock of safepoint TTLs and down-peer durations.
+func (s *Server) wallNow() time.Time {
+	return time.Now().Add(time.Duration(s.skew.Load()))
+}
