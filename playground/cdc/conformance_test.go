@@ -2,12 +2,16 @@ package cdc_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -255,25 +259,21 @@ func TestLiveRowsInterleaveWithScan(t *testing.T) {
 	f.resume()
 	f.until(func() bool { return f.initialized[k] })
 	rows := f.logs[k].rows
-	live := -1
+	last := -1 // index of the live COMMIT
 	var scanKeys [][]byte
 	for i, row := range rows {
 		if string(row.Key) == "live" {
-			if live < 0 {
-				live = i
-			}
-			continue
-		}
-		if row.Type == cdcpb.Event_COMMITTED {
+			last = i
+		} else if row.Type == cdcpb.Event_COMMITTED {
 			scanKeys = append(scanKeys, row.Key)
 		}
 	}
-	require.Greater(t, live, 0)
-	require.Less(t, live+2, len(rows)-1, "live rows must come before the scan ends")
+	require.Greater(t, last, 0)
+	require.Equal(t, cdcpb.Event_COMMITTED, rows[last+1].Type, "scan rows must follow the live rows")
 	requireRows(t, []wantRow{
 		{cdcpb.Event_PREWRITE, cdcpb.Event_Row_PUT, "live", s, 0, []byte("v"), nil},
 		{cdcpb.Event_COMMIT, cdcpb.Event_Row_PUT, "live", s, c, []byte("v"), nil},
-	}, rows[live:live+2])
+	}, liveOnly(rows, "live"))
 	require.Len(t, scanKeys, 16<<10)
 	for i := 1; i < len(scanKeys); i++ {
 		require.Negative(t, bytes.Compare(scanKeys[i-1], scanKeys[i]), "scan out of key order")
@@ -725,4 +725,161 @@ func TestCongestedWhenLiveRowsExceedQuota(t *testing.T) {
 	e, _ := f.errorOf(k)
 	require.NotNil(t, e.Congested, "%v", e)
 	require.Equal(t, r.ID, e.Congested.RegionId)
+}
+
+// TestResolvedTsGuarantee runs concurrent 2PC (single- and multi-region),
+// async-commit, 1PC and rolled-back transactions over three regions on two
+// stores while consumers check, on every message, that no COMMIT/COMMITTED
+// at or below a received resolved ts ever follows it; at the end every
+// commit must have been delivered exactly once.
+func TestResolvedTsGuarantee(t *testing.T) {
+	h := newHarness(t, harnessOpts{minTSInterval: 5 * time.Millisecond})
+	for _, k := range []string{"g", "p"} {
+		_, err := h.cl.Split([]byte(k))
+		require.NoError(t, err)
+	}
+	mid := h.region("h")
+	require.NoError(t, h.cl.TransferLeader(mid.ID, h.follower(mid)))
+	regions := []*cluster.Region{h.region("a"), h.region("h"), h.region("q")}
+	start := h.ts()
+	feeds := map[uint64]*feed{}
+	for _, r := range regions {
+		f := feeds[r.Leader]
+		if f == nil {
+			f = openFeed(t, h.addrs[r.Leader], feedOpts{version: "8.5.0", clusterID: testClusterID})
+			feeds[r.Leader] = f
+		}
+		f.register(r, 1, start)
+	}
+	for _, r := range regions {
+		feeds[r.Leader].initializedRows(subID{1, r.ID})
+	}
+
+	type commitRec struct {
+		key    string
+		commit uint64
+	}
+	var (
+		mu      sync.Mutex
+		commits []commitRec
+		errs    []error
+	)
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail := func(err error) {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			ts := func() uint64 { v, _ := h.tso.TS(context.Background()); return v }
+			for i := 0; time.Now().Before(deadline); i++ {
+				a, b := fmt.Sprintf("a-%d-%d", w, i), fmt.Sprintf("h-%d-%d", w, i)
+				c := fmt.Sprintf("q-%d-%d", w, i)
+				s := ts()
+				var done []commitRec
+				switch i % 5 {
+				case 0: // 2PC in one region
+					if _, _, err := h.tryPrewrite(s, []mut{put(a, []byte("v")), put(a+"x", val(300, "big"))}, pwOpts{}); err != nil {
+						fail(err)
+						return
+					}
+					cts := ts()
+					if err := h.tryCommit(s, cts, a, a+"x"); err != nil {
+						fail(err)
+						return
+					}
+					done = []commitRec{{a, cts}, {a + "x", cts}}
+				case 1: // 2PC over two regions, primary first
+					if _, _, err := h.tryPrewrite(s, []mut{put(b, []byte("v"))}, pwOpts{}); err != nil {
+						fail(err)
+						return
+					}
+					if _, _, err := h.tryPrewrite(s, []mut{put(c, []byte("v"))}, pwOpts{primary: b}); err != nil {
+						fail(err)
+						return
+					}
+					cts := ts()
+					if err := h.tryCommit(s, cts, b); err != nil {
+						fail(err)
+						return
+					}
+					if err := h.tryCommit(s, cts, c); err != nil {
+						fail(err)
+						return
+					}
+					done = []commitRec{{b, cts}, {c, cts}}
+				case 2: // async commit over two regions: commit ts = max min_commit_ts
+					_, m1, err := h.tryPrewrite(s, []mut{put(a, []byte("v"))}, pwOpts{async: true, secondaries: []string{c}})
+					if err != nil {
+						fail(err)
+						return
+					}
+					_, m2, err := h.tryPrewrite(s, []mut{put(c, []byte("v"))}, pwOpts{async: true, primary: a})
+					if err != nil {
+						fail(err)
+						return
+					}
+					cts := max(m1, m2)
+					if err := h.tryCommit(s, cts, c); err != nil {
+						fail(err)
+						return
+					}
+					if err := h.tryCommit(s, cts, a); err != nil {
+						fail(err)
+						return
+					}
+					done = []commitRec{{a, cts}, {c, cts}}
+				case 3: // 1PC
+					cts, _, err := h.tryPrewrite(s, []mut{put(b, []byte("v")), del(b + "y")}, pwOpts{onePC: true})
+					if err != nil || cts == 0 {
+						fail(fmt.Errorf("1pc: %v (commit ts %d)", err, cts))
+						return
+					}
+					done = []commitRec{{b, cts}, {b + "y", cts}}
+				case 4: // rolled back
+					if _, _, err := h.tryPrewrite(s, []mut{put(c, []byte("v"))}, pwOpts{}); err != nil {
+						fail(err)
+						return
+					}
+					ctx, kv := h.route([]byte(c))
+					if _, err := kv.KvBatchRollback(context.Background(), &kvrpcpb.BatchRollbackRequest{Context: ctx, StartVersion: s, Keys: [][]byte{[]byte(c)}}); err != nil {
+						fail(err)
+						return
+					}
+				}
+				mu.Lock()
+				commits = append(commits, done...)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	require.Empty(t, errs)
+	require.NotEmpty(t, commits)
+
+	// Read until every region is resolved past everything written.
+	end := h.ts()
+	seen := map[commitRec]int{}
+	for _, r := range regions {
+		f := feeds[r.Leader]
+		f.until(func() bool { return f.resolved[subID{0, r.ID}] > end })
+	}
+	for _, f := range feeds {
+		for k, l := range f.logs {
+			require.Nil(t, l.err, "%v", k)
+			for _, row := range l.rows {
+				if row.Type == cdcpb.Event_COMMIT || row.Type == cdcpb.Event_COMMITTED {
+					seen[commitRec{string(row.Key), row.CommitTs}]++
+				}
+			}
+		}
+	}
+	for _, c := range commits {
+		require.Equal(t, 1, seen[c], "commit %v delivered %d times", c, seen[c])
+	}
+	require.Len(t, seen, len(commits))
 }

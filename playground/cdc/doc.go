@@ -58,8 +58,11 @@
 //
 // # Resolved ts
 //
-// Every MinTSInterval the service takes a TSO (and pushes the engine's
-// max_ts to it, like TiKV's concurrency manager update), then for every Normal subscription advances advanced_to
+// Every MinTSInterval the service takes a TSO and pushes the engine's
+// max_ts to it (TiKV's concurrency-manager update), then waits for the
+// command being applied, if any (the engine's snapshot is the barrier; it
+// stands in for TiKV's in-memory locks of a 1PC/async-commit prewrite that
+// read max_ts just before), then for every Normal subscription advances advanced_to
 // to min(TSO, oldest tracked Put/Delete lock in its span) when that is
 // larger. Locks are tracked from the snapshot (seeded while scanning, with
 // the changes observed meanwhile replayed on top) and from live lock Puts,

@@ -2,19 +2,21 @@ package cdc_test
 
 import (
 	"context"
-	"net"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
+	"github.com/pingcap/kvproto/pkg/tikvpb"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 
 	"github.com/pitr-io/pitr/playground/cdc"
 	"github.com/pitr-io/pitr/playground/cluster"
 	"github.com/pitr-io/pitr/playground/mvcc"
+	"github.com/pitr-io/pitr/playground/tikv"
 )
 
 const testClusterID = 4242
@@ -38,8 +40,9 @@ func (c *clockTSO) TS(context.Context) (uint64, error) {
 }
 
 // harness is a small cluster: the region book, one engine, a TSO and one
-// gRPC server per store with the CDC service registered. Writes go through
-// the engine inside cluster.Apply, as a store's tikvpb handler does.
+// playground store server per store (tikvpb) with the CDC service
+// registered on it. Every write is a raw tikvpb call to the region's
+// leader, which gives the tests exact control over each command.
 type harness struct {
 	t     *testing.T
 	cl    *cluster.Cluster
@@ -47,7 +50,8 @@ type harness struct {
 	tso   *clockTSO
 	addrs map[uint64]string
 	svcs  map[uint64]*cdc.Service
-	srvs  map[uint64]*grpc.Server
+	srvs  map[uint64]*tikv.Server
+	kv    map[uint64]tikvpb.TikvClient
 }
 
 type harnessOpts struct {
@@ -68,22 +72,8 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	require.NoError(t, err)
 	eng, err := mvcc.Open("", hclog.NewNullLogger())
 	require.NoError(t, err)
-	h := &harness{t: t, cl: cl, eng: eng, tso: &clockTSO{}, addrs: map[uint64]string{}, svcs: map[uint64]*cdc.Service{}, srvs: map[uint64]*grpc.Server{}}
-	for _, s := range cl.Stores() {
-		svc := cdc.New(cdc.Config{
-			StoreID: s.ID, ClusterID: testClusterID, Cluster: cl, Engine: eng, TSO: h.tso,
-			MinTSInterval: o.minTSInterval, MemoryQuota: o.memoryQuota,
-		})
-		g := grpc.NewServer()
-		svc.Register(g)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		go g.Serve(ln)
-		h.addrs[s.ID] = ln.Addr().String()
-		h.svcs[s.ID] = svc
-		h.srvs[s.ID] = g
-		require.NoError(t, cl.SetStoreAddr(s.ID, ln.Addr().String()))
-	}
+	h := &harness{t: t, cl: cl, eng: eng, tso: &clockTSO{}, addrs: map[uint64]string{},
+		svcs: map[uint64]*cdc.Service{}, srvs: map[uint64]*tikv.Server{}, kv: map[uint64]tikvpb.TikvClient{}}
 	t.Cleanup(func() {
 		for id, svc := range h.svcs {
 			svc.Close()
@@ -91,6 +81,16 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		}
 		eng.Close()
 	})
+	for _, s := range cl.Stores() {
+		svc := cdc.New(cdc.Config{
+			StoreID: s.ID, ClusterID: testClusterID, Cluster: cl, Engine: eng, TSO: h.tso,
+			MinTSInterval: o.minTSInterval, MemoryQuota: o.memoryQuota,
+		})
+		srv, err := tikv.Start(tikv.Config{StoreID: s.ID, Cluster: cl, Engine: eng, Register: []func(*grpc.Server){svc.Register}})
+		require.NoError(t, err)
+		h.svcs[s.ID], h.srvs[s.ID], h.addrs[s.ID] = svc, srv, srv.Addr()
+		h.kv[s.ID] = tikvpb.NewTikvClient(dialStore(t, srv.Addr(), false))
+	}
 	return h
 }
 
@@ -120,17 +120,13 @@ func (h *harness) follower(r *cluster.Region) uint64 {
 	return 0
 }
 
-// apply runs fn as one command of the region holding keys (they must share
-// a region), through the leader, as a tikvpb handler would.
-func (h *harness) apply(keys [][]byte, fn func() error) {
-	h.t.Helper()
-	r := h.cl.LocateRaw(keys[0])
+// route returns the request context and the leader's client for the region
+// holding key (every key of a request must share that region).
+func (h *harness) route(key []byte) (*kvrpcpb.Context, tikvpb.TikvClient) {
+	r := h.cl.LocateRaw(key)
 	require.NotNil(h.t, r)
 	ep := r.Epoch
-	ctx := &kvrpcpb.Context{RegionId: r.ID, RegionEpoch: &ep, Peer: r.LeaderPeer()}
-	rerr, err := h.cl.Apply(r.Leader, ctx, keys, func(*cluster.Region) error { return fn() })
-	require.Nil(h.t, rerr)
-	require.NoError(h.t, err)
+	return &kvrpcpb.Context{RegionId: r.ID, RegionEpoch: &ep, Peer: r.LeaderPeer()}, h.kv[r.Leader]
 }
 
 type mut struct {
@@ -144,51 +140,88 @@ func del(k string) mut           { return mut{mvcc.OpDelete, k, nil} }
 func lockOnly(k string) mut      { return mut{mvcc.OpLock, k, nil} }
 
 type pwOpts struct {
-	onePC     bool
-	async     bool
-	txnSource uint64
+	onePC       bool
+	async       bool
+	txnSource   uint64
+	primary     string   // default: the first mutation's key
+	secondaries []string // async commit: the other keys of the txn
 }
 
-// prewrite prewrites muts (primary = the first) and returns the 1PC commit
-// ts when committed in one phase.
+// prewrite prewrites muts (primary = the first) with KvPrewrite and
+// returns the 1PC commit ts when committed in one phase.
 func (h *harness) prewrite(startTS uint64, muts []mut, o pwOpts) uint64 {
 	h.t.Helper()
-	var ms []mvcc.Mutation
-	var keys [][]byte
-	for _, m := range muts {
-		ms = append(ms, mvcc.Mutation{Op: m.op, Key: []byte(m.key), Value: m.value})
-		keys = append(keys, []byte(m.key))
+	onePC, _, err := h.tryPrewrite(startTS, muts, o)
+	require.NoError(h.t, err)
+	return onePC
+}
+
+// tryPrewrite is prewrite for goroutines: it returns the 1PC commit ts,
+// the async-commit min_commit_ts and any error.
+func (h *harness) tryPrewrite(startTS uint64, muts []mut, o pwOpts) (uint64, uint64, error) {
+	primary := []byte(muts[0].key)
+	if o.primary != "" {
+		primary = []byte(o.primary)
 	}
-	var res mvcc.PrewriteResult
-	h.apply(keys, func() error {
-		var err error
-		res, err = h.eng.Prewrite(mvcc.PrewriteArgs{
-			Mutations: ms, Primary: keys[0], StartTS: startTS, LockTTL: 3000,
-			TryOnePC: o.onePC, UseAsyncCommit: o.async, TxnSource: o.txnSource,
-			Secondaries: keys[1:],
-		})
-		return err
-	})
-	require.Empty(h.t, res.Locked)
-	return res.OnePCCommitTS
+	req := &kvrpcpb.PrewriteRequest{
+		PrimaryLock: primary, StartVersion: startTS, LockTtl: 3000,
+		TxnSize: uint64(len(muts)), TryOnePc: o.onePC, UseAsyncCommit: o.async,
+		Secondaries: bkeys(o.secondaries),
+	}
+	for _, m := range muts {
+		op := map[mvcc.MutationOp]kvrpcpb.Op{mvcc.OpPut: kvrpcpb.Op_Put, mvcc.OpDelete: kvrpcpb.Op_Del, mvcc.OpLock: kvrpcpb.Op_Lock}[m.op]
+		req.Mutations = append(req.Mutations, &kvrpcpb.Mutation{Op: op, Key: []byte(m.key), Value: m.value})
+	}
+	var kv tikvpb.TikvClient
+	req.Context, kv = h.route([]byte(muts[0].key))
+	req.Context.TxnSource = o.txnSource
+	resp, err := kv.KvPrewrite(context.Background(), req)
+	switch {
+	case err != nil:
+		return 0, 0, err
+	case resp.RegionError != nil:
+		return 0, 0, fmt.Errorf("prewrite: %v", resp.RegionError)
+	case len(resp.Errors) > 0:
+		return 0, 0, fmt.Errorf("prewrite: %v", resp.Errors)
+	}
+	return resp.OnePcCommitTs, resp.MinCommitTs, nil
 }
 
 func (h *harness) commit(startTS, commitTS uint64, keys ...string) {
 	h.t.Helper()
-	h.apply(bkeys(keys), func() error { return h.eng.Commit(bkeys(keys), startTS, commitTS) })
+	require.NoError(h.t, h.tryCommit(startTS, commitTS, keys...))
+}
+
+func (h *harness) tryCommit(startTS, commitTS uint64, keys ...string) error {
+	ctx, kv := h.route([]byte(keys[0]))
+	resp, err := kv.KvCommit(context.Background(), &kvrpcpb.CommitRequest{Context: ctx, StartVersion: startTS, CommitVersion: commitTS, Keys: bkeys(keys)})
+	switch {
+	case err != nil:
+		return err
+	case resp.RegionError != nil:
+		return fmt.Errorf("commit: %v", resp.RegionError)
+	case resp.Error != nil:
+		return fmt.Errorf("commit: %v", resp.Error)
+	}
+	return nil
 }
 
 func (h *harness) rollback(startTS uint64, keys ...string) {
 	h.t.Helper()
-	h.apply(bkeys(keys), func() error { return h.eng.BatchRollback(bkeys(keys), startTS) })
+	ctx, kv := h.route([]byte(keys[0]))
+	resp, err := kv.KvBatchRollback(context.Background(), &kvrpcpb.BatchRollbackRequest{Context: ctx, StartVersion: startTS, Keys: bkeys(keys)})
+	require.NoError(h.t, err)
+	require.Nil(h.t, resp.RegionError)
+	require.Nil(h.t, resp.Error)
 }
 
 func (h *harness) heartbeat(startTS uint64, primary string) {
 	h.t.Helper()
-	h.apply(bkeys([]string{primary}), func() error {
-		_, err := h.eng.TxnHeartBeat([]byte(primary), startTS, 60000)
-		return err
-	})
+	ctx, kv := h.route([]byte(primary))
+	resp, err := kv.KvTxnHeartBeat(context.Background(), &kvrpcpb.TxnHeartBeatRequest{Context: ctx, PrimaryLock: []byte(primary), StartVersion: startTS, AdviseLockTtl: 60000})
+	require.NoError(h.t, err)
+	require.Nil(h.t, resp.RegionError)
+	require.Nil(h.t, resp.Error)
 }
 
 // txn prewrites and commits muts in 2PC and returns (start, commit).

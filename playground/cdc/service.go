@@ -56,6 +56,18 @@ type MaxTSUpdater interface {
 	UpdateMaxTS(ts uint64)
 }
 
+// ApplyBarrier is implemented by engines whose Snapshot serializes with
+// applied commands (*mvcc.Engine takes its write lock). A prewrite may have
+// read max_ts just before UpdateMaxTS and not be applied yet: it computes
+// its 1PC/async-commit ts from the old max_ts and holds no lock the round
+// could see (TiKV covers that window with the concurrency manager's
+// in-memory locks). Taking a snapshot right after UpdateMaxTS waits for
+// such a command, whose rows are then queued before the round's resolved
+// ts.
+type ApplyBarrier interface {
+	Snapshot() mvcc.Snapshot
+}
+
 // MemLockTracker is implemented by engines that keep in-memory locks of
 // async-commit/1PC prewrites in flight outside the observed apply path;
 // the round's ts is lowered to the oldest of them. (*mvcc.Engine applies
@@ -93,6 +105,7 @@ type Service struct {
 	log     hclog.Logger
 	maxTS   MaxTSUpdater   // nil unless the engine keeps max_ts
 	memLock MemLockTracker // nil unless the engine keeps in-memory locks
+	barrier ApplyBarrier   // nil unless the engine has one
 	unwatch func()
 
 	// gen counts topology events; a capture taken under cluster.View is
@@ -140,6 +153,7 @@ func New(cfg Config) *Service {
 	}
 	s.maxTS, _ = cfg.Engine.(MaxTSUpdater)
 	s.memLock, _ = cfg.Engine.(MemLockTracker)
+	s.barrier, _ = cfg.Engine.(ApplyBarrier)
 	if st, err := cfg.Cluster.Store(cfg.StoreID); err == nil && !st.Up {
 		s.down = true
 	}
@@ -318,6 +332,9 @@ func (s *Service) advance(ctx context.Context) {
 	minTS := ts
 	if s.maxTS != nil {
 		s.maxTS.UpdateMaxTS(ts)
+		if s.barrier != nil {
+			s.barrier.Snapshot().Release()
+		}
 	}
 	if s.memLock != nil {
 		if l, ok := s.memLock.GlobalMinLockTS(); ok && l < minTS {
