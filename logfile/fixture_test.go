@@ -69,6 +69,8 @@ func TestFormatVersionRefused(t *testing.T) {
 	require.NotErrorIs(t, err, ErrCorrupt)
 }
 
-func le32(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+func le32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
 
 func readFileUp(rel string) ([]byte, error) { return os.ReadFile(filepath.Join("..", rel)) }

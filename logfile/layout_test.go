@@ -69,7 +69,7 @@ func TestParseMetaPath(t *testing.T) {
 func sampleMeta() *pitrpb.Meta {
 	return &pitrpb.Meta{
 		StoreId: 4, FlushTs: 99, Task: "t",
-		Files: []*pitrpb.DataFile{{Path: "log/a.parquet", Size: 10, Sha256: bytes.Repeat([]byte{1}, 32), Rows: 2, MinKey: []byte("a"), MaxKey: []byte("b"), MinCommitTs: 5, MaxCommitTs: 9, MinStartTs: 4, LogicalBytes: 7}},
+		Files:   []*pitrpb.DataFile{{Path: "log/a.parquet", Size: 10, Sha256: bytes.Repeat([]byte{1}, 32), Rows: 2, MinKey: []byte("a"), MaxKey: []byte("b"), MinCommitTs: 5, MaxCommitTs: 9, MinStartTs: 4, LogicalBytes: 7}},
 		Regions: []*pitrpb.RegionCoverage{{RegionId: 2, EpochVersion: 3, StartKey: []byte("a"), EndKey: []byte("c"), FromTs: 1, ToTs: 99}},
 	}
 }
