@@ -57,7 +57,7 @@ func TestMinIOKilledMidUpload(t *testing.T) {
 			require.Error(t, err)
 			require.True(t, storage.IsTransient(err), "a dead server is a transient failure: %v", err)
 
-			m.Start()
+			require.NoError(t, m.Restart())
 			if key == "new/k" {
 				ok, err := s.Exists(ctx, key)
 				require.NoError(t, err)
@@ -87,8 +87,7 @@ func TestMinIOKilledRetrySucceeds(t *testing.T) {
 		MaxAttempts: 3,
 		Sleep: func(ctx context.Context, d time.Duration) error {
 			restarts++
-			m.Start() // the "outage" ends during the backoff
-			return ctx.Err()
+			return m.Restart() // the "outage" ends during the backoff
 		},
 	})
 	const size = 96 << 20

@@ -72,7 +72,11 @@ func ToolsDir() string {
 // FindTool looks for an executable in ToolsDir()/bin,
 // ToolsDir()/node_modules/.bin and then $PATH.
 func FindTool(name string) (string, error) {
-	tools := ToolsDir()
+	return FindToolIn(ToolsDir(), name)
+}
+
+// FindToolIn is FindTool with an explicit tools directory.
+func FindToolIn(tools, name string) (string, error) {
 	for _, p := range []string{filepath.Join(tools, "bin", name), filepath.Join(tools, "node_modules", ".bin", name)} {
 		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
 			return p, nil
@@ -99,13 +103,13 @@ func needTool(t testing.TB, name string) string {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
+	if err != nil {
+		return 0, err
+	}
 	port := l.Addr().(*net.TCPAddr).Port
-	require.NoError(t, l.Close())
-	return port
+	return port, l.Close()
 }
 
 // process is a child server process with its output in a log file.
@@ -117,10 +121,11 @@ type process struct {
 	err     error
 }
 
-func startProcess(t testing.TB, name, logPath string, env []string, bin string, args ...string) *process {
-	t.Helper()
+func startProcess(name, logPath string, env []string, bin string, args ...string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	require.NoError(t, err)
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = logf
@@ -128,14 +133,17 @@ func startProcess(t testing.TB, name, logPath string, env []string, bin string, 
 	// Own process group, so a terminal's ^C goes to the test, which then
 	// stops the server itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	require.NoError(t, cmd.Start(), "start %s", name)
+	if err := cmd.Start(); err != nil {
+		_ = logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
 	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		_ = logf.Close()
 		close(p.done)
 	}()
-	return p
+	return p, nil
 }
 
 func (p *process) exited() bool {
@@ -176,23 +184,22 @@ func (p *process) logTail() string {
 
 // waitReady polls probe until it succeeds, the process exits or the
 // deadline passes.
-func (p *process) waitReady(t testing.TB, probe func() error) {
-	t.Helper()
+func (p *process) waitReady(probe func() error) error {
 	deadline := time.Now().Add(serverStartTimeout)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
 		if last = probe(); last == nil {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
 			p.stop()
-			t.Fatalf("%s not ready after %v: %v\n--- log ---\n%s", p.name, serverStartTimeout, last, p.logTail())
+			return fmt.Errorf("%s not ready after %v: %v\n--- log ---\n%s", p.name, serverStartTimeout, last, p.logTail())
 		}
 		select {
 		case <-p.done:
-			t.Fatalf("%s exited during startup: %v\n--- log ---\n%s", p.name, p.err, p.logTail())
+			return fmt.Errorf("%s exited during startup: %v\n--- log ---\n%s", p.name, p.err, p.logTail())
 		case <-tick.C:
 		}
 	}
@@ -222,14 +229,13 @@ func uniquePrefix() string {
 
 // ---------------------------------------------------------------- MinIO
 
-// MinIO is a MinIO server on 127.0.0.1, stopped by t.Cleanup.
+// MinIO is a MinIO server on 127.0.0.1.
 type MinIO struct {
 	Endpoint  string // http://127.0.0.1:PORT
 	AccessKey string
 	SecretKey string
 	Dir       string // holds data/ (kept across restarts) and minio.log
 
-	t       testing.TB
 	bin     string
 	port    int
 	console int
@@ -239,34 +245,52 @@ type MinIO struct {
 }
 
 // StartMinIO starts MinIO on a free loopback port with a fresh data
-// directory.
+// directory, and stops it in t.Cleanup. A missing binary skips the test
+// (fails it under RequireBackends).
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
-	m := &MinIO{
-		AccessKey: "pitr-test-access",
-		SecretKey: "pitr-test-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-		Dir:       t.TempDir(),
-		t:         t,
-		bin:       needTool(t, "minio"),
-		port:      FreePort(t),
-		console:   FreePort(t),
-	}
-	m.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", m.port)
-	m.Start()
+	m, err := LaunchMinIO(needTool(t, "minio"), t.TempDir())
+	require.NoError(t, err)
 	t.Cleanup(m.Stop)
 	return m
 }
 
-// Start (re)starts the server on the same port and data directory and
-// waits until it serves requests.
-func (m *MinIO) Start() {
-	m.t.Helper()
+// LaunchMinIO starts the MinIO binary bin with data under dir and waits
+// until it serves requests. The caller must Stop it.
+func LaunchMinIO(bin, dir string) (*MinIO, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	console, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	m := &MinIO{
+		Endpoint:  fmt.Sprintf("http://127.0.0.1:%d", port),
+		AccessKey: "pitr-test-access",
+		SecretKey: "pitr-test-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+		Dir:       dir,
+		bin:       bin,
+		port:      port,
+		console:   console,
+	}
+	return m, m.Restart()
+}
+
+// Restart starts the server again on the same port and data directory
+// (after Kill or Stop) and waits until it serves requests. It is a no-op
+// while the server runs.
+func (m *MinIO) Restart() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.proc != nil && !m.proc.exited() {
-		return
+		return nil
 	}
-	m.proc = startProcess(m.t, "minio", filepath.Join(m.Dir, "minio.log"),
+	p, err := startProcess("minio", filepath.Join(m.Dir, "minio.log"),
 		[]string{
 			"MINIO_ROOT_USER=" + m.AccessKey,
 			"MINIO_ROOT_PASSWORD=" + m.SecretKey,
@@ -276,7 +300,11 @@ func (m *MinIO) Start() {
 		},
 		m.bin, "server", "--quiet", "--address", fmt.Sprintf("127.0.0.1:%d", m.port),
 		"--console-address", fmt.Sprintf("127.0.0.1:%d", m.console), filepath.Join(m.Dir, "data"))
-	m.proc.waitReady(m.t, httpProbe(m.Endpoint+"/minio/health/ready", func(c int) bool { return c == 200 }))
+	if err != nil {
+		return err
+	}
+	m.proc = p
+	return p.waitReady(httpProbe(m.Endpoint+"/minio/health/ready", func(c int) bool { return c == 200 }))
 }
 
 // Kill SIGKILLs the server and waits until it is gone.
@@ -288,7 +316,7 @@ func (m *MinIO) Kill() {
 	}
 }
 
-// Stop stops the server.
+// Stop stops the server (SIGTERM, then SIGKILL after a grace period).
 func (m *MinIO) Stop() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -307,16 +335,24 @@ func (m *MinIO) S3Client() *s3.Client {
 	})
 }
 
-// CreateBucket creates a bucket (once; later calls are no-ops).
+// EnsureBucket creates a bucket unless this helper already did.
+func (m *MinIO) EnsureBucket(ctx context.Context, bucket string) error {
+	if _, ok := m.buckets.Load(bucket); ok {
+		return nil
+	}
+	if _, err := m.S3Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucket, err)
+	}
+	m.buckets.Store(bucket, true)
+	return nil
+}
+
+// CreateBucket is EnsureBucket for tests.
 func (m *MinIO) CreateBucket(t testing.TB, bucket string) {
 	t.Helper()
-	if _, loaded := m.buckets.LoadOrStore(bucket, true); loaded {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := m.S3Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)})
-	require.NoError(t, err, "create bucket %s", bucket)
+	require.NoError(t, m.EnsureBucket(ctx, bucket))
 }
 
 // URL returns the s3:// URL of bucket/prefix, credentials included.
@@ -366,14 +402,16 @@ func StartAzurite(t testing.TB) *Azurite {
 	t.Helper()
 	bin := needTool(t, "azurite-blob")
 	dir := t.TempDir()
-	port := FreePort(t)
+	port, err := FreePort()
+	require.NoError(t, err)
 	a := &Azurite{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/%s", port, AzuriteAccount)}
-	a.proc = startProcess(t, "azurite", filepath.Join(dir, "azurite.log"), nil, bin,
+	a.proc, err = startProcess("azurite", filepath.Join(dir, "azurite.log"), nil, bin,
 		"--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--location", dir,
 		"--skipApiVersionCheck", "--loose", "--silent")
+	require.NoError(t, err)
 	t.Cleanup(a.proc.stop)
 	// Any HTTP answer means it listens; Azurite answers 400 to a bare GET.
-	a.proc.waitReady(t, httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", port), func(int) bool { return true }))
+	require.NoError(t, a.proc.waitReady(httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", port), func(int) bool { return true })))
 	return a
 }
 
@@ -424,14 +462,16 @@ func StartFakeGCS(t testing.TB) *FakeGCS {
 	t.Helper()
 	bin := needTool(t, "fake-gcs-server")
 	dir := t.TempDir()
-	port := FreePort(t)
+	port, err := FreePort()
+	require.NoError(t, err)
 	f := &FakeGCS{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	f.proc = startProcess(t, "fake-gcs-server", filepath.Join(dir, "fake-gcs.log"), nil, bin,
+	f.proc, err = startProcess("fake-gcs-server", filepath.Join(dir, "fake-gcs.log"), nil, bin,
 		"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
 		"-backend", "memory", "-external-url", f.Endpoint, "-public-host", fmt.Sprintf("127.0.0.1:%d", port),
 		"-log-level", "warn")
+	require.NoError(t, err)
 	t.Cleanup(f.proc.stop)
-	f.proc.waitReady(t, httpProbe(f.Endpoint+"/storage/v1/b", func(c int) bool { return c == 200 }))
+	require.NoError(t, f.proc.waitReady(httpProbe(f.Endpoint+"/storage/v1/b", func(c int) bool { return c == 200 })))
 	return f
 }
 
