@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/pitr-io/pitr/playground/cdc"
 	"github.com/pitr-io/pitr/playground/cluster"
 )
 
@@ -275,6 +276,7 @@ func TestLiveRowsInterleaveWithScan(t *testing.T) {
 		{cdcpb.Event_COMMIT, cdcpb.Event_Row_PUT, "live", s, c, []byte("v"), nil},
 	}, liveOnly(rows, "live"))
 	require.Len(t, scanKeys, 16<<10)
+	require.Greater(t, f.maxEvents, 1, "scan events are batched into messages")
 	for i := 1; i < len(scanKeys); i++ {
 		require.Negative(t, bytes.Compare(scanKeys[i-1], scanKeys[i]), "scan out of key order")
 	}
@@ -882,4 +884,50 @@ func TestResolvedTsGuarantee(t *testing.T) {
 		require.Equal(t, 1, seen[c], "commit %v delivered %d times", c, seen[c])
 	}
 	require.Len(t, seen, len(commits))
+}
+
+func TestServerIsBusyBeyondPendingScans(t *testing.T) {
+	h := newHarness(t, harnessOpts{pendingScansLimit: 1})
+	loadBig(h, "k", 16<<10, 1024)
+	_, err := h.cl.Split([]byte("m"))
+	require.NoError(t, err)
+	rk, rm := h.region("k"), h.region("m")
+	f := h.feed("k", feedOpts{smallWindow: true})
+	f.register(rk, 1, 0)
+	f.until(func() bool { return len(f.log(subID{1, rk.ID}).rows) > 0 })
+	f.pause() // the 16 MiB scan stays pending
+	f.register(rm, 2, 0)
+	f.resume()
+	e, _ := f.errorOf(subID{2, rm.ID})
+	require.NotNil(t, e.ServerIsBusy, "%v", e)
+	require.Equal(t, "too many pending incremental scans", e.ServerIsBusy.Reason)
+	f.initializedRows(subID{1, rk.ID})
+	// Once the scan is done, registering works again.
+	f.register(rm, 2, 0)
+	f.initializedRows(subID{2, rm.ID})
+}
+
+func TestServiceCloseEndsStreams(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	r := h.region("a")
+	f := h.feed("a", feedOpts{})
+	f.register(r, 1, 0)
+	f.initializedRows(subID{1, r.ID})
+	h.svcs[r.Leader].Close()
+	require.Equal(t, codes.Unavailable, status.Code(f.streamErr()))
+	// A closed service refuses new streams.
+	g := h.feed("a", feedOpts{})
+	require.Equal(t, codes.Unavailable, status.Code(g.streamErr()))
+}
+
+func TestDiscardConsumer(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	loadBig(h, "k", 1000, 100)
+	_, err := h.cl.Split([]byte("k/000500"))
+	require.NoError(t, err)
+	regions := []*cluster.Region{h.region("k/000000"), h.region("k/000500")}
+	st, err := cdc.DiscardConsumer(context.Background(), h.leaderAddr("k"), regions, cdc.DiscardOptions{ClusterID: testClusterID, UntilInitialized: true})
+	require.NoError(t, err)
+	require.EqualValues(t, 1000, st.Rows)
+	require.Greater(t, st.Bytes, int64(1000*100))
 }

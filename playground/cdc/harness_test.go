@@ -55,9 +55,10 @@ type harness struct {
 }
 
 type harnessOpts struct {
-	stores        int
-	minTSInterval time.Duration
-	memoryQuota   int64
+	stores            int
+	minTSInterval     time.Duration
+	memoryQuota       int64
+	pendingScansLimit int
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
@@ -84,7 +85,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	for _, s := range cl.Stores() {
 		svc := cdc.New(cdc.Config{
 			StoreID: s.ID, ClusterID: testClusterID, Cluster: cl, Engine: eng, TSO: h.tso,
-			MinTSInterval: o.minTSInterval, MemoryQuota: o.memoryQuota,
+			MinTSInterval: o.minTSInterval, MemoryQuota: o.memoryQuota, PendingScansLimit: o.pendingScansLimit,
 		})
 		srv, err := tikv.Start(tikv.Config{StoreID: s.ID, Cluster: cl, Engine: eng, Register: []func(*grpc.Server){svc.Register}})
 		require.NoError(t, err)
