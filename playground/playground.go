@@ -1,0 +1,357 @@
+// Package playground runs a TiKV- and PD-compatible local cluster in one
+// process: a PD server (pdpb + embedded etcd on one port), N stores each on
+// its own gRPC port (tikvpb, cdcpb, import_sstpb, health), a GC loop that
+// honours service safepoints, and an HTTP control API for topology changes.
+//
+// It is the test bed of pitr and the embedded default of `pitr demo`; see
+// DESIGN.md §8 for the rules it follows and TIKV-PROTOCOLS.md for the
+// protocol behaviour it reproduces. It is imported only by tests, cmd/pitr
+// and demo code.
+package playground
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+
+	"github.com/pitr-io/pitr/playground/cdc"
+	"github.com/pitr-io/pitr/playground/cluster"
+	"github.com/pitr-io/pitr/playground/importer"
+	"github.com/pitr-io/pitr/playground/mvcc"
+	"github.com/pitr-io/pitr/playground/pd"
+	"github.com/pitr-io/pitr/playground/tikv"
+)
+
+// Config configures a playground.
+type Config struct {
+	// Stores is the number of stores of a new cluster (default 3). A cluster
+	// reopened from Dir keeps the stores it had.
+	Stores int
+	// Dir keeps the data across restarts; empty keeps everything in memory.
+	Dir string
+	// PDAddr and CtlAddr are listen addresses; empty picks free loopback ports.
+	PDAddr  string
+	CtlAddr string
+	// ClusterID of a new cluster (default: derived from the clock).
+	ClusterID uint64
+	// MinTSInterval is the CDC resolved-ts interval (default 1s, TiKV's
+	// cdc.min-ts-interval).
+	MinTSInterval time.Duration
+	// GCInterval is how often the GC runs (default 10s; 0 keeps the default,
+	// negative disables the loop so tests drive GC with RunGC).
+	GCInterval time.Duration
+	// GCLifeTime is how long versions are kept regardless of safepoints
+	// (TiDB's tikv_gc_life_time, default 10m).
+	GCLifeTime time.Duration
+	Logger     hclog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Stores == 0 {
+		c.Stores = 3
+	}
+	if c.PDAddr == "" {
+		c.PDAddr = "127.0.0.1:0"
+	}
+	if c.ClusterID == 0 {
+		c.ClusterID = uint64(time.Now().UnixNano())>>1 | 1
+	}
+	if c.MinTSInterval == 0 {
+		c.MinTSInterval = time.Second
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = 10 * time.Second
+	}
+	if c.GCLifeTime == 0 {
+		c.GCLifeTime = 10 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+}
+
+// Playground is a running local cluster.
+type Playground struct {
+	cfg     Config
+	log     hclog.Logger
+	Cluster *cluster.Cluster
+	Engine  *mvcc.Engine
+	PD      *pd.Server
+
+	mu     sync.Mutex
+	stores map[uint64]*storeNode
+	closed bool
+
+	ctl    *http.Server
+	ctlLn  net.Listener
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type storeNode struct {
+	id   uint64
+	addr string
+	srv  *tikv.Server
+	cdc  *cdc.Service
+}
+
+// Start starts a playground and returns once every part serves.
+func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
+	cfg.setDefaults()
+	log := cfg.Logger.Named("playground")
+	var dataDir, pdDir string
+	if cfg.Dir != "" {
+		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create dir: %w", err)
+		}
+		dataDir, pdDir = filepath.Join(cfg.Dir, "data"), filepath.Join(cfg.Dir, "pd")
+	}
+	cl, err := cluster.Open(cfg.Dir, cfg.ClusterID, cfg.Stores)
+	if err != nil {
+		return nil, fmt.Errorf("open cluster: %w", err)
+	}
+	eng, err := mvcc.Open(dataDir, log.Named("mvcc"))
+	if err != nil {
+		return nil, fmt.Errorf("open engine: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	p.PD, err = pd.Start(ctx, pd.Config{
+		Dir:        pdDir,
+		ClientAddr: cfg.PDAddr,
+		Cluster:    cl,
+		Logger:     cfg.Logger.Named("pd"),
+		GCLifeTime: cfg.GCLifeTime,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start pd: %w", err)
+	}
+	for _, s := range cl.Stores() {
+		if err := p.startStore(s.ID, s.Addr); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.startCtl(cfg.CtlAddr); err != nil {
+		return nil, err
+	}
+	if cfg.GCInterval > 0 {
+		p.wg.Add(1)
+		go p.gcLoop(runCtx)
+	}
+	log.Info("playground started", "pd", p.PDAddr(), "ctl", p.CtlAddr(), "stores", len(p.stores), "dir", cfg.Dir)
+	return p, nil
+}
+
+// startStore starts (or restarts) one store's gRPC server, preferring the
+// address it had before so that PD's store record stays valid.
+func (p *Playground) startStore(id uint64, addr string) error {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	svc := cdc.New(cdc.Config{
+		StoreID:       id,
+		ClusterID:     p.Cluster.ID(),
+		Cluster:       p.Cluster,
+		Engine:        p.Engine,
+		TSO:           p.PD,
+		Logger:        p.cfg.Logger.Named(fmt.Sprintf("cdc-%d", id)),
+		MinTSInterval: p.cfg.MinTSInterval,
+	})
+	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
+	tcfg := tikv.Config{
+		StoreID:  id,
+		Addr:     addr,
+		Cluster:  p.Cluster,
+		Engine:   p.Engine,
+		Logger:   p.cfg.Logger.Named(fmt.Sprintf("tikv-%d", id)),
+		Register: []func(*grpc.Server){svc.Register, imp.Register},
+	}
+	srv, err := tikv.Start(tcfg)
+	if err != nil && addr != "127.0.0.1:0" {
+		// The old port is taken by someone else now: take a new one.
+		tcfg.Addr = "127.0.0.1:0"
+		srv, err = tikv.Start(tcfg)
+	}
+	if err != nil {
+		svc.Close()
+		return fmt.Errorf("start store %d: %w", id, err)
+	}
+	if err := p.Cluster.SetStoreUp(id, true, time.Now().Unix()); err != nil {
+		srv.Stop()
+		svc.Close()
+		return err
+	}
+	p.mu.Lock()
+	p.stores[id] = &storeNode{id: id, addr: srv.Addr(), srv: srv, cdc: svc}
+	p.mu.Unlock()
+	return nil
+}
+
+// PDAddr returns the PD (and etcd) client address.
+func (p *Playground) PDAddr() string { return p.PD.Addr() }
+
+// CtlAddr returns the control API address.
+func (p *Playground) CtlAddr() string {
+	if p.ctlLn == nil {
+		return ""
+	}
+	return p.ctlLn.Addr().String()
+}
+
+// StoreAddrs returns the address of every running store, by store id.
+func (p *Playground) StoreAddrs() map[uint64]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[uint64]string{}
+	for id, s := range p.stores {
+		out[id] = s.addr
+	}
+	return out
+}
+
+// StoreIDs returns every store id, running or not, in order.
+func (p *Playground) StoreIDs() []uint64 {
+	var ids []uint64
+	for _, s := range p.Cluster.Stores() {
+		ids = append(ids, s.ID)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// ErrStoreRunning and ErrStoreStopped are returned by StartStore/StopStore.
+var (
+	ErrStoreRunning = errors.New("store is running")
+	ErrStoreStopped = errors.New("store is stopped")
+)
+
+// StopStore stops a store as if its process died: its streams break, its
+// leaders move to other stores. Its data stays (the engine is shared).
+func (p *Playground) StopStore(id uint64) error {
+	p.mu.Lock()
+	n, ok := p.stores[id]
+	if ok {
+		delete(p.stores, id)
+	}
+	p.mu.Unlock()
+	if !ok {
+		if _, err := p.Cluster.Store(id); err != nil {
+			return err
+		}
+		return fmt.Errorf("store %d: %w", id, ErrStoreStopped)
+	}
+	if err := p.Cluster.SetStoreUp(id, false, 0); err != nil {
+		return err
+	}
+	n.cdc.Close()
+	n.srv.Stop()
+	p.log.Info("store stopped", "store", id)
+	return nil
+}
+
+// StartStore restarts a stopped store on its previous address.
+func (p *Playground) StartStore(id uint64) error {
+	s, err := p.Cluster.Store(id)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	_, running := p.stores[id]
+	p.mu.Unlock()
+	if running {
+		return fmt.Errorf("store %d: %w", id, ErrStoreRunning)
+	}
+	if err := p.startStore(id, s.Addr); err != nil {
+		return err
+	}
+	p.log.Info("store started", "store", id)
+	return nil
+}
+
+// RunGC runs one GC round: PD advances the GC safepoint (bounded by the GC
+// life time and every live service safepoint), then the engine removes the
+// versions no reader at or after it can see. It returns the safepoint used.
+func (p *Playground) RunGC(ctx context.Context) (uint64, error) {
+	now, err := p.PD.TS(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("gc: get ts: %w", err)
+	}
+	sp, err := p.PD.AdvanceGC(ctx, now)
+	if err != nil {
+		return 0, fmt.Errorf("gc: advance safepoint: %w", err)
+	}
+	if sp == 0 {
+		return 0, nil
+	}
+	if _, err := p.Engine.GC(sp); err != nil {
+		return 0, fmt.Errorf("gc: %w", err)
+	}
+	return sp, nil
+}
+
+func (p *Playground) gcLoop(ctx context.Context) {
+	defer p.wg.Done()
+	t := time.NewTicker(p.cfg.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if sp, err := p.RunGC(ctx); err != nil {
+				if ctx.Err() == nil {
+					p.log.Warn("gc round failed", "error", err)
+				}
+			} else {
+				p.log.Debug("gc round", "safepoint", sp)
+			}
+		}
+	}
+}
+
+// Close stops everything and flushes the data to Dir.
+func (p *Playground) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	nodes := p.stores
+	p.stores = map[uint64]*storeNode{}
+	p.mu.Unlock()
+	p.cancel()
+	var errs []error
+	if p.ctl != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, p.ctl.Shutdown(sctx))
+		cancel()
+	}
+	for _, n := range nodes {
+		n.cdc.Close()
+		n.srv.Stop()
+	}
+	p.wg.Wait()
+	if p.PD != nil {
+		errs = append(errs, p.PD.Close())
+	}
+	if p.Engine != nil {
+		errs = append(errs, p.Engine.Close())
+	}
+	return errors.Join(errs...)
+}
