@@ -78,6 +78,6 @@ func TestImportWriteIngest(t *testing.T) {
 	v, err = cli.GetSnapshot(ts2).Get(ctx, []byte("imp/b"))
 	require.NoError(t, err)
 	require.Equal(t, "b1", string(v))
-	_, err = cli.GetSnapshot(ts1 - 1).Get(ctx, []byte("imp/b"))
+	_, err = cli.GetSnapshot(ts1-1).Get(ctx, []byte("imp/b"))
 	require.Error(t, err, "not visible before its commit ts")
 }

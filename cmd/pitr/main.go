@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -19,7 +20,13 @@ func main() {
 	if err == nil {
 		return
 	}
-	fmt.Fprintf(os.Stderr, "pitr: %v\n", err)
+	// One line, naming the command: most errors already start with the
+	// command path ("pitr task start: ..."); the rest get "pitr: ".
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "pitr") {
+		msg = "pitr: " + msg
+	}
+	fmt.Fprintln(os.Stderr, msg)
 	os.Exit(exitCode(err))
 }
 

@@ -13,6 +13,18 @@ store's change stream into Parquet files in object storage; an elected
 coordinator keeps the cluster-wide global checkpoint and holds the GC
 safepoint; "pitr restore --to T" rebuilds the cluster as it was at T.
 
+Commands:
+  pitr demo                                  embedded playground + agents + coordinator + workload + restore + check
+  pitr playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR]
+  pitr agent --pd ADDRS --tikv ADDR [--config agent.toml]
+  pitr coordinator --pd ADDRS [--config coordinator.toml]
+  pitr task start NAME --storage URL [--start-ts TS] [--range START:END]
+  pitr task status [NAME] [--json] | pause NAME | resume NAME | stop NAME
+  pitr restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]
+  pitr verify --storage URL [--to TS]
+  pitr backup full --storage URL --pd ADDRS
+  pitr compact --storage URL | pitr truncate --storage URL --until TS
+
 Exit status:
   0  success
   1  failure (the error line says why)
@@ -26,6 +38,10 @@ func newRootCmd() *cobra.Command {
 		Long:          rootLong,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+		// An unknown subcommand is then an argument error (exit 2).
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErrorf("%s: %v (see '%s --help')", c.CommandPath(), err, c.CommandPath())
@@ -42,7 +58,23 @@ func newRootCmd() *cobra.Command {
 		newCompactCmd(),
 		newTruncateCmd(),
 	)
+	usageArgs(root)
 	return root
+}
+
+// usageArgs makes argument-count mistakes usage errors (exit 2) everywhere.
+func usageArgs(c *cobra.Command) {
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return usageErrorf("%s: %v (see '%s --help')", cmd.CommandPath(), err, cmd.CommandPath())
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageArgs(sub)
+	}
 }
 
 // notBuilt is the RunE of a subcommand whose implementation has not landed:

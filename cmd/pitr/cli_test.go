@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func run(args ...string) (string, error) {
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// TestHelpListsContract checks that `pitr --help` shows every command line
+// of DESIGN.md §7.
+func TestHelpListsContract(t *testing.T) {
+	out, err := run("--help")
+	require.NoError(t, err)
+	for _, want := range []string{
+		"pitr demo", "pitr playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR]",
+		"pitr agent --pd ADDRS --tikv ADDR [--config agent.toml]",
+		"pitr coordinator --pd ADDRS [--config coordinator.toml]",
+		"pitr task start NAME --storage URL [--start-ts TS] [--range START:END]",
+		"pitr task status [NAME] [--json] | pause NAME | resume NAME | stop NAME",
+		"pitr restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]",
+		"pitr verify --storage URL [--to TS]", "pitr backup full --storage URL --pd ADDRS",
+		"pitr compact --storage URL | pitr truncate --storage URL --until TS",
+	} {
+		require.Contains(t, out, want)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"unknown flag", []string{"playground", "--nope"}, ExitUsage, "unknown flag"},
+		{"bad store count", []string{"playground", "--stores", "0"}, ExitUsage, "--stores"},
+		{"bad log level", []string{"playground", "--log-level", "loud"}, ExitUsage, "--log-level"},
+		{"not built", []string{"verify", "--storage", "mem://"}, ExitUsage, "not available in this build"},
+		{"extra args", []string{"compact", "x"}, ExitUsage, "unknown command"},
+		{"missing name", []string{"task", "pause"}, ExitUsage, "accepts 1 arg"},
+		{"unknown command", []string{"nope"}, ExitUsage, "unknown command"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := run(tc.args...)
+			require.Error(t, err)
+			require.Equal(t, tc.code, exitCode(err), "%v", err)
+			require.Contains(t, err.Error(), tc.msg)
+			require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
+		})
+	}
+	require.Equal(t, ExitFailure, exitCode(errors.New("x")))
+}
