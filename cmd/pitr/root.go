@@ -33,11 +33,11 @@ Exit status:
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "pitr",
-		Short:         "Continuous log backup and point-in-time restore for TiKV",
-		Long:          rootLong,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:               "pitr",
+		Short:             "Continuous log backup and point-in-time restore for TiKV",
+		Long:              rootLong,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
 		// An unknown subcommand is then an argument error (exit 2).
 		Args: cobra.NoArgs,
