@@ -47,7 +47,7 @@ type harness struct {
 	t     *testing.T
 	cl    *cluster.Cluster
 	eng   *mvcc.Engine
-	tso   *clockTSO
+	tso   cdc.TSO
 	addrs map[uint64]string
 	svcs  map[uint64]*cdc.Service
 	srvs  map[uint64]*tikv.Server
