@@ -43,9 +43,6 @@ type Config struct {
 	Register []func(*grpc.Server)
 }
 
-// ErrStopped is returned for requests that reach a stopped server.
-var ErrStopped = errors.New("store server stopped")
-
 // Server is a running store.
 type Server struct {
 	tikvpb.UnimplementedTikvServer
