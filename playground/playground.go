@@ -141,6 +141,14 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start pd: %w", err)
 	}
+	// As a TiKV leader does on election: max_ts starts at a fresh TSO, so no
+	// async-commit or 1PC transaction commits below a timestamp read before
+	// a restart (max_ts is only persisted at engine checkpoints).
+	now, err := p.PD.TS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("start pd: get ts: %w", err)
+	}
+	eng.UpdateMaxTS(now)
 	for _, s := range cl.Stores() {
 		if err := p.startStore(s.ID, s.Addr); err != nil {
 			return nil, err
