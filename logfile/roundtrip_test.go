@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"github.com/apache/arrow/go/v14/parquet/compress"
 	"math/rand"
 	"slices"
 	"testing"
@@ -208,3 +209,13 @@ func TestWriteRefusesDisorder(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+func TestZstdCodecInstalled(t *testing.T) {
+	c, err := compress.GetCodec(compress.Codecs.Zstd)
+	require.NoError(t, err)
+	require.IsType(t, pooledZstd{}, c)
+	src := bytes.Repeat([]byte("pitr "), 1000)
+	enc := c.EncodeLevel(nil, src, compress.DefaultCompressionLevel)
+	require.Less(t, len(enc), len(src))
+	require.Equal(t, src, c.Decode(make([]byte, len(src)), enc))
+}

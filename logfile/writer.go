@@ -35,6 +35,10 @@ const rowOverhead = 8 + 8 + 4 + 2
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// dataPageSize is the target encoded size of a data page (the default of
+// parquet writers).
+const dataPageSize = 1 << 20
+
 // WriterOptions tune a Writer. The zero value is the production setting.
 type WriterOptions struct {
 	// RowGroupBytes is the target uncompressed size of a row group
@@ -174,6 +178,7 @@ func NewWriter(w io.Writer, opts WriterOptions) (_ *Writer, err error) {
 		parquet.WithStatsFor(columns[colOldValue].name, false),
 		parquet.WithMaxStatsSize(maxStatsSize),
 		parquet.WithMaxRowGroupLength(math.MaxInt64),
+		parquet.WithDataPageSize(dataPageSize),
 		parquet.WithEncodingFor(columns[colCommitTS].name, parquet.Encodings.DeltaBinaryPacked),
 		parquet.WithEncodingFor(columns[colStartTS].name, parquet.Encodings.DeltaBinaryPacked),
 	)
