@@ -97,9 +97,14 @@ func (s *blobStorage) PutReader(ctx context.Context, key string, r io.Reader, si
 	return s.write(ctx, "put", key, r, size, false)
 }
 
-// write streams r to key. Any failure, including a reader error or a length
-// mismatch, cancels the writer's context before Close, which makes every
-// gocloud driver abandon the upload instead of committing what it has.
+// write streams r to key.
+//
+// Atomicity: any failure of the source (a read error, fewer or more bytes
+// than size) cancels the upload's context inside Read, before the driver
+// sees the error, so that no driver commits what it has (memblob and
+// gcsblob would, on Close with a live context). bucket.Upload rather than
+// Writer.Write keeps s3blob and azureblob on their Uploader path, whose
+// error handling is free of the data race their pipe path has on failure.
 func (s *blobStorage) write(ctx context.Context, op, key string, r io.Reader, size int64, conditional bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -116,24 +121,33 @@ func (s *blobStorage) write(ctx context.Context, op, key string, r io.Reader, si
 		}
 	}
 	opts.BufferSize = int(partSize)
-	w, err := s.bucket.NewWriter(ctx, s.prefix+key, opts)
-	if err != nil {
-		return s.wrap(op, key, err, conditional)
-	}
 	src := r
 	if size >= 0 {
 		src = &exactReader{r: r, left: size}
 	}
-	_, err = io.Copy(w, src)
-	if err != nil {
-		cancel()
-		_ = w.Close() // reports the cancellation; err is the cause
-		return s.wrap(op, key, err, conditional)
+	ar := &abortReader{r: src, cancel: cancel}
+	err := s.bucket.Upload(ctx, s.prefix+key, ar, opts)
+	if ar.err != nil {
+		return s.wrap(op, key, ar.err, conditional)
 	}
-	if err := w.Close(); err != nil {
-		return s.wrap(op, key, err, conditional)
+	return s.wrap(op, key, err, conditional)
+}
+
+// abortReader cancels the upload as soon as its source fails, and keeps the
+// source's error (the upload itself then fails with "context canceled").
+type abortReader struct {
+	r      io.Reader
+	cancel context.CancelFunc
+	err    error
+}
+
+func (a *abortReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if err != nil && err != io.EOF {
+		a.err = err
+		a.cancel()
 	}
-	return nil
+	return n, err
 }
 
 // exactReader passes through exactly left bytes and fails if r has fewer or

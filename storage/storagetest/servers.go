@@ -131,8 +131,9 @@ func startProcess(name, logPath string, env []string, bin string, args ...string
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// Own process group, so a terminal's ^C goes to the test, which then
-	// stops the server itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// stops the server itself; and killed with the test binary if that
+	// dies without running its cleanups (a panic, a timeout).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
