@@ -82,3 +82,24 @@ func TestIterPrunes(t *testing.T) {
 		require.NoError(t, <-errs)
 	}
 }
+
+// TestHugeKeys: keys above the statistics limit leave their row group
+// without key statistics; it is then never pruned, and ranges stay correct.
+func TestHugeKeys(t *testing.T) {
+	huge := bytes.Repeat([]byte{'h'}, maxStatsSize+1)
+	rows := []*Row{
+		{Key: []byte("a"), CommitTS: 2, StartTS: 1, Op: OpPut, Value: []byte("1")},
+		{Key: huge, CommitTS: 2, StartTS: 1, Op: OpPut, Value: []byte("2")},
+		{Key: []byte("i"), CommitTS: 2, StartTS: 1, Op: OpPut, Value: []byte("3")},
+		{Key: []byte("z"), CommitTS: 2, StartTS: 1, Op: OpDelete},
+	}
+	data, st := writeFile(t, rows, WriterOptions{RowGroupBytes: 1})
+	require.Equal(t, []byte("z"), st.MaxKey)
+	rd, err := NewReader(bytes.NewReader(data), int64(len(data)))
+	require.NoError(t, err)
+	require.Equal(t, 4, rd.NumRowGroups())
+	require.False(t, rd.groups[1].hasKeyStats)
+	require.True(t, rd.groups[2].hasKeyStats)
+	requireRowsEqual(t, rows[1:3], readAll(t, rd.Iter([]byte("b"), []byte("j"))))
+	requireRowsEqual(t, rows[1:2], readAll(t, rd.Iter(huge, append(bytes.Clone(huge), 0))))
+}

@@ -32,8 +32,9 @@ type Iterator interface {
 // Reader reads a data file. It checks the whole footer when it is opened
 // and every row group, against its CRC-32C, when an iterator reaches it;
 // any mismatch is ErrCorrupt. A Reader is safe for concurrent use by several
-// iterators. Memory: the parsed footer; each iterator additionally holds
-// about two encoded row groups' worth of bytes while it is inside one.
+// iterators. Memory: the parsed footer (a few KiB per row group); each
+// iterator additionally holds one encoded row group (briefly two, while it
+// opens it) and one decoded page (≤ ~1 MiB) per column.
 type Reader struct {
 	r      io.ReaderAt
 	size   int64
@@ -493,7 +494,11 @@ func (it *iter) openGroup(g int) error {
 		return corruptf("row group %d: CRC %08x, want %08x", g, c, rg.crc)
 	}
 	props := parquet.NewReaderProperties(memory.NewGoAllocator())
-	fr, err := file.NewParquetReader(&window{off: rg.off, buf: buf, size: it.rd.size},
+	win := &window{off: rg.off, buf: buf, size: it.rd.size}
+	// The column readers copy their chunks out of the window when they are
+	// created; drop it then so it is not held twice.
+	defer func() { win.buf = nil }()
+	fr, err := file.NewParquetReader(win,
 		file.WithMetadata(it.rd.md), file.WithReadProps(props))
 	if err != nil {
 		return corruptf("row group %d: %v", g, err)
