@@ -21,8 +21,8 @@ mkdir -p "$BIN"
 # toolchain (Go 1.26) and Node 20.
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
-AZURITE_VERSION="3.35.0"
-DUCKDB_NODE_VERSION="${DUCKDB_NODE_VERSION:-}"
+AZURITE_VERSION="3.35.0" # runs on Node 20; newer releases are not needed by the tests
+DUCKDB_NODE_VERSION="${DUCKDB_NODE_VERSION:-1.5.6-r.1}"
 
 FORCE="${PITR_TOOLS_FORCE:-}"
 
@@ -39,7 +39,7 @@ go_install() { # name pkg@version
 	log "$name: go install $pkg (GOBIN=$BIN)"
 	# Build outside the repo module so its go.mod pins do not interfere.
 	(cd "$TOOLS" && GOBIN="$BIN" GOFLAGS=-buildvcs=false GOWORK=off go install "$pkg")
-	"$BIN/$name" --version >/dev/null 2>&1 || "$BIN/$name" -help >/dev/null 2>&1 || true
+	[[ -x "$BIN/$name" ]] || { log "$name: go install succeeded but $BIN/$name is missing"; return 1; }
 	log "$name: installed"
 }
 
@@ -66,6 +66,13 @@ npm_install "$TOOLS/node_modules/.bin/azurite-blob" "azurite@$AZURITE_VERSION"
 duck_spec="@duckdb/node-api"
 [[ -n "$DUCKDB_NODE_VERSION" ]] && duck_spec="@duckdb/node-api@$DUCKDB_NODE_VERSION"
 npm_install "$TOOLS/node_modules/@duckdb/node-api/package.json" "$duck_spec"
+# The package pulls a prebuilt native binding from the npm registry
+# (@duckdb/node-bindings-linux-x64); make sure it actually loads here.
+if ! (cd "$TOOLS" && node -e "require('@duckdb/node-api')" >/dev/null); then
+	log "@duckdb/node-api: installed but does not load (native binding missing?)"
+	exit 1
+fi
+log "@duckdb/node-api: loads"
 go_install minio "github.com/minio/minio@$MINIO_VERSION"
 
 log "done: $(ls "$BIN" | tr '\n' ' ')"

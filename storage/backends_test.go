@@ -67,6 +67,42 @@ func TestS3EnvCredentials(t *testing.T) {
 	checkBadCredentials(t, open(t, "s3://pitr-test/env?endpoint="+url.QueryEscape(m.Endpoint)+"&use_path_style=true"), wrong)
 }
 
+// TestAzureEnvCredentials: account and key from AZURE_STORAGE_ACCOUNT and
+// AZURE_STORAGE_KEY, endpoint from the URL.
+func TestAzureEnvCredentials(t *testing.T) {
+	a := storagetest.StartAzurite(t)
+	a.CreateContainer(t, "pitr-test")
+	t.Setenv("AZURE_STORAGE_ACCOUNT", storagetest.AzuriteAccount)
+	t.Setenv("AZURE_STORAGE_KEY", storagetest.AzuriteKey)
+	u := "azblob://pitr-test/env?endpoint=" + url.QueryEscape(a.Endpoint)
+	s := open(t, u)
+	require.NoError(t, s.Put(context.Background(), "k", []byte("v")))
+	got, err := s.Get(context.Background(), "k")
+	require.NoError(t, err)
+	require.Equal(t, "v", string(got))
+
+	const wrong = "RW52V3JvbmdLZXlFbnZXcm9uZ0tleUVudldyb25nS2V5"
+	t.Setenv("AZURE_STORAGE_KEY", wrong)
+	checkBadCredentials(t, open(t, u), wrong)
+}
+
+// TestGCSEmulatorHostEnv: STORAGE_EMULATOR_HOST instead of ?endpoint=.
+func TestGCSEmulatorHostEnv(t *testing.T) {
+	f := storagetest.StartFakeGCS(t)
+	f.CreateBucket(t, "pitr-test")
+	t.Setenv("STORAGE_EMULATOR_HOST", strings.TrimPrefix(f.Endpoint, "http://"))
+	s := open(t, "gs://pitr-test/env")
+	ctx := context.Background()
+	require.NoError(t, s.Put(ctx, "a/k", []byte("v")))
+	require.NoError(t, s.CreateIfAbsent(ctx, "lock", []byte("1")))
+	require.ErrorIs(t, s.CreateIfAbsent(ctx, "lock", []byte("2")), storage.ErrAlreadyExists)
+	got, err := s.Get(ctx, "a/k")
+	require.NoError(t, err)
+	require.Equal(t, "v", string(got))
+	// The same objects through the endpoint parameter.
+	require.Equal(t, []string{"a/k", "lock"}, listKeysOf(t, open(t, f.URL("pitr-test", "env")), ""))
+}
+
 func TestConformanceAzurite(t *testing.T) {
 	t.Parallel()
 	a := storagetest.StartAzurite(t)
@@ -111,8 +147,10 @@ func checkBadCredentials(t *testing.T, s storage.Storage, secret string) {
 	t.Helper()
 	ctx := context.Background()
 	require.NotContains(t, s.URL(), secret)
-	errs := []error{s.Put(ctx, "k", []byte("v")), s.CreateIfAbsent(ctx, "k2", []byte("v"))}
+	errs := []error{s.Put(ctx, "k", []byte("v")), s.CreateIfAbsent(ctx, "k2", []byte("v")), s.Delete(ctx, "k")}
 	_, err := s.Get(ctx, "k")
+	errs = append(errs, err)
+	_, err = s.Exists(ctx, "k")
 	errs = append(errs, err)
 	_, err = s.Stat(ctx, "k")
 	errs = append(errs, err)
