@@ -108,7 +108,7 @@ func TestMinIOKilledRetrySucceeds(t *testing.T) {
 }
 
 // TestMinIOBigObject streams 1 GiB through MinIO and back and compares
-// sha256, holding only part buffers in memory. It takes about 10 s here
+// sha256, holding only part buffers in memory. It takes about 12 s here
 // (measured), so it runs by default; PITR_BIG=0 skips it on slow machines.
 func TestMinIOBigObject(t *testing.T) {
 	if os.Getenv("PITR_BIG") == "0" {
