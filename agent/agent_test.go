@@ -1,0 +1,511 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+	"github.com/tikv/client-go/v2/txnkv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/playground/cluster"
+	"github.com/pitr-io/pitr/playground/mvcc"
+	"github.com/pitr-io/pitr/playground/workload"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/task"
+)
+
+// env is a playground with a task and one in-process agent per store.
+type env struct {
+	t       *testing.T
+	p       *playground.Playground
+	etcd    *clientv3.Client
+	st      storage.Storage
+	url     string
+	startTS uint64
+	log     hclog.Logger
+	cfg     agent.Config // template for agents
+
+	mu     sync.Mutex
+	agents map[uint64]*runningAgent
+}
+
+type runningAgent struct {
+	a      *agent.Agent
+	cancel context.CancelFunc
+	done   chan error
+	client pitrpb.AgentClient
+	conn   *grpc.ClientConn
+}
+
+func testLogger(t *testing.T) hclog.Logger {
+	level := hclog.Warn
+	if os.Getenv("PITR_TEST_LOG") != "" {
+		level = hclog.LevelFromString(os.Getenv("PITR_TEST_LOG"))
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: level, Output: os.Stderr})
+}
+
+func newEnv(t *testing.T, ranges []*pitrpb.KeyRange, flushInterval time.Duration) *env {
+	t.Helper()
+	ctx := context.Background()
+	log := testLogger(t)
+	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: -1, MinTSInterval: 200 * time.Millisecond, Logger: log})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.PDAddr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.Close() })
+
+	startTS, err := p.PD.TS(ctx)
+	require.NoError(t, err)
+	url := "file://" + t.TempDir()
+	st, err := storage.Open(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	rec := &pitrpb.TaskRecord{
+		Info:       &pitrpb.TaskInfo{Name: "t1", StartTs: startTS, Ranges: ranges},
+		StorageUrl: url, State: pitrpb.TaskState_TASK_STATE_RUNNING,
+	}
+	b, err := task.EncodeRecord(rec)
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, task.Key("t1"), string(b))
+	require.NoError(t, err)
+
+	e := &env{t: t, p: p, etcd: cli, st: st, url: url, startTS: startTS, log: log, agents: map[uint64]*runningAgent{}}
+	e.cfg = agent.Config{
+		PDAddrs:        []string{p.PDAddr()},
+		ListenAddr:     "127.0.0.1:0",
+		HTTPAddr:       "127.0.0.1:0",
+		FlushInterval:  flushInterval,
+		RegionInterval: 300 * time.Millisecond,
+		ConnectTimeout: 5 * time.Second,
+		MemoryBudget:   16 << 20,
+		FileTarget:     4 << 20,
+		Logger:         log,
+	}
+	t.Cleanup(e.stopAll)
+	return e
+}
+
+// startAgent starts (or restarts) the agent of a store.
+func (e *env) startAgent(id uint64) {
+	e.t.Helper()
+	cfg := e.cfg
+	cfg.TiKVAddr = e.p.StoreAddrs()[id]
+	cfg.DataDir = e.t.TempDir()
+	a, err := agent.New(cfg)
+	require.NoError(e.t, err)
+	require.Equal(e.t, id, a.StoreID())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(e.t, err)
+	e.mu.Lock()
+	e.agents[id] = &runningAgent{a: a, cancel: cancel, done: done, client: pitrpb.NewAgentClient(conn), conn: conn}
+	e.mu.Unlock()
+}
+
+// killAgent stops an agent abruptly: no final flush.
+func (e *env) killAgent(id uint64) {
+	e.mu.Lock()
+	ra := e.agents[id]
+	delete(e.agents, id)
+	e.mu.Unlock()
+	if ra == nil {
+		return
+	}
+	ra.cancel()
+	err := <-ra.done
+	_ = ra.conn.Close()
+	_ = ra.a.Close()
+	require.NoError(e.t, err)
+}
+
+func (e *env) stopAll() {
+	for _, id := range e.p.StoreIDs() {
+		e.killAgent(id)
+	}
+}
+
+func (e *env) clients() []pitrpb.AgentClient {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []pitrpb.AgentClient
+	for _, ra := range e.agents {
+		out = append(out, ra.client)
+	}
+	return out
+}
+
+// lowest returns the lowest flushed checkpoint over [start, end) from every
+// agent's progress: for each piece of the range the best report counts
+// (every report is a proof on its own), and the result is the minimum of
+// those; 0 when part of the range is not reported.
+func lowest(reports []*pitrpb.RegionProgress, start, end []byte) uint64 {
+	var bounds [][]byte
+	bounds = append(bounds, start)
+	for _, r := range reports {
+		bounds = append(bounds, r.StartKey)
+		if len(r.EndKey) > 0 {
+			bounds = append(bounds, r.EndKey)
+		}
+	}
+	sort.Slice(bounds, func(i, j int) bool { return bytes.Compare(bounds[i], bounds[j]) < 0 })
+	var low uint64
+	for i, b := range bounds {
+		if (i > 0 && bytes.Equal(b, bounds[i-1])) || bytes.Compare(b, start) < 0 || (len(end) > 0 && bytes.Compare(b, end) >= 0) {
+			continue
+		}
+		var best uint64
+		for _, r := range reports {
+			if bytes.Compare(r.StartKey, b) <= 0 && (len(r.EndKey) == 0 || bytes.Compare(b, r.EndKey) < 0) {
+				best = max(best, r.Checkpoint)
+			}
+		}
+		if best == 0 {
+			return 0
+		}
+		if low == 0 || best < low {
+			low = best
+		}
+	}
+	return low
+}
+
+// progress collects every agent's regions.
+func (e *env) progress(ctx context.Context) []*pitrpb.RegionProgress {
+	var all []*pitrpb.RegionProgress
+	for _, c := range e.clients() {
+		resp, err := c.GetProgress(ctx, &pitrpb.GetProgressRequest{Task: "t1"})
+		if err != nil {
+			continue // starting or restarting: its regions count as uncovered
+		}
+		all = append(all, resp.Regions...)
+	}
+	return all
+}
+
+func (e *env) flushAll(ctx context.Context) {
+	for _, c := range e.clients() {
+		_, _ = c.FlushNow(ctx, &pitrpb.FlushNowRequest{Task: "t1"})
+	}
+}
+
+// waitCheckpoint flushes every agent until the lowest flushed checkpoint
+// over [start, end) reaches target, and returns it.
+func (e *env) waitCheckpoint(start, end []byte, target uint64, within time.Duration) uint64 {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	var low uint64
+	var last []*pitrpb.RegionProgress
+	for ctx.Err() == nil {
+		e.flushAll(ctx)
+		last = e.progress(ctx)
+		if low = lowest(last, start, end); low >= target {
+			return low
+		}
+	}
+	var lines []string
+	for _, r := range last {
+		lines = append(lines, fmt.Sprintf("region %d [%q,%q) cp=%d reason=%q", r.RegionId, r.StartKey, r.EndKey, r.Checkpoint, r.Reason))
+	}
+	e.t.Fatalf("checkpoint %d did not reach %d within %s:\n%s", low, target, within, strings.Join(lines, "\n"))
+	return 0
+}
+
+type version struct {
+	op    logfile.Op
+	value string
+}
+
+// captured decodes every file of every meta in storage.
+func (e *env) captured(ctx context.Context) (map[string]map[uint64]version, int) {
+	e.t.Helper()
+	got := map[string]map[uint64]version{}
+	metas := 0
+	err := e.st.List(ctx, logfile.MetaPrefix, func(oi storage.ObjectInfo) error {
+		b, err := e.st.Get(ctx, oi.Key)
+		if err != nil {
+			return err
+		}
+		m, err := logfile.DecodeMeta(b)
+		if err != nil {
+			return err
+		}
+		metas++
+		for _, f := range m.Files {
+			data, err := e.st.Get(ctx, f.Path)
+			if err != nil {
+				return fmt.Errorf("meta %s: file %s: %w", oi.Key, f.Path, err)
+			}
+			rd, err := logfile.NewReader(bytes.NewReader(data), int64(len(data)))
+			if err != nil {
+				return err
+			}
+			it := rd.Iter(nil, nil)
+			for it.Next() {
+				r := it.Row()
+				k := string(r.Key)
+				if got[k] == nil {
+					got[k] = map[uint64]version{}
+				}
+				v := version{op: r.Op, value: string(r.Value)}
+				if old, dup := got[k][r.CommitTS]; dup && old != v {
+					return fmt.Errorf("key %q commit_ts %d: two different rows %v and %v", k, r.CommitTS, old, v)
+				}
+				got[k][r.CommitTS] = v
+			}
+			if err := it.Err(); err != nil {
+				return err
+			}
+			_ = it.Close()
+		}
+		return nil
+	})
+	require.NoError(e.t, err)
+	return got, metas
+}
+
+// history reads every committed version in [start, end) from the engine.
+func (e *env) history(start, end []byte) map[string]map[uint64]version {
+	want := map[string]map[uint64]version{}
+	require.NoError(e.t, e.p.Engine.Snapshot().DeltaScan(start, end, 0, func(de mvcc.DeltaEntry) error {
+		for _, w := range de.Writes {
+			k := string(de.Key)
+			if want[k] == nil {
+				want[k] = map[uint64]version{}
+			}
+			v := version{op: logfile.OpPut, value: string(w.Value)}
+			if w.Write.Type == mvcc.WriteDelete {
+				v = version{op: logfile.OpDelete}
+			}
+			want[k][w.CommitTS] = v
+		}
+		return nil
+	}))
+	return want
+}
+
+// check compares storage with the engine's history: every version committed
+// in (startTS, upTo] is there with its value, and nothing that is not a
+// committed version is.
+func (e *env) check(ctx context.Context, start, end []byte, upTo uint64) (rows, metas int) {
+	e.t.Helper()
+	got, metas := e.captured(ctx)
+	want := e.history(start, end)
+	missing, wrong := 0, 0
+	for k, vs := range want {
+		for ts, v := range vs {
+			if ts <= e.startTS || ts > upTo {
+				continue
+			}
+			g, ok := got[k][ts]
+			if !ok {
+				if missing < 10 {
+					e.t.Errorf("missing: key %q commit_ts %d", k, ts)
+				}
+				missing++
+				continue
+			}
+			if g != v {
+				e.t.Errorf("key %q commit_ts %d: got %v, want %v", k, ts, g, v)
+				wrong++
+			}
+		}
+	}
+	for k, vs := range got {
+		for ts, g := range vs {
+			rows++
+			if v, ok := want[k][ts]; !ok || v != g {
+				if wrong < 10 {
+					e.t.Errorf("extra: key %q commit_ts %d %v is not a committed version", k, ts, g)
+				}
+				wrong++
+			}
+		}
+	}
+	require.Zero(e.t, missing, "missing versions")
+	require.Zero(e.t, wrong, "wrong or extra versions")
+	return rows, metas
+}
+
+// TestNothingLostNothingExtra runs a bank workload while regions split,
+// leaders move, a store restarts and an agent is killed, then checks that
+// storage holds exactly the committed history up to the lowest flushed
+// checkpoint.
+func TestNothingLostNothingExtra(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	dur := 15 * time.Second
+	if os.Getenv("PITR_LONG") != "" {
+		dur = 60 * time.Second
+	}
+	start, end := []byte("bank/"), []byte("bank0")
+	e := newEnv(t, []*pitrpb.KeyRange{{StartKey: start, EndKey: end}}, 500*time.Millisecond)
+	ids := e.p.StoreIDs()
+	for _, id := range ids {
+		e.startAgent(id)
+	}
+	tc, err := txnkv.NewClient([]string{e.p.PDAddr()})
+	require.NoError(t, err)
+	defer tc.Close()
+	bank := &workload.Bank{Client: tc, Prefix: "bank/", Accounts: 200, Initial: 1000}
+	ctx := context.Background()
+	require.NoError(t, bank.Init(ctx))
+
+	wctx, stopWork := context.WithTimeout(ctx, dur)
+	defer stopWork()
+	var st workload.Stats
+	var wg sync.WaitGroup
+	var workErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		workErr = bank.Run(wctx, 8, &st)
+	}()
+
+	// Chaos: splits and leader transfers all along; one store restart and
+	// one agent kill in the middle.
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var splits, transfers int
+	began := time.Now()
+	restarted, killed := false, false
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for wctx.Err() == nil {
+		select {
+		case <-wctx.Done():
+		case <-tick.C:
+		}
+		el := time.Since(began)
+		switch {
+		case !killed && el > dur/4:
+			killed = true
+			victim := ids[rng.Intn(len(ids))]
+			t.Logf("killing agent of store %d", victim)
+			e.killAgent(victim)
+			e.startAgent(victim)
+		case !restarted && el > dur/2:
+			restarted = true
+			victim := ids[rng.Intn(len(ids))]
+			t.Logf("restarting store %d", victim)
+			require.NoError(t, e.p.StopStore(victim))
+			time.Sleep(time.Second) // the store stays down for a while (not synchronisation)
+			require.NoError(t, e.p.StartStore(victim))
+		case rng.Intn(3) == 0:
+			if _, err := e.p.Cluster.Split(bank.Key(rng.Intn(bank.Accounts))); err == nil {
+				splits++
+			} else if !errors.Is(err, cluster.ErrBadSplitKey) {
+				t.Errorf("split: %v", err)
+			}
+		default:
+			rs := e.p.Cluster.Regions()
+			r := rs[rng.Intn(len(rs))]
+			to := ids[rng.Intn(len(ids))]
+			if err := e.p.Cluster.TransferLeader(r.ID, to); err == nil {
+				transfers++
+			}
+		}
+	}
+	wg.Wait()
+	require.NoError(t, workErr)
+	t.Logf("workload: %d transfers committed, %d conflicts; chaos: %d splits, %d leader transfers", st.Committed.Load(), st.Conflicts.Load(), splits, transfers)
+	require.Greater(t, st.Committed.Load(), int64(50))
+
+	endTS, err := e.p.PD.TS(ctx)
+	require.NoError(t, err)
+	low := e.waitCheckpoint(start, end, endTS, 30*time.Second)
+	require.Greater(t, low, e.startTS)
+	rows, metas := e.check(ctx, start, end, low)
+	t.Logf("checked %d rows in %d metas up to %d (start %d)", rows, metas, low, e.startTS)
+
+	total, n, err := bank.Sum(ctx, endTS)
+	require.NoError(t, err)
+	require.Equal(t, bank.Total(), total)
+	require.Equal(t, bank.Accounts, n)
+}
+
+// TestLowLoadFlushesEveryInterval: with a trickle of writes, a meta with
+// coverage still appears every flush interval.
+func TestLowLoadFlushesEveryInterval(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	interval := 500 * time.Millisecond
+	e := newEnv(t, nil, interval)
+	for _, id := range e.p.StoreIDs() {
+		e.startAgent(id)
+	}
+	tc, err := txnkv.NewClient([]string{e.p.PDAddr()})
+	require.NoError(t, err)
+	defer tc.Close()
+	ctx := context.Background()
+
+	count := func() (metas, files int) {
+		require.NoError(t, e.st.List(ctx, logfile.MetaPrefix, func(oi storage.ObjectInfo) error {
+			b, err := e.st.Get(ctx, oi.Key)
+			if err != nil {
+				return err
+			}
+			m, err := logfile.DecodeMeta(b)
+			if err != nil {
+				return err
+			}
+			metas++
+			files += len(m.Files)
+			return nil
+		}))
+		return metas, files
+	}
+	// Wait (bounded) for the agents to start flushing.
+	deadline := time.Now().Add(20 * time.Second)
+	for m, _ := count(); m == 0; m, _ = count() {
+		require.True(t, time.Now().Before(deadline), "no meta within 20s")
+		time.Sleep(50 * time.Millisecond) // polling storage
+	}
+	// One small write per interval for a few intervals: each write lands
+	// in a data file within about one interval.
+	for i := 0; i < 4; i++ {
+		txn, err := tc.Begin()
+		require.NoError(t, err)
+		key := []byte(fmt.Sprintf("low/%d", i))
+		require.NoError(t, txn.Set(key, []byte("v")))
+		require.NoError(t, txn.Commit(ctx))
+		_, files0 := count()
+		deadline := time.Now().Add(3 * interval)
+		for {
+			if _, files := count(); files > files0 {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "no data file within 3 flush intervals of write %d", i)
+			time.Sleep(20 * time.Millisecond) // polling storage
+		}
+	}
+	metas0, _ := count()
+	time.Sleep(4 * interval) // measuring the rate over a window, not synchronising
+	metas1, _ := count()
+	// Three agents, each a meta per interval while their regions advance;
+	// at least one agent leads regions.
+	require.GreaterOrEqual(t, metas1-metas0, 3, "metas per 4 intervals")
+}

@@ -1,0 +1,664 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"github.com/pingcap/kvproto/pkg/kvrpcpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/task"
+)
+
+// ticdcVersion is the version the agent announces on EventFeed: ≥ 4.0.8 gets
+// store-level batched ResolvedTs, ≥ 5.3.0 has the cluster id checked
+// (TIKV-PROTOCOLS §1.1).
+const ticdcVersion = "8.5.0"
+
+// sink is what a capture needs of flush.Flusher.
+type sink interface {
+	Add(ctx context.Context, rows []logfile.Row) error
+	Buffered() int64
+	Flush(ctx context.Context, flushTS uint64, regions []*pitrpb.RegionCoverage) (*pitrpb.Meta, error)
+	Stats() flush.Stats
+}
+
+var _ sink = (*flush.Flusher)(nil)
+
+// regionState is where a region's subscription is.
+type regionState int
+
+const (
+	// stateIdle: no subscription; subscribe when PD confirms the region
+	// and retryAt has passed.
+	stateIdle regionState = iota
+	// statePending: Register sent, INITIALIZED not received yet.
+	statePending
+	// stateNormal: initialized; resolved ts advances.
+	stateNormal
+	// stateStopping: Deregister sent; waiting for the subscription's end.
+	stateStopping
+)
+
+func (s regionState) String() string {
+	return [...]string{"idle", "pending", "normal", "stopping"}[s]
+}
+
+// region is one region led by this store, clipped to one task range, and
+// its subscription.
+type region struct {
+	id               uint64
+	epoch            metapb.RegionEpoch
+	start, end       []byte // raw: region ∩ task range
+	encStart, encEnd []byte
+
+	state     regionState
+	requestID uint64
+	m         *matcher // nil when idle
+	// from is the region's checkpoint: storage holds every change committed
+	// at or before it inside [start, end). It starts as the subscription's
+	// checkpoint_ts and becomes to_ts of each stored flush.
+	from     uint64
+	reason   string    // why the region is idle or stopping
+	retryAt  time.Time // earliest next subscribe (idle)
+	busy     int       // consecutive ServerIsBusy/Congested
+	pdMisses int       // consecutive PD scans that did not confirm the subscription
+	since    time.Time // when state last changed
+}
+
+func (r *region) sameAs(p *pdRegion) bool {
+	return r.epoch.Version == p.epoch.Version && r.epoch.ConfVer == p.epoch.ConfVer &&
+		bytes.Equal(r.start, p.start) && bytes.Equal(r.end, p.end)
+}
+
+func (r *region) setState(s regionState, now time.Time) {
+	r.state = s
+	r.since = now
+}
+
+// pdRegion is a region PD reports as led by this store, clipped to a task
+// range.
+type pdRegion struct {
+	id               uint64
+	epoch            metapb.RegionEpoch
+	start, end       []byte
+	encStart, encEnd []byte
+}
+
+// capture is one run of a task's capture: one EventFeed stream at a time to
+// the local TiKV, the region subscriptions on it, and the flush loop.
+type capture struct {
+	r   *runner
+	a   *Agent
+	log hclog.Logger
+	fl  sink
+
+	mu        sync.Mutex
+	regions   map[uint64]*region // by region id
+	subs      map[uint64]*region // by request id
+	nextReqID uint64
+	feed      *feed  // current stream; nil while disconnected
+	feedErr   string // why the stream is down
+	flushErr  string // last flush error ("" after a good flush)
+	lastFlush time.Time
+
+	kick     chan struct{} // re-read regions from PD now
+	full     chan struct{} // the buffer reached FileTarget
+	flushReq chan chan flushResult
+}
+
+type flushResult struct {
+	meta *pitrpb.Meta
+	err  error
+}
+
+func newCapture(r *runner, fl sink) *capture {
+	return &capture{
+		r: r, a: r.a, log: r.log, fl: fl,
+		regions: map[uint64]*region{}, subs: map[uint64]*region{},
+		kick: make(chan struct{}, 1), full: make(chan struct{}, 1), flushReq: make(chan chan flushResult),
+	}
+}
+
+func (c *capture) run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.streamLoop(ctx) })
+	g.Go(func() error { return c.regionLoop(ctx) })
+	g.Go(func() error { return c.flushLoop(ctx) })
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (c *capture) kickRegions() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// feed is one EventFeed stream. Send is serialised; Recv belongs to
+// streamLoop.
+type feed struct {
+	mu     sync.Mutex
+	stream cdcpb.ChangeData_EventFeedClient
+	broken bool
+}
+
+func (f *feed) send(req *cdcpb.ChangeDataRequest) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.broken {
+		return errors.New("stream closed")
+	}
+	if err := f.stream.Send(req); err != nil {
+		f.broken = true
+		return err
+	}
+	return nil
+}
+
+// streamLoop keeps one EventFeed stream open and reads it. A broken stream
+// ends every subscription on it; its regions go idle and are subscribed
+// again on the next stream. Rows already received stay in the buffer.
+func (c *capture) streamLoop(ctx context.Context) error {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		sctx, cancel := context.WithCancel(ctx)
+		stream, err := c.a.cdc.EventFeed(sctx)
+		if err == nil {
+			f := &feed{stream: stream}
+			c.mu.Lock()
+			c.feed, c.feedErr = f, ""
+			c.mu.Unlock()
+			c.kickRegions()
+			err = c.recv(ctx, f, bo)
+			f.mu.Lock()
+			f.broken = true
+			f.mu.Unlock()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		var fatal *fatalError
+		if errors.As(err, &fatal) {
+			return err
+		}
+		c.streamBroken(err)
+		bo.wait(ctx)
+	}
+	return nil
+}
+
+// fatalError ends the capture (the runner starts a fresh one).
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+func (c *capture) streamBroken(err error) {
+	if errors.Is(err, io.EOF) {
+		err = errors.New("stream ended by tikv")
+	}
+	c.log.Warn("change stream broken; subscribing again", "error", err)
+	c.a.met.streamErrors.Inc()
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.feed = nil
+	c.feedErr = err.Error()
+	for id, r := range c.subs {
+		delete(c.subs, id)
+		c.idleLocked(r, "stream broken: "+err.Error(), now, 0)
+	}
+}
+
+// idleLocked ends a region's subscription state. Rows it produced stay in
+// the buffer; its pending prewrites are dropped (the next incremental scan
+// sends the locks again).
+func (c *capture) idleLocked(r *region, reason string, now time.Time, delay time.Duration) {
+	r.setState(stateIdle, now)
+	r.m = nil
+	r.requestID = 0
+	r.reason = reason
+	r.retryAt = now.Add(delay)
+}
+
+// recv reads the stream until it fails. Rows are handed to the flusher
+// before the next message is read: when the flusher blocks (budgets
+// exhausted) the agent stops reading and TiKV buffers, nothing is dropped.
+// A resolved ts is applied only after every row received before it was
+// added, so a flush cut never claims a ts whose rows are not buffered.
+func (c *capture) recv(ctx context.Context, f *feed, bo *backoff) error {
+	var rows []logfile.Row
+	for {
+		ev, err := f.stream.Recv()
+		if err != nil {
+			return err
+		}
+		bo.reset()
+		if len(ev.Events) > 0 {
+			rows = c.handleEvents(f, ev.Events, rows[:0])
+			if len(rows) > 0 {
+				batch := make([]logfile.Row, len(rows)) // the flusher keeps it
+				copy(batch, rows)
+				var n int64
+				for i := range batch {
+					n += batch[i].LogicalSize()
+				}
+				if err := c.fl.Add(ctx, batch); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return &fatalError{fmt.Errorf("buffer rows: %w", err)}
+				}
+				c.a.met.capturedRows.Add(float64(len(batch)))
+				c.a.met.capturedBytes.Add(float64(n))
+				if c.fl.Buffered() >= c.a.cfg.FileTarget {
+					select {
+					case c.full <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}
+		if rts := ev.ResolvedTs; rts != nil {
+			c.a.met.events[evResolved].Inc()
+			c.handleResolved(rts)
+		}
+	}
+}
+
+// handleEvents runs the rows of a message through their regions' matchers
+// and applies errors. It returns the committed changes.
+func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row) []logfile.Row {
+	now := time.Now()
+	var deregister []*cdcpb.ChangeDataRequest
+	resubscribe := false
+	c.mu.Lock()
+	for _, ev := range events {
+		r := c.subs[ev.RequestId]
+		if r == nil || r.id != ev.RegionId || c.feed != f {
+			continue // a subscription that already ended
+		}
+		switch e := ev.Event.(type) {
+		case *cdcpb.Event_Entries_:
+			for _, row := range e.Entries.GetEntries() {
+				c.a.met.countRow(row)
+				if r.state != statePending && r.state != stateNormal {
+					continue
+				}
+				var err error
+				out, err = r.m.handle(row, out)
+				if err != nil {
+					c.log.Error("protocol error; subscribing the region again", "region", r.id, "error", err)
+					c.a.met.protocolErrors.Inc()
+					deregister = append(deregister, c.stopLocked(r, "protocol error: "+err.Error(), now))
+					break
+				}
+				if row.Type == cdcpb.Event_INITIALIZED && r.state == statePending {
+					r.setState(stateNormal, now)
+					r.busy = 0
+					if n := r.m.droppedCommits; n > 0 {
+						c.log.Warn("unmatched commits dropped at initialized", "region", r.id, "count", n)
+						c.a.met.droppedCommits.Add(float64(n))
+					}
+				}
+			}
+			if r.m != nil && r.m.lateRows > 0 {
+				c.log.Error("rows at or below the resolved ts", "region", r.id, "count", r.m.lateRows)
+				c.a.met.protocolErrors.Add(float64(r.m.lateRows))
+				r.m.lateRows = 0
+			}
+		case *cdcpb.Event_Error:
+			c.a.met.events[evError].Inc()
+			delete(c.subs, ev.RequestId)
+			reason, delay, fatal := c.classify(r, e.Error)
+			c.a.met.resubscribes.WithLabelValues(errorKind(e.Error)).Inc()
+			c.idleLocked(r, reason, now, delay)
+			if fatal != nil {
+				c.log.Error("subscription refused", "region", r.id, "error", fatal)
+				c.r.a.setLastErr(fmt.Errorf("task %s: %w", c.r.name, fatal))
+			} else {
+				c.log.Debug("subscription ended", "region", r.id, "reason", reason)
+			}
+			resubscribe = true
+		case *cdcpb.Event_ResolvedTs:
+			if r.state == stateNormal {
+				r.m.resolve(e.ResolvedTs)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, req := range deregister {
+		if err := f.send(req); err != nil {
+			c.log.Debug("send deregister", "error", err)
+		}
+	}
+	if resubscribe {
+		c.kickRegions()
+	}
+	return out
+}
+
+// classify maps a subscription error to a reason, a retry delay and, for
+// errors retrying cannot fix, an error to report.
+func (c *capture) classify(r *region, e *cdcpb.Error) (string, time.Duration, error) {
+	switch {
+	case e.NotLeader != nil:
+		return "resubscribing after NotLeader", 0, nil
+	case e.EpochNotMatch != nil:
+		return "resubscribing after EpochNotMatch", 0, nil
+	case e.RegionNotFound != nil:
+		return "resubscribing after RegionNotFound", 0, nil
+	case e.ServerIsBusy != nil, e.Congested != nil:
+		r.busy++
+		d := min(time.Duration(r.busy)*500*time.Millisecond, 10*time.Second)
+		what := "ServerIsBusy"
+		if e.Congested != nil {
+			what = "Congested"
+		}
+		return fmt.Sprintf("tikv %s, retrying in %s", what, d), d, nil
+	case e.DuplicateRequest != nil:
+		return "resubscribing after DuplicateRequest", time.Second, nil
+	case e.ClusterIdMismatch != nil:
+		err := fmt.Errorf("tikv %s belongs to cluster %d, PD to %d", c.a.cfg.TiKVAddr, e.ClusterIdMismatch.Current, e.ClusterIdMismatch.Request)
+		return err.Error(), 30 * time.Second, err
+	case e.Compatibility != nil:
+		err := fmt.Errorf("tikv %s requires version %s", c.a.cfg.TiKVAddr, e.Compatibility.RequiredVersion)
+		return err.Error(), 30 * time.Second, err
+	}
+	return "resubscribing after an unknown error", time.Second, nil
+}
+
+func errorKind(e *cdcpb.Error) string {
+	switch {
+	case e.NotLeader != nil:
+		return "not_leader"
+	case e.EpochNotMatch != nil:
+		return "epoch_not_match"
+	case e.RegionNotFound != nil:
+		return "region_not_found"
+	case e.ServerIsBusy != nil:
+		return "server_is_busy"
+	case e.Congested != nil:
+		return "congested"
+	case e.DuplicateRequest != nil:
+		return "duplicate_request"
+	case e.ClusterIdMismatch != nil:
+		return "cluster_id_mismatch"
+	case e.Compatibility != nil:
+		return "compatibility"
+	}
+	return "other"
+}
+
+// handleResolved applies a store-level ResolvedTs: every listed region (of
+// this stream) is resolved to at least ts. Only initialized subscriptions
+// take it; one region has at most one subscription on a stream at a time,
+// so the region id names it.
+func (c *capture) handleResolved(rts *cdcpb.ResolvedTs) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range rts.Regions {
+		r := c.regions[id]
+		if r == nil || r.state != stateNormal {
+			continue
+		}
+		if rts.RequestId != 0 && rts.RequestId != r.requestID {
+			continue
+		}
+		r.m.resolve(rts.Ts)
+	}
+}
+
+// stopLocked deregisters a region's subscription; it goes idle when TiKV
+// confirms (RegionNotFound for the request).
+func (c *capture) stopLocked(r *region, reason string, now time.Time) *cdcpb.ChangeDataRequest {
+	r.setState(stateStopping, now)
+	r.reason = reason
+	return &cdcpb.ChangeDataRequest{
+		Header:    c.header(),
+		RegionId:  r.id,
+		RequestId: r.requestID,
+		Request:   &cdcpb.ChangeDataRequest_Deregister_{Deregister: &cdcpb.ChangeDataRequest_Deregister{}},
+	}
+}
+
+func (c *capture) header() *cdcpb.Header {
+	return &cdcpb.Header{ClusterId: c.a.clusterID, TicdcVersion: ticdcVersion}
+}
+
+// regionLoop re-reads the task's regions from PD every RegionInterval, and
+// at once after a subscription ended or a new stream opened.
+func (c *capture) regionLoop(ctx context.Context) error {
+	t := time.NewTicker(c.a.cfg.RegionInterval)
+	defer t.Stop()
+	for {
+		if err := c.reconcile(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("read regions from PD", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-c.kick:
+		}
+	}
+}
+
+// scanRegions lists the regions inside the task ranges whose leader is on
+// this store, clipped to the ranges.
+func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
+	const page = 1024
+	var out []*pdRegion
+	for _, kr := range c.r.ranges {
+		key := kr.encStart
+		for {
+			rs, err := c.a.pd.ScanRegions(ctx, key, kr.encEnd, page)
+			if err != nil {
+				c.a.setPDErr(fmt.Errorf("pd: scan regions: %w", err))
+				return nil, fmt.Errorf("scan regions: %w", err)
+			}
+			if len(rs) == 0 {
+				return nil, fmt.Errorf("scan regions from %x: PD returned none", key)
+			}
+			for _, pr := range rs {
+				meta := pr.Meta
+				if pr.Leader == nil || pr.Leader.GetStoreId() != c.a.storeID {
+					continue
+				}
+				encStart, encEnd, ok := intersect(meta.GetStartKey(), meta.GetEndKey(), kr.encStart, kr.encEnd)
+				if !ok {
+					continue
+				}
+				start, err1 := decodeKey(encStart)
+				end, err2 := decodeKey(encEnd)
+				if err := errors.Join(err1, err2); err != nil {
+					c.log.Warn("region left out: its boundary is not a raw key", "region", meta.GetId(), "error", err)
+					continue
+				}
+				out = append(out, &pdRegion{
+					id: meta.GetId(), epoch: metapb.RegionEpoch{Version: meta.GetRegionEpoch().GetVersion(), ConfVer: meta.GetRegionEpoch().GetConfVer()},
+					start: start, end: end, encStart: encStart, encEnd: encEnd,
+				})
+			}
+			last := rs[len(rs)-1].Meta.GetEndKey()
+			if len(last) == 0 || (len(kr.encEnd) > 0 && bytes.Compare(last, kr.encEnd) >= 0) {
+				break
+			}
+			key = last
+		}
+	}
+	c.a.setPDErr(nil)
+	return out, nil
+}
+
+// reconcile brings the subscriptions in line with PD: new regions led here
+// are subscribed, idle ones subscribed again when due, regions PD no longer
+// shows here are dropped (idle) or deregistered (after two scans, in case
+// TiKV's error is still on its way).
+func (c *capture) reconcile(ctx context.Context) error {
+	found, err := c.scanRegions(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	c.mu.Lock()
+	f := c.feed
+	if f == nil {
+		c.mu.Unlock()
+		return nil
+	}
+	var todo []*region
+	var deregister []*cdcpb.ChangeDataRequest
+	seen := make(map[uint64]bool, len(found))
+	var idx []*region // regions by start key, built when first needed
+	for _, p := range found {
+		seen[p.id] = true
+		r := c.regions[p.id]
+		if r != nil && r.sameAs(p) {
+			r.pdMisses = 0
+			if r.state == stateIdle && !now.Before(r.retryAt) {
+				todo = append(todo, r)
+			}
+			continue
+		}
+		if r != nil {
+			if r.state != stateIdle {
+				// Same id, new epoch or range: TiKV's EpochNotMatch is due.
+				r.pdMisses++
+				if r.pdMisses >= 2 && r.state != stateStopping {
+					deregister = append(deregister, c.stopLocked(r, "region changed in PD", now))
+				}
+				continue
+			}
+			delete(c.regions, p.id)
+		}
+		if idx == nil {
+			idx = c.sortedRegionsLocked()
+		}
+		if c.overlapsActiveLocked(idx, p) {
+			continue // an old region's subscription still covers part of it
+		}
+		r = &region{id: p.id, epoch: p.epoch, start: p.start, end: p.end, encStart: p.encStart, encEnd: p.encEnd, since: now}
+		c.regions[p.id] = r
+		todo = append(todo, r)
+	}
+	for id, r := range c.regions {
+		if seen[id] {
+			continue
+		}
+		if r.state == stateIdle {
+			delete(c.regions, id)
+			continue
+		}
+		r.pdMisses++
+		if r.pdMisses >= 2 && r.state != stateStopping {
+			deregister = append(deregister, c.stopLocked(r, "PD shows the region elsewhere", now))
+		}
+	}
+	c.mu.Unlock()
+
+	var reqs []*cdcpb.ChangeDataRequest
+	if len(todo) > 0 {
+		global, err := task.Checkpoint(ctx, c.a.etcd, c.r.name)
+		if err != nil {
+			c.a.setEtcdErr(err)
+			return fmt.Errorf("read global checkpoint: %w", err)
+		}
+		floor := max(global, c.r.rec.GetInfo().GetStartTs())
+		c.mu.Lock()
+		if c.feed == f {
+			for _, r := range todo {
+				if r.state != stateIdle || c.regions[r.id] != r {
+					continue
+				}
+				reqs = append(reqs, c.subscribeLocked(r, floor, now))
+			}
+		}
+		c.mu.Unlock()
+	}
+	for _, req := range append(deregister, reqs...) {
+		if err := f.send(req); err != nil {
+			return nil // the stream broke; streamLoop starts over
+		}
+	}
+	return nil
+}
+
+// overlapsActiveLocked reports whether p overlaps a subscribed region of
+// another id; idle regions it overlaps are stale and dropped. idx holds the
+// regions by start key (they are disjoint, so their ends are sorted too).
+func (c *capture) overlapsActiveLocked(idx []*region, p *pdRegion) bool {
+	i := sort.Search(len(idx), func(i int) bool { return before(p.start, idx[i].end) })
+	active := false
+	for ; i < len(idx) && before(idx[i].start, p.end); i++ {
+		o := idx[i]
+		if o.id == p.id || c.regions[o.id] != o {
+			continue
+		}
+		if o.state == stateIdle {
+			delete(c.regions, o.id)
+			continue
+		}
+		active = true
+	}
+	return active
+}
+
+// subscribeLocked registers a region. Its checkpoint_ts is the highest ts
+// storage is known to hold for exactly its range: the global checkpoint (or
+// the task's start_ts), raised to what this agent itself flushed for the
+// range (its earlier subscriptions, or the region it was split from). The
+// incremental scan then sends everything committed after it, so coverage
+// (from, resolved] stays honest; rows already buffered come again, which
+// is fine (duplicates are allowed, I5).
+func (c *capture) subscribeLocked(r *region, floor uint64, now time.Time) *cdcpb.ChangeDataRequest {
+	cp := max(floor, r.from, c.r.flushedMin(r.start, r.end))
+	c.nextReqID++
+	r.requestID = c.nextReqID
+	r.from = cp
+	r.m = newMatcher(cp)
+	r.reason = ""
+	r.pdMisses = 0
+	r.setState(statePending, now)
+	c.subs[r.requestID] = r
+	c.a.met.subscribes.Inc()
+	return &cdcpb.ChangeDataRequest{
+		Header:       c.header(),
+		RegionId:     r.id,
+		RegionEpoch:  &metapb.RegionEpoch{Version: r.epoch.Version, ConfVer: r.epoch.ConfVer},
+		CheckpointTs: cp,
+		StartKey:     r.encStart,
+		EndKey:       r.encEnd,
+		RequestId:    r.requestID,
+		ExtraOp:      kvrpcpb.ExtraOp_ReadOldValue,
+		Request:      &cdcpb.ChangeDataRequest_Register_{Register: &cdcpb.ChangeDataRequest_Register{}},
+	}
+}
+
+// sortedRegions returns the regions by start key; c.mu is held.
+func (c *capture) sortedRegionsLocked() []*region {
+	out := make([]*region, 0, len(c.regions))
+	for _, r := range c.regions {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].start, out[j].start) < 0 })
+	return out
+}

@@ -1,0 +1,160 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of the zero fields of Config.
+const (
+	DefaultListenAddr     = "127.0.0.1:9595"
+	DefaultHTTPAddr       = "127.0.0.1:9596"
+	DefaultFlushInterval  = 5 * time.Second
+	DefaultMemoryBudget   = 256 << 20
+	DefaultSpillBudget    = 8 << 30
+	DefaultFileTarget     = 128 << 20
+	DefaultUploads        = 4
+	DefaultRegionInterval = time.Second
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultLeaseTTL       = 10 * time.Second
+)
+
+// Config configures an Agent. Zero fields take the defaults above; New calls
+// Validate.
+type Config struct {
+	// PDAddrs are PD's client URLs (host:port or http://host:port). PD's etcd
+	// is reached on the same addresses.
+	PDAddrs []string
+	// TiKVAddr is the address of the store this agent sits beside, as PD
+	// lists it; the agent finds its store id with it.
+	TiKVAddr string
+	// DataDir holds the spill runs of every task (DataDir/<task>/spill).
+	DataDir string
+	// ListenAddr serves the Agent gRPC service (":0" picks a port);
+	// AdvertiseAddr is what the agent registers in etcd (default: the
+	// listener's address).
+	ListenAddr    string
+	AdvertiseAddr string
+	// HTTPAddr serves /metrics and /healthz; "-" disables it.
+	HTTPAddr string
+
+	// FlushInterval is the time between flush cuts; a cut also happens when
+	// a task's buffer reaches FileTarget.
+	FlushInterval time.Duration
+	// MemoryBudget and SpillBudget bound each task's buffer in memory and
+	// on disk (see package flush). SpillBudget < 0: never spill.
+	MemoryBudget int64
+	SpillBudget  int64
+	// FileTarget is the data file size flush aims for.
+	FileTarget int64
+	// UploadConcurrency bounds concurrent data file uploads per task.
+	UploadConcurrency int
+	// RegionInterval is how often regions are re-read from PD.
+	RegionInterval time.Duration
+	// ConnectTimeout bounds the wait for PD at start.
+	ConnectTimeout time.Duration
+	// LeaseTTL is the TTL of the agent's registration in etcd.
+	LeaseTTL time.Duration
+
+	Logger hclog.Logger
+	// Registerer receives the agent's metrics (and its flushers'); nil: a
+	// fresh registry. Gatherer serves /metrics; nil: the Registerer when it
+	// is also a Gatherer.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+}
+
+// SetDefaults fills the zero fields.
+func (c *Config) SetDefaults() {
+	if c.ListenAddr == "" {
+		c.ListenAddr = DefaultListenAddr
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = DefaultHTTPAddr
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.MemoryBudget == 0 {
+		c.MemoryBudget = DefaultMemoryBudget
+	}
+	if c.SpillBudget == 0 {
+		c.SpillBudget = DefaultSpillBudget
+	}
+	if c.FileTarget == 0 {
+		c.FileTarget = DefaultFileTarget
+	}
+	if c.UploadConcurrency == 0 {
+		c.UploadConcurrency = DefaultUploads
+	}
+	if c.RegionInterval == 0 {
+		c.RegionInterval = DefaultRegionInterval
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+}
+
+// ErrConfig marks configuration mistakes (Validate's errors).
+var ErrConfig = errors.New("invalid agent config")
+
+// Validate reports the first invalid field, after defaults.
+func (c *Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+	}
+	if len(c.PDAddrs) == 0 {
+		return bad("PD addresses are required (--pd)")
+	}
+	for _, a := range c.PDAddrs {
+		if strings.TrimSpace(a) == "" {
+			return bad("empty PD address in %q", strings.Join(c.PDAddrs, ","))
+		}
+	}
+	if c.TiKVAddr == "" {
+		return bad("the TiKV address is required (--tikv)")
+	}
+	if _, _, err := net.SplitHostPort(c.TiKVAddr); err != nil {
+		return bad("TiKV address %q: want host:port", c.TiKVAddr)
+	}
+	if c.DataDir == "" {
+		return bad("a data dir is required (--data-dir)")
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		return bad("listen address %q: want host:port", c.ListenAddr)
+	}
+	if c.HTTPAddr != "-" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return bad("http address %q: want host:port (or - to disable)", c.HTTPAddr)
+		}
+	}
+	switch {
+	case c.FlushInterval < 10*time.Millisecond:
+		return bad("flush interval %s is too short (at least 10ms)", c.FlushInterval)
+	case c.MemoryBudget < 1<<20:
+		return bad("memory budget %d is below 1 MiB", c.MemoryBudget)
+	case c.FileTarget < 1<<10:
+		return bad("file target %d is below 1 KiB", c.FileTarget)
+	case c.UploadConcurrency < 1:
+		return bad("upload concurrency must be at least 1")
+	case c.RegionInterval < 10*time.Millisecond:
+		return bad("region interval %s is too short", c.RegionInterval)
+	case c.ConnectTimeout <= 0:
+		return bad("connect timeout must be positive")
+	case c.LeaseTTL < 2*time.Second:
+		return bad("lease TTL %s is below 2s", c.LeaseTTL)
+	}
+	return nil
+}
