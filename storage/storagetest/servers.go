@@ -408,7 +408,9 @@ func StartAzurite(t testing.TB) *Azurite {
 	a := &Azurite{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/%s", port, AzuriteAccount)}
 	a.proc, err = startProcess("azurite", filepath.Join(dir, "azurite.log"), nil, bin,
 		"--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--location", dir,
-		"--skipApiVersionCheck", "--loose", "--silent")
+		"--skipApiVersionCheck", "--loose", "--silent",
+		// Azurite phones home by default; tests talk to loopback only.
+		"--disableTelemetry")
 	require.NoError(t, err)
 	t.Cleanup(a.proc.stop)
 	// Any HTTP answer means it listens; Azurite answers 400 to a bare GET.
