@@ -57,6 +57,8 @@
 //	magic   = "PITRRUN1"                                          8 bytes
 //	record  = keyLen:u32 valueLen:u32 oldLen:u32                  12 bytes
 //	          commitTS:u64 startTS:u64 op:i32 flags:u8            21 bytes
+//	          headerCRC:u32 (CRC-32C of the 33 bytes above: lengths are
+//	                         trusted only after it, before allocating)
 //	          key value oldValue                                  keyLen+valueLen+oldLen bytes
 //	          crc:u32  (CRC-32C of every preceding byte of the record)
 //	flags   = bit 0: Value != nil; bit 1: HasOldValue; bit 2: OldValue != nil

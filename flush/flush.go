@@ -49,12 +49,14 @@ type Config struct {
 	// would not fit, Add blocks until a Flush frees space. Negative: never
 	// spill (Add blocks at the memory budget).
 	SpillBudget int64
-	// FileTarget: a data file is closed once it reaches this size, so files
-	// are at least this big except the last of a flush.
+	// FileTarget: a data file is closed once the bytes written reach this
+	// size, so files are at least this big except the last of a flush, and
+	// overshoot by at most about one row group.
 	FileTarget int64
 	// UploadConcurrency bounds the data files being uploaded at once.
 	UploadConcurrency int
-	// Writer is passed to logfile.NewWriter for every data file.
+	// Writer is passed to logfile.NewWriter for every data file, with
+	// RowGroupBytes capped at FileTarget/8.
 	Writer logfile.WriterOptions
 
 	Storage    Uploader

@@ -18,7 +18,8 @@ import (
 
 const (
 	runMagic       = "PITRRUN1"
-	runHeaderLen   = 33 // keyLen, valueLen, oldLen, commitTS, startTS, op, flags
+	runFieldsLen   = 33               // keyLen, valueLen, oldLen, commitTS, startTS, op, flags
+	runHeaderLen   = runFieldsLen + 4 // + CRC of the fields, checked before allocating
 	runRecordExtra = runHeaderLen + 4
 	runTrailerLen  = 16
 	runEnd         = 0xFFFFFFFF
@@ -28,7 +29,7 @@ const (
 	flagHasOld   = 1 << 1
 	flagOldValue = 1 << 2
 
-	maxRecord = 1 << 31 // refuse to allocate more for one record of a corrupt run
+	maxRecord = 1 << 31 // bytes of key, value and old value of one row
 
 	runWriteBuffer = 1 << 20
 	runReadBuffer  = 256 << 10
@@ -36,9 +37,11 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// errCorruptRun: a spill run does not decode (torn, bit-flipped or
-// truncated). The Flush reading it fails; the run is not deleted.
-var errCorruptRun = errors.New("corrupt spill run")
+// ErrSpillCorrupt: a local spill run does not decode (torn, bit-flipped,
+// truncated: a local disk fault). Every later Flush fails the same way, so
+// the caller must treat it as fatal for this Flusher: Close it (which
+// deletes the runs) and capture again from the last stored checkpoint.
+var ErrSpillCorrupt = errors.New("flush: corrupt spill run")
 
 // recordSize is the exact number of bytes r takes in a spill run.
 func recordSize(r *logfile.Row) int64 {
@@ -70,7 +73,12 @@ func writeRun(path string, rows []*logfile.Row) (err error) {
 			_ = os.Remove(path)
 		}
 	}()
-	w := bufio.NewWriterSize(fd, runWriteBuffer)
+	return encodeRun(fd, rows)
+}
+
+// encodeRun writes a run of the sorted rows to dst.
+func encodeRun(dst io.Writer, rows []*logfile.Row) error {
+	w := bufio.NewWriterSize(dst, runWriteBuffer)
 	if _, err := w.WriteString(runMagic); err != nil {
 		return err
 	}
@@ -94,6 +102,7 @@ func writeRun(path string, rows []*logfile.Row) (err error) {
 			flags |= flagOldValue
 		}
 		hdr[32] = flags
+		binary.LittleEndian.PutUint32(hdr[runFieldsLen:], crc32.Checksum(hdr[:runFieldsLen], castagnoli))
 		crc := crc32.Update(0, castagnoli, hdr[:])
 		crc = crc32.Update(crc, castagnoli, r.Key)
 		crc = crc32.Update(crc, castagnoli, r.Value)
@@ -117,7 +126,7 @@ func writeRun(path string, rows []*logfile.Row) (err error) {
 // and stays valid after Next.
 type runIter struct {
 	path string
-	fd   *os.File
+	c    io.Closer
 	r    *bufio.Reader
 	row  *logfile.Row
 	rows uint64
@@ -130,19 +139,29 @@ var _ logfile.Iterator = (*runIter)(nil)
 func openRun(path string) (*runIter, error) {
 	fd, err := os.Open(path)
 	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, ErrSpillCorrupt)
+	}
+	it, err := newRunIter(path, fd)
+	if err != nil {
+		_ = fd.Close()
 		return nil, err
 	}
-	it := &runIter{path: path, fd: fd, r: bufio.NewReaderSize(fd, runReadBuffer)}
+	it.c = fd
+	return it, nil
+}
+
+// newRunIter reads a run from r; name is for errors.
+func newRunIter(name string, r io.Reader) (*runIter, error) {
+	it := &runIter{path: name, r: bufio.NewReaderSize(r, runReadBuffer)}
 	var magic [len(runMagic)]byte
 	if _, err := io.ReadFull(it.r, magic[:]); err != nil || string(magic[:]) != runMagic {
-		_ = fd.Close()
-		return nil, fmt.Errorf("%s: bad magic: %w", path, errCorruptRun)
+		return nil, fmt.Errorf("%s: bad magic: %w", name, ErrSpillCorrupt)
 	}
 	return it, nil
 }
 
 func (it *runIter) fail(format string, args ...any) bool {
-	it.err = fmt.Errorf("%s: %s: %w", it.path, fmt.Sprintf(format, args...), errCorruptRun)
+	it.err = fmt.Errorf("%s: %s: %w", it.path, fmt.Sprintf(format, args...), ErrSpillCorrupt)
 	it.row = nil
 	return false
 }
@@ -177,6 +196,9 @@ func (it *runIter) Next() bool {
 	if _, err := io.ReadFull(it.r, hdr[4:]); err != nil {
 		return it.fail("record %d: %v", it.rows, err)
 	}
+	if crc32.Checksum(hdr[:runFieldsLen], castagnoli) != binary.LittleEndian.Uint32(hdr[runFieldsLen:]) {
+		return it.fail("record %d: header checksum mismatch", it.rows)
+	}
 	valueLen := binary.LittleEndian.Uint32(hdr[4:])
 	oldLen := binary.LittleEndian.Uint32(hdr[8:])
 	total := uint64(keyLen) + uint64(valueLen) + uint64(oldLen)
@@ -193,6 +215,12 @@ func (it *runIter) Next() bool {
 		return it.fail("record %d: checksum mismatch", it.rows)
 	}
 	flags := hdr[32]
+	switch {
+	case flags&^(flagValue|flagHasOld|flagOldValue) != 0:
+		return it.fail("record %d: unknown flags %#x", it.rows, flags)
+	case valueLen > 0 && flags&flagValue == 0, oldLen > 0 && flags&flagOldValue == 0:
+		return it.fail("record %d: bytes of a nil value", it.rows)
+	}
 	row := &logfile.Row{
 		CommitTS:    binary.LittleEndian.Uint64(hdr[12:]),
 		StartTS:     binary.LittleEndian.Uint64(hdr[20:]),
@@ -216,11 +244,11 @@ func (it *runIter) Row() *logfile.Row { return it.row }
 func (it *runIter) Err() error        { return it.err }
 
 func (it *runIter) Close() error {
-	if it.fd == nil {
+	if it.c == nil {
 		return nil
 	}
-	err := it.fd.Close()
-	it.fd = nil
+	err := it.c.Close()
+	it.c = nil
 	return err
 }
 

@@ -73,11 +73,34 @@ type fileUpload struct {
 	path string
 	w    *logfile.Writer
 	pw   *io.PipeWriter
+	out  countingWriter // what w has written to pw: exact, unlike w.Size()
 	df   *pitrpb.DataFile
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // errShortUpload: PutReader returned before reading the whole file.
 var errShortUpload = errors.New("upload ended before the file was complete")
+
+// writerOpts are the data file writer options: a row group is at most an
+// eighth of FileTarget, so that a file overshoots the target by little.
+func (f *Flusher) writerOpts() logfile.WriterOptions {
+	o := f.cfg.Writer
+	if o.RowGroupBytes <= 0 {
+		o.RowGroupBytes = logfile.DefaultRowGroupBytes
+	}
+	o.RowGroupBytes = max(min(o.RowGroupBytes, f.cfg.FileTarget/8), 1)
+	return o
+}
 
 // writeFiles writes the sorted rows of src as data files of at least
 // FileTarget bytes (the last one may be smaller), each streamed to storage
@@ -111,10 +134,7 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 		}
 		pr, pw := io.Pipe()
 		u := &fileUpload{path: logfile.DataPath(f.cfg.StoreID, flushTS, id), pw: pw}
-		if u.w, err = logfile.NewWriter(pw, f.cfg.Writer); err != nil {
-			<-sem
-			return nil, fmt.Errorf("new data file writer: %w", err)
-		}
+		u.out.w = pw
 		uploads = append(uploads, u)
 		wg.Add(1)
 		go func() {
@@ -129,6 +149,13 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			}
 			pr.CloseWithError(errShortUpload) // harmless after EOF
 		}()
+		// The writer writes the Parquet magic at once: the upload must run.
+		if u.w, err = logfile.NewWriter(&u.out, f.writerOpts()); err != nil {
+			err = fmt.Errorf("new data file writer: %w", err)
+			fail(err)
+			pw.CloseWithError(err)
+			return nil, err
+		}
 		return u, nil
 	}
 	finish := func(u *fileUpload) error {
@@ -163,7 +190,10 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			if err := cur.w.Write(r); err != nil {
 				return abort(fmt.Errorf("write %s: %w", cur.path, err))
 			}
-			if cur.w.Size() >= f.cfg.FileTarget {
+			// Cut once the bytes already written reach the target (they
+			// only grow at Close), so every file but the last is at least
+			// FileTarget. The overshoot is at most about one row group.
+			if cur.out.n >= f.cfg.FileTarget {
 				if err := finish(cur); err != nil {
 					return abort(err)
 				}
