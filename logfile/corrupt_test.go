@@ -3,8 +3,11 @@ package logfile
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -53,8 +56,9 @@ func TestCorrupt(t *testing.T) {
 			require.ErrorIs(t, err, ErrCorrupt, "byte %d of %d ^ %#x", pos, len(c), mask)
 		}
 		for pos := range small {
-			check(small, pos, 0x01)
-			check(small, pos, 0x80)
+			for _, mask := range []byte{0x01, 0x20, 0x80} {
+				check(small, pos, mask)
+			}
 		}
 		rng := rand.New(rand.NewSource(3))
 		for i := 0; i < 300; i++ {
@@ -116,8 +120,16 @@ func (f *flakyReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return f.r.ReadAt(p, off)
 }
 
+// FuzzReader opens and reads arbitrary bytes. Run it by hand:
+//
+//	go test ./logfile -run '^$' -fuzz 'FuzzReader$' -fuzztime 1m -fuzzminimizetime 1s
+//
+// (the default minimisation of the large inputs takes minutes per input).
+// go test runs the seeds.
 func FuzzReader(f *testing.F) {
-	f.Add(corruptFixture(f))
+	// Small seeds: the fuzzer mutates whole inputs, and big ones crawl.
+	mid, _ := writeFile(f, randRows(rand.New(rand.NewSource(2)), 200, 0), WriterOptions{RowGroupBytes: 4 << 10})
+	f.Add(mid)
 	small, _ := writeFile(f, randRows(rand.New(rand.NewSource(1)), 20, 0), WriterOptions{RowGroupBytes: 512})
 	f.Add(small)
 	empty, _ := writeFile(f, nil, WriterOptions{})
@@ -140,6 +152,87 @@ func FuzzReader(f *testing.F) {
 				t.Fatalf("iterate: error is not ErrCorrupt: %v", err)
 			}
 			_ = it.Close()
+		}
+	})
+}
+
+// restamp recomputes the row group and footer CRCs of data after its row
+// groups were modified in place, as a buggy writer would have produced it.
+func restamp(t testing.TB, data []byte) {
+	metaLen := int(le32(data[len(data)-8:]))
+	meta := data[len(data)-8-metaLen : len(data)-8]
+	i := bytes.LastIndex(meta, []byte(kvRowGroups))
+	require.Positive(t, i)
+	// value: varint length then "off:len:crc,..."
+	v := i + len(kvRowGroups) + 1
+	n, w := 0, 0
+	for shift := 0; ; shift += 7 {
+		b := meta[v+w]
+		n |= int(b&0x7f) << shift
+		w++
+		if b < 0x80 {
+			break
+		}
+	}
+	entries := meta[v+w : v+w+n]
+	for _, e := range bytes.Split(entries, []byte(",")) {
+		p := bytes.Split(e, []byte(":"))
+		off, _ := strconv.Atoi(string(p[0]))
+		l, _ := strconv.Atoi(string(p[1]))
+		copy(p[2], fmt.Sprintf("%08x", crc32.Checksum(data[off:off+l], castagnoli)))
+	}
+	at, err := footerCRCValue(meta)
+	require.NoError(t, err)
+	copy(meta[at:], crcPlaceholder)
+	require.NoError(t, stampFooter(data[len(data)-8-metaLen:]))
+}
+
+// TestCorruptBehindValidChecksums feeds the decoder damaged row groups
+// whose checksums match (what a buggy writer would produce): errors are
+// ErrCorrupt and nothing panics.
+func TestCorruptBehindValidChecksums(t *testing.T) {
+	data := corruptFixture(t)
+	restamp(t, data)
+	_, err := decodeAll(data)
+	require.NoError(t, err, "restamping an intact file changes nothing")
+
+	rd, err := NewReader(bytes.NewReader(data), int64(len(data)))
+	require.NoError(t, err)
+	end := rd.groups[len(rd.groups)-1].off + rd.groups[len(rd.groups)-1].length
+	rng := rand.New(rand.NewSource(9))
+	var failed int
+	for i := 0; i < 300; i++ {
+		c := bytes.Clone(data)
+		for j := 1 + rng.Intn(3); j > 0; j-- {
+			c[4+rng.Int63n(end-4)] ^= byte(1 + rng.Intn(255))
+		}
+		restamp(t, c)
+		if _, err := decodeAll(c); err != nil {
+			require.ErrorIs(t, err, ErrCorrupt)
+			failed++
+		}
+	}
+	t.Logf("%d of 300 damaged files refused", failed)
+}
+
+// FuzzRowGroups (run like FuzzReader) damages the row groups of a valid file and fixes up the
+// checksums, so the fuzzer reaches the page decoders behind them.
+func FuzzRowGroups(f *testing.F) {
+	base := corruptFixture(f)
+	rd, err := NewReader(bytes.NewReader(base), int64(len(base)))
+	require.NoError(f, err)
+	last := rd.groups[len(rd.groups)-1]
+	end := last.off + last.length
+	f.Add(uint32(100), []byte{0xff})
+	f.Add(uint32(5000), []byte{1, 2, 3, 4})
+	f.Fuzz(func(t *testing.T, pos uint32, mask []byte) {
+		c := bytes.Clone(base)
+		for i, m := range mask {
+			c[4+(int64(pos)+int64(i))%(end-4)] ^= m
+		}
+		restamp(t, c)
+		if _, err := decodeAll(c); err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("error is not ErrCorrupt: %v", err)
 		}
 	})
 }

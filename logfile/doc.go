@@ -48,8 +48,9 @@
 //	                     footer bytes with these 8 digits replaced by "00000000"
 //
 // Together the two checksums cover every byte of the file: a reader checks
-// the footer when it opens a file and each row group before decoding it, so
-// corruption is ErrCorrupt, never wrong rows. The meta's sha256 covers the
+// the footer (before parsing it) when it opens a file and each row group
+// before decoding it, so corruption is ErrCorrupt, never wrong rows or a
+// decoder fed garbage. The meta's sha256 covers the
 // whole file too and restore verifies it first; the CRCs make range reads
 // (which cannot check a whole-file hash) safe as well.
 //

@@ -103,3 +103,19 @@ func TestHugeKeys(t *testing.T) {
 	requireRowsEqual(t, rows[1:3], readAll(t, rd.Iter([]byte("b"), []byte("j"))))
 	requireRowsEqual(t, rows[1:2], readAll(t, rd.Iter(huge, append(bytes.Clone(huge), 0))))
 }
+
+// TestBigFooter: long keys with statistics make a footer larger than the
+// first read from the end of the file.
+func TestBigFooter(t *testing.T) {
+	var rows []*Row
+	for i := 0; i < 6; i++ {
+		k := append(bytes.Repeat([]byte{byte('a' + i)}, 30<<10), byte(i))
+		rows = append(rows, &Row{Key: k, CommitTS: 2, StartTS: 1, Op: OpPut, Value: []byte("v")})
+	}
+	data, _ := writeFile(t, rows, WriterOptions{RowGroupBytes: 1})
+	rd, err := NewReader(bytes.NewReader(data), int64(len(data)))
+	require.NoError(t, err)
+	require.Greater(t, int(rd.md.Size()), footerReadAhead)
+	require.True(t, rd.groups[3].hasKeyStats)
+	requireRowsEqual(t, rows[2:4], readAll(t, rd.Iter(rows[2].Key, rows[4].Key)))
+}

@@ -3,7 +3,6 @@ package logfile
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -111,12 +110,17 @@ func NewReader(r io.ReaderAt, size int64) (rd *Reader, err error) {
 		}
 	}
 
+	// Check the footer's CRC before parsing it, so damaged bytes never reach
+	// the thrift decoder (which trusts lengths it reads).
+	if err := checkFooterCRC(meta); err != nil {
+		return nil, err
+	}
 	md, err := metadata.NewFileMetaData(meta, nil)
 	if err != nil {
 		return nil, corruptf("parse footer: %v", err)
 	}
-	if err := checkFooterCRC(md, meta); err != nil {
-		return nil, err
+	if v := md.KeyValueMetadata().FindValue(kvFooterCRC); v == nil {
+		return nil, corruptf("not a pitr data file (no %s)", kvFooterCRC)
 	}
 	if err := checkSchema(md); err != nil {
 		return nil, corruptf("%v", err)
@@ -143,21 +147,18 @@ func NewReader(r io.ReaderAt, size int64) (rd *Reader, err error) {
 
 const magic = "PAR1"
 
-func checkFooterCRC(md *metadata.FileMetaData, meta []byte) error {
-	v := md.KeyValueMetadata().FindValue(kvFooterCRC)
-	if v == nil {
-		return corruptf("not a pitr data file (no %s)", kvFooterCRC)
-	}
-	want, err := hex.DecodeString(*v)
-	if err != nil || len(want) != 4 {
-		return corruptf("footer CRC %q", *v)
-	}
+// checkFooterCRC verifies the footer CRC over the raw footer bytes (see
+// footerCRCValue for how the entry is found without parsing).
+func checkFooterCRC(meta []byte) error {
 	at, err := footerCRCValue(meta)
-	if err != nil || string(meta[at:at+len(crcPlaceholder)]) != *v {
-		return corruptf("footer CRC entry: %v", err)
+	if err != nil {
+		return corruptf("footer: %v (not a pitr data file?)", err)
 	}
-	if got := footerCRC(meta, at); got != binary.BigEndian.Uint32(want) {
-		return corruptf("footer CRC %08x, want %s", got, *v)
+	// Compare as text: the writer writes lower-case hex, and a flipped case
+	// bit must not go unnoticed.
+	v := meta[at : at+len(crcPlaceholder)]
+	if got := fmt.Sprintf("%08x", footerCRC(meta, at)); got != string(v) {
+		return corruptf("footer CRC %s, want %q", got, v)
 	}
 	return nil
 }
