@@ -3,6 +3,7 @@ module github.com/pitr-io/pitr
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v0.3.1
 	github.com/apache/arrow/go/v14 v14.0.2
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/pingcap/kvproto v0.0.0-20251023055424-e9d10f5dcd23

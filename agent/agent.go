@@ -104,7 +104,7 @@ func (a *Agent) setEtcdErr(err error) { a.health.set(nil, &a.health.etcdErr, err
 // New connects to PD (waiting at most ConnectTimeout), finds the store id of
 // cfg.TiKVAddr, connects to PD's etcd and binds the listeners. Nothing runs
 // until Run.
-func New(cfg Config) (a *Agent, err error) {
+func New(cfg Config) (*Agent, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -122,12 +122,23 @@ func New(cfg Config) (a *Agent, err error) {
 			gath = prometheus.NewRegistry()
 		}
 	}
-	a = &Agent{cfg: cfg, log: log, reg: reg, gatherer: gath, tasks: map[string]*runner{}, started: time.Now()}
-	defer func() {
-		if err != nil {
-			a.closeClients()
+	a := &Agent{cfg: cfg, log: log, reg: reg, gatherer: gath, tasks: map[string]*runner{}, started: time.Now()}
+	if err := a.connect(); err != nil {
+		a.closeClients()
+		if a.grpcLn != nil {
+			_ = a.grpcLn.Close()
 		}
-	}()
+		if a.httpLn != nil {
+			_ = a.httpLn.Close()
+		}
+		return nil, err
+	}
+	a.log.Info("agent ready", "tikv", cfg.TiKVAddr, "cluster_id", a.clusterID, "grpc", a.Addr(), "http", a.HTTPAddr())
+	return a, nil
+}
+
+func (a *Agent) connect() (err error) {
+	cfg, log := a.cfg, a.log
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
 	defer cancel()
@@ -135,11 +146,11 @@ func New(cfg Config) (a *Agent, err error) {
 	a.pd, err = pd.NewClientWithContext(context.Background(), caller.Component("pitr-agent"), cfg.PDAddrs, pd.SecurityOption{},
 		opt.WithMaxErrorRetry(retries), opt.WithInitMetricsOption(false), opt.WithCustomTimeoutOption(5*time.Second))
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to PD %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
+		return fmt.Errorf("%w: connect to PD %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
 	}
 	a.clusterID = a.pd.GetClusterID(ctx)
 	if a.storeID, err = a.findStore(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	a.log = log.With("store", a.storeID)
 
@@ -150,10 +161,10 @@ func New(cfg Config) (a *Agent, err error) {
 		Context:     context.Background(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to etcd %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
+		return fmt.Errorf("%w: connect to etcd %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
 	}
 	if _, err := a.etcd.Get(ctx, task.TaskPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
-		return nil, fmt.Errorf("%w: read tasks from etcd %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
+		return fmt.Errorf("%w: read tasks from etcd %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
 	}
 
 	a.tikv, err = grpc.NewClient(cfg.TiKVAddr,
@@ -163,26 +174,23 @@ func New(cfg Config) (a *Agent, err error) {
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("dial tikv %s: %w", cfg.TiKVAddr, err)
+		return fmt.Errorf("dial tikv %s: %w", cfg.TiKVAddr, err)
 	}
 	a.cdc = cdcpb.NewChangeDataClient(a.tikv)
 
-	if a.met, err = newMetrics(reg, a); err != nil {
-		return nil, err
-	}
 	if a.grpcLn, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
+		return fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
 	}
 	a.grpcSrv = grpc.NewServer()
 	pitrpb.RegisterAgentServer(a.grpcSrv, &service{a: a})
 	if cfg.HTTPAddr != "-" {
 		if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			return nil, fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
+			return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 		}
 		a.httpSrv = &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 	}
-	a.log.Info("agent ready", "tikv", cfg.TiKVAddr, "cluster_id", a.clusterID, "grpc", a.Addr(), "http", a.HTTPAddr())
-	return a, nil
+	a.met, err = newMetrics(a.reg, a)
+	return err
 }
 
 // findStore matches cfg.TiKVAddr against PD's store list, retrying until ctx

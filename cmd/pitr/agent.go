@@ -1,16 +1,231 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/hashicorp/go-hclog"
+	pclog "github.com/pingcap/log"
+	"github.com/spf13/cobra"
+
+	"github.com/pitr-io/pitr/agent"
+)
+
+// agentFile is the TOML config file of `pitr agent`. Every key is optional;
+// flags override it. Durations are strings
+// ("5s"), sizes strings with an optional KiB/MiB/GiB suffix ("256MiB").
+type agentFile struct {
+	PD                []string `toml:"pd"`
+	TiKV              string   `toml:"tikv"`
+	DataDir           string   `toml:"data-dir"`
+	Listen            string   `toml:"listen"`
+	Advertise         string   `toml:"advertise"`
+	HTTP              string   `toml:"http"`
+	LogLevel          string   `toml:"log-level"`
+	FlushInterval     duration `toml:"flush-interval"`
+	MemoryBudget      size     `toml:"memory-budget"`
+	SpillBudget       size     `toml:"spill-budget"`
+	FileTarget        size     `toml:"file-target"`
+	UploadConcurrency int      `toml:"upload-concurrency"`
+	RegionInterval    duration `toml:"region-interval"`
+	ConnectTimeout    duration `toml:"connect-timeout"`
+}
+
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+type size struct{ n int64 }
+
+func (s *size) UnmarshalText(b []byte) error {
+	v, err := parseSize(string(b))
+	s.n = v
+	return err
+}
+
+// parseSize parses "1048576", "512KiB", "256MiB", "8GiB" (also KB/MB/GB,
+// read as binary units too).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"TB", 1 << 40}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < -1 {
+		return 0, fmt.Errorf("size %q: want a number of bytes with an optional KiB/MiB/GiB suffix", s)
+	}
+	return n * mult, nil
+}
+
+// agentOptions is what `pitr agent` runs with, after defaults, the file and
+// the flags.
+type agentOptions struct {
+	configPath string
+	logLevel   string
+	cfg        agent.Config
+	drain      time.Duration // bound on the final flush at shutdown
+}
 
 func newAgentCmd() *cobra.Command {
+	var o agentOptions
+	var pd, tikv, dataDir, listen, httpAddr string
 	c := &cobra.Command{
 		Use:   "agent --pd ADDRS --tikv ADDR [--config agent.toml]",
 		Short: "Run the capture agent beside one TiKV store",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("issue #4"),
+		Long: `Run the capture agent beside one TiKV store: it captures every committed
+change of the regions the store leads, for every running task, into the
+task's storage, and serves the Agent gRPC service the coordinator polls
+(--listen) and /metrics and /healthz (--http).
+
+Settings come from defaults, then the TOML file (--config), then flags.
+SIGINT/SIGTERM stop it after a last flush.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f := cmd.Flags()
+			if err := loadAgentOptions(&o, func(name string) bool { return f.Changed(name) }, pd, tikv, dataDir, listen, httpAddr); err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), cmd.ErrOrStderr(), &o)
+		},
 	}
-	c.Flags().String("pd", "", "PD addresses, comma separated")
-	c.Flags().String("tikv", "", "address of the TiKV store this agent sits beside")
-	c.Flags().String("config", "", "agent TOML config file")
+	f := c.Flags()
+	f.StringVar(&pd, "pd", "", "PD addresses, comma separated")
+	f.StringVar(&tikv, "tikv", "", "address of the TiKV store this agent sits beside, as PD lists it")
+	f.StringVar(&o.configPath, "config", "", "agent TOML config file")
+	f.StringVar(&dataDir, "data-dir", "", "local spill directory (default: a pitr-agent directory under the system temp dir)")
+	f.StringVar(&listen, "listen", agent.DefaultListenAddr, "Agent gRPC service listen address")
+	f.StringVar(&httpAddr, "http", agent.DefaultHTTPAddr, "/metrics and /healthz listen address (- disables)")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	return c
+}
+
+// loadAgentOptions applies defaults → file → flags (only those set) →
+// Validate.
+func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, dataDir, listen, httpAddr string) error {
+	o.drain = 30 * time.Second
+	cfg := &o.cfg
+	if o.configPath != "" {
+		var file agentFile
+		md, err := toml.DecodeFile(o.configPath, &file)
+		if err != nil {
+			return usageErrorf("--config %s: %v", o.configPath, oneLine(err))
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			return usageErrorf("--config %s: unknown keys: %s", o.configPath, strings.Join(keys, ", "))
+		}
+		cfg.PDAddrs, cfg.TiKVAddr, cfg.DataDir = file.PD, file.TiKV, file.DataDir
+		cfg.ListenAddr, cfg.AdvertiseAddr, cfg.HTTPAddr = file.Listen, file.Advertise, file.HTTP
+		cfg.FlushInterval, cfg.RegionInterval, cfg.ConnectTimeout = file.FlushInterval.Duration, file.RegionInterval.Duration, file.ConnectTimeout.Duration
+		cfg.MemoryBudget, cfg.SpillBudget, cfg.FileTarget = file.MemoryBudget.n, file.SpillBudget.n, file.FileTarget.n
+		cfg.UploadConcurrency = file.UploadConcurrency
+		if file.LogLevel != "" && !changed("log-level") {
+			o.logLevel = file.LogLevel
+		}
+	}
+	if changed("pd") || len(cfg.PDAddrs) == 0 {
+		cfg.PDAddrs = nil
+		for _, a := range strings.Split(pd, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				cfg.PDAddrs = append(cfg.PDAddrs, a)
+			}
+		}
+	}
+	if changed("tikv") || cfg.TiKVAddr == "" {
+		cfg.TiKVAddr = tikv
+	}
+	if changed("data-dir") || cfg.DataDir == "" {
+		cfg.DataDir = dataDir
+	}
+	if changed("listen") || cfg.ListenAddr == "" {
+		cfg.ListenAddr = listen
+	}
+	if changed("http") || cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = httpAddr
+	}
+	if cfg.DataDir == "" && cfg.TiKVAddr != "" {
+		cfg.DataDir = filepath.Join(os.TempDir(), "pitr-agent-"+strings.NewReplacer(":", "_", "/", "_").Replace(cfg.TiKVAddr))
+	}
+	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
+		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf("%v", err)
+	}
+	return nil
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+// runAgent runs the agent until ctx ends (SIGINT/SIGTERM), then flushes once
+// more and stops.
+func runAgent(ctx context.Context, stderr io.Writer, o *agentOptions) error {
+	level := hclog.LevelFromString(o.logLevel)
+	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr})
+	// client-go's and the PD client's own logs (pingcap/log): warnings and
+	// errors only, unless debugging.
+	plevel := "warn"
+	if level <= hclog.Debug {
+		plevel = "info"
+	}
+	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: plevel}); err == nil {
+		pclog.ReplaceGlobals(lg, props)
+	}
+	cfg := o.cfg
+	cfg.Logger = log
+	a, err := agent.New(cfg)
+	switch {
+	case errors.Is(err, agent.ErrUnavailable):
+		return withExit(ExitUnavailable, err)
+	case errors.Is(err, agent.ErrStoreNotFound):
+		return withExit(ExitUsage, fmt.Errorf("%w; check --tikv", err))
+	case errors.Is(err, agent.ErrConfig):
+		return withExit(ExitUsage, err)
+	case err != nil:
+		return err
+	}
+	defer a.Close()
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("stopping: flushing once more", "timeout", o.drain)
+	dctx, dcancel := context.WithTimeout(context.Background(), o.drain)
+	if err := a.Drain(dctx); err != nil {
+		log.Warn("final flush", "error", err)
+	}
+	dcancel()
+	cancel()
+	return <-done
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.toml")
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+	return p
+}
+
+// TestAgentConfigLayers: defaults → file → flags (only those given).
+func TestAgentConfigLayers(t *testing.T) {
+	file := writeFile(t, `
+pd = ["10.0.0.1:2379", "10.0.0.2:2379"]
+tikv = "10.0.0.5:20160"
+data-dir = "/var/lib/pitr"
+flush-interval = "2s"
+memory-budget = "64MiB"
+spill-budget = "1GiB"
+file-target = "32MiB"
+listen = "0.0.0.0:9595"
+advertise = "10.0.0.5:9595"
+`)
+	changed := map[string]bool{"tikv": true}
+	o := agentOptions{configPath: file, logLevel: "info"}
+	require.NoError(t, loadAgentOptions(&o, func(n string) bool { return changed[n] }, "", "10.0.0.6:20160", "", "127.0.0.1:9595", "127.0.0.1:9596"))
+	c := o.cfg
+	require.Equal(t, []string{"10.0.0.1:2379", "10.0.0.2:2379"}, c.PDAddrs)
+	require.Equal(t, "10.0.0.6:20160", c.TiKVAddr, "the flag wins")
+	require.Equal(t, "/var/lib/pitr", c.DataDir)
+	require.Equal(t, 2*time.Second, c.FlushInterval)
+	require.Equal(t, int64(64<<20), c.MemoryBudget)
+	require.Equal(t, int64(1<<30), c.SpillBudget)
+	require.Equal(t, int64(32<<20), c.FileTarget)
+	require.Equal(t, "0.0.0.0:9595", c.ListenAddr, "the file wins over a flag default")
+	require.Equal(t, "10.0.0.5:9595", c.AdvertiseAddr)
+	require.Equal(t, "127.0.0.1:9596", c.HTTPAddr, "flag default when the file is silent")
+	require.Equal(t, 4, c.UploadConcurrency, "agent default")
+
+	// Flags alone.
+	o = agentOptions{logLevel: "info"}
+	require.NoError(t, loadAgentOptions(&o, func(string) bool { return false }, "a:1, b:2", "c:3", "", "127.0.0.1:0", "-"))
+	require.Equal(t, []string{"a:1", "b:2"}, o.cfg.PDAddrs)
+	require.Contains(t, o.cfg.DataDir, "pitr-agent-c_3")
+	require.Equal(t, 5*time.Second, o.cfg.FlushInterval)
+}
+
+func TestAgentUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"no pd", []string{"agent", "--tikv", "h:1"}, "PD addresses are required"},
+		{"no tikv", []string{"agent", "--pd", "h:1"}, "TiKV address is required"},
+		{"bad tikv", []string{"agent", "--pd", "h:1", "--tikv", "nope"}, "want host:port"},
+		{"bad level", []string{"agent", "--pd", "h:1", "--tikv", "h:2", "--log-level", "loud"}, "--log-level"},
+		{"unknown key", []string{"agent", "--config", writeFile(t, "pd = [\"h:1\"]\ntikv = \"h:2\"\nflush = \"1s\"\n")}, "unknown keys: flush"},
+		{"bad size", []string{"agent", "--config", writeFile(t, "memory-budget = \"lots\"\n")}, `size "lots"`},
+		{"missing file", []string{"agent", "--config", "/nonexistent/agent.toml"}, "/nonexistent/agent.toml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := run(tc.args...)
+			require.Error(t, err)
+			require.Equal(t, ExitUsage, exitCode(err), "%v", err)
+			require.Contains(t, err.Error(), tc.msg)
+			require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
+		})
+	}
+}
+
+// TestAgentPDUnreachable: exit status 3 within the bounded wait.
+func TestAgentPDUnreachable(t *testing.T) {
+	file := writeFile(t, "connect-timeout = \"1s\"\n")
+	start := time.Now()
+	_, err := run("agent", "--pd", "127.0.0.1:1", "--tikv", "127.0.0.1:2", "--data-dir", t.TempDir(), "--config", file,
+		"--listen", "127.0.0.1:0", "--http", "-", "--log-level", "error")
+	require.Error(t, err)
+	require.Equal(t, ExitUnavailable, exitCode(err), "%v", err)
+	require.Contains(t, err.Error(), "connect to PD 127.0.0.1:1")
+	require.Less(t, time.Since(start), 10*time.Second)
+}
