@@ -114,6 +114,7 @@ type capture struct {
 	flushErr  string // last flush error ("" after a good flush)
 	lastFlush time.Time
 
+	tso      func(context.Context) (uint64, error)
 	kick     chan struct{} // re-read regions from PD now
 	full     chan struct{} // the buffer reached FileTarget
 	flushReq chan chan flushResult
@@ -126,7 +127,7 @@ type flushResult struct {
 
 func newCapture(r *runner, fl sink) *capture {
 	return &capture{
-		r: r, a: r.a, log: r.log, fl: fl,
+		r: r, a: r.a, log: r.log, fl: fl, tso: r.a.tso,
 		regions: map[uint64]*region{}, subs: map[uint64]*region{},
 		kick: make(chan struct{}, 1), full: make(chan struct{}, 1), flushReq: make(chan chan flushResult),
 	}

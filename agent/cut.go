@@ -88,7 +88,7 @@ func (c *capture) cut(ctx context.Context, force bool) (*pitrpb.Meta, error) {
 		return nil, nil
 	}
 	// The flush ts comes after the freeze, so it is above every to_ts.
-	ts, err := c.a.tso(ctx)
+	ts, err := c.tso(ctx)
 	if err != nil {
 		c.a.setPDErr(fmt.Errorf("pd: %w", err))
 		return nil, err
