@@ -8,6 +8,9 @@
 //	                              written only by the elected coordinator (fenced)
 //	/pitr/v1/agent/<store_id>     pitrpb.AgentRecord, under the agent's lease
 //	/pitr/v1/election             coordinator election prefix (concurrency.Election)
+//	/pitr/v1/status/<name>        JSON status the elected coordinator publishes
+//	                              each tick (coordinator.Status); fenced like
+//	                              the checkpoint
 //
 // Task names match ^[0-9A-Za-z_-]{1,64}$ (BR's rule, plus '-').
 package task
@@ -34,6 +37,7 @@ const (
 	CheckpointPrefix = Root + "checkpoint/"
 	AgentPrefix      = Root + "agent/"
 	ElectionPrefix   = Root + "election"
+	StatusPrefix     = Root + "status/"
 )
 
 // Errors.
@@ -58,6 +62,10 @@ func Key(name string) string { return TaskPrefix + name }
 
 // CheckpointKey returns the global checkpoint key of a task.
 func CheckpointKey(name string) string { return CheckpointPrefix + name }
+
+// StatusKey returns the key of the status the coordinator publishes for a
+// task.
+func StatusKey(name string) string { return StatusPrefix + name }
 
 // AgentKey returns the registration key of the agent of a store.
 func AgentKey(storeID uint64) string { return AgentPrefix + strconv.FormatUint(storeID, 10) }

@@ -1,0 +1,149 @@
+package coordinator
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	pitrpb "github.com/pitr-io/pitr/proto"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestDecide(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	cp := TSFromTime(now.Add(-time.Minute))
+	const ttl = time.Hour
+	for _, tc := range []struct {
+		name    string
+		state   pitrpb.TaskState
+		gc      uint64
+		gcKnown bool
+		changed time.Time
+		want    verdict
+		fail    string
+	}{
+		{"running advances and holds", pitrpb.TaskState_TASK_STATE_RUNNING, cp, true, now, verdict{advance: true, hold: true}, ""},
+		{"running, GC unknown", pitrpb.TaskState_TASK_STATE_RUNNING, cp + 1, false, now, verdict{advance: true, hold: true}, ""},
+		{"running, GC passed", pitrpb.TaskState_TASK_STATE_RUNNING, cp + 1, true, now, verdict{}, "is above the checkpoint"},
+		{"paused holds", pitrpb.TaskState_TASK_STATE_PAUSED, 0, true, now.Add(-ttl + time.Second), verdict{hold: true}, ""},
+		{"paused past the TTL fails", pitrpb.TaskState_TASK_STATE_PAUSED, 0, true, now.Add(-ttl - time.Second), verdict{}, "paused for 1h0m1s"},
+		{"paused, GC passed", pitrpb.TaskState_TASK_STATE_PAUSED, cp + 1, true, now, verdict{}, "is above the checkpoint"},
+		{"failed holds", pitrpb.TaskState_TASK_STATE_FAILED, cp + 1, true, now, verdict{hold: true}, ""},
+		{"stopped releases", pitrpb.TaskState_TASK_STATE_STOPPED, cp + 1, true, now, verdict{release: true}, ""},
+		{"unknown state holds", pitrpb.TaskState(99), 0, true, now, verdict{hold: true}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := decide(tc.state, cp, tc.gc, tc.gcKnown, tc.changed, now, ttl)
+			if tc.fail != "" {
+				require.Contains(t, got.fail, tc.fail)
+				got.fail = ""
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "c.toml")
+		require.NoError(t, os.WriteFile(p, []byte(s), 0o644))
+		return p
+	}
+	var c Config
+	require.NoError(t, c.LoadFile(write(`
+# comment
+pd = ["127.0.0.1:2379", "pd2:2379"]  # trailing comment
+id = "c#1"
+tick_interval = "500ms"
+poll_timeout = "3s"
+safepoint_ttl = "12h"
+session_ttl = "5s"
+http_addr = "0.0.0.0:9597"
+max_slow = 10
+log_level = "debug"
+`)))
+	require.Equal(t, []string{"127.0.0.1:2379", "pd2:2379"}, c.PDAddrs)
+	require.Equal(t, "c#1", c.ID)
+	require.Equal(t, 500*time.Millisecond, c.TickInterval)
+	require.Equal(t, 12*time.Hour, c.SafePointTTL)
+	require.Equal(t, 10, c.MaxSlow)
+	c.SetDefaults()
+	require.NoError(t, c.Validate())
+	lvl, err := FileLogLevel(filepath.Join(dir, "c.toml"))
+	require.NoError(t, err)
+	require.Equal(t, "debug", lvl)
+
+	for _, bad := range []string{
+		"nope = 1", "tick_interval = 5", `tick_interval = "soon"`, "[section]", "pd", `pd = ["a" "b"]`,
+		`id = "x"` + "\n" + `id = "y"`, `max_slow = "3"`,
+	} {
+		var c Config
+		require.ErrorIs(t, c.LoadFile(write(bad)), ErrConfig, bad)
+	}
+	for _, mod := range []func(*Config){
+		func(c *Config) { c.PDAddrs = nil },
+		func(c *Config) { c.TickInterval = time.Millisecond },
+		func(c *Config) { c.SafePointTTL = 500 * time.Millisecond },
+		func(c *Config) { c.SessionTTL = 500 * time.Millisecond },
+		func(c *Config) { c.HTTPAddr = "nope" },
+	} {
+		c := Config{PDAddrs: []string{"x:1"}}
+		mod(&c)
+		c.SetDefaults()
+		require.ErrorIs(t, c.Validate(), ErrConfig)
+	}
+}
+
+// TestRenderViews is a golden test of `pitr task status` output (-update
+// rewrites testdata/status.golden).
+func TestRenderViews(t *testing.T) {
+	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	start := TSFromTime(now.Add(-time.Hour))
+	cp := TSFromTime(now.Add(-3 * time.Second))
+	rec := &pitrpb.TaskRecord{
+		Info: &pitrpb.TaskInfo{Name: "nightly", StartTs: start, Ranges: []*pitrpb.KeyRange{
+			{StartKey: []byte("t"), EndKey: []byte("u")}, {StartKey: []byte{'m', 0xff}},
+		}},
+		StorageUrl: "s3://backups/nightly", State: pitrpb.TaskState_TASK_STATE_RUNNING,
+	}
+	st := &Status{
+		Task: "nightly", State: "running", Checkpoint: cp, Covered: false, UncoveredRanges: 1, Regions: 3, StaleReports: 1,
+		Slowest: slowStatuses([]Slow{
+			{Cause: CauseUncovered, Range: rg("t1", "t2"), Reason: "no current region report covers this range"},
+			{Cause: CauseLongTxn, Range: rg("t0", "t1"), RegionID: 7, StoreID: 2, Checkpoint: cp, StartTS: cp + 1, Reason: "long transaction"},
+		}),
+		Agents: []AgentStatus{{StoreID: 1, Addr: "10.0.0.1:9595", State: AgentUp, Regions: 2},
+			{StoreID: 2, Addr: "10.0.0.2:9595", State: AgentDown, Error: "deadline exceeded"}},
+		SafePoint: cp, SafePointTTLSeconds: 86400, GCSafePoint: start - 100,
+		LastError: "agent of store 2: deadline exceeded", Leader: "coord-1", Term: 42, UpdatedUnixMs: now.Add(-500 * time.Millisecond).UnixMilli(),
+	}
+	stopped := &pitrpb.TaskRecord{
+		Info:       &pitrpb.TaskInfo{Name: "old", StartTs: start},
+		StorageUrl: "file:///backups/old", State: pitrpb.TaskState_TASK_STATE_STOPPED,
+	}
+	paused := &pitrpb.TaskRecord{
+		Info:       &pitrpb.TaskInfo{Name: "weekly", StartTs: start},
+		StorageUrl: "gs://b/weekly", State: pitrpb.TaskState_TASK_STATE_FAILED, Error: "paused for 25h0m0s, longer than the GC safepoint TTL 24h0m0s",
+	}
+	views := []TaskView{makeView(rec, cp, st, now), makeView(stopped, start, nil, now), makeView(paused, 0, nil, now)}
+	var buf bytes.Buffer
+	buf.WriteString("== table\n")
+	require.NoError(t, RenderViews(&buf, views, false))
+	buf.WriteString("== detail\n")
+	require.NoError(t, RenderViews(&buf, views, true))
+	golden := filepath.Join("testdata", "status.golden")
+	if *update {
+		require.NoError(t, os.MkdirAll("testdata", 0o755))
+		require.NoError(t, os.WriteFile(golden, buf.Bytes(), 0o644))
+	}
+	want, err := os.ReadFile(golden)
+	require.NoError(t, err)
+	require.Equal(t, string(want), buf.String())
+}

@@ -1,0 +1,37 @@
+// Package coordinator keeps the global checkpoint of every log backup task
+// and holds PD's GC safepoint at it (DESIGN.md §5).
+//
+// Any number of coordinators run; one is elected through etcd
+// (concurrency.Election on task.ElectionPrefix). Each election won starts a
+// fresh term object with its own stop channel; every etcd write of a term
+// is a transaction guarded by Compare(CreateRevision(election key) ==
+// term revision), so a deposed leader's writes fail with ErrNotLeader (I6).
+//
+// Every tick (default 1 s) the leader, for each task:
+//
+//	running:  polls every registered agent's GetProgress (in parallel,
+//	          bounded), computes the checkpoint with Compute (a pure
+//	          function: newest epoch per key range, holes pin it, never
+//	          lower than before: I2), writes it to etcd (fenced, compared
+//	          with the previous value) and to checkpoint/global in storage
+//	          (only upwards), then sets the PD service safepoint
+//	          "pitr-<task>" to it with a TTL (I3). If PD's GC safepoint is
+//	          above the checkpoint, the task fails with a clear error.
+//	paused:   refreshes the safepoint without advancing; a task paused for
+//	          longer than the TTL fails.
+//	failed:   keeps the safepoint held (the task still exists).
+//	stopped:  removes the safepoint (once per term; `task stop` does too).
+//
+// and publishes a Status record (task.StatusKey, JSON) that `pitr task
+// status` shows: checkpoint, lag, uncovered ranges, the slowest regions
+// with their reasons, each agent's state and the last error.
+//
+// The task lifecycle the CLI drives (StartTask, PauseTask, ResumeTask,
+// StopTask, ReadViews) lives here too, so commands and tests share it.
+//
+// Known window: storage has no compare-and-swap, so a leader deposed
+// between its fenced etcd write and its storage write could still put an
+// older (but valid) checkpoint over a newer one in checkpoint/global; the
+// write is skipped once the term's stop channel is closed, which leaves
+// only a stalled process in that window.
+package coordinator

@@ -1,0 +1,193 @@
+package coordinator
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
+)
+
+// TestGCSafePointLifecycle: start holds GC at start_ts; running moves the
+// safepoint with the checkpoint; pause keeps it (and stops advancing); a
+// task paused past the TTL fails but keeps GC held; resume advances again;
+// stop leaves no service safepoint in PD, and the coordinator does not
+// bring it back.
+func TestGCSafePointLifecycle(t *testing.T) {
+	c := startCluster(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	a := startFakeAgent(t, cli, 1, region(1, 1, "", ""))
+	a.serve("gc")
+	root := t.TempDir()
+	rec := startTask(t, c, cli, "gc", func(o *StartOptions) { o.StorageURL = "file://" + root })
+	start := rec.GetInfo().GetStartTs()
+	require.Equal(t, start, safePoints(t, c)["pitr-gc"], "start holds GC at start_ts before it returns")
+
+	const ttl = 2 * time.Second
+	c.startCoordinator(t, "A", func(cfg *Config) { cfg.SafePointTTL = ttl })
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "gc") > start }, 10*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool {
+		cp := checkpoint(t, cli, "gc")
+		return safePoints(t, c)["pitr-gc"] == cp
+	}, 5*time.Second, 20*time.Millisecond, "the safepoint follows the checkpoint")
+
+	// Pause: GC stays held, the checkpoint stops.
+	changed, err := PauseTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	require.NoError(t, err)
+	require.True(t, changed)
+	time.Sleep(300 * time.Millisecond) // a tick in flight may still land
+	paused := checkpoint(t, cli, "gc")
+	time.Sleep(time.Second)
+	require.Equal(t, paused, checkpoint(t, cli, "gc"), "a paused task does not advance")
+	require.Equal(t, paused, safePoints(t, c)["pitr-gc"], "pausing keeps the safepoint")
+	require.Equal(t, pitrpb.TaskState_TASK_STATE_PAUSED, taskState(t, cli, "gc").GetState())
+
+	// Paused past the TTL: failed, not healthy; GC still held.
+	require.Eventually(t, func() bool {
+		return taskState(t, cli, "gc").GetState() == pitrpb.TaskState_TASK_STATE_FAILED
+	}, 10*time.Second, 50*time.Millisecond)
+	require.Contains(t, taskState(t, cli, "gc").GetError(), "longer than the GC safepoint TTL")
+	require.Equal(t, paused, safePoints(t, c)["pitr-gc"])
+	views, err := ReadViews(ctx, cli, "gc", time.Now())
+	require.NoError(t, err)
+	require.Equal(t, "failed", views[0].State)
+
+	// Resume (GC has not passed): it advances again.
+	changed, err = ResumeTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Empty(t, taskState(t, cli, "gc").GetError())
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "gc") > paused }, 10*time.Second, 50*time.Millisecond)
+
+	// Stop: nothing left in PD, and it stays that way.
+	changed, err = StopTask(ctx, cli, c.pd, "gc", time.Now())
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.NotContains(t, safePoints(t, c), "pitr-gc")
+	time.Sleep(500 * time.Millisecond)
+	require.NotContains(t, safePoints(t, c), "pitr-gc", "the coordinator does not bring it back")
+	changed, err = StopTask(ctx, cli, c.pd, "gc", time.Now())
+	require.NoError(t, err)
+	require.False(t, changed, "stop is idempotent")
+	_, err = PauseTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	require.ErrorIs(t, err, ErrTaskState)
+	_, err = ResumeTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	require.ErrorIs(t, err, ErrTaskState)
+
+	// Metadata in storage is kept; its checkpoint went forward.
+	s, err := storage.Open(ctx, "file://"+root)
+	require.NoError(t, err)
+	defer s.Close()
+	for _, p := range []string{logfile.LockPath, logfile.TaskPath} {
+		ok, err := s.Exists(ctx, p)
+		require.NoError(t, err)
+		require.True(t, ok, p)
+	}
+	b, err := s.Get(ctx, logfile.CheckpointPath)
+	require.NoError(t, err)
+	gcp, err := logfile.DecodeCheckpoint(b)
+	require.NoError(t, err)
+	require.Greater(t, gcp.GetTs(), start)
+	require.LessOrEqual(t, gcp.GetTs(), checkpoint(t, cli, "gc"))
+}
+
+// TestGCPassedFailsTask: when PD's GC safepoint is found above the
+// checkpoint (the safepoint expired while no coordinator ran, and GC ran),
+// the task fails with a clear error and cannot be resumed.
+func TestGCPassedFailsTask(t *testing.T) {
+	c := startCluster(t, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	rec := startTask(t, c, cli, "lost", func(o *StartOptions) { o.SafePointTTL = time.Second })
+	start := rec.GetInfo().GetStartTs()
+	// No coordinator refreshes it: wait for it to expire, then GC.
+	require.Eventually(t, func() bool {
+		_, held := safePoints(t, c)["pitr-lost"]
+		return !held
+	}, 10*time.Second, 100*time.Millisecond)
+	gcSP, err := c.p.RunGC(ctx)
+	require.NoError(t, err)
+	require.Greater(t, gcSP, start)
+
+	c.startCoordinator(t, "A", nil)
+	require.Eventually(t, func() bool {
+		return taskState(t, cli, "lost").GetState() == pitrpb.TaskState_TASK_STATE_FAILED
+	}, 10*time.Second, 50*time.Millisecond)
+	require.Contains(t, taskState(t, cli, "lost").GetError(), "is above the checkpoint")
+	_, err = ResumeTask(ctx, cli, c.pd, "lost", time.Hour, time.Now())
+	require.ErrorIs(t, err, ErrTaskState)
+	_, err = StopTask(ctx, cli, c.pd, "lost", time.Now())
+	require.NoError(t, err)
+	require.NotContains(t, safePoints(t, c), "pitr-lost")
+}
+
+// TestStartTask: the storage root, the name and the start ts are checked.
+func TestStartTask(t *testing.T) {
+	c := startCluster(t, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	rootX := "file://" + t.TempDir()
+	rec := startTask(t, c, cli, "a", func(o *StartOptions) {
+		o.StorageURL = rootX
+		o.Ranges = []Range{rg("m", "n"), rg("a", "c"), rg("b", "d")}
+	})
+	require.Len(t, rec.GetInfo().GetRanges(), 2, "ranges are stored normalized")
+	require.Equal(t, []byte("d"), rec.GetInfo().GetRanges()[0].GetEndKey())
+
+	start := func(o StartOptions) error {
+		if o.StorageURL == "" {
+			o.StorageURL = "file://" + t.TempDir()
+		}
+		_, err := StartTask(ctx, cli, c.pd, o)
+		return err
+	}
+	err := start(StartOptions{Name: "b", StorageURL: rootX})
+	require.ErrorIs(t, err, ErrStorageOwned)
+	require.Contains(t, err.Error(), `belongs to task "a"`)
+	require.ErrorIs(t, start(StartOptions{Name: "a"}), ErrTaskExists)
+	require.ErrorIs(t, start(StartOptions{Name: "bad/name"}), ErrInvalidRequest)
+	require.ErrorIs(t, start(StartOptions{Name: "c", StorageURL: "s3://b/p?secret_access_key=x"}), ErrInvalidRequest)
+	require.ErrorIs(t, start(StartOptions{Name: "c", Ranges: []Range{rg("b", "a")}}), ErrInvalidRequest)
+	require.ErrorIs(t, start(StartOptions{Name: "c", StartTS: TSFromTime(time.Now().Add(time.Hour))}), ErrStartTS)
+
+	// Below the GC safepoint.
+	old, err := GetTS(ctx, c.pd)
+	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond)
+	_, err = StopTask(ctx, cli, c.pd, "a", time.Now()) // release the hold so GC can pass
+	require.NoError(t, err)
+	gcSP, err := c.p.RunGC(ctx)
+	require.NoError(t, err)
+	require.Greater(t, gcSP, old)
+	err = start(StartOptions{Name: "c", StartTS: old})
+	require.ErrorIs(t, err, ErrStartTS)
+	require.Contains(t, err.Error(), "not above the GC safepoint")
+
+	// A root already claimed by the same task and cluster (a retried start)
+	// is accepted.
+	rootY := "file://" + t.TempDir()
+	s, err := storage.Open(ctx, rootY)
+	require.NoError(t, err)
+	defer s.Close()
+	lock, err := logfile.EncodeLock(&pitrpb.Lock{Task: "d", ClusterId: c.p.PD.ClusterID()})
+	require.NoError(t, err)
+	require.NoError(t, s.Put(ctx, logfile.LockPath, lock))
+	require.NoError(t, start(StartOptions{Name: "d", StorageURL: rootY}))
+	// ... but not by another cluster.
+	rootZ := "file://" + t.TempDir()
+	sz, err := storage.Open(ctx, rootZ)
+	require.NoError(t, err)
+	defer sz.Close()
+	lock, err = logfile.EncodeLock(&pitrpb.Lock{Task: "e", ClusterId: 12345})
+	require.NoError(t, err)
+	require.NoError(t, sz.Put(ctx, logfile.LockPath, lock))
+	require.ErrorIs(t, start(StartOptions{Name: "e", StorageURL: rootZ}), ErrStorageOwned)
+}

@@ -1,0 +1,230 @@
+package coordinator
+
+import (
+	"context"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/pingcap/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	protobuf "google.golang.org/protobuf/proto"
+
+	"github.com/pitr-io/pitr/playground"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/task"
+)
+
+func TestMain(m *testing.M) {
+	// The PD client logs every connection step at INFO.
+	if os.Getenv("PITR_DEBUG") == "" {
+		log.SetLevel(zapcore.ErrorLevel)
+	}
+	os.Exit(m.Run())
+}
+
+// cluster is a playground (PD + etcd on one address) and a PD client.
+type cluster struct {
+	p  *playground.Playground
+	pd PD
+}
+
+func startCluster(t *testing.T, gcLifeTime time.Duration) *cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := playground.Start(ctx, playground.Config{Stores: 1, GCInterval: -1, GCLifeTime: gcLifeTime})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	pdc, err := ConnectPD(ctx, []string{p.PDAddr()}, 10*time.Second, "pitr-coordinator-test")
+	require.NoError(t, err)
+	t.Cleanup(pdc.Close)
+	_, err = GetTS(ctx, pdc) // the pinned client's first GetTS may fail once
+	require.NoError(t, err)
+	return &cluster{p: p, pd: pdc}
+}
+
+// etcd opens a new etcd client on the playground (one per coordinator, so
+// closing it kills that coordinator's session only).
+func (c *cluster) etcd(t *testing.T) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.p.PDAddr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+// coord is a coordinator running in the background.
+type coord struct {
+	*Coordinator
+	etcd   *clientv3.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (c *cluster) startCoordinator(t *testing.T, id string, mod func(*Config)) *coord {
+	t.Helper()
+	cli := c.etcd(t)
+	cfg := Config{
+		ID: id, Etcd: cli, PD: c.pd, TickInterval: 100 * time.Millisecond, PollTimeout: time.Second,
+		SessionTTL: 2 * time.Second, SafePointTTL: time.Hour, HTTPAddr: "127.0.0.1:0",
+		Registerer: prometheus.NewRegistry(), Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Name: id}),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	co, err := New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cc := &coord{Coordinator: co, etcd: cli, cancel: cancel, done: make(chan error, 1)}
+	go func() { cc.done <- co.Run(ctx) }()
+	t.Cleanup(func() { cc.stop(t) })
+	return cc
+}
+
+// stop ends Run gracefully (resigning) and waits for it.
+func (cc *coord) stop(t *testing.T) {
+	cc.cancel()
+	select {
+	case err, ok := <-cc.done:
+		if ok {
+			require.NoError(t, err)
+			close(cc.done)
+		}
+	case <-time.After(15 * time.Second):
+		t.Errorf("coordinator %s did not stop", cc.ID())
+	}
+	_ = cc.Close()
+}
+
+// fakeAgent serves pitrpb.Agent on loopback and registers in etcd like a
+// real agent, under a lease. Its regions' checkpoints follow the clock.
+type fakeAgent struct {
+	pitrpb.UnimplementedAgentServer
+	storeID uint64
+	srv     *grpc.Server
+	addr    string
+	lease   clientv3.LeaseID
+	cli     *clientv3.Client
+
+	mu      sync.Mutex
+	regions []*pitrpb.RegionProgress
+	behind  time.Duration // checkpoint = now - behind
+	frozen  uint64        // when set, every checkpoint is this
+	tasks   map[string]bool
+}
+
+func startFakeAgent(t *testing.T, cli *clientv3.Client, storeID uint64, regions ...*pitrpb.RegionProgress) *fakeAgent {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	a := &fakeAgent{storeID: storeID, srv: grpc.NewServer(), addr: ln.Addr().String(), cli: cli,
+		regions: regions, behind: 300 * time.Millisecond, tasks: map[string]bool{}}
+	pitrpb.RegisterAgentServer(a.srv, a)
+	go func() { _ = a.srv.Serve(ln) }()
+	t.Cleanup(a.srv.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := cli.Grant(ctx, 5)
+	require.NoError(t, err)
+	a.lease = l.ID
+	ka, err := cli.KeepAlive(context.Background(), l.ID)
+	require.NoError(t, err)
+	go func() {
+		for range ka {
+		}
+	}()
+	b, err := protobuf.Marshal(&pitrpb.AgentRecord{FormatVersion: 1, StoreId: storeID, Addr: a.addr})
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, task.AgentKey(storeID), string(b), clientv3.WithLease(l.ID))
+	require.NoError(t, err)
+	return a
+}
+
+func (a *fakeAgent) serve(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.tasks[name] = true
+}
+
+func (a *fakeAgent) freeze(cp uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.frozen = cp
+}
+
+func (a *fakeAgent) GetProgress(_ context.Context, req *pitrpb.GetProgressRequest) (*pitrpb.GetProgressResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.tasks[req.GetTask()] {
+		return nil, status.Errorf(codes.NotFound, "task %s not running here", req.GetTask())
+	}
+	cp := TSFromTime(time.Now().Add(-a.behind))
+	if a.frozen != 0 {
+		cp = a.frozen
+	}
+	resp := &pitrpb.GetProgressResponse{StoreId: a.storeID, Task: req.GetTask()}
+	for _, r := range a.regions {
+		c := protobuf.Clone(r).(*pitrpb.RegionProgress)
+		if c.Checkpoint == 0 {
+			c.Checkpoint = cp
+		}
+		resp.Regions = append(resp.Regions, c)
+	}
+	return resp, nil
+}
+
+func region(id, ver uint64, start, end string) *pitrpb.RegionProgress {
+	return &pitrpb.RegionProgress{RegionId: id, EpochVersion: ver, StartKey: []byte(start), EndKey: []byte(end)}
+}
+
+// checkpoint reads a task's etcd checkpoint.
+func checkpoint(t *testing.T, cli *clientv3.Client, name string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cp, err := task.Checkpoint(ctx, cli, name)
+	require.NoError(t, err)
+	return cp
+}
+
+func taskState(t *testing.T, cli *clientv3.Client, name string) *pitrpb.TaskRecord {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, _, err := task.Get(ctx, cli, name)
+	require.NoError(t, err)
+	return rec
+}
+
+func safePoints(t *testing.T, c *cluster) map[string]uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sps, err := c.p.PD.ServiceSafePoints(ctx)
+	require.NoError(t, err)
+	return sps
+}
+
+func startTask(t *testing.T, c *cluster, cli *clientv3.Client, name string, mod func(*StartOptions)) *pitrpb.TaskRecord {
+	t.Helper()
+	o := StartOptions{Name: name, StorageURL: "file://" + t.TempDir()}
+	if mod != nil {
+		mod(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, err := StartTask(ctx, cli, c.pd, o)
+	require.NoError(t, err)
+	return rec
+}

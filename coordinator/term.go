@@ -1,0 +1,445 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/task"
+)
+
+// term is one election term of one coordinator. A fresh term is made for
+// every election won; everything it writes to etcd is fenced by its
+// election key's create revision (I6), and it stops for good when stop is
+// closed.
+type term struct {
+	c    *Coordinator
+	log  hclog.Logger
+	key  string // the election key of this term
+	rev  int64  // its create revision: the fence
+	stop <-chan struct{}
+
+	pool     *agentPool
+	stores   map[string]storage.Storage
+	storedCP map[string]uint64 // the checkpoint known to be in storage
+	released map[string]bool   // stopped tasks whose safepoint this term removed
+}
+
+func newTerm(c *Coordinator, key string, rev int64, stop <-chan struct{}) *term {
+	c.lastTick.Store(c.now().UnixMilli())
+	return &term{
+		c: c, log: c.log.With("term", rev), key: key, rev: rev, stop: stop,
+		pool: newAgentPool(), stores: map[string]storage.Storage{},
+		storedCP: map[string]uint64{}, released: map[string]bool{},
+	}
+}
+
+// errTermOver: the term's stop channel is closed; it writes nothing more.
+var errTermOver = fmt.Errorf("term over: %w", ErrNotLeader)
+
+// errChanged: a fenced write found the task or its checkpoint changed
+// since the tick read them (the tick retries on the next round).
+var errChanged = errors.New("task changed during the tick")
+
+// run ticks until stop is closed or the term is deposed.
+func (t *term) run(ctx context.Context) error {
+	defer t.close()
+	tk := time.NewTicker(t.c.cfg.TickInterval)
+	defer tk.Stop()
+	for {
+		err := t.tick(ctx)
+		switch {
+		case errors.Is(err, errTermOver) || (err != nil && ctx.Err() != nil):
+			return nil
+		case errors.Is(err, ErrNotLeader):
+			t.log.Warn("deposed", "error", err)
+			return err
+		case err != nil && ctx.Err() == nil:
+			t.c.met.tickErrors.Inc()
+			t.c.setErr(err)
+			t.log.Warn("tick failed", "error", err)
+		case err == nil:
+			t.c.setErr(nil)
+			t.c.lastTick.Store(t.c.now().UnixMilli())
+		}
+		select {
+		case <-t.stop:
+			return nil
+		case <-tk.C:
+		}
+	}
+}
+
+func (t *term) close() {
+	t.pool.close()
+	for name, s := range t.stores {
+		_ = s.Close()
+		delete(t.stores, name)
+	}
+}
+
+// stopped reports whether the term has ended.
+func (t *term) stopped() bool {
+	select {
+	case <-t.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// fenced commits ops if this term still holds its election key and cmps
+// hold. It returns ErrNotLeader when the key is gone or re-created and
+// errChanged when another compare failed.
+func (t *term) fenced(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) error {
+	if t.stopped() {
+		return errTermOver
+	}
+	all := append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.rev)}, cmps...)
+	resp, err := t.c.etcd.Txn(ctx).If(all...).Then(ops...).Else(clientv3.OpGet(t.key)).Commit()
+	if err != nil {
+		return fmt.Errorf("etcd txn: %w", err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 || kvs[0].CreateRevision != t.rev {
+		return fmt.Errorf("term %d: %w", t.rev, ErrNotLeader)
+	}
+	return errChanged
+}
+
+// putCheckpoint raises a task's etcd checkpoint from prev to cp. It never
+// lowers it: the write only happens if the stored value is still prev
+// (absent when !existed), and cp must be above prev.
+func (t *term) putCheckpoint(ctx context.Context, name string, taskRev int64, prev uint64, existed bool, cp uint64) error {
+	if cp <= prev {
+		return fmt.Errorf("checkpoint of %s: refusing to write %d over %d (I2)", name, cp, prev)
+	}
+	key := task.CheckpointKey(name)
+	cmpCP := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	if existed {
+		cmpCP = clientv3.Compare(clientv3.Value(key), "=", string(task.EncodeTS(prev)))
+	}
+	return t.fenced(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(task.Key(name)), "=", taskRev), cmpCP},
+		clientv3.OpPut(key, string(task.EncodeTS(cp))))
+}
+
+// taskInfo is one task as a tick read it.
+type taskInfo struct {
+	rec       *pitrpb.TaskRecord
+	rev       int64 // mod revision of the record
+	cp        uint64
+	cpExisted bool
+}
+
+func (ti *taskInfo) name() string { return ti.rec.GetInfo().GetName() }
+
+// tick runs one round over every task.
+func (t *term) tick(ctx context.Context) error {
+	start := time.Now()
+	defer func() { t.c.met.tickDuration.Observe(time.Since(start).Seconds()) }()
+	now := t.c.now()
+
+	// One consistent read of tasks, checkpoints and agents.
+	resp, err := t.c.etcd.Txn(ctx).Then(
+		clientv3.OpGet(task.TaskPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(task.CheckpointPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(task.AgentPrefix, clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("read tasks: %w", err)
+	}
+	cps := map[string][]byte{}
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		cps[strings.TrimPrefix(string(kv.Key), task.CheckpointPrefix)] = kv.Value
+	}
+	var tasks []*taskInfo
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		rec, err := task.DecodeRecord(kv.Value)
+		if err != nil {
+			t.log.Error("unreadable task record", "key", string(kv.Key), "error", err)
+			continue
+		}
+		ti := &taskInfo{rec: rec, rev: kv.ModRevision, cp: rec.GetInfo().GetStartTs()}
+		if v, ok := cps[ti.name()]; ok {
+			cp, err := task.DecodeTS(v)
+			if err != nil {
+				t.log.Error("unreadable checkpoint", "task", ti.name(), "error", err)
+				continue
+			}
+			ti.cp, ti.cpExisted = cp, true
+		}
+		tasks = append(tasks, ti)
+	}
+	var agents []*pitrpb.AgentRecord
+	for _, kv := range resp.Responses[2].GetResponseRange().GetKvs() {
+		a := &pitrpb.AgentRecord{}
+		if err := unmarshalAgent(kv.Value, a); err != nil {
+			t.log.Warn("unreadable agent record", "key", string(kv.Key), "error", err)
+			continue
+		}
+		agents = append(agents, a)
+	}
+	t.pool.keep(agents)
+	t.c.met.agentsReg.Set(float64(len(agents)))
+
+	gcSP, gcErr := t.c.pd.UpdateGCSafePoint(ctx, 0)
+	if gcErr != nil {
+		gcErr = fmt.Errorf("read GC safepoint: %w", gcErr)
+	}
+	var errs []error
+	up := map[uint64]bool{}
+	for _, ti := range tasks {
+		err := t.tickTask(ctx, ti, agents, gcSP, gcErr, now, up)
+		if errors.Is(err, ErrNotLeader) {
+			return err
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("task %s: %w", ti.name(), err))
+		}
+	}
+	if len(tasks) == 0 || !anyRunning(tasks) {
+		up = nil
+	}
+	if up != nil {
+		t.c.met.agentsUp.Set(float64(len(up)))
+	} else {
+		t.c.met.agentsUp.Set(float64(len(agents)))
+	}
+	if gcErr != nil {
+		errs = append(errs, gcErr)
+	}
+	return errors.Join(errs...)
+}
+
+func anyRunning(tasks []*taskInfo) bool {
+	for _, ti := range tasks {
+		if ti.rec.GetState() == pitrpb.TaskState_TASK_STATE_RUNNING {
+			return true
+		}
+	}
+	return false
+}
+
+// tickTask does one task's part of a tick (see decide).
+func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.AgentRecord, gcSP uint64, gcErr error, now time.Time, up map[uint64]bool) error {
+	name := ti.name()
+	rec := ti.rec
+	ttl := t.c.cfg.SafePointTTL
+	v := decide(rec.GetState(), ti.cp, gcSP, gcErr == nil, time.UnixMilli(rec.GetUpdatedUnixMs()), now, ttl)
+	if v.release {
+		t.c.met.forget(name)
+		if t.released[name] {
+			return nil
+		}
+		if err := t.release(ctx, name); err != nil {
+			return err
+		}
+		t.released[name] = true
+		return nil
+	}
+	delete(t.released, name)
+	if v.fail != "" {
+		return t.failTask(ctx, ti, v.fail, now)
+	}
+
+	st := &Status{
+		Task: name, State: stateName(rec.GetState()), Checkpoint: ti.cp,
+		SafePointTTLSeconds: int64(ttl / time.Second), GCSafePoint: gcSP,
+		Leader: t.c.cfg.ID, Term: t.rev, UpdatedUnixMs: now.UnixMilli(),
+	}
+	var problems []string
+	if gcErr != nil {
+		problems = append(problems, gcErr.Error())
+	}
+	cp := ti.cp
+	if v.advance {
+		reports, agentSts := t.pool.poll(ctx, agents, name, t.c.cfg.PollTimeout)
+		for _, a := range agentSts {
+			if a.State == AgentUp || a.State == AgentNoTask {
+				up[a.StoreID] = true
+			}
+			if a.State == AgentDown {
+				problems = append(problems, fmt.Sprintf("agent of store %d at %s: %s", a.StoreID, a.Addr, a.Error))
+			}
+		}
+		res := Compute(Input{Ranges: taskRanges(rec), Previous: ti.cp, Reports: reports, MaxSlow: t.c.cfg.MaxSlow})
+		st.Agents, st.Covered, st.UncoveredRanges = agentSts, res.Covered, len(res.Uncovered)
+		st.Regions, st.StaleReports, st.Slowest = res.Used, res.Stale, slowStatuses(res.Slowest)
+		if res.Checkpoint > ti.cp {
+			err := t.putCheckpoint(ctx, name, ti.rev, ti.cp, ti.cpExisted, res.Checkpoint)
+			if errors.Is(err, errChanged) {
+				return nil // stopped, paused or otherwise changed: next tick
+			}
+			if err != nil {
+				return err
+			}
+			cp = res.Checkpoint
+		}
+		t.c.met.uncovered.WithLabelValues(name).Set(float64(len(res.Uncovered)))
+		t.c.met.staleReports.WithLabelValues(name).Set(float64(res.Stale))
+		t.c.met.lag.WithLabelValues(name).Set(max(0, now.Sub(TSTime(cp)).Seconds()))
+	} else {
+		st.Agents = registeredStatuses(agents)
+		t.c.met.lag.DeleteLabelValues(name)
+		t.c.met.uncovered.DeleteLabelValues(name)
+		t.c.met.staleReports.DeleteLabelValues(name)
+	}
+	st.Checkpoint = cp
+	t.c.met.checkpoint.WithLabelValues(name).Set(float64(cp))
+	failed := rec.GetState() == pitrpb.TaskState_TASK_STATE_FAILED
+	if failed {
+		t.c.met.taskFailed.WithLabelValues(name).Set(1)
+	} else {
+		t.c.met.taskFailed.WithLabelValues(name).Set(0)
+	}
+
+	// The checkpoint in storage follows the one in etcd.
+	if err := t.putStorageCheckpoint(ctx, name, rec.GetStorageUrl(), cp); err != nil {
+		problems = append(problems, err.Error())
+	}
+
+	// Hold GC at the checkpoint (I3).
+	if v.hold {
+		min, err := t.c.pd.UpdateServiceGCSafePoint(ctx, SafePointID(name), int64(ttl/time.Second), cp)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("hold GC safepoint: %v", err))
+		case min > cp && !failed:
+			return t.failTask(ctx, ti, fmt.Sprintf("PD cannot hold GC at the checkpoint %d (%s): its minimum service safepoint is %d; GC may have removed versions the backup needs; stop this task and start a new one",
+				cp, TSTime(cp).UTC().Format(time.RFC3339), min), now)
+		case min <= cp:
+			st.SafePoint = cp
+		}
+	}
+
+	st.LastError = strings.Join(problems, "; ")
+	b, err := marshalStatus(st)
+	if err != nil {
+		return err
+	}
+	err = t.fenced(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(task.Key(name)), "=", ti.rev)},
+		clientv3.OpPut(task.StatusKey(name), string(b)))
+	if errors.Is(err, errChanged) {
+		// The task changed while we held GC for it: if it was stopped or
+		// deleted meanwhile, make sure the safepoint we may just have
+		// refreshed does not outlive it.
+		return t.recheck(ctx, name)
+	}
+	return err
+}
+
+// recheck releases the safepoint of a task that is stopped or gone.
+func (t *term) recheck(ctx context.Context, name string) error {
+	rec, _, err := task.Get(ctx, t.c.etcd, name)
+	if errors.Is(err, task.ErrNotFound) || (err == nil && rec.GetState() == pitrpb.TaskState_TASK_STATE_STOPPED) {
+		return t.release(ctx, name)
+	}
+	return err
+}
+
+// release removes a task's PD service safepoint.
+func (t *term) release(ctx context.Context, name string) error {
+	if _, err := t.c.pd.UpdateServiceGCSafePoint(ctx, SafePointID(name), 0, 0); err != nil {
+		return fmt.Errorf("remove GC safepoint %s: %w", SafePointID(name), err)
+	}
+	t.log.Info("released GC safepoint", "task", name)
+	return nil
+}
+
+// failTask moves a task to failed (fenced, and only if it did not change
+// since the tick read it).
+func (t *term) failTask(ctx context.Context, ti *taskInfo, msg string, now time.Time) error {
+	rec := cloneRecord(ti.rec)
+	rec.State, rec.Error, rec.UpdatedUnixMs = pitrpb.TaskState_TASK_STATE_FAILED, msg, now.UnixMilli()
+	b, err := encodeRecord(rec)
+	if err != nil {
+		return err
+	}
+	err = t.fenced(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(task.Key(ti.name())), "=", ti.rev)},
+		clientv3.OpPut(task.Key(ti.name()), string(b)))
+	if errors.Is(err, errChanged) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	t.c.met.taskFailed.WithLabelValues(ti.name()).Set(1)
+	t.log.Error("task failed", "task", ti.name(), "error", msg)
+	return nil
+}
+
+// putStorageCheckpoint writes checkpoint/global when cp is above what
+// storage holds. The stored value is read once per term; the write happens
+// only while the term lasts, after the fenced etcd write of cp.
+func (t *term) putStorageCheckpoint(ctx context.Context, name, url string, cp uint64) error {
+	known, ok := t.storedCP[name]
+	if ok && cp <= known {
+		return nil
+	}
+	s, err := t.storage(ctx, name, url)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		b, err := s.Get(ctx, logfile.CheckpointPath)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+		case err != nil:
+			return fmt.Errorf("read %s: %w", logfile.CheckpointPath, err)
+		default:
+			gc, err := logfile.DecodeCheckpoint(b)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", logfile.CheckpointPath, err)
+			}
+			known = gc.GetTs()
+		}
+		t.storedCP[name] = known
+		if cp <= known {
+			return nil
+		}
+	}
+	b, err := logfile.EncodeCheckpoint(&pitrpb.GlobalCheckpoint{Task: name, Ts: cp, WrittenUnixMs: t.c.now().UnixMilli(), Term: t.rev})
+	if err != nil {
+		return err
+	}
+	if t.stopped() {
+		return errTermOver
+	}
+	if err := s.Put(ctx, logfile.CheckpointPath, b); err != nil {
+		return fmt.Errorf("write %s: %w", logfile.CheckpointPath, err)
+	}
+	t.storedCP[name] = cp
+	return nil
+}
+
+func (t *term) storage(ctx context.Context, name, url string) (storage.Storage, error) {
+	if s, ok := t.stores[name]; ok {
+		return s, nil
+	}
+	s, err := storage.Open(ctx, url, storage.Logger(t.log.Named("storage")))
+	if err != nil {
+		return nil, err
+	}
+	t.stores[name] = s
+	return s, nil
+}
+
+// taskRanges returns a task's key ranges.
+func taskRanges(rec *pitrpb.TaskRecord) []Range {
+	var out []Range
+	for _, r := range rec.GetInfo().GetRanges() {
+		out = append(out, Range{Start: r.GetStartKey(), End: r.GetEndKey()})
+	}
+	return out
+}
