@@ -121,6 +121,8 @@ type Flusher struct {
 	changed     chan struct{} // closed and replaced when memory or spill space is freed or a spill ends
 	closed      bool
 	runSeq      uint64
+	storedBytes int64 // file bytes of the stored flushes
+	storedLog   int64 // their logical bytes
 
 	// onBlock, when set (tests), is called each time Add starts waiting.
 	onBlock func()
@@ -334,6 +336,10 @@ type Stats struct {
 	BufferedRow int64 // rows added and not yet taken by a Flush
 	Memory      int64 // accounted bytes in memory, a running Flush included
 	Spilled     int64 // bytes of spill runs on disk, a running Flush's included
+	// FileRatio is stored file bytes per logical byte over the flushes so
+	// far (0 before the first with rows). Buffered is logical: a flush cut
+	// at Buffered >= FileTarget/FileRatio yields files of about FileTarget.
+	FileRatio float64
 }
 
 // Stats returns a snapshot of the buffers (for the agent's Status RPC).
@@ -344,7 +350,11 @@ func (f *Flusher) Stats() Stats {
 	if f.inflight != nil {
 		mem += f.inflight.memBytes
 	}
-	return Stats{Buffered: f.cur.logical, BufferedRow: f.cur.rows, Memory: mem, Spilled: f.spillUsed}
+	s := Stats{Buffered: f.cur.logical, BufferedRow: f.cur.rows, Memory: mem, Spilled: f.spillUsed}
+	if f.storedLog > 0 {
+		s.FileRatio = float64(f.storedBytes) / float64(f.storedLog)
+	}
+	return s
 }
 
 // Flush cuts: it takes every row added before the call (rows added during
@@ -418,18 +428,20 @@ func (f *Flusher) Flush(ctx context.Context, flushTS uint64, regions []*pitrpb.R
 		}
 		freed += r.size
 	}
-	f.mu.Lock()
-	f.spillUsed -= freed
-	f.gaugesLocked()
-	f.notifyLocked()
-	f.mu.Unlock()
-
 	var fileBytes, rows, logical int64
 	for _, df := range meta.Files {
 		fileBytes += df.Size
 		rows += df.Rows
 		logical += df.LogicalBytes
 	}
+	f.mu.Lock()
+	f.spillUsed -= freed
+	f.storedBytes += fileBytes
+	f.storedLog += logical
+	f.gaugesLocked()
+	f.notifyLocked()
+	f.mu.Unlock()
+
 	f.m.duration.WithLabelValues("ok").Observe(time.Since(start).Seconds())
 	f.m.files.Add(float64(len(meta.Files)))
 	f.m.fileBytes.Add(float64(fileBytes))

@@ -151,6 +151,11 @@ func TestSpillKeepsMemoryInBudget(t *testing.T) {
 	require.EqualValues(t, len(want(kept)), testutil.ToFloat64(f.m.rows))
 	require.EqualValues(t, len(m.Files), testutil.ToFloat64(f.m.files))
 	require.EqualValues(t, 1, testutil.CollectAndCount(f.m.duration))
+	var fileBytes int64
+	for _, df := range m.Files {
+		fileBytes += df.Size
+	}
+	require.InDelta(t, float64(fileBytes)/float64(logical), f.Stats().FileRatio, 1e-9)
 }
 
 // blockingAdder adds rows batch by batch in a goroutine and reports on
