@@ -72,5 +72,14 @@
 // Add, Buffered, Stats and Flush are safe for concurrent use. Flushes run
 // one at a time. Add may block (backpressure), so the caller must be able to
 // call Flush from another goroutine than the one blocked in Add, or cut a
-// flush itself when Buffered reaches FileTarget.
+// flush itself when Buffered reaches FileTarget. Buffered is logical
+// (uncompressed) bytes; Stats.FileRatio converts it to stored bytes.
+//
+// # Throughput
+//
+// A flush is one sequential stream: merge, Parquet encoding (zstd, the bulk
+// of the CPU), sha256, and the upload in its own goroutine behind an
+// io.Pipe, so a file is stored while it is written and the next one starts
+// as soon as it is closed. Files are not encoded in parallel because a file
+// is cut on its exact encoded size.
 package flush
