@@ -49,50 +49,20 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-func TestConfigFile(t *testing.T) {
-	dir := t.TempDir()
-	write := func(s string) string {
-		p := filepath.Join(dir, "c.toml")
-		require.NoError(t, os.WriteFile(p, []byte(s), 0o644))
-		return p
-	}
-	var c Config
-	require.NoError(t, c.LoadFile(write(`
-# comment
-pd = ["127.0.0.1:2379", "pd2:2379"]  # trailing comment
-id = "c#1"
-tick_interval = "500ms"
-poll_timeout = "3s"
-safepoint_ttl = "12h"
-session_ttl = "5s"
-http_addr = "0.0.0.0:9597"
-max_slow = 10
-log_level = "debug"
-`)))
-	require.Equal(t, []string{"127.0.0.1:2379", "pd2:2379"}, c.PDAddrs)
-	require.Equal(t, "c#1", c.ID)
-	require.Equal(t, 500*time.Millisecond, c.TickInterval)
-	require.Equal(t, 12*time.Hour, c.SafePointTTL)
-	require.Equal(t, 10, c.MaxSlow)
+func TestConfigValidate(t *testing.T) {
+	c := Config{PDAddrs: []string{"x:1"}}
 	c.SetDefaults()
 	require.NoError(t, c.Validate())
-	lvl, err := FileLogLevel(filepath.Join(dir, "c.toml"))
-	require.NoError(t, err)
-	require.Equal(t, "debug", lvl)
-
-	for _, bad := range []string{
-		"nope = 1", "tick_interval = 5", `tick_interval = "soon"`, "[section]", "pd", `pd = ["a" "b"]`,
-		`id = "x"` + "\n" + `id = "y"`, `max_slow = "3"`,
-	} {
-		var c Config
-		require.ErrorIs(t, c.LoadFile(write(bad)), ErrConfig, bad)
-	}
+	require.Equal(t, DefaultSafePointTTL, c.SafePointTTL)
+	require.Equal(t, DefaultTickInterval, c.TickInterval)
 	for _, mod := range []func(*Config){
 		func(c *Config) { c.PDAddrs = nil },
+		func(c *Config) { c.PDAddrs = []string{" "} },
 		func(c *Config) { c.TickInterval = time.Millisecond },
 		func(c *Config) { c.SafePointTTL = 500 * time.Millisecond },
 		func(c *Config) { c.SessionTTL = 500 * time.Millisecond },
 		func(c *Config) { c.HTTPAddr = "nope" },
+		func(c *Config) { c.MaxSlow = -1 },
 	} {
 		c := Config{PDAddrs: []string{"x:1"}}
 		mod(&c)

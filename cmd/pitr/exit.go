@@ -16,6 +16,11 @@ const (
 	// ExitUnavailable: a required service (PD, etcd, TiKV, storage) could not
 	// be reached. Nothing was changed.
 	ExitUnavailable = 3
+	// ExitConflict: the request conflicts with existing state: the storage
+	// root belongs to another task or cluster, the task name is taken, the
+	// task's state does not allow the operation, or GC has already passed
+	// the requested start ts. The task was not started or changed.
+	ExitConflict = 4
 )
 
 // exitError carries an exit status through cobra to main.
@@ -37,3 +42,27 @@ func withExit(code int, err error) error {
 func usageErrorf(format string, args ...any) error {
 	return withExit(ExitUsage, fmt.Errorf(format, args...))
 }
+
+// Restore and verify refusals (DESIGN I7). When restore exits with one of
+// these, nothing was written to the target cluster.
+const (
+	// ExitOutOfRange: the restore point is outside the restorable range
+	// [task start ts, global checkpoint]; the message names the range.
+	ExitOutOfRange = 10
+	// ExitCorrupt: a data file's size or sha256, or a meta or root object,
+	// is not what was written.
+	ExitCorrupt = 11
+	// ExitMissing: a file a meta references is missing, or the log's
+	// coverage has a hole (the message names the keys and timestamps).
+	ExitMissing = 12
+	// ExitNotBackup: the storage root is not a pitr log backup (no
+	// pitr.lock or task.pb) or belongs to another task.
+	ExitNotBackup = 13
+	// ExitTargetNotEmpty: the target cluster holds data in the task ranges.
+	ExitTargetNotEmpty = 14
+	// ExitFormat: the backup was written by a newer pitr.
+	ExitFormat = 15
+	// ExitNoBase: restoring needs a base snapshot this build cannot
+	// provide (the task did not start on empty ranges).
+	ExitNoBase = 16
+)

@@ -29,7 +29,17 @@ Exit status:
   0  success
   1  failure (the error line says why)
   2  usage error, or a subcommand this build does not provide yet
-  3  a required service (PD, etcd, storage) is unreachable`
+  3  a required service (PD, etcd, storage) is unreachable
+  4  conflict with existing state (storage root owned by another task or
+     cluster, task name taken, wrong task state, start ts already GC'd)
+  10 restore point outside the restorable range (the message names it)
+  11 corrupt backup: a file's size or sha256, or a meta, is wrong
+  12 incomplete backup: a referenced file is missing, or the log has a hole
+  13 not a pitr backup (no pitr.lock or task.pb), or another task's root
+  14 the restore target holds data in the task ranges
+  15 the backup was written by a newer pitr
+  16 the restore needs a base snapshot this build cannot provide
+  (on 10-16 restore has written nothing to the target)`
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -83,76 +93,6 @@ func notBuilt(issue string) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, _ []string) error {
 		return withExit(ExitUsage, fmt.Errorf("%s is not available in this build yet (tracked in %s)", c.CommandPath(), issue))
 	}
-}
-
-func newCoordinatorCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "coordinator --pd ADDRS [--config coordinator.toml]",
-		Short: "Run a coordinator (one is elected leader and advances the global checkpoint)",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("issue #5"),
-	}
-	c.Flags().String("pd", "", "PD addresses, comma separated")
-	c.Flags().String("config", "", "coordinator TOML config file")
-	return c
-}
-
-func newTaskCmd() *cobra.Command {
-	task := &cobra.Command{
-		Use:   "task",
-		Short: "Start, inspect, pause, resume and stop log backup tasks",
-	}
-	start := &cobra.Command{
-		Use:   "start NAME --storage URL [--start-ts TS] [--range START:END]",
-		Short: "Start a log backup task writing to storage",
-		Args:  cobra.ExactArgs(1),
-		RunE:  notBuilt("issue #5"),
-	}
-	start.Flags().String("storage", "", "storage URL (s3://, gs://, azblob://, file://)")
-	start.Flags().String("start-ts", "", "start timestamp (TSO or RFC3339); default now")
-	start.Flags().StringSlice("range", nil, "key range START:END to back up (repeatable); default all")
-	status := &cobra.Command{
-		Use:   "status [NAME] [--json]",
-		Short: "Show task state, checkpoint, lag and the slowest regions",
-		Args:  cobra.MaximumNArgs(1),
-		RunE:  notBuilt("issue #5"),
-	}
-	status.Flags().Bool("json", false, "print JSON")
-	pause := &cobra.Command{Use: "pause NAME", Short: "Pause a task (the GC safepoint stays held)", Args: cobra.ExactArgs(1), RunE: notBuilt("issue #5")}
-	resume := &cobra.Command{Use: "resume NAME", Short: "Resume a paused task", Args: cobra.ExactArgs(1), RunE: notBuilt("issue #5")}
-	stop := &cobra.Command{Use: "stop NAME", Short: "Stop a task (releases the GC safepoint, keeps the backup)", Args: cobra.ExactArgs(1), RunE: notBuilt("issue #5")}
-	for _, c := range []*cobra.Command{start, status, pause, resume, stop} {
-		c.Flags().String("pd", "", "PD addresses, comma separated")
-	}
-	task.AddCommand(start, status, pause, resume, stop)
-	return task
-}
-
-func newRestoreCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]",
-		Short: "Restore a cluster to a point in time",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("issue #6"),
-	}
-	c.Flags().String("storage", "", "log backup storage URL")
-	c.Flags().String("to", "", "restore point: TSO or RFC3339 time")
-	c.Flags().String("pd", "", "PD addresses of the target cluster")
-	c.Flags().String("snapshot", "", "base snapshot URL")
-	c.Flags().Bool("dry-run", false, "print the plan and write nothing")
-	return c
-}
-
-func newVerifyCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "verify --storage URL [--to TS]",
-		Short: "Prove offline that a restore to TS would succeed",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("issue #6"),
-	}
-	c.Flags().String("storage", "", "log backup storage URL")
-	c.Flags().String("to", "", "restore point to verify (default: the checkpoint)")
-	return c
 }
 
 func newBackupCmd() *cobra.Command {

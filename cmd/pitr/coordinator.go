@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/hashicorp/go-hclog"
+	pclog "github.com/pingcap/log"
+	"github.com/spf13/cobra"
+
+	"github.com/pitr-io/pitr/coordinator"
+)
+
+// coordinatorFile is the TOML config file of `pitr coordinator`. Every key
+// is optional; flags override it. Durations are strings ("1s", "24h").
+type coordinatorFile struct {
+	PD             []string `toml:"pd"`
+	ID             string   `toml:"id"`
+	HTTP           string   `toml:"http"`
+	LogLevel       string   `toml:"log-level"`
+	TickInterval   duration `toml:"tick-interval"`
+	PollTimeout    duration `toml:"poll-timeout"`
+	SafePointTTL   duration `toml:"safepoint-ttl"`
+	SessionTTL     duration `toml:"session-ttl"`
+	MaxSlow        int      `toml:"max-slow"`
+	ConnectTimeout duration `toml:"connect-timeout"`
+}
+
+// coordinatorOptions is what `pitr coordinator` runs with, after defaults,
+// the file and the flags.
+type coordinatorOptions struct {
+	configPath string
+	logLevel   string
+	cfg        coordinator.Config
+}
+
+func newCoordinatorCmd() *cobra.Command {
+	var o coordinatorOptions
+	var pd, httpAddr, id string
+	var tick, ttl time.Duration
+	c := &cobra.Command{
+		Use:   "coordinator --pd ADDRS [--config coordinator.toml]",
+		Short: "Run a coordinator (one is elected leader and advances the global checkpoint)",
+		Long: `Run a coordinator. Any number may run; one is elected through PD's etcd.
+The leader polls every agent each tick, computes each task's global
+checkpoint, stores it in etcd (fenced by its election term) and in the
+task's storage, and holds PD's GC safepoint "pitr-<task>" at it. Another
+coordinator takes over when the leader dies or is partitioned away.
+
+Serves /metrics and /healthz on --http. Settings come from defaults, then
+the TOML file (--config), then flags. SIGINT/SIGTERM resign leadership and
+stop.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f := cmd.Flags()
+			if err := loadCoordinatorOptions(&o, f.Changed, pd, httpAddr, id, tick, ttl); err != nil {
+				return err
+			}
+			return runCoordinator(cmd.Context(), cmd.ErrOrStderr(), &o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&pd, "pd", "", "PD addresses, comma separated")
+	f.StringVar(&o.configPath, "config", "", "coordinator TOML config file")
+	f.StringVar(&httpAddr, "http", coordinator.DefaultHTTPAddr, "/metrics and /healthz listen address (- disables)")
+	f.StringVar(&id, "id", "", "name in the election (default host-pid)")
+	f.DurationVar(&tick, "tick", coordinator.DefaultTickInterval, "time between checkpoint computations")
+	f.DurationVar(&ttl, "safepoint-ttl", coordinator.DefaultSafePointTTL, "TTL of the PD GC safepoint held per task")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	return c
+}
+
+// loadCoordinatorOptions applies defaults → file → flags (only those set) →
+// Validate.
+func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd, httpAddr, id string, tick, ttl time.Duration) error {
+	cfg := &o.cfg
+	if o.configPath != "" {
+		var file coordinatorFile
+		md, err := toml.DecodeFile(o.configPath, &file)
+		if err != nil {
+			return usageErrorf("--config %s: %v", o.configPath, oneLine(err))
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			return usageErrorf("--config %s: unknown keys: %s", o.configPath, strings.Join(keys, ", "))
+		}
+		cfg.PDAddrs, cfg.ID, cfg.HTTPAddr = file.PD, file.ID, file.HTTP
+		cfg.TickInterval, cfg.PollTimeout = file.TickInterval.Duration, file.PollTimeout.Duration
+		cfg.SafePointTTL, cfg.SessionTTL = file.SafePointTTL.Duration, file.SessionTTL.Duration
+		cfg.MaxSlow, cfg.ConnectTimeout = file.MaxSlow, file.ConnectTimeout.Duration
+		if file.LogLevel != "" && !changed("log-level") {
+			o.logLevel = file.LogLevel
+		}
+	}
+	if changed("pd") || len(cfg.PDAddrs) == 0 {
+		cfg.PDAddrs = splitAddrs(pd)
+	}
+	if changed("http") || cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = httpAddr
+	}
+	if changed("id") {
+		cfg.ID = id
+	}
+	if changed("tick") {
+		cfg.TickInterval = tick
+	}
+	if changed("safepoint-ttl") {
+		cfg.SafePointTTL = ttl
+	}
+	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
+		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf("%v", err)
+	}
+	return nil
+}
+
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// quietPDClient keeps the PD client's own logs (pingcap/log) to warnings
+// and errors, unless debugging; hclog.Off silences them (one-shot commands
+// print one line).
+func quietPDClient(level hclog.Level) {
+	plevel := "warn"
+	switch {
+	case level == hclog.Off:
+		plevel = "fatal"
+	case level <= hclog.Debug:
+		plevel = "info"
+	}
+	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: plevel}); err == nil {
+		pclog.ReplaceGlobals(lg, props)
+	}
+}
+
+// runCoordinator campaigns and leads until ctx ends (SIGINT/SIGTERM), then
+// resigns.
+func runCoordinator(ctx context.Context, stderr io.Writer, o *coordinatorOptions) error {
+	level := hclog.LevelFromString(o.logLevel)
+	quietPDClient(level)
+	cfg := o.cfg
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr})
+	co, err := coordinator.New(cfg)
+	switch {
+	case errors.Is(err, coordinator.ErrUnavailable):
+		return withExit(ExitUnavailable, err)
+	case errors.Is(err, coordinator.ErrConfig):
+		return withExit(ExitUsage, err)
+	case err != nil:
+		return fmt.Errorf("start coordinator: %w", err)
+	}
+	defer co.Close()
+	return co.Run(ctx)
+}
