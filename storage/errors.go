@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
 )
@@ -95,7 +97,19 @@ func isNetworkFailure(err error) bool {
 		return true
 	}
 	var oe *net.OpError
-	return errors.As(err, &oe)
+	if errors.As(err, &oe) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	// The AWS SDK's "failed to send request" (the connection broke before a
+	// response arrived).
+	var se *smithyhttp.RequestSendError
+	if errors.As(err, &se) {
+		return true
+	}
+	// net/http reports a connection the server closed without answering
+	// as a *url.Error wrapping a bare io.EOF.
+	var ue *url.Error
+	return errors.As(err, &ue) && errors.Is(ue.Err, io.EOF)
 }
 
 // httpStatus digs the HTTP status out of an SDK error, or returns 0.

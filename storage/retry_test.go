@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 
@@ -59,6 +61,8 @@ func TestRetryClassification(t *testing.T) {
 		"conn_refused":   fmt.Errorf("dial: %w", syscall.ECONNREFUSED),
 		"timeout":        timeoutErr{},
 		"unexpected_eof": io.ErrUnexpectedEOF,
+		"closed_conn":    &url.Error{Op: "Put", URL: "http://127.0.0.1:9/b/k", Err: io.EOF},
+		"send_failed":    &smithyhttp.RequestSendError{Err: errors.New("write: broken pipe")},
 	}
 	permanent := map[string]error{
 		"not_found":      fmt.Errorf("x: %w", storage.ErrNotFound),

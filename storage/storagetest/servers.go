@@ -3,6 +3,7 @@ package storagetest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -114,17 +115,30 @@ func FreePort() (int, error) {
 
 // process is a child server process with its output in a log file.
 type process struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
+	name     string
+	cmd      *exec.Cmd
+	logPath  string
+	logStart int64 // size of the (appended) log when this process started
+	done     chan struct{}
+	err      error
 }
+
+// errPortInUse: the server could not bind its port (another process took
+// it between FreePort and the server's bind; outgoing connections use the
+// same port range). Callers pick a new port and try again.
+var errPortInUse = errors.New("port already in use")
+
+// startAttempts bounds the retries after errPortInUse.
+const startAttempts = 5
 
 func startProcess(name, logPath string, env []string, bin string, args ...string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
+	}
+	var logStart int64
+	if fi, err := logf.Stat(); err == nil {
+		logStart = fi.Size()
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -138,7 +152,7 @@ func startProcess(name, logPath string, env []string, bin string, args ...string
 		_ = logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &process{name: name, cmd: cmd, logPath: logPath, logStart: logStart, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		_ = logf.Close()
@@ -175,8 +189,12 @@ func (p *process) stop() {
 	}
 }
 
+// logTail returns the end of what this process logged.
 func (p *process) logTail() string {
 	b, _ := os.ReadFile(p.logPath)
+	if int64(len(b)) >= p.logStart {
+		b = b[p.logStart:]
+	}
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
 	}
@@ -200,7 +218,11 @@ func (p *process) waitReady(probe func() error) error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited during startup: %v\n--- log ---\n%s", p.name, p.err, p.logTail())
+			log := p.logTail()
+			if strings.Contains(log, "already in use") || strings.Contains(log, "EADDRINUSE") {
+				return fmt.Errorf("%s: %w", p.name, errPortInUse)
+			}
+			return fmt.Errorf("%s exited during startup: %v\n--- log ---\n%s", p.name, p.err, log)
 		case <-tick.C:
 		}
 	}
@@ -262,30 +284,64 @@ func LaunchMinIO(bin, dir string) (*MinIO, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	for attempt := 1; ; attempt++ {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		console, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		m := &MinIO{
+			Endpoint:  fmt.Sprintf("http://127.0.0.1:%d", port),
+			AccessKey: "pitr-test-access",
+			SecretKey: "pitr-test-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+			Dir:       dir,
+			bin:       bin,
+			port:      port,
+			console:   console,
+		}
+		err = m.start()
+		if errors.Is(err, errPortInUse) && attempt < startAttempts {
+			continue
+		}
+		return m, err
 	}
-	console, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
-	m := &MinIO{
-		Endpoint:  fmt.Sprintf("http://127.0.0.1:%d", port),
-		AccessKey: "pitr-test-access",
-		SecretKey: "pitr-test-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-		Dir:       dir,
-		bin:       bin,
-		port:      port,
-		console:   console,
-	}
-	return m, m.Restart()
 }
 
 // Restart starts the server again on the same port and data directory
 // (after Kill or Stop) and waits until it serves requests. It is a no-op
 // while the server runs.
 func (m *MinIO) Restart() error {
+	var err error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		// The port must stay the same; whoever holds it briefly (an
+		// outgoing connection) will let go.
+		if err = m.start(); !errors.Is(err, errPortInUse) {
+			return err
+		}
+		waitPortFree(m.port, 5*time.Second)
+	}
+	return err
+}
+
+// waitPortFree polls until port can be bound on 127.0.0.1, or the timeout
+// passes.
+func waitPortFree(port int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			_ = l.Close()
+			return
+		}
+		<-tick.C
+	}
+}
+
+func (m *MinIO) start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.proc != nil && !m.proc.exited() {
@@ -305,7 +361,19 @@ func (m *MinIO) Restart() error {
 		return err
 	}
 	m.proc = p
-	return p.waitReady(httpProbe(m.Endpoint+"/minio/health/ready", func(c int) bool { return c == 200 }))
+	health := httpProbe(m.Endpoint+"/minio/health/ready", func(c int) bool { return c == 200 })
+	client := m.S3Client()
+	return p.waitReady(func() error {
+		if err := health(); err != nil {
+			return err
+		}
+		// "ready" can come before the object layer answers requests
+		// (503 ServiceUnavailable right after a restart under load).
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := client.ListBuckets(ctx, &s3.ListBucketsInput{})
+		return err
+	})
 }
 
 // Kill SIGKILLs the server and waits until it is gone.
@@ -403,19 +471,25 @@ func StartAzurite(t testing.TB) *Azurite {
 	t.Helper()
 	bin := needTool(t, "azurite-blob")
 	dir := t.TempDir()
-	port, err := FreePort()
-	require.NoError(t, err)
-	a := &Azurite{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/%s", port, AzuriteAccount)}
-	a.proc, err = startProcess("azurite", filepath.Join(dir, "azurite.log"), nil, bin,
-		"--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--location", dir,
-		"--skipApiVersionCheck", "--loose", "--silent",
-		// Azurite phones home by default; tests talk to loopback only.
-		"--disableTelemetry")
-	require.NoError(t, err)
-	t.Cleanup(a.proc.stop)
-	// Any HTTP answer means it listens; Azurite answers 400 to a bare GET.
-	require.NoError(t, a.proc.waitReady(httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", port), func(int) bool { return true })))
-	return a
+	for attempt := 1; ; attempt++ {
+		port, err := FreePort()
+		require.NoError(t, err)
+		a := &Azurite{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/%s", port, AzuriteAccount)}
+		a.proc, err = startProcess("azurite", filepath.Join(dir, "azurite.log"), nil, bin,
+			"--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--location", dir,
+			"--skipApiVersionCheck", "--loose", "--silent",
+			// Azurite phones home by default; tests talk to loopback only.
+			"--disableTelemetry")
+		require.NoError(t, err)
+		t.Cleanup(a.proc.stop)
+		// Any HTTP answer means it listens; Azurite answers 400 to a bare GET.
+		err = a.proc.waitReady(httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", port), func(int) bool { return true }))
+		if errors.Is(err, errPortInUse) && attempt < startAttempts {
+			continue
+		}
+		require.NoError(t, err)
+		return a
+	}
 }
 
 // CreateContainer creates a container (once).
@@ -465,17 +539,23 @@ func StartFakeGCS(t testing.TB) *FakeGCS {
 	t.Helper()
 	bin := needTool(t, "fake-gcs-server")
 	dir := t.TempDir()
-	port, err := FreePort()
-	require.NoError(t, err)
-	f := &FakeGCS{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	f.proc, err = startProcess("fake-gcs-server", filepath.Join(dir, "fake-gcs.log"), nil, bin,
-		"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
-		"-backend", "memory", "-external-url", f.Endpoint, "-public-host", fmt.Sprintf("127.0.0.1:%d", port),
-		"-log-level", "warn")
-	require.NoError(t, err)
-	t.Cleanup(f.proc.stop)
-	require.NoError(t, f.proc.waitReady(httpProbe(f.Endpoint+"/storage/v1/b", func(c int) bool { return c == 200 })))
-	return f
+	for attempt := 1; ; attempt++ {
+		port, err := FreePort()
+		require.NoError(t, err)
+		f := &FakeGCS{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port)}
+		f.proc, err = startProcess("fake-gcs-server", filepath.Join(dir, "fake-gcs.log"), nil, bin,
+			"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
+			"-backend", "memory", "-external-url", f.Endpoint, "-public-host", fmt.Sprintf("127.0.0.1:%d", port),
+			"-log-level", "warn")
+		require.NoError(t, err)
+		t.Cleanup(f.proc.stop)
+		err = f.proc.waitReady(httpProbe(f.Endpoint+"/storage/v1/b", func(c int) bool { return c == 200 }))
+		if errors.Is(err, errPortInUse) && attempt < startAttempts {
+			continue
+		}
+		require.NoError(t, err)
+		return f
+	}
 }
 
 // CreateBucket creates a bucket (once).
