@@ -23,6 +23,10 @@ MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
 AZURITE_VERSION="3.35.0" # runs on Node 20; newer releases are not needed by the tests
 DUCKDB_NODE_VERSION="${DUCKDB_NODE_VERSION:-1.5.6-r.1}"
+# protoc plugins for `make proto` and the generated-code staleness test.
+PROTOC_GEN_GO_VERSION="v1.34.2"
+# v1.3.0 targets grpc SupportPackageIsVersion7, which the pinned grpc v1.63.2 has.
+PROTOC_GEN_GO_GRPC_VERSION="v1.3.0"
 
 FORCE="${PITR_TOOLS_FORCE:-}"
 
@@ -74,5 +78,24 @@ if ! (cd "$TOOLS" && node -e "require('@duckdb/node-api')" >/dev/null); then
 fi
 log "@duckdb/node-api: loads"
 go_install minio "github.com/minio/minio@$MINIO_VERSION"
+go_install protoc-gen-go "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
+go_install protoc-gen-go-grpc "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
+
+# protoc itself comes from Debian's protobuf-compiler (3.21). Installed when
+# running as root with apt (CI, fresh machines); otherwise the staleness test
+# skips locally and fails in CI.
+if command -v protoc >/dev/null; then
+	log "protoc: $(protoc --version), skipping"
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+	log "protoc: apt-get install protobuf-compiler"
+	apt-get update -qq >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+	log "protoc: $(protoc --version)"
+elif [[ -n "${CI:-}" ]]; then
+	log "protoc: not installed and cannot apt-get install it (not root)"
+	exit 1
+else
+	log "protoc: not installed (apt-get install protobuf-compiler); the proto staleness test will skip"
+fi
 
 log "done: $(ls "$BIN" | tr '\n' ' ')"
