@@ -45,7 +45,10 @@ var sections []Section
 
 func register(s Section) { sections = append(sections, s) }
 
-func main() {
+func main() { os.Exit(run()) }
+
+// run returns the exit status, so deferred clean-ups run before os.Exit.
+func run() int {
 	only := flag.String("only", "", "comma-separated section names to run (default all)")
 	list := flag.Bool("list", false, "list sections and exit")
 	flag.Parse()
@@ -54,7 +57,7 @@ func main() {
 		for _, s := range sections {
 			fmt.Println(s.Name)
 		}
-		return
+		return 0
 	}
 	want := map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
@@ -67,12 +70,12 @@ func main() {
 	root, err := moduleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pitr-bench:", err)
-		os.Exit(1)
+		return 1
 	}
 	tmp, err := os.MkdirTemp("", "pitr-bench-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pitr-bench:", err)
-		os.Exit(1)
+		return 1
 	}
 	defer os.RemoveAll(tmp)
 	env := &Env{Root: root, Tmp: tmp, Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "  "+f+"\n", a...) }}
@@ -107,8 +110,9 @@ func main() {
 	}
 	tw.Flush()
 	if failed {
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 func formatValue(v float64) string {
