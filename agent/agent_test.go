@@ -5,13 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -531,6 +534,19 @@ func TestNothingLostNothingExtra(t *testing.T) {
 	require.Greater(t, low, e.startTS)
 	rows, metas := e.check(ctx, start, end, low)
 	t.Logf("checked %d rows in %d metas up to %d (start %d)", rows, metas, low, e.startTS)
+
+	// SIGTERM: the process flushes once more and exits 0.
+	e.mu.Lock()
+	proc := e.agents[ids[0]]
+	delete(e.agents, ids[0])
+	e.mu.Unlock()
+	require.NoError(t, proc.proc.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-proc.done:
+		require.NoError(t, err, "exit status after SIGTERM")
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent process did not stop within 30s of SIGTERM")
+	}
 }
 
 // TestLowLoadFlushesEveryInterval: with a trickle of writes, a meta with
@@ -592,6 +608,45 @@ func TestLowLoadFlushesEveryInterval(t *testing.T) {
 	metas0, _ := count()
 	time.Sleep(4 * interval) // measuring the rate over a window, not synchronising
 	metas1, _ := count()
+
+	// Status, /healthz and /metrics of one agent.
+	e.mu.Lock()
+	ra := e.agents[e.p.StoreIDs()[0]]
+	e.mu.Unlock()
+	st, err := ra.client.Status(ctx, &pitrpb.StatusRequest{})
+	require.NoError(t, err)
+	require.Equal(t, []string{"t1"}, st.Tasks)
+	require.Equal(t, e.p.StoreIDs()[0], st.StoreId)
+	resp, err := http.Get("http://" + ra.a.HTTPAddr() + "/healthz")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	resp, err = http.Get("http://" + ra.a.HTTPAddr() + "/metrics")
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	for _, m := range []string{"pitr_agent_events_total", "pitr_agent_captured_bytes_total", "pitr_agent_flush_duration_seconds",
+		"pitr_agent_region_lag_seconds", "pitr_agent_region_max_lag_seconds", "pitr_agent_regions_subscribed",
+		"pitr_agent_buffered_bytes", `pitr_flush_memory_bytes{task="t1"}`} {
+		require.Contains(t, string(body), m)
+	}
+	// A stopped store: its agent's stream is down, /healthz says so.
+	require.NoError(t, e.p.StopStore(e.p.StoreIDs()[0]))
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + ra.a.HTTPAddr() + "/healthz")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			require.Contains(t, string(body), "change stream")
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "healthz stayed OK with the store down")
+		time.Sleep(50 * time.Millisecond) // polling
+	}
+	require.NoError(t, e.p.StartStore(e.p.StoreIDs()[0]))
 	// Three agents, each a meta per interval while their regions advance;
 	// at least one agent leads regions.
 	require.GreaterOrEqual(t, metas1-metas0, 3, "metas per 4 intervals")
