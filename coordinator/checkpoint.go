@@ -178,23 +178,18 @@ func Compute(in Input) Result {
 	res := Result{Checkpoint: in.Previous}
 	reps := in.Reports
 
-	// Valid reports, sorted by start key (then end key). The keys are
+	// Valid reports, sorted by start key (ties in any order). The keys are
 	// copied beside the indices so the sort reads contiguous memory.
-	starts := make([]keyIx, 0, len(reps))
+	starts := make([]startIx, 0, len(reps))
 	for i := range reps {
 		r := &reps[i]
 		if len(r.End) != 0 && bytes.Compare(r.Start, r.End) >= 0 {
 			res.Invalid++
 			continue
 		}
-		starts = append(starts, keyIx{p: startPoint(r.Start), i: int32(i)})
+		starts = append(starts, startIx{key: r.Start, i: int32(i)})
 	}
-	byStart := func(a, b keyIx) int {
-		if c := bytes.Compare(a.p.key, b.p.key); c != 0 {
-			return c
-		}
-		return cmpPoint(endPoint(reps[a.i].End), endPoint(reps[b.i].End))
-	}
+	byStart := func(a, b startIx) int { return bytes.Compare(a.key, b.key) }
 	if !slices.IsSortedFunc(starts, byStart) {
 		slices.SortFunc(starts, byStart)
 	}
@@ -231,7 +226,7 @@ func Compute(in Input) Result {
 		var p point
 		have := false
 		if si < len(starts) {
-			p, have = starts[si].p, true
+			p, have = startPoint(starts[si].key), true
 		}
 		if ei < len(ends) {
 			if q := ends[ei].p; !have || cmpPoint(q, p) < 0 {
@@ -245,7 +240,7 @@ func Compute(in Input) Result {
 		}
 		idx := int32(len(bnd))
 		bnd = append(bnd, p)
-		for si < len(starts) && cmpPoint(starts[si].p, p) == 0 {
+		for si < len(starts) && cmpPoint(startPoint(starts[si].key), p) == 0 {
 			lo[starts[si].i] = idx
 			si++
 		}
@@ -302,7 +297,20 @@ func Compute(in Input) Result {
 			taskPrefix[j+1]++
 		}
 	}
-	{
+	// best[j]: the surviving report with the lowest checkpoint over
+	// interval j (-1: none). Disjoint reports fill their own intervals;
+	// overlapping ones need a heap sweep.
+	best := make([]int32, k)
+	for j := range best {
+		best[j] = -1
+	}
+	if disjoint {
+		for _, i := range order {
+			for j := lo[i]; j < hi[i]; j++ {
+				best[j] = i
+			}
+		}
+	} else {
 		h := ixHeap{less: func(a, b int32) bool { return reps[a].Checkpoint < reps[b].Checkpoint }}
 		next := 0
 		for j := 0; j < k; j++ {
@@ -315,22 +323,27 @@ func Compute(in Input) Result {
 			for h.len() > 0 && hi[h.top()] <= int32(j) {
 				h.pop()
 			}
-			if !inTask[j] {
-				continue
+			if h.len() > 0 {
+				best[j] = h.top()
 			}
-			if h.len() == 0 {
-				covered = false
-				hole := Range{Start: bnd[j].key, End: bnd[j+1].key}
-				if n := len(holes); n > 0 && bytes.Equal(holes[n-1].End, hole.Start) && len(hole.Start) > 0 {
-					holes[n-1].End = hole.End
-				} else {
-					holes = append(holes, hole)
-				}
-				continue
+		}
+	}
+	for j := 0; j < k; j++ {
+		if !inTask[j] {
+			continue
+		}
+		if best[j] < 0 {
+			covered = false
+			hole := Range{Start: bnd[j].key, End: bnd[j+1].key}
+			if n := len(holes); n > 0 && bytes.Equal(holes[n-1].End, hole.Start) && len(hole.Start) > 0 {
+				holes[n-1].End = hole.End
+			} else {
+				holes = append(holes, hole)
 			}
-			if cp := reps[h.top()].Checkpoint; first || cp < candidate {
-				candidate, first = cp, false
-			}
+			continue
+		}
+		if cp := reps[best[j]].Checkpoint; first || cp < candidate {
+			candidate, first = cp, false
 		}
 	}
 	res.Uncovered = holes
@@ -457,6 +470,12 @@ func slowRegion(r *Report) Slow {
 		s.Reason += " (agent: " + r.Reason + ")"
 	}
 	return s
+}
+
+// startIx is a start key and the report it belongs to.
+type startIx struct {
+	key []byte
+	i   int32
 }
 
 // keyIx is a boundary key and the report it belongs to.

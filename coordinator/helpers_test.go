@@ -41,11 +41,22 @@ type cluster struct {
 
 func startCluster(t *testing.T, gcLifeTime time.Duration) *cluster {
 	t.Helper()
+	return startClusterStores(t, 1, gcLifeTime, nil)
+}
+
+// startClusterStores starts a playground; first, when set, runs before any
+// PD client is made (client-go's NewClient writes the PD client's global
+// metrics, racing with PD clients already running).
+func startClusterStores(t *testing.T, stores int, gcLifeTime time.Duration, first func(pdAddr string)) *cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := playground.Start(ctx, playground.Config{Stores: 1, GCInterval: -1, GCLifeTime: gcLifeTime})
+	p, err := playground.Start(ctx, playground.Config{Stores: stores, GCInterval: -1, GCLifeTime: gcLifeTime})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
+	if first != nil {
+		first(p.PDAddr())
+	}
 	pdc, err := ConnectPD(ctx, []string{p.PDAddr()}, 10*time.Second, "pitr-coordinator-test")
 	require.NoError(t, err)
 	t.Cleanup(pdc.Close)

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/tikv/client-go/v2/txnkv"
+
+	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/playground/workload"
+	"github.com/pitr-io/pitr/task"
+)
+
+func init() {
+	register(Section{Name: "coordinator", Run: benchCoordinator})
+}
+
+// benchCoordinator measures one checkpoint computation over 100k regions
+// (the leader's per-tick CPU cost) beside the time to sort 100k region keys,
+// the floor of any sort+sweep; then the checkpoint lag a steady client-go
+// workload sees with real agents and a coordinator on the playground,
+// beside the flush interval + tick that bound it from below.
+func benchCoordinator(ctx context.Context, env *Env) ([]Row, error) {
+	const regions = 100_000
+	reps := syntheticRegions(regions, 3)
+	keys := make([][]byte, len(reps))
+	sortKeys := func() {
+		for i := range reps {
+			keys[i] = reps[i].Start
+		}
+		slices.SortFunc(keys, bytes.Compare)
+	}
+	var res coordinator.Result
+	compute := func() { res = coordinator.Compute(coordinator.Input{Previous: 1, Reports: reps}) }
+	// Interleaved, so both see the same machine load.
+	ms := medianMs(15, sortKeys, compute)
+	sortMs, computeMs := ms[0], ms[1]
+	if !res.Covered || res.Used != regions {
+		return nil, fmt.Errorf("compute: covered=%v used=%d, want a full cover of %d regions", res.Covered, res.Used, regions)
+	}
+	// 10% stale copies (regions just split): the overlap path.
+	stale := slices.Clone(reps)
+	for i := 0; i < regions; i += 10 {
+		r := reps[i]
+		r.EpochVersion, r.Checkpoint = 1, 1
+		stale = append(stale, r)
+	}
+	staleMs := medianMs(15, func() { res = coordinator.Compute(coordinator.Input{Previous: 1, Reports: stale}) })[0]
+	if res.Stale != regions/10 {
+		return nil, fmt.Errorf("compute with stale reports: %d stale, want %d", res.Stale, regions/10)
+	}
+	rows := []Row{
+		{Name: "sort 100k region keys (floor)", Value: sortMs, Unit: "ms"},
+		{Name: "checkpoint computation, 100k regions", Value: computeMs, Unit: "ms/tick", Baseline: "sort", Ratio: computeMs / sortMs},
+		{Name: "  with 10% stale overlapping reports", Value: staleMs, Unit: "ms/tick", Baseline: "sort", Ratio: staleMs / sortMs},
+	}
+
+	lagRows, err := benchLag(ctx, env)
+	if err != nil {
+		return nil, fmt.Errorf("lag: %w", err)
+	}
+	return append(rows, lagRows...), nil
+}
+
+// medianMs runs the fns in turn n times (after one warm-up round) and
+// returns the median duration of each, in ms.
+func medianMs(n int, fns ...func()) []float64 {
+	ds := make([][]float64, len(fns))
+	for round := -1; round < n; round++ {
+		for f, fn := range fns {
+			start := time.Now()
+			fn()
+			if round >= 0 {
+				ds[f] = append(ds[f], float64(time.Since(start).Microseconds())/1000)
+			}
+		}
+	}
+	out := make([]float64, len(fns))
+	for f := range ds {
+		sort.Float64s(ds[f])
+		out[f] = ds[f][n/2]
+	}
+	return out
+}
+
+// syntheticRegions tiles the key space with n TiDB-like region keys on the
+// given stores, checkpoints spread over 1000..1000+n, shuffled as the
+// agents' answers interleave.
+func syntheticRegions(n, stores int) []coordinator.Report {
+	key := func(i int) []byte {
+		if i == 0 {
+			return nil
+		}
+		return []byte(fmt.Sprintf("t\x80\x00\x00\x00\x00\x00\x00\x2a_r%012d", i*1000))
+	}
+	reps := make([]coordinator.Report, n)
+	for i := range reps {
+		reps[i] = coordinator.Report{StoreID: uint64(i%stores + 1), RegionID: uint64(i + 1), EpochVersion: 5,
+			Start: key(i), Checkpoint: 1000 + uint64(i*7919%n)}
+		if i+1 < n {
+			reps[i].End = key(i + 1)
+		}
+	}
+	rnd := rand.New(rand.NewSource(1))
+	rnd.Shuffle(n, func(i, j int) { reps[i], reps[j] = reps[j], reps[i] })
+	return reps
+}
+
+// benchLag runs a playground with 3 stores, an agent per store, one
+// coordinator and a bank workload, and samples the checkpoint lag.
+func benchLag(ctx context.Context, env *Env) ([]Row, error) {
+	quietClientGo()
+	const (
+		flushInterval = agent.DefaultFlushInterval
+		tick          = coordinator.DefaultTickInterval
+		warmup        = 10 * time.Second
+		measure       = 30 * time.Second
+	)
+	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: -1})
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	pdAddrs := []string{p.PDAddr()}
+	cl, err := coordinator.Connect(ctx, pdAddrs, 10*time.Second, "pitr-bench")
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	if _, err := coordinator.GetTS(ctx, cl.PD); err != nil {
+		return nil, err
+	}
+
+	cli, err := txnkv.NewClient(pdAddrs)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	for i := 0; ; i++ { // the pinned PD client may cancel its very first TSO request
+		if _, err = cli.CurrentTimestamp("global"); err == nil || i == 20 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	bank := &workload.Bank{Client: cli, Prefix: "lag/", Accounts: 1000, Initial: 1000}
+	if err := bank.Init(ctx); err != nil {
+		return nil, err
+	}
+	for _, k := range []int{250, 500, 750} {
+		if _, err := p.Cluster.Split(bank.Key(k)); err != nil {
+			return nil, err
+		}
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 8)
+	running := 0
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: hclog.DefaultOutput})
+	addrs := p.StoreAddrs()
+	for _, id := range p.StoreIDs() {
+		a, err := agent.New(agent.Config{PDAddrs: pdAddrs, TiKVAddr: addrs[id], DataDir: fmt.Sprintf("%s/agent-%d", env.Tmp, id),
+			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: flushInterval, Logger: log.Named(fmt.Sprintf("agent-%d", id))})
+		if err != nil {
+			return nil, err
+		}
+		defer a.Close()
+		running++
+		go func() { done <- a.Run(runCtx) }()
+	}
+	co, err := coordinator.New(coordinator.Config{Etcd: cl.Etcd, PD: cl.PD, HTTPAddr: "-", TickInterval: tick, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	defer co.Close()
+	running++
+	go func() { done <- co.Run(runCtx) }()
+	defer func() {
+		stop()
+		for ; running > 0; running-- {
+			<-done
+		}
+	}()
+
+	if _, err := coordinator.StartTask(ctx, cl.Etcd, cl.PD, coordinator.StartOptions{Name: "lag", StorageURL: "file://" + env.Tmp + "/backup"}); err != nil {
+		return nil, err
+	}
+	var st workload.Stats
+	wctx, wcancel := context.WithCancel(runCtx)
+	defer wcancel()
+	go func() { done <- ignoreCanceled(bank.Run(wctx, 4, &st)) }()
+	running++
+
+	// Warm up (initial scans, first flushes), then sample every 200 ms.
+	select {
+	case <-time.After(warmup):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var lags []float64
+	end := time.Now().Add(measure)
+	for time.Now().Before(end) {
+		cp, err := task.Checkpoint(ctx, cl.Etcd, "lag")
+		if err != nil {
+			return nil, err
+		}
+		lags = append(lags, time.Since(coordinator.TSTime(cp)).Seconds())
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case err := <-done:
+			running--
+			return nil, fmt.Errorf("a part stopped: %v", err)
+		}
+	}
+	committed := st.Committed.Load()
+	sort.Float64s(lags)
+	p50, p99, worst := lags[len(lags)/2], lags[len(lags)*99/100], lags[len(lags)-1]
+	floor := (flushInterval + tick).Seconds()
+	env.Logf("lag: %d samples over %s, bank committed %d txns (%.0f txn/s); p50 %.2fs p99 %.2fs max %.2fs",
+		len(lags), measure, committed, float64(committed)/(warmup+measure).Seconds(), p50, p99, worst)
+	return []Row{
+		{Name: "flush interval + tick (floor of the lag)", Value: floor, Unit: "s"},
+		{Name: "checkpoint lag p50, 3 stores + agents + bank", Value: p50, Unit: "s", Baseline: "floor", Ratio: p50 / floor},
+		{Name: "checkpoint lag p99 (acceptance: ≤ 10 s)", Value: p99, Unit: "s", Baseline: "floor", Ratio: p99 / floor},
+	}, nil
+}
+
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

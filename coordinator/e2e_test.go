@@ -1,0 +1,113 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+	"github.com/tikv/client-go/v2/txnkv"
+
+	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/storage"
+)
+
+// TestEndToEndWithAgents: real agents beside the playground's stores, a
+// coordinator and client-go writes: the global checkpoint passes the ts of
+// the last write, in etcd and in storage, and the status covers every
+// range with the agents up.
+func TestEndToEndWithAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a playground with agents")
+	}
+	var kv *txnkv.Client
+	c := startClusterStores(t, 2, 0, func(pdAddr string) {
+		var err error
+		kv, err = txnkv.NewClient([]string{pdAddr})
+		require.NoError(t, err)
+	})
+	defer kv.Close()
+	// Two regions, one led by each store, so both agents report.
+	halves, err := c.p.Cluster.Split([]byte("k010"))
+	require.NoError(t, err)
+	right := halves[1]
+	other := c.p.StoreIDs()[0]
+	if other == right.Leader {
+		other = c.p.StoreIDs()[1]
+	}
+	require.NoError(t, c.p.Cluster.TransferLeader(right.ID, other))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	pdAddrs := []string{c.p.PDAddr()}
+	addrs := c.p.StoreAddrs()
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error})
+	var lastTS uint64
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 8)
+	parts := 0
+	defer func() {
+		stop()
+		for ; parts > 0; parts-- {
+			require.NoError(t, <-done)
+		}
+	}()
+	require.Eventually(t, func() bool { // the pinned PD client may cancel its first TSO request
+		_, err := kv.CurrentTimestamp("global")
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond)
+	for _, id := range c.p.StoreIDs() {
+		a, err := agent.New(agent.Config{PDAddrs: pdAddrs, TiKVAddr: addrs[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
+			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: 300 * time.Millisecond, Logger: log})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = a.Close() })
+		parts++
+		go func() { done <- a.Run(runCtx) }()
+	}
+	root := "file://" + t.TempDir()
+	startTask(t, c, cli, "e2e", func(o *StartOptions) { o.StorageURL = root })
+	co := c.startCoordinator(t, "A", func(cfg *Config) { cfg.TickInterval = 200 * time.Millisecond })
+
+	for i := 0; i < 20; i++ {
+		txn, err := kv.Begin()
+		require.NoError(t, err)
+		require.NoError(t, txn.Set([]byte(fmt.Sprintf("k%03d", i)), []byte("v")))
+		require.NoError(t, txn.Commit(ctx))
+		lastTS = txn.CommitTS()
+	}
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "e2e") >= lastTS }, 30*time.Second, 100*time.Millisecond,
+		"the checkpoint passes the last commit")
+
+	var v TaskView
+	require.Eventually(t, func() bool {
+		views, err := ReadViews(ctx, cli, "e2e", time.Now())
+		require.NoError(t, err)
+		v = views[0]
+		return v.Status != nil && v.Status.Checkpoint >= lastTS
+	}, 10*time.Second, 100*time.Millisecond)
+	require.True(t, v.Status.Covered)
+	require.Zero(t, v.Status.UncoveredRanges)
+	require.Len(t, v.Status.Agents, len(addrs))
+	for _, a := range v.Status.Agents {
+		require.Equal(t, AgentUp, a.State, "%+v", a)
+		require.Positive(t, a.Regions, "each store leads a region: %+v", a)
+	}
+	require.GreaterOrEqual(t, v.Status.Regions, 2)
+	require.True(t, co.IsLeader())
+
+	s, err := storage.Open(ctx, root)
+	require.NoError(t, err)
+	defer s.Close()
+	require.Eventually(t, func() bool {
+		b, err := s.Get(ctx, logfile.CheckpointPath)
+		require.NoError(t, err)
+		gc, err := logfile.DecodeCheckpoint(b)
+		require.NoError(t, err)
+		return gc.GetTs() >= lastTS
+	}, 10*time.Second, 100*time.Millisecond, "checkpoint/global follows")
+	require.Equal(t, checkpoint(t, cli, "e2e"), safePoints(t, c)["pitr-e2e"], "GC held at the checkpoint")
+}
