@@ -74,6 +74,7 @@ type region struct {
 	reason   string    // why the region is idle or stopping
 	retryAt  time.Time // earliest next subscribe (idle)
 	busy     int       // consecutive ServerIsBusy/Congested
+	failures int       // subscriptions ended since the region was last initialized
 	pdMisses int       // consecutive PD scans that did not confirm the subscription
 	since    time.Time // when state last changed
 }
@@ -115,6 +116,7 @@ type capture struct {
 	lastFlush time.Time
 
 	tso      func(context.Context) (uint64, error)
+	stopped  chan struct{} // closed when run returns
 	kick     chan struct{} // re-read regions from PD now
 	full     chan struct{} // the buffer reached FileTarget
 	flushReq chan chan flushResult
@@ -130,10 +132,12 @@ func newCapture(r *runner, fl sink) *capture {
 		r: r, a: r.a, log: r.log, fl: fl, tso: r.a.tso,
 		regions: map[uint64]*region{}, subs: map[uint64]*region{},
 		kick: make(chan struct{}, 1), full: make(chan struct{}, 1), flushReq: make(chan chan flushResult),
+		stopped: make(chan struct{}),
 	}
 }
 
 func (c *capture) run(ctx context.Context) error {
+	defer close(c.stopped)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.streamLoop(ctx) })
 	g.Go(func() error { return c.regionLoop(ctx) })
@@ -314,7 +318,7 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 				}
 				if row.Type == cdcpb.Event_INITIALIZED && r.state == statePending {
 					r.setState(stateNormal, now)
-					r.busy = 0
+					r.busy, r.failures = 0, 0
 					if n := r.m.droppedCommits; n > 0 {
 						c.log.Warn("unmatched commits dropped at initialized", "region", r.id, "count", n)
 						c.a.met.droppedCommits.Add(float64(n))
@@ -360,13 +364,21 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 // classify maps a subscription error to a reason, a retry delay and, for
 // errors retrying cannot fix, an error to report.
 func (c *capture) classify(r *region, e *cdcpb.Error) (string, time.Duration, error) {
+	// The first re-subscription is immediate; if PD still has the old
+	// picture and the region fails again before it initializes, wait a
+	// little longer each time.
+	r.failures++
+	again := time.Duration(0)
+	if r.failures > 1 {
+		again = min(100*time.Millisecond<<min(r.failures-2, 6), 5*time.Second)
+	}
 	switch {
 	case e.NotLeader != nil:
-		return "resubscribing after NotLeader", 0, nil
+		return "resubscribing after NotLeader", again, nil
 	case e.EpochNotMatch != nil:
-		return "resubscribing after EpochNotMatch", 0, nil
+		return "resubscribing after EpochNotMatch", again, nil
 	case e.RegionNotFound != nil:
-		return "resubscribing after RegionNotFound", 0, nil
+		return "resubscribing after RegionNotFound", again, nil
 	case e.ServerIsBusy != nil, e.Congested != nil:
 		r.busy++
 		d := min(time.Duration(r.busy)*500*time.Millisecond, 10*time.Second)

@@ -38,12 +38,16 @@ func (c *capture) flushNow(ctx context.Context) (*pitrpb.Meta, error) {
 	reply := make(chan flushResult, 1)
 	select {
 	case c.flushReq <- reply:
+	case <-c.stopped:
+		return nil, fmt.Errorf("%w: capture stopped", errNotReady)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	select {
 	case res := <-reply:
 		return res.meta, res.err
+	case <-c.stopped:
+		return nil, fmt.Errorf("%w: capture stopped", errNotReady)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
