@@ -58,5 +58,15 @@
 // The stream reader hands rows to the flusher before it reads the next
 // message. When the flusher's memory and spill budgets are full, Add blocks,
 // the reader stops, and TiKV buffers (its sink quota then answers with
-// Congested, retried later). Nothing is dropped.
+// Congested, retried later). Nothing is dropped. Pending prewrites (values
+// of transactions not yet committed) live in the matchers, outside the
+// flusher's budgets; a very large open transaction costs its size in memory
+// until it commits or rolls back.
+//
+// # Restarts
+//
+// A killed agent loses its buffer and its own flushed-range memory; the
+// next one subscribes every region from the global checkpoint (or start_ts)
+// and captures the lost rows again. A graceful stop (Drain, which `pitr
+// agent` runs on SIGINT/SIGTERM) flushes once more first.
 package agent
