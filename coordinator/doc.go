@@ -14,7 +14,8 @@
 //	          function: newest epoch per key range, holes pin it, never
 //	          lower than before: I2), writes it to etcd (fenced, compared
 //	          with the previous value) and to checkpoint/global in storage
-//	          (only upwards), then sets the PD service safepoint
+//	          (only upwards, by a background writer per task so a slow
+//	          storage does not stall the tick), then sets the PD service safepoint
 //	          "pitr-<task>" to it with a TTL (I3). If PD's GC safepoint is
 //	          above the checkpoint, the task fails with a clear error.
 //	paused:   refreshes the safepoint without advancing; a task paused for

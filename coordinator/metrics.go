@@ -41,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		agentsUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pitr_coordinator_agents_up",
-			Help: "Registered agents that answered the last poll.",
+			Help: "Registered agents that answered the last poll (every registered one when no task runs, as none is polled).",
 		}),
 		agentsReg: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pitr_coordinator_agents_registered",

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
-	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -21,24 +20,30 @@ import (
 // election key's create revision (I6), and it stops for good when stop is
 // closed.
 type term struct {
-	c    *Coordinator
-	log  hclog.Logger
-	key  string // the election key of this term
-	rev  int64  // its create revision: the fence
-	stop <-chan struct{}
+	c      *Coordinator
+	log    hclog.Logger
+	key    string // the election key of this term
+	rev    int64  // its create revision: the fence
+	stop   chan struct{}
+	halt   func()          // closes stop (once)
+	parent <-chan struct{} // the session's end: halts the term
 
 	pool     *agentPool
-	stores   map[string]storage.Storage
-	storedCP map[string]uint64 // the checkpoint known to be in storage
-	released map[string]bool   // stopped tasks whose safepoint this term removed
+	writers  map[string]*cpWriter // checkpoint/global writer per task
+	wg       sync.WaitGroup       // the writers' goroutines
+	released map[string]bool      // stopped tasks whose safepoint this term removed
 }
 
-func newTerm(c *Coordinator, key string, rev int64, stop <-chan struct{}) *term {
+// newTerm makes the term of an election won; parent is closed when the
+// session behind it ends.
+func newTerm(c *Coordinator, key string, rev int64, parent <-chan struct{}) *term {
 	c.lastTick.Store(c.now().UnixMilli())
+	stop := make(chan struct{})
+	var once sync.Once
 	return &term{
-		c: c, log: c.log.With("term", rev), key: key, rev: rev, stop: stop,
-		pool: newAgentPool(), stores: map[string]storage.Storage{},
-		storedCP: map[string]uint64{}, released: map[string]bool{},
+		c: c, log: c.log.With("term", rev), key: key, rev: rev,
+		stop: stop, halt: func() { once.Do(func() { close(stop) }) }, parent: parent,
+		pool: newAgentPool(), writers: map[string]*cpWriter{}, released: map[string]bool{},
 	}
 }
 
@@ -49,13 +54,29 @@ var errTermOver = fmt.Errorf("term over: %w", ErrNotLeader)
 // since the tick read them (the tick retries on the next round).
 var errChanged = errors.New("task changed during the tick")
 
-// run ticks until stop is closed or the term is deposed.
+// tickTimeout bounds one tick.
+func (t *term) tickTimeout() time.Duration {
+	return max(10*t.c.cfg.TickInterval, t.c.cfg.PollTimeout+10*time.Second)
+}
+
+// run ticks until the parent session ends, ctx ends or the term is deposed;
+// then it halts the term and waits for its goroutines.
 func (t *term) run(ctx context.Context) error {
 	defer t.close()
+	go func() {
+		select {
+		case <-t.parent:
+		case <-ctx.Done():
+		case <-t.stop:
+		}
+		t.halt()
+	}()
 	tk := time.NewTicker(t.c.cfg.TickInterval)
 	defer tk.Stop()
 	for {
-		err := t.tick(ctx)
+		tctx, cancel := context.WithTimeout(ctx, t.tickTimeout())
+		err := t.tick(tctx)
+		cancel()
 		switch {
 		case errors.Is(err, errTermOver) || (err != nil && ctx.Err() != nil):
 			return nil
@@ -79,11 +100,9 @@ func (t *term) run(ctx context.Context) error {
 }
 
 func (t *term) close() {
+	t.halt()
+	t.wg.Wait()
 	t.pool.close()
-	for name, s := range t.stores {
-		_ = s.Close()
-		delete(t.stores, name)
-	}
 }
 
 // stopped reports whether the term has ended.
@@ -208,12 +227,9 @@ func (t *term) tick(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("task %s: %w", ti.name(), err))
 		}
 	}
-	if len(tasks) == 0 || !anyRunning(tasks) {
-		up = nil
-	}
-	if up != nil {
+	if anyRunning(tasks) {
 		t.c.met.agentsUp.Set(float64(len(up)))
-	} else {
+	} else { // nobody was polled
 		t.c.met.agentsUp.Set(float64(len(agents)))
 	}
 	if gcErr != nil {
@@ -304,9 +320,12 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		t.c.met.taskFailed.WithLabelValues(name).Set(0)
 	}
 
-	// The checkpoint in storage follows the one in etcd.
-	if err := t.putStorageCheckpoint(ctx, name, rec.GetStorageUrl(), cp); err != nil {
-		problems = append(problems, err.Error())
+	// The checkpoint in storage follows the one in etcd (in the
+	// background: a slow storage does not hold the tick).
+	w := t.writer(name, rec.GetStorageUrl())
+	w.set(cp)
+	if e := w.err(); e != "" {
+		problems = append(problems, e)
 	}
 
 	// Hold GC at the checkpoint (I3).
@@ -379,60 +398,19 @@ func (t *term) failTask(ctx context.Context, ti *taskInfo, msg string, now time.
 	return nil
 }
 
-// putStorageCheckpoint writes checkpoint/global when cp is above what
-// storage holds. The stored value is read once per term; the write happens
-// only while the term lasts, after the fenced etcd write of cp.
-func (t *term) putStorageCheckpoint(ctx context.Context, name, url string, cp uint64) error {
-	known, ok := t.storedCP[name]
-	if ok && cp <= known {
-		return nil
+// writer returns the task's checkpoint/global writer, starting it.
+func (t *term) writer(name, url string) *cpWriter {
+	if w, ok := t.writers[name]; ok {
+		return w
 	}
-	s, err := t.storage(ctx, name, url)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		b, err := s.Get(ctx, logfile.CheckpointPath)
-		switch {
-		case errors.Is(err, storage.ErrNotFound):
-		case err != nil:
-			return fmt.Errorf("read %s: %w", logfile.CheckpointPath, err)
-		default:
-			gc, err := logfile.DecodeCheckpoint(b)
-			if err != nil {
-				return fmt.Errorf("read %s: %w", logfile.CheckpointPath, err)
-			}
-			known = gc.GetTs()
-		}
-		t.storedCP[name] = known
-		if cp <= known {
-			return nil
-		}
-	}
-	b, err := logfile.EncodeCheckpoint(&pitrpb.GlobalCheckpoint{Task: name, Ts: cp, WrittenUnixMs: t.c.now().UnixMilli(), Term: t.rev})
-	if err != nil {
-		return err
-	}
-	if t.stopped() {
-		return errTermOver
-	}
-	if err := s.Put(ctx, logfile.CheckpointPath, b); err != nil {
-		return fmt.Errorf("write %s: %w", logfile.CheckpointPath, err)
-	}
-	t.storedCP[name] = cp
-	return nil
-}
-
-func (t *term) storage(ctx context.Context, name, url string) (storage.Storage, error) {
-	if s, ok := t.stores[name]; ok {
-		return s, nil
-	}
-	s, err := storage.Open(ctx, url, storage.Logger(t.log.Named("storage")))
-	if err != nil {
-		return nil, err
-	}
-	t.stores[name] = s
-	return s, nil
+	w := newCPWriter(name, url, t.rev, t.log, t.stop, t.c.now)
+	t.writers[name] = w
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		w.run()
+	}()
+	return w
 }
 
 // taskRanges returns a task's key ranges.
