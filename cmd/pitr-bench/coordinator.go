@@ -28,7 +28,9 @@ func init() {
 // (the leader's per-tick CPU cost) beside the time to sort 100k region keys,
 // the floor of any sort+sweep; then the checkpoint lag a steady client-go
 // workload sees with real agents and a coordinator on the playground,
-// beside the flush interval + tick that bound it from below.
+// beside flush interval + tick: a region's checkpoint moves once per flush
+// and the global one once per tick after that, so a steady lag swings up to
+// about that bound.
 func benchCoordinator(ctx context.Context, env *Env) ([]Row, error) {
 	const regions = 100_000
 	reps := syntheticRegions(regions, 3)
@@ -228,13 +230,13 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 	committed := st.Committed.Load()
 	sort.Float64s(lags)
 	p50, p99, worst := lags[len(lags)/2], lags[len(lags)*99/100], lags[len(lags)-1]
-	floor := (flushInterval + tick).Seconds()
+	bound := (flushInterval + tick).Seconds()
 	env.Logf("lag: %d samples over %s, bank committed %d txns (%.0f txn/s); p50 %.2fs p99 %.2fs max %.2fs",
 		len(lags), measure, committed, float64(committed)/(warmup+measure).Seconds(), p50, p99, worst)
 	return []Row{
-		{Name: "flush interval + tick (floor of the lag)", Value: floor, Unit: "s"},
-		{Name: "checkpoint lag p50, 3 stores + agents + bank", Value: p50, Unit: "s", Baseline: "floor", Ratio: p50 / floor},
-		{Name: "checkpoint lag p99 (acceptance: ≤ 10 s)", Value: p99, Unit: "s", Baseline: "floor", Ratio: p99 / floor},
+		{Name: "flush interval + tick (expected max lag)", Value: bound, Unit: "s"},
+		{Name: "checkpoint lag p50, 3 stores + agents + bank", Value: p50, Unit: "s", Baseline: "bound", Ratio: p50 / bound},
+		{Name: "checkpoint lag p99 (acceptance: ≤ 10 s)", Value: p99, Unit: "s", Baseline: "bound", Ratio: p99 / bound},
 	}, nil
 }
 
