@@ -102,7 +102,12 @@ func TestRenderViews(t *testing.T) {
 		Info:       &pitrpb.TaskInfo{Name: "weekly", StartTs: start},
 		StorageUrl: "gs://b/weekly", State: pitrpb.TaskState_TASK_STATE_FAILED, Error: "paused for 25h0m0s, longer than the GC safepoint TTL 24h0m0s",
 	}
-	views := []TaskView{makeView(rec, cp, st, now), makeView(stopped, start, nil, now), makeView(paused, 0, nil, now)}
+	longPause := &pitrpb.TaskRecord{
+		Info:       &pitrpb.TaskInfo{Name: "zz", StartTs: start},
+		StorageUrl: "mem://zz", State: pitrpb.TaskState_TASK_STATE_PAUSED, UpdatedUnixMs: now.Add(-25 * time.Hour).UnixMilli(),
+	}
+	views := []TaskView{makeView(rec, cp, st, now), makeView(stopped, start, nil, now), makeView(paused, 0, nil, now),
+		makeView(longPause, 0, nil, now)}
 	var buf bytes.Buffer
 	buf.WriteString("== table\n")
 	require.NoError(t, RenderViews(&buf, views, false))

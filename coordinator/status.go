@@ -208,6 +208,16 @@ func makeView(r *pitrpb.TaskRecord, cp uint64, st *Status, now time.Time) TaskVi
 		return v
 	}
 	v.LagSeconds = max(0, now.Sub(v.CheckpointTime).Seconds())
+	if r.GetState() == pitrpb.TaskState_TASK_STATE_PAUSED && r.GetUpdatedUnixMs() > 0 {
+		ttl := DefaultSafePointTTL
+		if st != nil && st.SafePointTTLSeconds > 0 {
+			ttl = time.Duration(st.SafePointTTLSeconds) * time.Second
+		}
+		if d := now.Sub(time.UnixMilli(r.GetUpdatedUnixMs())); d > ttl {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("paused for %s, longer than the GC safepoint TTL %s: not healthy (a coordinator marks it failed)",
+				d.Round(time.Second), ttl))
+		}
+	}
 	if st == nil {
 		v.Warnings = append(v.Warnings, "no coordinator has published a status for this task yet (is one running?)")
 		return v
