@@ -10,6 +10,8 @@
 package tikv
 
 import (
+	"time"
+
 	"context"
 	"errors"
 	"fmt"
@@ -91,7 +93,9 @@ func Start(cfg Config) (*Server, error) {
 		grpc.WaitForHandlers(true),
 		grpc.MaxRecvMsgSize(1<<30),
 		grpc.MaxSendMsgSize(1<<30),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 0, PermitWithoutStream: true}),
+		// Accept client pings as often as client-go and TiCDC send them (every
+		// 10 s); MinTime 0 would mean grpc-go's default of 5 minutes.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 	)
 	tikvpb.RegisterTikvServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
