@@ -44,6 +44,11 @@ type StartOptions struct {
 	SafePointTTL time.Duration
 	// Now is the wall clock (zero: time.Now()).
 	Now time.Time
+	// EmptyAt, when set, reports whether the ranges hold no data at ts (a
+	// snapshot read). The answer is recorded as TaskInfo.started_empty: a
+	// restore may then use the log alone as its base. Unset, the task is
+	// recorded as not started empty and restores need a base snapshot.
+	EmptyAt func(ctx context.Context, ranges []*pitrpb.KeyRange, ts uint64) (bool, error)
 }
 
 // StartTask starts a task: it checks the name is free and the start ts is
@@ -145,6 +150,13 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	}
 	info := &pitrpb.TaskInfo{Name: o.Name, StartTs: startTS, Ranges: ranges, Compression: pitrpb.Compression_COMPRESSION_ZSTD,
 		ClusterId: clusterID, CreatedUnixMs: now.UnixMilli()}
+	if o.EmptyAt != nil {
+		empty, err := o.EmptyAt(ctx, ranges, startTS)
+		if err != nil {
+			return nil, fmt.Errorf("%w: check whether the ranges are empty at the start ts: %v", ErrUnavailable, err)
+		}
+		info.StartedEmpty = empty
+	}
 	b, err := logfile.EncodeTaskInfo(info)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
+	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/task"
@@ -234,6 +235,14 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 		return err
 	}
 	defer cl.Close()
+	// A snapshot read at the start ts tells whether the log alone will be
+	// a complete base for restores (TaskInfo.started_empty).
+	kv, err := txnkv.NewClient(addrs)
+	if err != nil {
+		return withExit(ExitUnavailable, fmt.Errorf("%s: connect to TiKV through PD %s: %v", path, strings.Join(addrs, ","), err))
+	}
+	defer kv.Close()
+	opts.EmptyAt = coordinator.EmptyAtTiKV(kv)
 	rec, err := coordinator.StartTask(ctx, cl.Etcd, cl.PD, opts)
 	if err != nil {
 		return taskErr(cmd, err)
@@ -241,6 +250,9 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	ts := rec.GetInfo().GetStartTs()
 	fmt.Fprintf(cmd.OutOrStdout(), "task %s started at ts %d (%s); GC safepoint %s held; storage %s\n",
 		name, ts, coordinator.TSTime(ts).UTC().Format(time.RFC3339Nano), coordinator.SafePointID(name), rec.GetStorageUrl())
+	if !rec.GetInfo().GetStartedEmpty() {
+		fmt.Fprintf(cmd.OutOrStdout(), "note: the task ranges held data at the start ts; a restore needs a base snapshot (pitr backup full) taken at or after it\n")
+	}
 	return nil
 }
 
