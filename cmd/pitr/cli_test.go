@@ -49,7 +49,7 @@ func TestExitCodes(t *testing.T) {
 		{"unknown flag", []string{"playground", "--nope"}, ExitUsage, "unknown flag"},
 		{"bad store count", []string{"playground", "--stores", "0"}, ExitUsage, "--stores"},
 		{"bad log level", []string{"playground", "--log-level", "loud"}, ExitUsage, "--log-level"},
-		{"not built", []string{"verify", "--storage", "mem://"}, ExitUsage, "not available in this build"},
+		{"not built", []string{"backup", "full", "--storage", "mem://"}, ExitUsage, "not available in this build"},
 		{"extra args", []string{"compact", "x"}, ExitUsage, "unknown command"},
 		{"missing name", []string{"task", "pause"}, ExitUsage, "accepts 1 arg"},
 		{"unknown command", []string{"nope"}, ExitUsage, "unknown command"},

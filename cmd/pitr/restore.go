@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+	pclog "github.com/pingcap/log"
+	"github.com/spf13/cobra"
+
+	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/storage"
+)
+
+// restoreOptions are the flags of `pitr restore`.
+type restoreOptions struct {
+	storage      string
+	to           string
+	pd           string
+	snapshot     string
+	dryRun       bool
+	force        bool
+	progressFile string
+	concurrency  int
+	memory       string
+	noProgress   bool
+	logLevel     string
+}
+
+func newRestoreCmd() *cobra.Command {
+	o := &restoreOptions{}
+	c := &cobra.Command{
+		Use:   "restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]",
+		Short: "Restore a cluster to a point in time",
+		Long: `Restore the task ranges of a log backup, as they were at --to, into the
+cluster behind --pd: every version committed at or before --to, with its
+own commit timestamp, through import_sstpb (the bulk-load path).
+
+--to is a TSO or an RFC3339 time, inside the restorable range [task start
+ts, global checkpoint] (else exit 10, naming the range). Before anything is
+written, every data file needed is checked against its size and sha256
+(exit 11 corrupt, 12 missing), the log's coverage is checked for holes
+(exit 12), and the target must hold nothing in the task ranges (exit 14;
+--force writes anyway). A root that is not a pitr backup is exit 13.
+
+A progress file (--progress-file; default under the user cache directory,
+named after the storage URL, --to and the target cluster id) records the
+finished key ranges: rerunning the same command after a kill finishes the
+job without redoing them.
+
+--dry-run prints the plan (files, bytes, rows, ranges) and touches no
+cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRestore(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.storage, "storage", "", "log backup storage URL")
+	f.StringVar(&o.to, "to", "", "restore point: TSO or RFC3339 time")
+	f.StringVar(&o.pd, "pd", "", "PD addresses of the target cluster, comma separated")
+	f.StringVar(&o.snapshot, "snapshot", "", "base snapshot URL (not available in this build)")
+	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and write nothing")
+	f.BoolVar(&o.force, "force", false, "write even if the target holds data in the task ranges")
+	f.StringVar(&o.progressFile, "progress-file", "", "where finished ranges are recorded (default: under the user cache dir)")
+	f.IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "key ranges restored at once")
+	f.StringVar(&o.memory, "memory", "1GiB", "memory budget for reading and writing")
+	f.BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
+	f.StringVar(&o.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
+	return c
+}
+
+func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions) error {
+	switch {
+	case o.storage == "":
+		return usageErrorf("pitr restore: --storage is required")
+	case o.to == "":
+		return usageErrorf("pitr restore: --to is required")
+	case o.snapshot != "":
+		return usageErrorf("pitr restore: --snapshot: restoring from a base snapshot is not available in this build")
+	case o.pd == "" && !o.dryRun:
+		return usageErrorf("pitr restore: --pd is required (or --dry-run)")
+	case o.concurrency < 1:
+		return usageErrorf("pitr restore: --concurrency must be at least 1")
+	}
+	ts, err := restore.ParseTS(o.to)
+	if err != nil {
+		return usageErrorf("pitr restore: --to: %v", err)
+	}
+	mem, err := parseSize(o.memory)
+	if err != nil || mem < 64<<20 {
+		return usageErrorf("pitr restore: --memory %q: want a size of at least 64MiB, like 1GiB", o.memory)
+	}
+	level := hclog.LevelFromString(o.logLevel)
+	if level == hclog.NoLevel {
+		return usageErrorf("pitr restore: --log-level %q: want trace, debug, info, warn or error", o.logLevel)
+	}
+	quietRestoreClients(level)
+	src, err := openBackupStorage(ctx, o.storage)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+
+	if o.dryRun {
+		plan, err := restore.PlanRestore(ctx, src, ts, "")
+		if err != nil {
+			return restoreError("pitr restore", err)
+		}
+		return plan.Print(stdout)
+	}
+	opts := restore.Options{
+		Source:       src,
+		PDAddrs:      restoreAddrs(o.pd),
+		RestoreTS:    ts,
+		Force:        o.force,
+		ProgressFile: o.progressFile,
+		Concurrency:  o.concurrency,
+		MemoryBudget: mem,
+		Logger:       hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr}),
+	}
+	if !o.noProgress {
+		opts.Progress = stderr
+	}
+	res, err := restore.Run(ctx, opts)
+	if err != nil {
+		return restoreError("pitr restore", err)
+	}
+	_, err = fmt.Fprintln(stdout, res.Summary())
+	return err
+}
+
+// openBackupStorage opens a backup root for reading, with retries of
+// transient failures.
+func openBackupStorage(ctx context.Context, url string) (storage.Storage, error) {
+	st, err := storage.Open(ctx, url)
+	if err != nil {
+		return nil, withExit(ExitUnavailable, err)
+	}
+	return storage.WithRetry(st, storage.RetryOptions{}), nil
+}
+
+// restoreError gives a restore or verify error its exit status. Refusals
+// (I7) say that the target was not touched.
+func restoreError(cmd string, err error) error {
+	code := ExitFailure
+	refusal := true
+	switch {
+	case errors.Is(err, restore.ErrOutOfRange):
+		code = ExitOutOfRange
+	case errors.Is(err, restore.ErrCorrupt):
+		code = ExitCorrupt
+	case errors.Is(err, restore.ErrMissing):
+		code = ExitMissing
+	case errors.Is(err, restore.ErrNotBackup):
+		code = ExitNotBackup
+	case errors.Is(err, restore.ErrTargetNotEmpty):
+		code = ExitTargetNotEmpty
+	case errors.Is(err, restore.ErrFormat):
+		code = ExitFormat
+	case errors.Is(err, restore.ErrNoBase):
+		code = ExitNoBase
+	case errors.Is(err, restore.ErrUnavailable), storage.IsTransient(err):
+		code, refusal = ExitUnavailable, false
+	default:
+		refusal = false
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	if refusal && cmd == "pitr restore" {
+		msg += "; nothing was written to the target"
+	}
+	return withExit(code, fmt.Errorf("%s: %s", cmd, msg))
+}
+
+func restoreAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// quietRestoreClients keeps the PD client's own logs (pingcap/log) to
+// errors unless debugging: they would tear the progress bar.
+func quietRestoreClients(level hclog.Level) {
+	plevel := "error"
+	if level <= hclog.Debug {
+		plevel = "info"
+	}
+	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: plevel}); err == nil {
+		pclog.ReplaceGlobals(lg, props)
+	}
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/playground/mvcc"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/storage"
+)
+
+func TestRestoreExitCodes(t *testing.T) {
+	empty := "file://" + t.TempDir()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no storage", []string{"restore", "--to", "1", "--pd", "x"}, ExitUsage, "--storage is required"},
+		{"no to", []string{"restore", "--storage", empty, "--pd", "x"}, ExitUsage, "--to is required"},
+		{"no pd", []string{"restore", "--storage", empty, "--to", "1"}, ExitUsage, "--pd is required"},
+		{"bad to", []string{"restore", "--storage", empty, "--to", "yesterday", "--dry-run"}, ExitUsage, "RFC 3339"},
+		{"snapshot", []string{"restore", "--storage", empty, "--to", "1", "--snapshot", "s3://b/s", "--pd", "x"}, ExitUsage, "not available in this build"},
+		{"bad memory", []string{"restore", "--storage", empty, "--to", "1", "--dry-run", "--memory", "lots"}, ExitUsage, "--memory"},
+		{"wrong storage, dry run", []string{"restore", "--storage", empty, "--to", "2026-01-01T00:00:00Z", "--dry-run"}, ExitNotBackup, "has no pitr.lock"},
+		{"wrong storage", []string{"restore", "--storage", empty, "--to", "1", "--pd", "127.0.0.1:1"}, ExitNotBackup, "nothing was written to the target"},
+		{"verify wrong storage", []string{"verify", "--storage", empty}, ExitNotBackup, "pitr verify: not a pitr backup"},
+		{"verify bad to", []string{"verify", "--storage", empty, "--to", "soon"}, ExitUsage, "--to"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := run(tc.args...)
+			require.Error(t, err)
+			require.Equal(t, tc.code, exitCode(err), "%v", err)
+			require.Contains(t, err.Error(), tc.msg)
+			require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
+		})
+	}
+}
+
+func TestRestoreErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code int
+	}{
+		{restore.ErrOutOfRange, ExitOutOfRange},
+		{restore.ErrCorrupt, ExitCorrupt},
+		{restore.ErrMissing, ExitMissing},
+		{restore.ErrNotBackup, ExitNotBackup},
+		{restore.ErrTargetNotEmpty, ExitTargetNotEmpty},
+		{restore.ErrFormat, ExitFormat},
+		{restore.ErrNoBase, ExitNoBase},
+		{restore.ErrUnavailable, ExitUnavailable},
+		{context.Canceled, ExitFailure},
+		{errors.New("boom"), ExitFailure},
+	} {
+		err := restoreError("pitr restore", fmt.Errorf("wrapped: %w", tc.err))
+		require.Equal(t, tc.code, exitCode(err), "%v", tc.err)
+		require.True(t, strings.HasPrefix(err.Error(), "pitr restore: "))
+	}
+}
+
+// cliBackup writes a small log backup (two flushes of one store) into a
+// file:// root and returns its URL, the checkpoint and one data file's path.
+func cliBackup(t *testing.T) (url string, start, cp uint64, dataFile string) {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	url = "file://" + dir
+	st, err := storage.Open(ctx, url)
+	require.NoError(t, err)
+	defer st.Close()
+	start = uint64(time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC).UnixMilli()) << 18
+	put := func(key string) func([]byte, error) {
+		return func(b []byte, err error) {
+			require.NoError(t, err)
+			require.NoError(t, st.Put(ctx, key, b))
+		}
+	}
+	put(logfile.LockPath)(logfile.EncodeLock(&pitrpb.Lock{Task: "cli"}))
+	put(logfile.TaskPath)(logfile.EncodeTaskInfo(&pitrpb.TaskInfo{Name: "cli", StartTs: start, StartedEmpty: true}))
+	f, err := flush.New(flush.Config{StoreID: 1, Task: "cli", Dir: t.TempDir(), Storage: st})
+	require.NoError(t, err)
+	defer f.Close()
+	cp = start
+	for w := 1; w <= 2; w++ {
+		var rows []logfile.Row
+		for i := 0; i < 50; i++ {
+			ts := start + uint64(w*100+i)
+			rows = append(rows, logfile.Row{Key: []byte(fmt.Sprintf("cli/%03d", i)), CommitTS: ts, StartTS: ts - 1, Op: logfile.OpPut, Value: []byte(fmt.Sprintf("v%d", w))})
+		}
+		require.NoError(t, f.Add(ctx, rows))
+		m, err := f.Flush(ctx, start+uint64(w*100+99), []*pitrpb.RegionCoverage{{RegionId: 1, FromTs: cp, ToTs: start + uint64(w*100+99)}})
+		require.NoError(t, err)
+		dataFile = filepath.Join(dir, filepath.FromSlash(m.Files[0].Path))
+		cp = start + uint64(w*100+99)
+	}
+	put(logfile.CheckpointPath)(logfile.EncodeCheckpoint(&pitrpb.GlobalCheckpoint{Task: "cli", Ts: cp}))
+	return url, start, cp, dataFile
+}
+
+func TestRestoreCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a playground")
+	}
+	url, start, cp, dataFile := cliBackup(t)
+	ts := func(v uint64) string { return strconv.FormatUint(v, 10) }
+
+	out, err := run("verify", "--storage", url, "--no-progress")
+	require.NoError(t, err)
+	require.Contains(t, out, `ok: task "cli", 2 metas, 2 files`)
+
+	out, err = run("restore", "--storage", url, "--to", ts(start+150), "--dry-run")
+	require.NoError(t, err)
+	require.Contains(t, out, "restore plan for task \"cli\"")
+	require.Contains(t, out, "files         1 to read (1 pruned")
+
+	_, err = run("restore", "--storage", url, "--to", ts(cp+1), "--dry-run")
+	require.Equal(t, ExitOutOfRange, exitCode(err), "%v", err)
+	require.Contains(t, err.Error(), "restorable range is [")
+
+	p, err := playground.Start(context.Background(), playground.Config{Stores: 1, GCInterval: -1})
+	require.NoError(t, err)
+	defer p.Close()
+	progress := filepath.Join(t.TempDir(), "p.json")
+	out, err = run("restore", "--storage", url, "--to", ts(start+150), "--pd", p.PDAddr(), "--progress-file", progress, "--no-progress")
+	require.NoError(t, err)
+	require.Contains(t, out, "restored to "+ts(start+150))
+	require.Contains(t, out, "50 rows")
+	v, ok, err := p.Engine.Get([]byte("cli/007"), start+150, mvcc.ReadOptions{})
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "v1", string(v))
+
+	// Now the target holds data: another restore is refused.
+	_, err = run("restore", "--storage", url, "--to", ts(cp), "--pd", p.PDAddr(), "--progress-file", progress+"2", "--no-progress")
+	require.Equal(t, ExitTargetNotEmpty, exitCode(err), "%v", err)
+
+	flip, err := os.ReadFile(dataFile)
+	require.NoError(t, err)
+	flip[len(flip)/2] ^= 1
+	require.NoError(t, os.WriteFile(dataFile, flip, 0o644))
+	_, err = run("verify", "--storage", url, "--no-progress")
+	require.Equal(t, ExitCorrupt, exitCode(err), "%v", err)
+	require.NoError(t, os.Remove(dataFile))
+	_, err = run("verify", "--storage", url, "--no-progress")
+	require.Equal(t, ExitMissing, exitCode(err), "%v", err)
+}

@@ -1,0 +1,171 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
+)
+
+// Source is what restore and verify read from a backup's storage root;
+// storage.Storage has it. Restore never writes to it.
+type Source interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+	GetRange(ctx context.Context, key string, off, length int64) (io.ReadCloser, error)
+	NewReader(ctx context.Context, key string) (io.ReadCloser, error)
+	List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error
+	URL() string
+}
+
+var _ Source = storage.Storage(nil)
+
+// Backup is the metadata of one task's storage root: everything a plan
+// needs, read without touching any data file.
+type Backup struct {
+	URL  string
+	Lock *pitrpb.Lock
+	Task *pitrpb.TaskInfo
+	// Checkpoint is the global checkpoint in checkpoint/global; the task's
+	// start_ts when none was written yet.
+	Checkpoint uint64
+	// Metas in path order (flush ts order).
+	Metas []MetaFile
+}
+
+// MetaFile is one meta and where it was read from.
+type MetaFile struct {
+	Path string
+	Meta *pitrpb.Meta
+}
+
+// metaConcurrency bounds the metas read at once.
+const metaConcurrency = 16
+
+// Load reads pitr.lock, task.pb, checkpoint/global and every meta under
+// meta/. A root without pitr.lock or task.pb, or owned by another task, is
+// ErrNotBackup; an undecodable object is ErrCorrupt; one written by a newer
+// pitr is ErrFormat.
+func Load(ctx context.Context, src Source) (*Backup, error) {
+	b := &Backup{URL: src.URL()}
+	lockBytes, err := src.Get(ctx, logfile.LockPath)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s has no %s", ErrNotBackup, b.URL, logfile.LockPath)
+	} else if err != nil {
+		return nil, fmt.Errorf("read %s: %w", logfile.LockPath, err)
+	}
+	if b.Lock, err = logfile.DecodeLock(lockBytes); err != nil {
+		return nil, objectError(logfile.LockPath, err)
+	}
+	taskBytes, err := src.Get(ctx, logfile.TaskPath)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s has no %s", ErrNotBackup, b.URL, logfile.TaskPath)
+	} else if err != nil {
+		return nil, fmt.Errorf("read %s: %w", logfile.TaskPath, err)
+	}
+	if b.Task, err = logfile.DecodeTaskInfo(taskBytes); err != nil {
+		return nil, objectError(logfile.TaskPath, err)
+	}
+	name := b.Task.GetName()
+	if b.Lock.GetTask() != name {
+		return nil, fmt.Errorf("%w: %s is owned by task %q but %s is task %q", ErrNotBackup, b.URL, b.Lock.GetTask(), logfile.TaskPath, name)
+	}
+	if l, t := b.Lock.GetClusterId(), b.Task.GetClusterId(); l != 0 && t != 0 && l != t {
+		return nil, fmt.Errorf("%w: %s is owned by cluster %d but %s is from cluster %d", ErrNotBackup, b.URL, l, logfile.TaskPath, t)
+	}
+
+	b.Checkpoint = b.Task.GetStartTs()
+	cpBytes, err := src.Get(ctx, logfile.CheckpointPath)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("read %s: %w", logfile.CheckpointPath, err)
+	default:
+		cp, err := logfile.DecodeCheckpoint(cpBytes)
+		if err != nil {
+			return nil, objectError(logfile.CheckpointPath, err)
+		}
+		if t := cp.GetTask(); t != "" && t != name {
+			return nil, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, logfile.CheckpointPath, t, name)
+		}
+		b.Checkpoint = max(cp.GetTs(), b.Checkpoint)
+	}
+
+	var paths []string
+	err = src.List(ctx, logfile.MetaPrefix, func(oi storage.ObjectInfo) error {
+		if strings.HasSuffix(oi.Key, ".meta") {
+			paths = append(paths, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", logfile.MetaPrefix, err)
+	}
+	sort.Strings(paths)
+	b.Metas = make([]MetaFile, len(paths))
+	// Every meta is read; of several problems the first in path order is
+	// reported, so the answer does not depend on timing.
+	errs := make([]error, len(paths))
+	var g errgroup.Group
+	g.SetLimit(metaConcurrency)
+	for i, p := range paths {
+		g.Go(func() error {
+			b.Metas[i], errs[i] = loadMeta(ctx, src, p, name)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if err := firstErr(errs); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func loadMeta(ctx context.Context, src Source, p, task string) (MetaFile, error) {
+	if _, _, err := logfile.ParseMetaPath(p); err != nil {
+		return MetaFile{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	raw, err := src.Get(ctx, p)
+	if errors.Is(err, storage.ErrNotFound) {
+		return MetaFile{}, fmt.Errorf("%w: meta %s vanished while reading", ErrMissing, p)
+	} else if err != nil {
+		return MetaFile{}, fmt.Errorf("read %s: %w", p, err)
+	}
+	m, err := logfile.DecodeMeta(raw)
+	if err != nil {
+		return MetaFile{}, objectError(p, err)
+	}
+	if t := m.GetTask(); t != "" && t != task {
+		return MetaFile{}, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, p, t, task)
+	}
+	return MetaFile{Path: p, Meta: m}, nil
+}
+
+// firstErr returns the first non-nil error.
+func firstErr(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// objectError maps a logfile decode error of a durable object to the
+// restore sentinels.
+func objectError(path string, err error) error {
+	switch {
+	case errors.Is(err, logfile.ErrFormat):
+		return fmt.Errorf("%w: %s: %v (upgrade pitr to read it)", ErrFormat, path, err)
+	case errors.Is(err, logfile.ErrCorrupt):
+		return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}

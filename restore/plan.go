@@ -1,0 +1,245 @@
+package restore
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	pitrpb "github.com/pitr-io/pitr/proto"
+)
+
+// PlanInput is everything a restore plan depends on. Planning is pure: it
+// reads nothing and writes nothing, so it is table-tested without storage.
+type PlanInput struct {
+	Task       *pitrpb.TaskInfo
+	Checkpoint uint64
+	Metas      []MetaFile
+	// RestoreTS is T: the restored cluster reads at T as the source did.
+	RestoreTS uint64
+	// Snapshot is the base snapshot's URL; this build has no snapshot
+	// support, so a non-empty value is refused.
+	Snapshot string
+}
+
+// FileRef is one data file a plan reads, and the meta that references it.
+type FileRef struct {
+	Meta string
+	File *pitrpb.DataFile
+}
+
+// Plan is what a restore to RestoreTS does: which files it reads, which key
+// ranges it writes, in which units it records progress.
+type Plan struct {
+	Task       string
+	RestoreTS  uint64
+	StartTS    uint64
+	Checkpoint uint64
+	// Ranges are the task ranges, sorted and merged.
+	Ranges []KeyRange
+	// Files are the data files holding commits at or before RestoreTS that
+	// meet the ranges, in path order, each once.
+	Files []FileRef
+	// Pruned counts the referenced files left out by their statistics.
+	Pruned int
+	// Units partition Ranges at the source regions' boundaries (from the
+	// metas' coverage); a unit is the grain of resume.
+	Units []KeyRange
+	// Bytes, Rows and LogicalBytes sum Files' statistics. Rows and
+	// LogicalBytes are upper bounds of what is written: they include the
+	// files' rows committed after RestoreTS and duplicates.
+	Bytes, Rows, LogicalBytes int64
+}
+
+// NewPlan checks a restore to in.RestoreTS and plans it:
+//   - T outside [start_ts, checkpoint] is ErrOutOfRange, naming the range;
+//   - a base snapshot is needed unless the task started on empty ranges
+//     (ErrNoBase); this build restores from the log alone;
+//   - the metas' coverage must leave no hole in ranges × (start_ts, T]
+//     (ErrMissing);
+//   - the files are those with a commit at or before T that meet the
+//     ranges (min_commit_ts ≤ T, key bounds overlap).
+func NewPlan(in PlanInput) (*Plan, error) {
+	t, start, cp := in.RestoreTS, in.Task.GetStartTs(), in.Checkpoint
+	if t < start || t > cp {
+		return nil, fmt.Errorf("%w: %s is outside the restorable range; restorable range is [%s, %s]",
+			ErrOutOfRange, FormatTS(t), FormatTS(start), FormatTS(cp))
+	}
+	if in.Snapshot != "" {
+		return nil, fmt.Errorf("%w: restoring from a base snapshot (--snapshot) is not available in this build", ErrNoBase)
+	}
+	if !in.Task.GetStartedEmpty() {
+		return nil, fmt.Errorf("%w: task %q did not start on empty ranges, so the log alone cannot rebuild the data that existed at its start ts %s; a base snapshot is needed and this build cannot restore one",
+			ErrNoBase, in.Task.GetName(), FormatTS(start))
+	}
+	ranges := taskRanges(in.Task)
+	if err := CheckCoverage(ranges, in.Metas, start, t); err != nil {
+		return nil, err
+	}
+	p := &Plan{Task: in.Task.GetName(), RestoreTS: t, StartTS: start, Checkpoint: cp, Ranges: ranges}
+	seen := map[string]bool{}
+	for _, m := range in.Metas {
+		for _, f := range m.Meta.GetFiles() {
+			if seen[f.GetPath()] {
+				continue
+			}
+			seen[f.GetPath()] = true
+			if f.GetRows() == 0 || f.GetMinCommitTs() > t || !overlapsAny(ranges, f.GetMinKey(), f.GetMaxKey()) {
+				p.Pruned++
+				continue
+			}
+			p.Files = append(p.Files, FileRef{Meta: m.Path, File: f})
+			p.Bytes += f.GetSize()
+			p.Rows += f.GetRows()
+			p.LogicalBytes += f.GetLogicalBytes()
+		}
+	}
+	slices.SortFunc(p.Files, func(a, b FileRef) int { return strings.Compare(a.File.GetPath(), b.File.GetPath()) })
+	p.Units = splitUnits(ranges, in.Metas)
+	return p, nil
+}
+
+func overlapsAny(ranges []KeyRange, minKey, maxKey []byte) bool {
+	for _, r := range ranges {
+		if overlapsClosed(r, minKey, maxKey) {
+			return true
+		}
+	}
+	return false
+}
+
+// splitUnits cuts the ranges at every coverage boundary inside them.
+func splitUnits(ranges []KeyRange, metas []MetaFile) []KeyRange {
+	var cuts [][]byte
+	for _, m := range metas {
+		for _, c := range m.Meta.GetRegions() {
+			for _, k := range [][]byte{c.GetStartKey(), c.GetEndKey()} {
+				if len(k) > 0 {
+					cuts = append(cuts, k)
+				}
+			}
+		}
+	}
+	slices.SortFunc(cuts, bytes.Compare)
+	cuts = slices.CompactFunc(cuts, bytes.Equal)
+	var units []KeyRange
+	for _, r := range ranges {
+		i, _ := slices.BinarySearchFunc(cuts, r.Start, bytes.Compare)
+		start := r.Start
+		for ; i < len(cuts) && beforeEnd(cuts[i], r.End); i++ {
+			if bytes.Compare(cuts[i], start) <= 0 {
+				continue
+			}
+			units = append(units, KeyRange{Start: start, End: cuts[i]})
+			start = cuts[i]
+		}
+		units = append(units, KeyRange{Start: start, End: r.End})
+	}
+	return units
+}
+
+// job is a run of consecutive, adjacent units [first, last) that one worker
+// reads in one sweep, so that a file's row groups are read once per job, not
+// once per unit.
+type job struct {
+	first, last int
+	est         int64 // estimated logical bytes
+}
+
+// splitJobs groups units into jobs of about target estimated logical bytes.
+// A file's logical bytes are spread evenly over the units its key bounds
+// meet (a rough guess; it only balances the work). Jobs never span a gap
+// between units.
+func splitJobs(units []KeyRange, files []FileRef, target int64) []job {
+	if len(units) == 0 {
+		return nil
+	}
+	diff := make([]float64, len(units)+1)
+	for _, f := range files {
+		lo, hi := unitSpan(units, f.File.GetMinKey(), f.File.GetMaxKey())
+		if lo > hi {
+			continue
+		}
+		per := float64(f.File.GetLogicalBytes()) / float64(hi-lo+1)
+		diff[lo] += per
+		diff[hi+1] -= per
+	}
+	var jobs []job
+	cur := job{first: 0}
+	var acc, run float64
+	for i := range units {
+		run += diff[i]
+		if i > cur.first && (acc >= float64(target) || !bytes.Equal(units[i-1].End, units[i].Start) || len(units[i-1].End) == 0) {
+			cur.last, cur.est = i, int64(acc)
+			jobs = append(jobs, cur)
+			cur, acc = job{first: i}, 0
+		}
+		acc += run
+	}
+	cur.last, cur.est = len(units), int64(acc)
+	return append(jobs, cur)
+}
+
+// unitSpan returns the indices of the first and last unit meeting the
+// closed key interval [minKey, maxKey] (lo > hi: none).
+func unitSpan(units []KeyRange, minKey, maxKey []byte) (lo, hi int) {
+	// First unit whose end is after minKey.
+	lo, _ = slices.BinarySearchFunc(units, minKey, func(u KeyRange, k []byte) int {
+		if beforeEnd(k, u.End) {
+			return 1
+		}
+		return -1
+	})
+	// Last unit starting at or before maxKey.
+	n, _ := slices.BinarySearchFunc(units, maxKey, func(u KeyRange, k []byte) int {
+		if bytes.Compare(u.Start, k) > 0 {
+			return 1
+		}
+		return -1
+	})
+	return lo, n - 1
+}
+
+// Print writes the plan for humans (pitr restore --dry-run).
+func (p *Plan) Print(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "restore plan for task %q\n", p.Task)
+	fmt.Fprintf(&b, "  restore to    %s\n", FormatTS(p.RestoreTS))
+	fmt.Fprintf(&b, "  restorable    [%s, %s]\n", FormatTS(p.StartTS), FormatTS(p.Checkpoint))
+	fmt.Fprintf(&b, "  base          none: the task started on empty ranges, the log alone rebuilds them\n")
+	fmt.Fprintf(&b, "  key ranges    %d:", len(p.Ranges))
+	for i, r := range p.Ranges {
+		if i == 8 {
+			fmt.Fprintf(&b, " ... (%d more)", len(p.Ranges)-i)
+			break
+		}
+		fmt.Fprintf(&b, " %s", r)
+	}
+	fmt.Fprintf(&b, "\n  units         %d (source region ranges; the grain of resume)\n", len(p.Units))
+	fmt.Fprintf(&b, "  files         %d to read (%d pruned by their statistics), %s in storage\n", len(p.Files), p.Pruned, fmtBytes(p.Bytes))
+	fmt.Fprintf(&b, "  rows          at most %d, %s of keys and values (including commits after the restore point and duplicates)\n", p.Rows, fmtBytes(p.LogicalBytes))
+	for i, f := range p.Files {
+		if i == 20 {
+			fmt.Fprintf(&b, "    ... (%d more)\n", len(p.Files)-i)
+			break
+		}
+		fmt.Fprintf(&b, "    %s  %s  %d rows  commit_ts [%d, %d]\n", f.File.GetPath(), fmtBytes(f.File.GetSize()), f.File.GetRows(), f.File.GetMinCommitTs(), f.File.GetMaxCommitTs())
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// fmtBytes renders a byte count in decimal units (MB = 10^6 bytes, as the
+// throughput figures are).
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -1,0 +1,286 @@
+package restore
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	pitrpb "github.com/pitr-io/pitr/proto"
+)
+
+func cov(start, end string, from, to uint64) *pitrpb.RegionCoverage {
+	return &pitrpb.RegionCoverage{StartKey: []byte(start), EndKey: []byte(end), FromTs: from, ToTs: to}
+}
+
+func dfile(path, minKey, maxKey string, minTS, maxTS uint64) *pitrpb.DataFile {
+	return &pitrpb.DataFile{Path: path, Size: 100, Sha256: make([]byte, 32), Rows: 10, MinKey: []byte(minKey), MaxKey: []byte(maxKey),
+		MinCommitTs: minTS, MaxCommitTs: maxTS, LogicalBytes: 1000}
+}
+
+func meta(path string, files []*pitrpb.DataFile, regions ...*pitrpb.RegionCoverage) MetaFile {
+	return MetaFile{Path: path, Meta: &pitrpb.Meta{FormatVersion: 1, Files: files, Regions: regions}}
+}
+
+func TestParseTS(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   string
+		want uint64
+		err  bool
+	}{
+		{name: "tso", in: "463856812345678901", want: 463856812345678901},
+		{name: "zero", in: "0", want: 0},
+		{name: "rfc3339", in: "2026-01-02T03:04:05Z", want: uint64(1767323045000) << 18},
+		{name: "rfc3339 ms", in: "2026-01-02T03:04:05.123+00:00", want: uint64(1767323045123) << 18},
+		{name: "offset", in: "2026-01-02T04:04:05+01:00", want: uint64(1767323045000) << 18},
+		{name: "spaces", in: " 42 ", want: 42},
+		{name: "empty", in: "", err: true},
+		{name: "garbage", in: "yesterday", err: true},
+		{name: "negative", in: "-5", err: true},
+		{name: "too big", in: "18446744073709551615", err: true},
+		{name: "before epoch", in: "1960-01-01T00:00:00Z", err: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseTS(tc.in)
+			if tc.err {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestPlan(t *testing.T) {
+	task := &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true}
+	full := []MetaFile{
+		meta("meta/a", []*pitrpb.DataFile{dfile("log/1", "a", "m", 101, 150)}, cov("", "m", 100, 150), cov("m", "", 100, 150)),
+		meta("meta/b", []*pitrpb.DataFile{dfile("log/2", "c", "z", 151, 200), dfile("log/1", "a", "m", 101, 150)},
+			cov("", "m", 150, 200), cov("m", "", 150, 200)),
+		meta("meta/c", []*pitrpb.DataFile{dfile("log/3", "b", "x", 201, 300), {Path: "log/empty", Sha256: make([]byte, 32)}},
+			cov("", "", 200, 300)),
+	}
+	for _, tc := range []struct {
+		name      string
+		task      *pitrpb.TaskInfo
+		cp        uint64
+		metas     []MetaFile
+		ts        uint64
+		snapshot  string
+		err       error
+		errText   string
+		files     []string
+		units     int
+		rangesOut []KeyRange
+	}{
+		{name: "T = start restores nothing yet needs no file after it", cp: 300, metas: full, ts: 100, files: []string{}, units: 2},
+		{name: "middle", cp: 300, metas: full, ts: 160, files: []string{"log/1", "log/2"}, units: 2},
+		{name: "checkpoint", cp: 300, metas: full, ts: 300, files: []string{"log/1", "log/2", "log/3"}, units: 2},
+		{name: "exactly a file's min commit", cp: 300, metas: full, ts: 201, files: []string{"log/1", "log/2", "log/3"}, units: 2},
+		{name: "past checkpoint", cp: 300, metas: full, ts: 301, err: ErrOutOfRange, errText: "restorable range is [100 ("},
+		{name: "before start", cp: 300, metas: full, ts: 99, err: ErrOutOfRange, errText: "restorable range is [100 ("},
+		{name: "snapshot flag", cp: 300, metas: full, ts: 200, snapshot: "s3://b/snap", err: ErrNoBase, errText: "not available in this build"},
+		{name: "not started empty", task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100}, cp: 300, metas: full, ts: 200, err: ErrNoBase},
+		{name: "coverage hole in time", cp: 300, metas: []MetaFile{full[0], full[2]}, ts: 250, err: ErrMissing,
+			errText: `keys ["", "m") have no log for commit_ts (150 (`},
+		{name: "hole after T does not matter", cp: 300, metas: []MetaFile{full[0], full[1]}, ts: 200, files: []string{"log/1", "log/2"}, units: 2},
+		{name: "no metas and T > start", cp: 300, ts: 101, err: ErrMissing},
+		{name: "task ranges prune files and units",
+			task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true, Ranges: []*pitrpb.KeyRange{
+				{StartKey: []byte("n"), EndKey: []byte("p")}, {StartKey: []byte("a"), EndKey: []byte("b")}, {StartKey: []byte("o"), EndKey: []byte("q")}}},
+			cp: 300, metas: full, ts: 300, files: []string{"log/1", "log/2", "log/3"}, units: 2,
+			rangesOut: []KeyRange{{Start: []byte("a"), End: []byte("b")}, {Start: []byte("n"), End: []byte("q")}}},
+		{
+			name: "range outside every file",
+			task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true, Ranges: []*pitrpb.KeyRange{{StartKey: []byte("zz")}}},
+			cp:   300, metas: full, ts: 300, files: []string{}, units: 1,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tk := task
+			if tc.task != nil {
+				tk = tc.task
+			}
+			p, err := NewPlan(PlanInput{Task: tk, Checkpoint: tc.cp, Metas: tc.metas, RestoreTS: tc.ts, Snapshot: tc.snapshot})
+			if tc.err != nil {
+				require.ErrorIs(t, err, tc.err)
+				require.Contains(t, err.Error(), tc.errText)
+				require.NotContains(t, err.Error(), "\n")
+				return
+			}
+			require.NoError(t, err)
+			got := []string{}
+			for _, f := range p.Files {
+				got = append(got, f.File.GetPath())
+			}
+			require.Equal(t, tc.files, got)
+			require.Len(t, p.Units, tc.units)
+			if tc.rangesOut != nil {
+				require.Equal(t, tc.rangesOut, p.Ranges)
+			}
+			var sb strings.Builder
+			require.NoError(t, p.Print(&sb))
+			require.Contains(t, sb.String(), FormatTS(tc.ts))
+		})
+	}
+}
+
+func TestSplitUnits(t *testing.T) {
+	ms := []MetaFile{meta("m", nil, cov("", "c", 1, 2), cov("c", "f", 1, 2), cov("f", "", 1, 2), cov("b", "d", 2, 3))}
+	units := splitUnits([]KeyRange{{End: []byte("e")}, {Start: []byte("x")}}, ms)
+	var got []string
+	for _, u := range units {
+		got = append(got, u.String())
+	}
+	require.Equal(t, []string{`["", "b")`, `["b", "c")`, `["c", "d")`, `["d", "e")`, `["x", +inf)`}, got)
+}
+
+func TestSplitJobs(t *testing.T) {
+	units := []KeyRange{
+		{End: []byte("b")}, {Start: []byte("b"), End: []byte("c")}, {Start: []byte("c"), End: []byte("d")},
+		{Start: []byte("x"), End: []byte("y")}, {Start: []byte("y")},
+	}
+	big := func(minK, maxK string, n int64) FileRef {
+		f := dfile("f", minK, maxK, 1, 1)
+		f.LogicalBytes = n
+		return FileRef{File: f}
+	}
+	for _, tc := range []struct {
+		name   string
+		files  []FileRef
+		target int64
+		want   [][2]int
+	}{
+		{name: "no data: one job per contiguous run", target: 10, want: [][2]int{{0, 3}, {3, 5}}},
+		{name: "balanced", files: []FileRef{big("a", "c5", 300)}, target: 100, want: [][2]int{{0, 1}, {1, 2}, {2, 3}, {3, 5}}},
+		{name: "two per job", files: []FileRef{big("a", "c5", 300), big("x", "z", 200)}, target: 150,
+			want: [][2]int{{0, 2}, {2, 3}, {3, 5}}},
+		{name: "one file at a boundary", files: []FileRef{big("c", "c", 1000)}, target: 10, want: [][2]int{{0, 3}, {3, 5}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got [][2]int
+			for _, j := range splitJobs(units, tc.files, tc.target) {
+				got = append(got, [2]int{j.first, j.last})
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestCoverageCases(t *testing.T) {
+	all := []KeyRange{{}}
+	for _, tc := range []struct {
+		name     string
+		ranges   []KeyRange
+		rects    []rect
+		from, to uint64
+		hole     string // "" = none
+	}{
+		{name: "empty window", ranges: all, from: 5, to: 5},
+		{name: "no rects", ranges: all, from: 5, to: 9, hole: `keys ["", +inf) have no log for commit_ts (5 (`},
+		{name: "exact", ranges: all, rects: []rect{{keys: KeyRange{}, from: 5, to: 9}}, from: 5, to: 9},
+		{name: "two halves in time", ranges: all, rects: []rect{{from: 5, to: 7}, {from: 7, to: 9}}, from: 5, to: 9},
+		{name: "gap in time", ranges: all, rects: []rect{{from: 5, to: 6}, {from: 7, to: 9}}, from: 5, to: 9,
+			hole: `keys ["", +inf) have no log for commit_ts (6 (`},
+		{name: "gap in keys", ranges: all, rects: []rect{
+			{keys: KeyRange{End: []byte("b")}, from: 5, to: 9}, {keys: KeyRange{Start: []byte("c")}, from: 5, to: 9}},
+			from: 5, to: 9, hole: `keys ["b", "c") have no log for commit_ts (5 (`},
+		{
+			name:   "gap outside the task ranges",
+			ranges: []KeyRange{{End: []byte("b")}, {Start: []byte("c"), End: []byte("d")}},
+			rects:  []rect{{keys: KeyRange{End: []byte("b")}, from: 5, to: 9}, {keys: KeyRange{Start: []byte("c")}, from: 5, to: 9}},
+			from:   5, to: 9,
+		},
+		{name: "split region, old epoch covers early, children later", ranges: all, rects: []rect{
+			{from: 1, to: 6},
+			{keys: KeyRange{End: []byte("m")}, from: 6, to: 9},
+			{keys: KeyRange{Start: []byte("m")}, from: 6, to: 8}},
+			from: 5, to: 9, hole: `keys ["m", +inf) have no log for commit_ts (8 (`},
+		{name: "overlaps beyond the window", ranges: all, rects: []rect{{from: 0, to: 100}}, from: 5, to: 9},
+		{name: "first hole by key then time", ranges: all, rects: []rect{
+			{keys: KeyRange{End: []byte("k")}, from: 5, to: 6}, {keys: KeyRange{End: []byte("k")}, from: 8, to: 9},
+			{keys: KeyRange{Start: []byte("k")}, from: 5, to: 7}},
+			from: 5, to: 9, hole: `keys ["", "k") have no log for commit_ts (6 (`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := findHole(tc.ranges, tc.rects, tc.from, tc.to)
+			if tc.hole == "" {
+				require.Nil(t, h)
+				return
+			}
+			require.NotNil(t, h)
+			require.Contains(t, h.String(), tc.hole)
+		})
+	}
+}
+
+// TestCoverageRandom checks the sweep against a brute-force grid over small
+// random key and time spaces.
+func TestCoverageRandom(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	key := func(i int) []byte {
+		if i == 0 {
+			return nil
+		}
+		return []byte{byte('a' + i)}
+	}
+	const nk, nt = 8, 12
+	for iter := 0; iter < 3000; iter++ {
+		var rects []rect
+		for n := rng.Intn(8); n > 0; n-- {
+			a, b := rng.Intn(nk), rng.Intn(nk+1)
+			if b != nk && b <= a {
+				continue
+			}
+			end := key(b)
+			if b == nk {
+				end = nil
+			}
+			f := uint64(rng.Intn(nt))
+			rects = append(rects, rect{keys: KeyRange{Start: key(a), End: end}, from: f, to: f + uint64(rng.Intn(nt-int(f))+1)})
+		}
+		ranges := []KeyRange{{}}
+		if rng.Intn(2) == 0 {
+			ranges = []KeyRange{{Start: key(1), End: key(3)}, {Start: key(5)}}
+		}
+		from := uint64(rng.Intn(nt))
+		to := from + uint64(rng.Intn(nt-int(from)))
+		// Brute force: every key cell (points a.. so cells are [key(i), key(i+1)))
+		// and every ts unit (s, s+1].
+		var want *Hole
+	grid:
+		for i := 0; i < nk; i++ {
+			k := key(i)
+			if !inRanges(ranges, k) {
+				continue
+			}
+			for s := from; s < to; s++ {
+				covered := false
+				for _, r := range rects {
+					if r.keys.Contains(k) && r.from <= s && s+1 <= r.to {
+						covered = true
+					}
+				}
+				if !covered {
+					want = &Hole{Keys: KeyRange{Start: k}, From: s, To: s + 1}
+					break grid
+				}
+			}
+		}
+		got := findHole(ranges, rects, from, to)
+		desc := fmt.Sprintf("iter %d: rects %+v ranges %v window (%d,%d]", iter, rects, ranges, from, to)
+		if want == nil {
+			require.Nil(t, got, desc)
+			continue
+		}
+		require.NotNil(t, got, desc)
+		require.True(t, bytes.Compare(got.Keys.Start, want.Keys.Start) <= 0 && got.Keys.Contains(want.Keys.Start), "%s: got %v want start %q", desc, got, want.Keys.Start)
+		require.Equal(t, want.From, got.From, desc)
+		require.GreaterOrEqual(t, got.To, want.To, desc)
+	}
+}

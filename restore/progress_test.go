@@ -1,0 +1,61 @@
+package restore
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestProgressFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "p.json")
+	key := progressState{Storage: "file:///b", Task: "t", RestoreTS: 42, ClusterID: 7}
+	p, err := openProgress(path, key)
+	require.NoError(t, err)
+	require.False(t, p.started())
+	u := func(s, e string) KeyRange { return KeyRange{Start: []byte(s), End: []byte(e)} }
+	require.False(t, p.isDone(u("a", "b")))
+	require.NoError(t, p.markStarted())
+	require.NoError(t, p.markDone(u("a", "b"), u("c", "d")))
+	require.NoError(t, p.markDone(u("b", "c"), u("x", "")))
+	require.NoError(t, p.flush(false))
+
+	p, err = openProgress(path, key)
+	require.NoError(t, err)
+	require.True(t, p.started())
+	require.False(t, p.finished())
+	require.Equal(t, []KeyRange{u("a", "d"), u("x", "")}, p.done)
+	for _, tc := range []struct {
+		u    KeyRange
+		done bool
+	}{
+		{u("a", "b"), true}, {u("b", "d"), true}, {u("a", "d"), true}, {u("a", "e"), false},
+		{u("", "a"), false}, {u("x", "y"), true}, {u("y", ""), true}, {u("w", "x"), false}, {u("d", "e"), false},
+	} {
+		require.Equal(t, tc.done, p.isDone(tc.u), "%v", tc.u)
+	}
+	require.NoError(t, p.flush(true))
+	p, err = openProgress(path, key)
+	require.NoError(t, err)
+	require.True(t, p.finished())
+
+	for _, other := range []progressState{
+		{Storage: "file:///c", RestoreTS: 42, ClusterID: 7},
+		{Storage: "file:///b", RestoreTS: 43, ClusterID: 7},
+		{Storage: "file:///b", RestoreTS: 42, ClusterID: 8},
+	} {
+		_, err := openProgress(path, other)
+		require.ErrorContains(t, err, "belongs to another restore")
+	}
+	require.NoError(t, os.WriteFile(path, []byte("{"), 0o600))
+	_, err = openProgress(path, key)
+	require.ErrorContains(t, err, "remove it to start over")
+	require.NoError(t, os.WriteFile(path, []byte(`{"version": 2}`), 0o600))
+	_, err = openProgress(path, key)
+	require.ErrorContains(t, err, "version 2")
+
+	a := DefaultProgressPath("s3://x", 1, 2)
+	require.NotEqual(t, a, DefaultProgressPath("s3://x", 1, 3))
+	require.Equal(t, a, DefaultProgressPath("s3://x", 1, 2))
+}

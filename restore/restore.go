@@ -1,0 +1,609 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/merge"
+)
+
+// Defaults for the zero fields of Options.
+const (
+	DefaultConcurrency  = 8
+	DefaultMemoryBudget = 1 << 30
+	DefaultChunkBytes   = 8 << 20
+)
+
+// Options configures a restore.
+type Options struct {
+	// Source is the backup's storage root.
+	Source Source
+	// PDAddrs are the PD addresses of the target cluster.
+	PDAddrs []string
+	// RestoreTS is T.
+	RestoreTS uint64
+	// Snapshot is a base snapshot URL; not supported by this build.
+	Snapshot string
+	// Force writes into a target that already holds data in the task
+	// ranges.
+	Force bool
+	// ProgressFile records finished key ranges so a rerun skips them;
+	// empty: DefaultProgressPath.
+	ProgressFile string
+	// Concurrency bounds the key ranges restored at once (and the files
+	// verified at once).
+	Concurrency int
+	// MemoryBudget bounds the memory of reading and writing (open row
+	// groups and chunks being written), however large the log is.
+	MemoryBudget int64
+	// ChunkBytes is the key+value bytes of one Write+MultiIngest.
+	ChunkBytes int64
+	// LeaderOnly writes each chunk's SST to the leader's store only, not to
+	// every peer's. Enough for the playground, whose stores share one
+	// engine; a real TiKV needs the SST on every peer (each applies the
+	// ingest from its own copy), as Lightning does, which is the default.
+	LeaderOnly bool
+	// MaxAttempts bounds the tries of one chunk against region errors and
+	// unreachable stores (backoff 50 ms doubling to 2 s); default 30.
+	MaxAttempts int
+	// Progress, when set, receives the progress bar.
+	Progress io.Writer
+	Logger   hclog.Logger
+
+	hooks *hooks // tests only
+}
+
+// hooks let the package's tests watch and interrupt a restore.
+type hooks struct {
+	// ingested is called after each ingest with the versions it wrote.
+	ingested func(c *chunk, rows []kv)
+	// unitsDone is called after units are recorded as done.
+	unitsDone func(units []KeyRange)
+}
+
+func (o *Options) setDefaults() {
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	if o.MemoryBudget <= 0 {
+		o.MemoryBudget = DefaultMemoryBudget
+	}
+	if o.ChunkBytes <= 0 {
+		o.ChunkBytes = DefaultChunkBytes
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 30
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+}
+
+// PlanRestore reads the backup's metadata and plans a restore to ts
+// without touching the data files or any cluster (pitr restore --dry-run).
+func PlanRestore(ctx context.Context, src Source, ts uint64, snapshot string) (*Plan, error) {
+	b, err := Load(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	return NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: ts, Snapshot: snapshot})
+}
+
+// Run restores the backup to RestoreTS into the target cluster:
+//
+//  1. read the metadata and plan (refusals: ErrNotBackup, ErrFormat,
+//     ErrOutOfRange, ErrNoBase, ErrMissing for a coverage hole);
+//  2. check every file the remaining work needs against its size and
+//     sha256 (ErrMissing, ErrCorrupt) — before anything is written;
+//  3. check the target: its TSO is past T, and it holds nothing in the
+//     task ranges unless an earlier run of this restore wrote it or Force
+//     (ErrTargetNotEmpty);
+//  4. per job (a run of source-region ranges), k-way merge the files that
+//     meet it, keep every version with commit_ts ≤ T (deletes included),
+//     and write it with its commit_ts through import_sstpb, region by
+//     region, in parallel; record finished ranges in the progress file.
+//
+// Refusals happen before the first write, so the target is untouched.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	o.setDefaults()
+	log := o.Logger.Named("restore")
+	start := time.Now()
+	b, err := Load(ctx, o.Source)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: o.RestoreTS, Snapshot: o.Snapshot})
+	if err != nil {
+		return nil, err
+	}
+	tgt, err := dialTarget(ctx, o.PDAddrs, log)
+	if err != nil {
+		return nil, err
+	}
+	defer tgt.Close()
+	tgt.maxAttempts, tgt.leaderOnly = o.MaxAttempts, o.LeaderOnly
+	path := o.ProgressFile
+	if path == "" {
+		path = DefaultProgressPath(b.URL, plan.RestoreTS, tgt.clusterID)
+	}
+	prog, err := openProgress(path, progressState{Storage: b.URL, Task: plan.Task, RestoreTS: plan.RestoreTS, ClusterID: tgt.clusterID})
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{RestoreTS: plan.RestoreTS}
+	if prog.finished() {
+		res.AlreadyDone, res.Duration = true, time.Since(start)
+		return res, nil
+	}
+
+	// The work left: units not done, and the files that meet them.
+	notDone := make([]int, len(plan.Units)+1) // prefix counts of units not done
+	for i, u := range plan.Units {
+		notDone[i+1] = notDone[i]
+		if prog.isDone(u) {
+			res.UnitsSkipped++
+		} else {
+			notDone[i+1]++
+		}
+	}
+	var files []FileRef
+	for _, f := range plan.Files {
+		lo, hi := unitSpan(plan.Units, f.File.GetMinKey(), f.File.GetMaxKey())
+		if lo <= hi && notDone[hi+1]-notDone[lo] > 0 {
+			files = append(files, f)
+			res.Files++
+			res.FileBytes += f.File.GetSize()
+		}
+	}
+	log.Info("plan", "restore_ts", plan.RestoreTS, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
+
+	m := newMeter()
+	if o.Progress != nil {
+		dctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); m.draw(dctx, o.Progress) }()
+		defer func() { stop(); wg.Wait() }()
+	}
+
+	// Verify before writing (I7).
+	var verifyBytes int64
+	for _, f := range files {
+		verifyBytes += f.File.GetSize()
+	}
+	m.setPhase("verify", verifyBytes)
+	if err := checkFiles(ctx, o.Source, files, o.Concurrency, func(n int64) { m.done.Add(n) }); err != nil {
+		return nil, err
+	}
+
+	now, err := tgt.ts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: get a timestamp from the target's PD: %v", ErrUnavailable, err)
+	}
+	if now <= plan.RestoreTS {
+		return nil, fmt.Errorf("the target cluster's TSO %s is not past the restore point %s: restored versions would be in its future",
+			FormatTS(now), FormatTS(plan.RestoreTS))
+	}
+	if !prog.started() && !o.Force {
+		if err := tgt.checkEmpty(ctx, plan.Ranges, now); err != nil {
+			return nil, err
+		}
+	}
+	if err := prog.markStarted(); err != nil {
+		return nil, err
+	}
+
+	var logical int64
+	for _, f := range files {
+		logical += f.File.GetLogicalBytes()
+	}
+	m.setPhase("restore", logical)
+	r := newRunner(o, log, plan, files, tgt, prog, m)
+	err = r.run(ctx, logical)
+	if err == nil {
+		err = ctx.Err()
+	}
+	if perr := prog.flush(err == nil); perr != nil && err == nil {
+		err = perr
+	}
+	res.Units = int(r.unitsDone.Load())
+	res.Rows, res.Bytes, res.Chunks = m.rows.Load(), m.bytes.Load(), m.chunks.Load()
+	res.Regions = m.regionCount()
+	res.Duration = time.Since(start)
+	if err != nil {
+		return res, err
+	}
+	m.done.Store(m.total.Load())
+	log.Info("restored", "rows", res.Rows, "bytes", res.Bytes, "regions", res.Regions, "duration", res.Duration)
+	return res, nil
+}
+
+// The write pipeline: readers sweep jobs (a few at once: each decodes and
+// merges on one CPU), cutting chunks; writers (Concurrency of them) write
+// and ingest chunks, any region, in parallel. Chunks come from a free list
+// of Concurrency+readers buffers, which bounds their memory and makes
+// readers wait for writers.
+type runner struct {
+	o          Options
+	log        hclog.Logger
+	plan       *Plan
+	files      []FileRef
+	tgt        *target
+	prog       *progress
+	meter      *meter
+	readers    int
+	readBudget int64 // per reader: open iterators of one pass
+
+	free      chan *chunk
+	writes    chan writeReq
+	unitsDone atomic.Int64
+}
+
+type writeReq struct {
+	c   *chunk
+	tr  *tracker
+	seq int64
+}
+
+func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt *target, prog *progress, m *meter) *runner {
+	readers := max(1, o.Concurrency/4)
+	nChunks := o.Concurrency + readers
+	// A chunk costs about three times its bytes: the arena, the protobuf
+	// messages built over it and their marshalled copies in flight.
+	readBudget := (o.MemoryBudget - int64(nChunks)*3*o.ChunkBytes) / int64(readers)
+	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, prog: prog, meter: m,
+		readers: readers, readBudget: readBudget,
+		free: make(chan *chunk, nChunks), writes: make(chan writeReq)}
+	for i := 0; i < nChunks; i++ {
+		r.free <- &chunk{}
+	}
+	return r
+}
+
+// jobBytes is the estimated logical bytes of one job. A job boundary makes
+// every file it crosses decode one row group twice (both jobs read it), so
+// a job should hold several row groups' worth of every file: at least four
+// times the sum over files of min(file, row group). Above that, the work is
+// spread over twice the readers.
+func jobBytes(files []FileRef, logical int64, readers int) int64 {
+	var perBoundary int64
+	for _, f := range files {
+		perBoundary += min(f.File.GetLogicalBytes(), logfile.DefaultRowGroupBytes)
+	}
+	return max(4*perBoundary, logical/int64(2*readers), 16<<20)
+}
+
+func (r *runner) run(ctx context.Context, logical int64) error {
+	jobs := splitJobs(r.plan.Units, r.files, jobBytes(r.files, logical, r.readers))
+	g, gctx := errgroup.WithContext(ctx)
+	var writers sync.WaitGroup
+	for w := 0; w < r.o.Concurrency; w++ {
+		writers.Add(1)
+		g.Go(func() error {
+			defer writers.Done()
+			for req := range r.writes {
+				if err := r.write(gctx, req); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	jobCh := make(chan job)
+	g.Go(func() error {
+		defer close(jobCh)
+		for _, j := range jobs {
+			select {
+			case jobCh <- j:
+			case <-gctx.Done():
+				return nil
+			}
+		}
+		return nil
+	})
+	var readers sync.WaitGroup
+	for i := 0; i < r.readers; i++ {
+		readers.Add(1)
+		g.Go(func() error {
+			defer readers.Done()
+			for j := range jobCh {
+				if err := r.job(gctx, j); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		readers.Wait()
+		close(r.writes)
+		return nil
+	})
+	return g.Wait()
+}
+
+// write writes one chunk, then hands its buffer back and tells its tracker.
+func (r *runner) write(ctx context.Context, req writeReq) error {
+	c := req.c
+	err := r.tgt.writeChunk(ctx, c, func(regionID uint64, rows []kv) {
+		var n int64
+		for i := range rows {
+			n += int64(rows[i].kLen + rows[i].vLen)
+		}
+		r.meter.wrote(regionID, int64(len(rows)), n)
+		if r.o.hooks != nil && r.o.hooks.ingested != nil {
+			r.o.hooks.ingested(c, rows)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	c.reset()
+	r.free <- c
+	return req.tr.complete(req.seq)
+}
+
+// tracker records, for one sweep, which chunks are ingested, and marks a
+// unit done once every chunk up to the one holding its last version is.
+type tracker struct {
+	r         *runner
+	mu        sync.Mutex
+	next      int64          // sequence number of the next chunk
+	done      map[int64]bool // ingested, above the watermark
+	watermark int64          // every chunk below it is ingested
+	pending   []pendingUnit
+}
+
+type pendingUnit struct {
+	seq int64
+	u   KeyRange
+}
+
+func newTracker(r *runner) *tracker { return &tracker{r: r, done: map[int64]bool{}} }
+
+// seq assigns the next chunk's sequence number.
+func (t *tracker) seq() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.next++
+	return t.next - 1
+}
+
+// attach makes u done once chunk seq (and every earlier one) is ingested;
+// seq < 0: no chunk holds any of its versions.
+func (t *tracker) attach(u KeyRange, seq int64) error {
+	t.mu.Lock()
+	t.pending = append(t.pending, pendingUnit{seq: seq, u: u})
+	t.mu.Unlock()
+	return t.release()
+}
+
+func (t *tracker) complete(seq int64) error {
+	t.mu.Lock()
+	t.done[seq] = true
+	for t.done[t.watermark] {
+		delete(t.done, t.watermark)
+		t.watermark++
+	}
+	t.mu.Unlock()
+	return t.release()
+}
+
+// release marks the pending units whose chunks are all ingested.
+func (t *tracker) release() error {
+	t.mu.Lock()
+	var ready []KeyRange
+	keep := t.pending[:0]
+	for _, p := range t.pending {
+		if p.seq < t.watermark {
+			ready = append(ready, p.u)
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	t.pending = keep
+	t.mu.Unlock()
+	if len(ready) == 0 {
+		return nil
+	}
+	if err := t.r.prog.markDone(ready...); err != nil {
+		return err
+	}
+	t.r.unitsDone.Add(int64(len(ready)))
+	if h := t.r.o.hooks; h != nil && h.unitsDone != nil {
+		h.unitsDone(ready)
+	}
+	return nil
+}
+
+// job restores the units of j that are not done yet, one sweep per run of
+// consecutive such units.
+func (r *runner) job(ctx context.Context, j job) error {
+	for u := j.first; u < j.last; {
+		if r.prog.isDone(r.plan.Units[u]) {
+			u++
+			continue
+		}
+		v := u + 1
+		for v < j.last && !r.prog.isDone(r.plan.Units[v]) {
+			v++
+		}
+		if err := r.sweep(ctx, u, v); err != nil {
+			return err
+		}
+		u = v
+	}
+	return nil
+}
+
+// sweep restores units [u, v), which are adjacent, reading each file that
+// meets them once. When the files' iterators would not fit the memory
+// budget together, it takes several passes over groups of files; versions
+// present in several groups are then written more than once, which is
+// harmless (the same version, idempotently). The units count as done only
+// after the last pass.
+func (r *runner) sweep(ctx context.Context, u, v int) error {
+	units := r.plan.Units
+	rng := KeyRange{Start: units[u].Start, End: units[v-1].End}
+	var fs []FileRef
+	for _, f := range r.files {
+		if overlapsClosed(rng, f.File.GetMinKey(), f.File.GetMaxKey()) {
+			fs = append(fs, f)
+		}
+	}
+	tr := newTracker(r)
+	var held *logfile.Reader // opened, but did not fit the previous pass
+	i := 0
+	for pass := 0; pass == 0 || i < len(fs); pass++ {
+		var its []logfile.Iterator
+		var mem int64
+		for i < len(fs) {
+			rd := held
+			held = nil
+			if rd == nil {
+				var err error
+				if rd, err = openFile(ctx, r.o.Source, fs[i]); err != nil {
+					closeAll(its)
+					return err
+				}
+			}
+			need := iterMemory(rd, fs[i].File.GetSize())
+			if len(its) > 0 && mem+need > r.readBudget {
+				held = rd
+				break
+			}
+			its = append(its, &fileIter{Iterator: rd.Iter(rng.Start, rng.End), f: fs[i]})
+			mem += need
+			i++
+		}
+		if pass > 0 || i < len(fs) {
+			r.log.Debug("multi-pass sweep", "range", rng.String(), "pass", pass, "files", len(its))
+		}
+		if err := r.pass(ctx, merge.Merge(its...), u, v, i == len(fs), tr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func closeAll(its []logfile.Iterator) {
+	for _, it := range its {
+		_ = it.Close()
+	}
+}
+
+// fileIter names the file in its errors.
+type fileIter struct {
+	logfile.Iterator
+	f FileRef
+}
+
+func (it *fileIter) Err() error {
+	if err := it.Iterator.Err(); err != nil {
+		return dataError(it.f, err)
+	}
+	return nil
+}
+
+// pass cuts the versions of it with commit_ts ≤ T into chunks of at most
+// ChunkBytes inside one target region, and hands them to the writers. When
+// last, each unit is attached to the chunk holding its last version.
+func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, last bool, tr *tracker) (err error) {
+	defer func() {
+		if cerr := it.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	units, T := r.plan.Units, r.plan.RestoreTS
+	var c *chunk
+	var seq int64
+	var reg *region
+	submit := func() error {
+		if c == nil || len(c.rows) == 0 {
+			return nil
+		}
+		select {
+		case r.writes <- writeReq{c: c, tr: tr, seq: seq}:
+			c = nil
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// lastSeq is the chunk holding the versions read so far: the current
+	// one if it has any, else the last submitted (-1: none).
+	lastSeq := func() int64 {
+		if c != nil && len(c.rows) > 0 {
+			return seq
+		}
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return tr.next - 1
+	}
+	defer func() {
+		if c != nil {
+			c.reset()
+			r.free <- c
+		}
+	}()
+	cu := u
+	for it.Next() {
+		row := it.Row()
+		r.meter.done.Add(row.LogicalSize())
+		for cu < v-1 && !beforeEnd(row.Key, units[cu].End) {
+			if last {
+				if err := tr.attach(units[cu], lastSeq()); err != nil {
+					return err
+				}
+			}
+			cu++
+		}
+		if row.CommitTS > T || len(row.Key) == 0 {
+			continue
+		}
+		if c == nil || !reg.contains(row.Key) || c.bytes >= r.o.ChunkBytes {
+			if err := submit(); err != nil {
+				return err
+			}
+			if reg, err = r.tgt.locateRetry(ctx, row.Key); err != nil {
+				return err
+			}
+			select {
+			case c = <-r.free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if cap(c.arena) == 0 { // first use: size it once
+				c.arena = make([]byte, 0, r.o.ChunkBytes+64<<10)
+				c.rows = make([]kv, 0, r.o.ChunkBytes/128)
+			}
+			seq = tr.seq()
+		}
+		c.add(row)
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := submit(); err != nil {
+		return err
+	}
+	if last {
+		for ; cu < v; cu++ {
+			if err := tr.attach(units[cu], lastSeq()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
