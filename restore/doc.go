@@ -12,13 +12,14 @@
 //	verify    every file the remaining units need: exists, size, sha256 (ErrMissing, ErrCorrupt)
 //	target    TSO past T; no key in the task ranges unless resuming      (ErrTargetNotEmpty)
 //	          or Force
-//	write     jobs (runs of adjacent units, ~equal estimated bytes) in
-//	          parallel; per job one sweep: merge.Merge over the files
-//	          meeting it (row groups pruned by key), keep commit_ts ≤ T
-//	          (deletes too), cut chunks at target region boundaries and
-//	          ChunkBytes, import_sstpb Write to every peer + MultiIngest
-//	          at the leader; region errors refresh the region from PD and
-//	          retry (bounded, with backoff)
+//	write     jobs (runs of adjacent units, big enough that a file's row
+//	          groups are decoded about once) swept by Concurrency/4 readers:
+//	          merge.Merge over the files meeting the job (row groups
+//	          pruned by key), keep commit_ts ≤ T (deletes too), cut chunks
+//	          at target region boundaries and ChunkBytes; Concurrency
+//	          writers: import_sstpb Write to every peer + MultiIngest at the
+//	          leader; region errors refresh the region from PD and retry
+//	          (bounded, with backoff)
 //	progress  a unit is recorded done (progress file) once the chunk
 //	          holding its last version is ingested; a rerun skips it
 //
@@ -49,11 +50,12 @@
 // # Memory
 //
 // Options.MemoryBudget (default 1 GiB) bounds what restore holds however
-// large the log is: per worker, one chunk (ChunkBytes, accounted three
-// times for its protobuf copies) and the open iterators of one sweep, each
-// about two encoded row groups. When the files meeting a job do not fit,
-// the sweep takes several passes over groups of files (versions present in
-// two groups are then written twice, harmlessly).
+// large the log is: Concurrency+readers chunk buffers (ChunkBytes each,
+// accounted three times for their protobuf copies; readers wait for a free
+// one) and, per reader, the open iterators of one pass, each about two
+// encoded row groups. When the files meeting a job do not fit, the sweep
+// takes several passes over groups of files (versions present in two
+// groups are then written twice, harmlessly).
 //
 // # Verify
 //
