@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/pingcap/kvproto/pkg/import_sstpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/stretchr/testify/require"
@@ -31,6 +32,7 @@ func TestImportWriteIngest(t *testing.T) {
 	ep := r.Epoch
 	var metas []*import_sstpb.SSTMeta
 	var leaderClient import_sstpb.ImportSSTClient
+	sstID := uuid.New() // one name for every peer's copy, as Lightning does
 	for id, addr := range p.StoreAddrs() {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		require.NoError(t, err)
@@ -38,7 +40,7 @@ func TestImportWriteIngest(t *testing.T) {
 		ic := import_sstpb.NewImportSSTClient(conn)
 		ws, err := ic.Write(ctx)
 		require.NoError(t, err)
-		require.NoError(t, ws.Send(&import_sstpb.WriteRequest{Chunk: &import_sstpb.WriteRequest_Meta{Meta: &import_sstpb.SSTMeta{RegionId: r.ID, RegionEpoch: &ep}}}))
+		require.NoError(t, ws.Send(&import_sstpb.WriteRequest{Chunk: &import_sstpb.WriteRequest_Meta{Meta: &import_sstpb.SSTMeta{Uuid: sstID[:], RegionId: r.ID, RegionEpoch: &ep}}}))
 		require.NoError(t, ws.Send(&import_sstpb.WriteRequest{Chunk: &import_sstpb.WriteRequest_Batch{Batch: &import_sstpb.WriteBatch{
 			CommitTs: ts1, Pairs: []*import_sstpb.Pair{{Key: []byte("imp/a"), Value: []byte("a1")}, {Key: []byte("imp/b"), Value: []byte("b1")}},
 		}}}))
@@ -69,6 +71,7 @@ func TestImportWriteIngest(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Nil(t, resp.GetError())
+	require.Zero(t, p.PendingSSTs(), "the ingest frees every store's copy")
 
 	v, err := cli.GetSnapshot(ts1).Get(ctx, []byte("imp/a"))
 	require.NoError(t, err)

@@ -91,6 +91,7 @@ type Playground struct {
 	mu     sync.Mutex
 	stores map[uint64]*storeNode
 	closed bool
+	ssts   *importer.Registry
 
 	ctl    *http.Server
 	ctlLn  net.Listener
@@ -125,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		return nil, fmt.Errorf("open engine: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel}
+	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel, ssts: importer.NewRegistry()}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -180,7 +181,8 @@ func (p *Playground) startStore(id uint64, addr string) error {
 		Logger:        p.cfg.Logger.Named(fmt.Sprintf("cdc-%d", id)),
 		MinTSInterval: p.cfg.MinTSInterval,
 	})
-	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
+	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, SSTs: p.ssts,
+		Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
 	tcfg := tikv.Config{
 		StoreID:  id,
 		Addr:     addr,
@@ -209,6 +211,10 @@ func (p *Playground) startStore(id uint64, addr string) error {
 	p.mu.Unlock()
 	return nil
 }
+
+// PendingSSTs returns how many written SSTs (each store's copy counted)
+// wait for an ingest.
+func (p *Playground) PendingSSTs() int { return p.ssts.Pending() }
 
 // PDAddr returns the PD (and etcd) client address.
 func (p *Playground) PDAddr() string { return p.PD.Addr() }

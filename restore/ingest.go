@@ -153,12 +153,15 @@ func (e *permanentError) Unwrap() error { return e.err }
 // ingests them at the leader.
 func (t *target) writeAndIngest(ctx context.Context, c *chunk, reg *region, rows []kv) error {
 	msgs := c.batches(rows)
+	// One SST name for every peer's copy: the leader's ingest command names
+	// the SST, and each peer applies it from its own copy of that name.
+	id := uuid.New()
 	var leaderMetas []*import_sstpb.SSTMeta
 	for _, p := range reg.peers {
 		if t.leaderOnly && p.GetStoreId() != reg.leader.GetStoreId() {
 			continue
 		}
-		metas, err := t.write(ctx, reg, p.GetStoreId(), msgs)
+		metas, err := t.write(ctx, reg, p.GetStoreId(), id, msgs)
 		if err != nil {
 			return err
 		}
@@ -188,7 +191,7 @@ func (t *target) writeAndIngest(ctx context.Context, c *chunk, reg *region, rows
 }
 
 // write streams msgs to one store's import service and returns the SSTs it built.
-func (t *target) write(ctx context.Context, reg *region, storeID uint64, msgs []*import_sstpb.WriteRequest) ([]*import_sstpb.SSTMeta, error) {
+func (t *target) write(ctx context.Context, reg *region, storeID uint64, id uuid.UUID, msgs []*import_sstpb.WriteRequest) ([]*import_sstpb.SSTMeta, error) {
 	cc, err := t.conn(ctx, storeID)
 	if err != nil {
 		return nil, err
@@ -200,7 +203,6 @@ func (t *target) write(ctx context.Context, reg *region, storeID uint64, msgs []
 		t.maybeDropConn(storeID, err)
 		return nil, fmt.Errorf("write to store %d: %w", storeID, err)
 	}
-	id := uuid.New()
 	peer := reg.leader
 	for _, p := range reg.peers {
 		if p.GetStoreId() == storeID {

@@ -35,6 +35,57 @@ type Config struct {
 	Cluster *cluster.Cluster
 	Engine  *mvcc.Engine
 	Logger  hclog.Logger
+	// SSTs is the cluster's SST directory, shared by every store's
+	// service (nil: a private one).
+	SSTs *Registry
+}
+
+// Registry holds the SSTs written to every store and not yet ingested. In
+// TiKV each peer ingests its own copy when the leader's ingest command is
+// applied; the playground's stores share one engine, so the leader's ingest
+// is the only apply, and it frees every store's copy of the same SSTs.
+type Registry struct {
+	mu   sync.Mutex
+	ssts map[string]map[uint64]*sst // uuid -> store -> sst
+}
+
+// NewRegistry returns an empty SST directory.
+func NewRegistry() *Registry { return &Registry{ssts: map[string]map[uint64]*sst{}} }
+
+func (r *Registry) put(uuid string, store uint64, f *sst) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.ssts[uuid]
+	if m == nil {
+		m = map[uint64]*sst{}
+		r.ssts[uuid] = m
+	}
+	m[store] = f
+}
+
+func (r *Registry) get(uuid string, store uint64) (*sst, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f, ok := r.ssts[uuid][store]
+	return f, ok
+}
+
+func (r *Registry) drop(uuid string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.ssts, uuid)
+}
+
+// Pending returns how many SSTs (counting each store's copy) wait for an
+// ingest.
+func (r *Registry) Pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.ssts {
+		n += len(m)
+	}
+	return n
 }
 
 // Service implements import_sstpb.ImportSSTServer for one store.
@@ -43,7 +94,6 @@ type Service struct {
 	cfg Config
 
 	mu   sync.Mutex
-	ssts map[string]*sst // by uuid
 	mode import_sstpb.SwitchMode
 }
 
@@ -59,7 +109,10 @@ func New(cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	return &Service{cfg: cfg, ssts: map[string]*sst{}}
+	if cfg.SSTs == nil {
+		cfg.SSTs = NewRegistry()
+	}
+	return &Service{cfg: cfg}
 }
 
 // Register registers the service on a store's gRPC server.
@@ -114,14 +167,19 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 				if len(p.Key) == 0 {
 					return stream.SendAndClose(writeErr("empty key in write batch"))
 				}
+				// The decoded request owns fresh slices (gogo unmarshal
+				// copies), so the entry can keep them without copying.
 				e := mvcc.IngestEntry{
-					Key:      append([]byte(nil), p.Key...),
+					Key:      p.Key,
 					StartTS:  ts,
 					CommitTS: ts,
 					Delete:   p.Op == import_sstpb.Pair_Delete,
 				}
 				if !e.Delete {
-					e.Value = append([]byte(nil), p.Value...)
+					e.Value = p.Value
+					if e.Value == nil {
+						e.Value = []byte{}
+					}
 				}
 				entries = append(entries, e)
 				total += uint64(len(p.Key) + len(p.Value))
@@ -137,9 +195,16 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 	if meta == nil {
 		return stream.SendAndClose(writeErr("write stream without meta"))
 	}
-	id := uuid.New()
+	// As TiKV does, the SST is named by the uuid the client gave in the
+	// meta, so the copies a client writes to every peer share it and the
+	// leader's ingest names all of them.
+	id := meta.GetUuid()
+	if len(id) == 0 {
+		u := uuid.New()
+		id = u[:]
+	}
 	out := &import_sstpb.SSTMeta{
-		Uuid:        id[:],
+		Uuid:        id,
 		Range:       &import_sstpb.Range{Start: minKey, End: maxKey},
 		Length:      total,
 		CfName:      "write",
@@ -148,9 +213,7 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 		TotalKvs:    uint64(len(entries)),
 		TotalBytes:  total,
 	}
-	s.mu.Lock()
-	s.ssts[string(id[:])] = &sst{meta: out, entries: entries}
-	s.mu.Unlock()
+	s.cfg.SSTs.put(string(id), s.cfg.StoreID, &sst{meta: out, entries: entries})
 	return stream.SendAndClose(&import_sstpb.WriteResponse{Metas: []*import_sstpb.SSTMeta{out}})
 }
 
@@ -172,11 +235,9 @@ func (s *Service) Ingest(_ context.Context, req *import_sstpb.IngestRequest) (*i
 func (s *Service) ingest(ctx *kvrpcpb.Context, metas []*import_sstpb.SSTMeta) (*import_sstpb.IngestResponse, error) {
 	var files []*sst
 	var keys [][]byte
-	s.mu.Lock()
 	for _, m := range metas {
-		f, ok := s.ssts[string(m.GetUuid())]
+		f, ok := s.cfg.SSTs.get(string(m.GetUuid()), s.cfg.StoreID)
 		if !ok {
-			s.mu.Unlock()
 			return &import_sstpb.IngestResponse{Error: &errorpb.Error{
 				Message: fmt.Sprintf("sst %x not found on store %d", m.GetUuid(), s.cfg.StoreID),
 			}}, nil
@@ -186,7 +247,6 @@ func (s *Service) ingest(ctx *kvrpcpb.Context, metas []*import_sstpb.SSTMeta) (*
 			keys = append(keys, f.meta.Range.Start, f.meta.Range.End)
 		}
 	}
-	s.mu.Unlock()
 	rerr, err := s.cfg.Cluster.Apply(s.cfg.StoreID, ctx, keys, func(*cluster.Region) error {
 		for _, f := range files {
 			if err := s.cfg.Engine.Ingest(f.entries); err != nil {
@@ -201,10 +261,8 @@ func (s *Service) ingest(ctx *kvrpcpb.Context, metas []*import_sstpb.SSTMeta) (*
 	if rerr != nil {
 		return &import_sstpb.IngestResponse{Error: rerr}, nil
 	}
-	s.mu.Lock()
 	for _, m := range metas {
-		delete(s.ssts, string(m.GetUuid()))
+		s.cfg.SSTs.drop(string(m.GetUuid()))
 	}
-	s.mu.Unlock()
 	return &import_sstpb.IngestResponse{}, nil
 }
