@@ -27,6 +27,18 @@ import (
 // (TIKV-PROTOCOLS §1.1).
 const ticdcVersion = "8.5.0"
 
+// cutAt is the buffered logical size at which a flush makes files of about
+// the target size: the buffer is counted in key+value bytes, files in stored
+// (compressed) bytes, so the cut waits for target/ratio logical bytes, with
+// the ratio measured by the flushes so far (before any, the cut is at the
+// target itself, making the first file smaller).
+func cutAt(target int64, ratio float64) int64 {
+	if ratio <= 0 || ratio > 1 {
+		return target
+	}
+	return int64(float64(target) / max(ratio, 0.05))
+}
+
 // sink is what a capture needs of flush.Flusher.
 type sink interface {
 	Add(ctx context.Context, rows []logfile.Row) error
@@ -274,7 +286,7 @@ func (c *capture) recv(ctx context.Context, f *feed, bo *backoff) error {
 				}
 				c.a.met.capturedRows.Add(float64(len(batch)))
 				c.a.met.capturedBytes.Add(float64(n))
-				if c.fl.Buffered() >= c.a.cfg.FileTarget {
+				if c.fl.Buffered() >= cutAt(c.a.cfg.FileTarget, c.fl.Stats().FileRatio) {
 					select {
 					case c.full <- struct{}{}:
 					default:

@@ -116,6 +116,32 @@ func TestFileCut(t *testing.T) {
 	}
 }
 
+// TestNoTailSliver: a flush whose data is a little over a whole number of
+// files does not end with a sliver of a file; the tail joins the last one.
+func TestNoTailSliver(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	st := memStorage(t)
+	const target = 1 << 20
+	f := newFlusher(t, Config{Storage: st, FileTarget: target, Writer: logfile.WriterOptions{RowGroupBytes: 32 << 10}})
+	rows := genRows(rng, 1024+200, 1<<30, 1024) // ~1.2 MiB, incompressible
+	added := addAll(t, f, rows, 100)
+	m, err := f.Flush(context.Background(), 500<<18, nil)
+	require.NoError(t, err)
+	require.Len(t, m.Files, 1, "one file, not one and a sliver")
+	require.Greater(t, m.Files[0].Size, int64(target), "the tail joined the file")
+	require.Equal(t, want(added), readMeta(t, st, m))
+
+	// Over 1.5 files: the remainder is big enough for a file of its own.
+	rows = genRows(rng, 1024+800, 1<<30, 1024)
+	added = addAll(t, f, rows, 100)
+	m, err = f.Flush(context.Background(), 501<<18, nil)
+	require.NoError(t, err)
+	require.Len(t, m.Files, 2)
+	require.GreaterOrEqual(t, m.Files[0].Size, int64(target))
+	require.GreaterOrEqual(t, m.Files[1].Size, int64(target/2))
+	require.Equal(t, want(added), readMeta(t, st, m))
+}
+
 func TestSpillKeepsMemoryInBudget(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	reg := prometheus.NewRegistry()

@@ -41,7 +41,7 @@ func (f *Flusher) flushGen(ctx context.Context, g *gen, flushTS uint64, regions 
 		// across inputs: readers tolerate them (I5), but they cost space.
 		src := merge.Merge(its...)
 		var err error
-		files, err = f.writeFiles(ctx, flushTS, src)
+		files, err = f.writeFiles(ctx, flushTS, src, g.logical)
 		if cerr := src.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("close spill runs: %w", cerr)
 		}
@@ -102,12 +102,13 @@ func (f *Flusher) writerOpts() logfile.WriterOptions {
 	return o
 }
 
-// writeFiles writes the sorted rows of src as data files of at least
-// FileTarget bytes (the last one may be smaller), each streamed to storage
+// writeFiles writes the sorted rows of src (about total logical bytes) as
+// data files of at least FileTarget bytes (the last one may be smaller),
+// each streamed to storage
 // through a pipe while it is written. At most UploadConcurrency files are in
 // flight. It returns once every upload it started has ended, with the files
 // in key order, or the first error (the others follow from it).
-func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.Iterator) ([]*pitrpb.DataFile, error) {
+func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.Iterator, total int64) ([]*pitrpb.DataFile, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -178,8 +179,11 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			}
 			return err
 		}
+		var done, inFile int64 // logical bytes written: in all, in the current file
 		for src.Next() {
 			r := src.Row()
+			done += r.LogicalSize()
+			inFile += r.LogicalSize()
 			if cur == nil {
 				u, err := start()
 				if err != nil {
@@ -193,11 +197,19 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			// Cut once the bytes already written reach the target (they
 			// only grow at Close), so every file but the last is at least
 			// FileTarget. The overshoot is at most about one row group.
+			// A file is not cut when what is left, at this file's ratio of
+			// stored to logical bytes, would make a tail file under half
+			// the target: the tail joins this file instead, so every file
+			// of a flush but the last is ≥ FileTarget and the last is not
+			// a sliver.
 			if cur.out.n >= f.cfg.FileTarget {
-				if err := finish(cur); err != nil {
-					return abort(err)
+				left := float64(total-done) * float64(cur.out.n) / float64(max(inFile, 1))
+				if left >= float64(f.cfg.FileTarget)/2 || total <= done {
+					if err := finish(cur); err != nil {
+						return abort(err)
+					}
+					cur, inFile = nil, 0
 				}
-				cur = nil
 			}
 		}
 		if err := src.Err(); err != nil {
