@@ -101,7 +101,8 @@ var _ import_sstpb.ImportSSTServer = (*Service)(nil)
 
 type sst struct {
 	meta    *import_sstpb.SSTMeta
-	entries []mvcc.IngestEntry
+	batches [][]mvcc.IngestEntry // one per WriteBatch, ingested as one command
+	n       int
 }
 
 // New returns the import service of a store.
@@ -138,7 +139,8 @@ func (s *Service) GetMode(context.Context, *import_sstpb.GetModeRequest) (*impor
 // metas of the SSTs it built (one per stream here).
 func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 	var meta *import_sstpb.SSTMeta
-	var entries []mvcc.IngestEntry
+	var batches [][]mvcc.IngestEntry
+	n := 0
 	var minKey, maxKey []byte
 	var total uint64
 	for {
@@ -163,6 +165,7 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 			if ts == 0 {
 				return stream.SendAndClose(writeErr("write batch without commit_ts"))
 			}
+			entries := make([]mvcc.IngestEntry, 0, len(c.Batch.GetPairs()))
 			for _, p := range c.Batch.GetPairs() {
 				if len(p.Key) == 0 {
 					return stream.SendAndClose(writeErr("empty key in write batch"))
@@ -190,6 +193,8 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 					maxKey = e.Key
 				}
 			}
+			batches = append(batches, entries)
+			n += len(entries)
 		}
 	}
 	if meta == nil {
@@ -210,10 +215,10 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 		CfName:      "write",
 		RegionId:    meta.GetRegionId(),
 		RegionEpoch: meta.GetRegionEpoch(),
-		TotalKvs:    uint64(len(entries)),
+		TotalKvs:    uint64(n),
 		TotalBytes:  total,
 	}
-	s.cfg.SSTs.put(string(id), s.cfg.StoreID, &sst{meta: out, entries: entries})
+	s.cfg.SSTs.put(string(id), s.cfg.StoreID, &sst{meta: out, batches: batches, n: n})
 	return stream.SendAndClose(&import_sstpb.WriteResponse{Metas: []*import_sstpb.SSTMeta{out}})
 }
 
@@ -243,13 +248,13 @@ func (s *Service) ingest(ctx *kvrpcpb.Context, metas []*import_sstpb.SSTMeta) (*
 			}}, nil
 		}
 		files = append(files, f)
-		if len(f.entries) > 0 {
+		if f.n > 0 {
 			keys = append(keys, f.meta.Range.Start, f.meta.Range.End)
 		}
 	}
 	rerr, err := s.cfg.Cluster.Apply(s.cfg.StoreID, ctx, keys, func(*cluster.Region) error {
 		for _, f := range files {
-			if err := s.cfg.Engine.Ingest(f.entries); err != nil {
+			if err := s.cfg.Engine.IngestBatches(f.batches); err != nil {
 				return err
 			}
 		}

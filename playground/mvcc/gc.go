@@ -80,23 +80,35 @@ func (e *Engine) gcBatch(safePoint uint64, cursor *[]byte, first bool, st *GCSta
 // CFs, bypassing locks and observers (TiKV's SST ingest). Values longer than
 // ShortValueMaxLen go to the default CF.
 func (e *Engine) Ingest(entries []IngestEntry) error {
-	if len(entries) == 0 {
+	return e.IngestBatches([][]IngestEntry{entries})
+}
+
+// IngestBatches is Ingest of several batches as one atomic command (one SST
+// built from several write batches).
+func (e *Engine) IngestBatches(batches [][]IngestEntry) error {
+	n := 0
+	for _, b := range batches {
+		n += len(b)
+	}
+	if n == 0 {
 		return nil
 	}
-	mods := make([]Modify, 0, len(entries)+len(entries)/4)
-	for _, en := range entries {
-		w := &Write{Type: WritePut, StartTS: en.StartTS}
-		if en.Delete {
-			w.Type = WriteDelete
-		} else if len(en.Value) <= ShortValueMaxLen {
-			w.ShortValue, w.HasShortValue = en.Value, true
-			if w.ShortValue == nil {
-				w.ShortValue = []byte{}
+	mods := make([]Modify, 0, 2*n) // a write record each, a default value for long ones
+	for _, entries := range batches {
+		for _, en := range entries {
+			w := &Write{Type: WritePut, StartTS: en.StartTS}
+			if en.Delete {
+				w.Type = WriteDelete
+			} else if len(en.Value) <= ShortValueMaxLen {
+				w.ShortValue, w.HasShortValue = en.Value, true
+				if w.ShortValue == nil {
+					w.ShortValue = []byte{}
+				}
+			} else {
+				mods = append(mods, Modify{CF: CFDefault, Key: en.Key, TS: en.StartTS, Value: en.Value})
 			}
-		} else {
-			mods = append(mods, Modify{CF: CFDefault, Key: en.Key, TS: en.StartTS, Value: en.Value})
+			mods = append(mods, Modify{CF: CFWrite, Key: en.Key, TS: en.CommitTS, Write: w})
 		}
-		mods = append(mods, Modify{CF: CFWrite, Key: en.Key, TS: en.CommitTS, Write: w})
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
