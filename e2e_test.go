@@ -188,9 +188,7 @@ func TestExactRestoreEndToEnd(t *testing.T) {
 		// A cut-off transfer's prewrite can reach its store after the read
 		// above; read again now and then so no lock pins the checkpoint.
 		if time.Since(resolved) > time.Second {
-			if ts, err := coordinator.GetTS(ctx, cl.PD); err == nil {
-				_, _, _ = bank.Sum(ctx, ts)
-			}
+			_ = bank.ResolveLocks(ctx)
 			resolved = time.Now()
 		}
 		cp, err = task.Checkpoint(ctx, cl.Etcd, "e2e")
@@ -226,14 +224,7 @@ func TestExactRestoreEndToEnd(t *testing.T) {
 
 func newKV(t *testing.T, pdAddr string) *txnkv.Client {
 	t.Helper()
-	cli, err := txnkv.NewClient([]string{pdAddr})
-	require.NoError(t, err)
-	// The pinned PD client may cancel its very first TSO request.
-	for i := 0; i < 20; i++ {
-		if _, err = cli.CurrentTimestamp("global"); err == nil {
-			break
-		}
-	}
+	cli, err := workload.Connect(context.Background(), []string{pdAddr})
 	require.NoError(t, err)
 	return cli
 }

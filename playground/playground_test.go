@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/tikv/client-go/v2/txnkv"
+
+	"github.com/pitr-io/pitr/playground/workload"
 )
 
 func ctlDo(t *testing.T, p *Playground, method, path string, body any) (int, []byte) {
@@ -38,16 +39,9 @@ func ctlDo(t *testing.T, p *Playground, method, path string, body any) (int, []b
 // (exactly once: client-go panics on a second Close).
 func newClient(t *testing.T, ctx context.Context, pdAddr string) *txnkv.Client {
 	t.Helper()
-	cli, err := txnkv.NewClient([]string{pdAddr})
+	cli, err := workload.Connect(ctx, []string{pdAddr})
 	require.NoError(t, err)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := cli.CurrentTimestamp("global")
-		if err == nil {
-			return cli
-		}
-		require.True(t, time.Now().Before(deadline), "get ts: %v", err)
-	}
+	return cli
 }
 
 func put(t *testing.T, ctx context.Context, cli *txnkv.Client, k, v string) {

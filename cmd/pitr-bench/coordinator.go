@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/coordinator"
@@ -142,19 +141,11 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 		return nil, err
 	}
 
-	cli, err := txnkv.NewClient(pdAddrs)
+	cli, err := workload.Connect(ctx, pdAddrs)
 	if err != nil {
 		return nil, err
 	}
 	defer cli.Close()
-	for i := 0; ; i++ { // the pinned PD client may cancel its very first TSO request
-		if _, err = cli.CurrentTimestamp("global"); err == nil || i == 20 {
-			break
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
 	bank := &workload.Bank{Client: cli, Prefix: "lag/", Accounts: 1000, Initial: 1000}
 	if err := bank.Init(ctx); err != nil {
 		return nil, err

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	pclog "github.com/pingcap/log"
-	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cdc"
@@ -44,19 +43,11 @@ func benchPlayground(ctx context.Context, env *Env) ([]Row, error) {
 		return nil, err
 	}
 	defer p.Close()
-	cli, err := txnkv.NewClient([]string{p.PDAddr()})
+	cli, err := workload.Connect(ctx, []string{p.PDAddr()})
 	if err != nil {
 		return nil, err
 	}
 	defer cli.Close()
-	for i := 0; ; i++ { // the pinned PD client may cancel its very first TSO request
-		if _, err = cli.CurrentTimestamp("global"); err == nil || i == 20 {
-			break
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
 	bank := &workload.Bank{Client: cli, Prefix: "bench/", Accounts: 1000, Initial: 1000}
 	if err := bank.Init(ctx); err != nil {
 		return nil, err

@@ -164,24 +164,6 @@ func (d *demoRun) goRun(ctx context.Context, name string, fn func(context.Contex
 	return cancel
 }
 
-func newKV(ctx context.Context, pdAddr string) (*txnkv.Client, error) {
-	cli, err := txnkv.NewClient([]string{pdAddr})
-	if err != nil {
-		return nil, err
-	}
-	// The pinned PD client may cancel its very first TSO request.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err = cli.CurrentTimestamp("global"); err == nil {
-			return cli, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			cli.Close()
-			return nil, err
-		}
-	}
-}
-
 func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 	d.say("pitr demo: continuous log backup and point-in-time restore, end to end (working dir %s)", d.dir)
 
@@ -193,7 +175,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 	}
 	pdAddr := d.src.PDAddr()
 	d.say("[1/5] source cluster: 3 stores, PD %s", pdAddr)
-	if d.kv, err = newKV(ctx, pdAddr); err != nil {
+	if d.kv, err = workload.Connect(ctx, []string{pdAddr}); err != nil {
 		return fmt.Errorf("connect client-go: %w", err)
 	}
 	if d.cl, err = coordinator.Connect(ctx, []string{pdAddr}, 10*time.Second, "pitr-demo"); err != nil {
@@ -328,13 +310,9 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 	if restoreTS == 0 {
 		return errors.New("no restore point was taken")
 	}
-	cp, err := d.waitCheckpoint(ctx, restoreTS, 60*time.Second, func() {
-		// A cut-off transfer's prewrite can reach its store after the read
-		// above; reading again resolves it (once its TTL has passed).
-		if ts, err := coordinator.GetTS(ctx, d.cl.PD); err == nil {
-			_, _, _ = bank.Sum(ctx, ts)
-		}
-	})
+	// A cut-off transfer's prewrite can reach its store after the read
+	// above; the wait reads again now and then.
+	cp, err := d.waitCheckpoint(ctx, restoreTS, 60*time.Second, func() { _ = bank.ResolveLocks(ctx) })
 	if err != nil {
 		return err
 	}
@@ -366,7 +344,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 		d.elapsed(), res.Rows, float64(res.Bytes)/1e6, res.Files, res.Regions, res.Duration.Seconds())
 
 	// 4. Check: key for key at T, and the bank total.
-	if d.dstKV, err = newKV(ctx, d.dst.PDAddr()); err != nil {
+	if d.dstKV, err = workload.Connect(ctx, []string{d.dst.PDAddr()}); err != nil {
 		return fmt.Errorf("connect client-go to the target: %w", err)
 	}
 	n, err := compareAt(ctx, d.kv, d.dstKV, restoreTS)
