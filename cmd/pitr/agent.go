@@ -128,16 +128,8 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 	cfg := &o.cfg
 	if o.configPath != "" {
 		var file agentFile
-		md, err := toml.DecodeFile(o.configPath, &file)
-		if err != nil {
-			return usageErrorf("--config %s: %v", o.configPath, oneLine(err))
-		}
-		if und := md.Undecoded(); len(und) > 0 {
-			keys := make([]string, len(und))
-			for i, k := range und {
-				keys[i] = k.String()
-			}
-			return usageErrorf("--config %s: unknown keys: %s", o.configPath, strings.Join(keys, ", "))
+		if err := decodeConfigFile(o.configPath, &file); err != nil {
+			return err
 		}
 		cfg.PDAddrs, cfg.TiKVAddr, cfg.DataDir = file.PD, file.TiKV, file.DataDir
 		cfg.ListenAddr, cfg.AdvertiseAddr, cfg.HTTPAddr = file.Listen, file.Advertise, file.HTTP
@@ -182,6 +174,23 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+// decodeConfigFile decodes a TOML config file into v. A syntax error or a
+// key v does not know is a usage error (exit 2), in one line.
+func decodeConfigFile(path string, v any) error {
+	md, err := toml.DecodeFile(path, v)
+	if err != nil {
+		return usageErrorf("--config %s: %v", path, oneLine(err))
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return usageErrorf("--config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
 
 // runAgent runs the agent until ctx ends (SIGINT/SIGTERM), then flushes once
 // more and stops.

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
 	pclog "github.com/pingcap/log"
 	"github.com/spf13/cobra"
@@ -81,16 +80,8 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 	cfg := &o.cfg
 	if o.configPath != "" {
 		var file coordinatorFile
-		md, err := toml.DecodeFile(o.configPath, &file)
-		if err != nil {
-			return usageErrorf("--config %s: %v", o.configPath, oneLine(err))
-		}
-		if und := md.Undecoded(); len(und) > 0 {
-			keys := make([]string, len(und))
-			for i, k := range und {
-				keys[i] = k.String()
-			}
-			return usageErrorf("--config %s: unknown keys: %s", o.configPath, strings.Join(keys, ", "))
+		if err := decodeConfigFile(o.configPath, &file); err != nil {
+			return err
 		}
 		cfg.PDAddrs, cfg.ID, cfg.HTTPAddr = file.PD, file.ID, file.HTTP
 		cfg.TickInterval, cfg.PollTimeout = file.TickInterval.Duration, file.PollTimeout.Duration
