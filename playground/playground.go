@@ -53,7 +53,11 @@ type Config struct {
 	// GCLifeTime is how long versions are kept regardless of safepoints
 	// (TiDB's tikv_gc_life_time, default 10m).
 	GCLifeTime time.Duration
-	Logger     hclog.Logger
+	// BalanceInterval, when positive, runs PD's balance-leader scheduler and
+	// merge checker every interval (pd.Config.BalanceInterval); off by
+	// default.
+	BalanceInterval time.Duration
+	Logger          hclog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -138,6 +142,8 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		Cluster:    cl,
 		Logger:     cfg.Logger.Named("pd"),
 		GCLifeTime: cfg.GCLifeTime,
+
+		BalanceInterval: cfg.BalanceInterval,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start pd: %w", err)

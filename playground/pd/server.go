@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -49,6 +50,11 @@ type Config struct {
 	// GCLifeTime is how far behind the given "now" AdvanceGC keeps the GC
 	// safepoint (0 = DefaultGCLifeTime).
 	GCLifeTime time.Duration
+	// BalanceInterval, when positive, runs PD's schedulers every interval:
+	// balance-leader moves leaders and the merge checker merges adjacent
+	// regions, each honouring its pause and the schedule config (see
+	// schedule.go). Off by default, so tests control the topology.
+	BalanceInterval time.Duration
 }
 
 // Server is a running playground PD.
@@ -74,6 +80,13 @@ type Server struct {
 	// skew is added to the wall clock used for safepoint TTLs, so tests can
 	// move time forward.
 	skew atomic.Int64
+
+	// sched is PD's scheduling state (schedulers' pauses, schedule config),
+	// served on the HTTP API and used by the balancer.
+	sched *schedule
+	// bg owns the balancer goroutine; balancerRounds counts its rounds.
+	bg             sync.WaitGroup
+	balancerRounds atomic.Int64
 
 	downMu    sync.Mutex
 	downSince map[uint64]time.Time // store id -> when PD saw it go down
@@ -121,6 +134,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		closing:   make(chan struct{}),
 	}
 	s.root = fmt.Sprintf("/pd/%d", s.clusterID)
+	s.sched = newSchedule(time.Now())
 	s.tso = newTSOAllocator(s.saveTSOLimit)
 	if s.dir == "" {
 		d, err := os.MkdirTemp("", "pitr-pd-*")
@@ -176,6 +190,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.unwatch = s.cluster.Watch(s.onTopology)
+	if cfg.BalanceInterval > 0 {
+		s.bg.Add(1)
+		go s.runBalancer(cfg.BalanceInterval)
+	}
 
 	s.log.Info("pd started", "addr", s.addr, "cluster_id", s.clusterID, "dir", s.dir)
 	return s, nil
@@ -204,6 +222,9 @@ func (s *Server) startEtcd(ctx context.Context, host string, clientPort, peerPor
 		// which is what PD serves too; registering it again would panic.
 		pdpb.RegisterPDServer(gs, &grpcService{s: s})
 	}
+	// PD serves its HTTP API on the client URL too (tikv/pd server.go hands
+	// its API handlers to the embedded etcd as UserHandlers).
+	ec.UserHandlers = map[string]http.Handler{APIPrefix: s.apiHandler()}
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -275,6 +296,7 @@ func (s *Server) Close() error {
 func (s *Server) shutdown() {
 	s.closeOnce.Do(func() {
 		close(s.closing)
+		s.bg.Wait()
 		if s.unwatch != nil {
 			s.unwatch()
 		}
@@ -309,6 +331,7 @@ func (s *Server) isClosed() bool {
 // onTopology records when stores go down, for down_peers. It runs under the
 // cluster's write lock and must not call back into the cluster.
 func (s *Server) onTopology(ev cluster.Event) {
+	s.sched.onTopology(ev, s.wallNow())
 	switch ev.Kind {
 	case cluster.EventStoreDown:
 		s.downMu.Lock()
