@@ -58,7 +58,10 @@ func (s *Server) apiHandler() http.Handler {
 			return
 		}
 		name := r.PathValue("name")
-		if err := s.sched.pause(name, delay, s.wallNow()); err != nil {
+		s.opMu.Lock()
+		err := s.sched.pause(name, delay, s.wallNow())
+		s.opMu.Unlock()
+		if err != nil {
 			writeJSON(w, http.StatusInternalServerError, err.Error())
 			return
 		}
@@ -90,7 +93,10 @@ func (s *Server) apiHandler() http.Handler {
 				writeJSON(w, http.StatusBadRequest, err.Error())
 				return
 			}
-			if err := s.sched.setTTL(in, time.Duration(ttl)*time.Second, s.wallNow()); err != nil {
+			s.opMu.Lock()
+			err = s.sched.setTTL(in, time.Duration(ttl)*time.Second, s.wallNow())
+			s.opMu.Unlock()
+			if err != nil {
 				writeJSON(w, http.StatusBadRequest, err.Error())
 				return
 			}

@@ -260,7 +260,10 @@ func (sc *schedule) splitRecently(id uint64, interval time.Duration, now time.Ti
 // runBalancer is the playground's stand-in for PD's coordinator: every
 // interval it runs one round of balance-leader and of the merge checker,
 // each honouring its pause and the schedule config. It returns when the
-// server closes.
+// server closes. A round runs under opMu, which pauses and config changes
+// also take, so once a pause has been answered no operator of an earlier
+// round is still to come (real PD may still finish an operator it created
+// just before the pause; the playground is stricter so tests are exact).
 func (s *Server) runBalancer(interval time.Duration) {
 	defer s.bg.Done()
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
@@ -272,9 +275,11 @@ func (s *Server) runBalancer(interval time.Duration) {
 			return
 		case <-tick.C:
 		}
+		s.opMu.Lock()
 		now := s.wallNow()
 		s.balanceLeader(now, rng)
 		s.mergeCheck(now, rng)
+		s.opMu.Unlock()
 		s.balancerRounds.Add(1)
 	}
 }

@@ -87,6 +87,8 @@ type Server struct {
 	// bg owns the balancer goroutine; balancerRounds counts its rounds.
 	bg             sync.WaitGroup
 	balancerRounds atomic.Int64
+	// opMu serialises balancer rounds with pauses and config changes.
+	opMu sync.Mutex
 
 	downMu    sync.Mutex
 	downSince map[uint64]time.Time // store id -> when PD saw it go down
