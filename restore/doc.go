@@ -11,7 +11,9 @@
 //	          units = task ranges cut at the source regions' boundaries
 //	verify    every file the remaining units need: exists, size, sha256 (ErrMissing, ErrCorrupt)
 //	target    TSO past T; no key in the task ranges unless resuming      (ErrTargetNotEmpty)
-//	          or Force
+//	          or Force; no change stream registered on it                (ErrTargetInUse)
+//	prepare   pause PD's schedulers and merges (TTL + keepalive), pre-split
+//	          and scatter at the source's region boundaries
 //	write     jobs (runs of adjacent units, big enough that a file's row
 //	          groups are decoded about once) swept by Concurrency/4 readers:
 //	          merge.Merge over the files meeting the job (row groups
@@ -35,6 +37,33 @@
 // target then sees, per key, the newest version ≤ T, as the source did. The
 // same version written twice (duplicates across files, or a unit redone
 // after a crash) is idempotent.
+//
+// # What restore does to the target, and undoes
+//
+// After the checks and before the first write (prepare.go):
+//   - it refuses a target on which a change stream is registered in PD's
+//     etcd: a BR log backup (/tidb/br-stream/info/), a TiCDC changefeed
+//     (.../changefeed/info/ under /tidb/cdc/) or a pitr task
+//     (/pitr/v1/task/). Ingested SSTs never reach such a stream, so it
+//     would silently miss the restored data (ErrTargetInUse, a kind of
+//     ErrTargetNotEmpty; Force does not override it);
+//   - it pauses PD's balance-leader, balance-region and balance-hot-region
+//     schedulers (and shuffle-*, if present) for PrepareOptions.PauseTTL
+//     (default 5 min), and sets max-merge-region-size,
+//     max-merge-region-keys and merge-schedule-limit to 0 as PD temporary
+//     config with the same TTL, renewing both every TTL/3; so PD neither
+//     merges nor moves the regions being written (BR's
+//     RemoveSchedulersWithConfig does the same);
+//   - it splits the target at the source's region boundaries inside the
+//     restore ranges (from the metas' coverage, at most MaxSplitKeys) with
+//     PD's SplitRegions, and scatters the new regions. A failed split or
+//     scatter only costs speed.
+//
+// At the end, on success or failure, it resumes the schedulers (delay 0)
+// and deletes the temporary config (ttlSecond=0 with the original values),
+// so PD is as before. A restore that dies leaves nothing permanent: the
+// pauses and the temporary config lapse within PauseTTL. The pre-split
+// regions stay; PD merges the empty ones after its split-merge-interval.
 //
 // # Write batching
 //

@@ -54,6 +54,8 @@ type Options struct {
 	// MaxAttempts bounds the tries of one chunk against region errors and
 	// unreachable stores (backoff 50 ms doubling to 2 s); default 30.
 	MaxAttempts int
+	// Prepare configures what is done to the target around the writes.
+	Prepare PrepareOptions
 	// Progress, when set, receives the progress bar.
 	Progress io.Writer
 	Logger   hclog.Logger
@@ -197,6 +199,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 	}
+	undo, err := prepareTarget(ctx, o, log, tgt, plan) // prepare.go: refuse a target in use, pause PD, pre-split
+	if err != nil {
+		return nil, err
+	}
+	defer undo()
 	if err := prog.markStarted(); err != nil {
 		return nil, err
 	}

@@ -58,7 +58,10 @@ const (
 	// ExitNotBackup: the storage root is not a pitr log backup (no
 	// pitr.lock or task.pb) or belongs to another task.
 	ExitNotBackup = 13
-	// ExitTargetNotEmpty: the target cluster holds data in the task ranges.
+	// ExitTargetNotEmpty: the target cluster holds data in the task ranges,
+	// or a change stream (BR log backup, TiCDC changefeed, pitr task) is
+	// registered on it, which would not see the restored data
+	// (restore.ErrTargetInUse; --force does not override that).
 	ExitTargetNotEmpty = 14
 	// ExitFormat: the backup was written by a newer pitr.
 	ExitFormat = 15

@@ -61,6 +61,7 @@ func TestRestoreErrorCodes(t *testing.T) {
 		{restore.ErrMissing, ExitMissing},
 		{restore.ErrNotBackup, ExitNotBackup},
 		{restore.ErrTargetNotEmpty, ExitTargetNotEmpty},
+		{restore.ErrTargetInUse, ExitTargetNotEmpty},
 		{restore.ErrFormat, ExitFormat},
 		{restore.ErrNoBase, ExitNoBase},
 		{restore.ErrUnavailable, ExitUnavailable},
