@@ -38,4 +38,22 @@
 // safepoint, never backwards. The PD 9 GC-state API (GetGCState,
 // SetGCBarrier, DeleteGCBarrier) is served on the same data: barriers are
 // service safepoints, and the txn safe point equals the GC safepoint.
+//
+// # Scheduling
+//
+// The client URL also serves the part of PD's HTTP API (/pd/api/v1/) that
+// BR and Lightning use around an import (http.go): listing schedulers,
+// pausing one for a delay (0 resumes; a pause is a deadline, so it lapses
+// by itself), reading and setting the schedule config, and temporary
+// (ttlSecond) config overrides. pdpb SplitRegions and ScatterRegion answer
+// as PD does (split.go; keys are encoded); scattering moves leaders only,
+// as every store holds a peer of every region.
+//
+// With Config.BalanceInterval > 0 a balancer plays PD's coordinator
+// (schedule.go): balance-leader moves leaders off the busiest store and
+// the merge checker merges adjacent regions, each honouring its pause,
+// leader-/merge-schedule-limit, max-merge-region-size/-keys and
+// split-merge-interval. balance-region, balance-hot-region and
+// evict-slow-store are listed and pausable but do nothing. The scheduling
+// state is in memory (real PD keeps TTL overrides in etcd).
 package pd
