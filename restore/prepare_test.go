@@ -31,6 +31,17 @@ func pdPost(t *testing.T, addr, path, body string) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, "POST %s", path)
 }
 
+// lineCounter counts the log lines that contain match.
+type lineCounter struct {
+	match []byte
+	n     atomic.Int64
+}
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.n.Add(int64(bytes.Count(p, c.match)))
+	return len(p), nil
+}
+
 // requirePDAsBefore checks that nothing the restore did to PD is left.
 func requirePDAsBefore(t *testing.T, p *playground.Playground) {
 	t.Helper()
@@ -106,13 +117,15 @@ func TestRestorePrepare(t *testing.T) {
 		o := opts(tgt.PDAddr())
 		o.MaxAttempts = 100
 		o.ChunkBytes = 2 << 10 // many chunks: the writes take a while
+		retries := &lineCounter{match: []byte("write chunk failed")}
+		o.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: retries})
 		o.hooks = &hooks{ingested: func(*chunk, []kv) { writing.Store(true) }}
 		res, err := Run(ctx, o)
 		writing.Store(false)
 		stopSplits()
 		splitter.Wait()
 		require.NoError(t, err)
-		t.Logf("%s; during the writes: %d merges, %d leader moves", res.Summary(), merges.Load(), moves.Load())
+		t.Logf("%s; during the writes: %d merges, %d leader moves, %d chunk retries", res.Summary(), merges.Load(), moves.Load(), retries.n.Load())
 		require.Zero(t, merges.Load()+moves.Load(), "PD merged regions or moved leaders under the writes")
 		requireSame(t, s.hist.at(s.cp), scanAt(t, cli, s.cp), "restored under the balancer")
 		requirePDAsBefore(t, tgt)
