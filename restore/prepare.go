@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pitr-io/pitr/task"
 )
@@ -385,7 +387,7 @@ func splitTarget(ctx context.Context, log hclog.Logger, tgt *target, keys [][]by
 		for j, k := range batch {
 			enc[j] = encodeKey(k)
 		}
-		resp, err := pdRetry(ctx, func() (*splitResult, error) { return tgt.splitRegions(ctx, enc) })
+		resp, err := splitRetry(ctx, func() (*splitResult, error) { return tgt.splitRegions(ctx, enc) })
 		if err != nil {
 			log.Warn("pre-split the target; writing into its regions as they are", "keys", len(batch), "error", err)
 			return
@@ -404,6 +406,24 @@ func splitTarget(ctx context.Context, log hclog.Logger, tgt *target, keys [][]by
 	}
 	tgt.forgetRegions()
 	log.Info("pre-split the target", "keys", len(keys), "new_regions", len(ids), "not_split", unfinished, "scattered", scattered)
+}
+
+// splitRetry tries a split call three times, but not against a PD that
+// does not serve it (Unimplemented): pre-splitting is an optimisation.
+func splitRetry(ctx context.Context, f func() (*splitResult, error)) (*splitResult, error) {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var r *splitResult
+		if r, err = f(); err == nil || status.Code(err) == codes.Unimplemented || ctx.Err() != nil {
+			return r, err
+		}
+		select {
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return nil, err
 }
 
 type splitResult struct {
