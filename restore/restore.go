@@ -107,7 +107,9 @@ func PlanRestore(ctx context.Context, src Source, ts uint64, snapshot string) (*
 //     sha256 (ErrMissing, ErrCorrupt) — before anything is written;
 //  3. check the target: its TSO is past T, and it holds nothing in the
 //     task ranges unless an earlier run of this restore wrote it or Force
-//     (ErrTargetNotEmpty);
+//     (ErrTargetNotEmpty), and no change stream is registered on it
+//     (ErrTargetInUse); then pause PD's schedulers and merges and pre-split
+//     the target (prepare.go; undone when Run returns);
 //  4. per job (a run of source-region ranges), k-way merge the files that
 //     meet it, keep every version with commit_ts ≤ T (deletes included),
 //     and write it with its commit_ts through import_sstpb, region by
