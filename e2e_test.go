@@ -105,7 +105,8 @@ func TestExactRestoreEndToEnd(t *testing.T) {
 	coordStop := make([]context.CancelFunc, 2)
 	for i := range coords {
 		c, err := coordinator.New(coordinator.Config{PDAddrs: []string{pdAddr}, ID: fmt.Sprintf("c%d", i),
-			HTTPAddr: "-", SessionTTL: 2 * time.Second, TickInterval: 500 * time.Millisecond, Logger: log})
+			HTTPAddr: "-", SessionTTL: 2 * time.Second, TickInterval: 500 * time.Millisecond, Logger: log,
+			Locks: coordinator.NewLockResolver(kv.KVStore)})
 		require.NoError(t, err)
 		coords[i] = c
 		coordStop[i] = goRun("coordinator", c.Run)

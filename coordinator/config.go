@@ -21,6 +21,10 @@ const (
 	DefaultSessionTTL     = 10 * time.Second
 	DefaultHTTPAddr       = "127.0.0.1:9597"
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultResolveLocksAfter is about what BR's advancer and TiCDC wait
+	// before they resolve the locks that hold a range back: far above a
+	// healthy lag (flush interval + tick), below what blocks GC for long.
+	DefaultResolveLocksAfter = 60 * time.Second
 )
 
 // Config configures a Coordinator. Zero fields take the defaults above; New
@@ -48,6 +52,15 @@ type Config struct {
 	MaxSlow int
 	// ConnectTimeout bounds the wait for PD and etcd at start.
 	ConnectTimeout time.Duration
+	// ResolveLocksAfter: the leader resolves the locks of dead transactions
+	// (client-go's lock resolver; live ones are left alone) in each slow
+	// range whose checkpoint lags more than this, at most once per range
+	// per half of it (DESIGN I10). Negative turns it off.
+	ResolveLocksAfter time.Duration
+	// Locks resolves locks. Nil: New makes one on PDAddrs (a client-go
+	// transaction client); with neither, lock resolution is off and New
+	// logs a warning.
+	Locks LockResolver
 
 	// Etcd and PD, when set, are used instead of connecting to PDAddrs (the
 	// Coordinator does not close them).
@@ -91,6 +104,9 @@ func (c *Config) SetDefaults() {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
+	if c.ResolveLocksAfter == 0 {
+		c.ResolveLocksAfter = DefaultResolveLocksAfter
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -132,6 +148,8 @@ func (c *Config) Validate() error {
 		return bad("max slow %d is negative", c.MaxSlow)
 	case c.ConnectTimeout <= 0:
 		return bad("connect timeout %s is not positive", c.ConnectTimeout)
+	case c.ResolveLocksAfter > 0 && c.ResolveLocksAfter < 2*c.TickInterval:
+		return bad("resolve-locks-after %s is below two ticks (%s); negative turns lock resolution off", c.ResolveLocksAfter, 2*c.TickInterval)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tikv/client-go/v2/txnkv"
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/opt"
 	"github.com/tikv/pd/client/pkg/caller"
@@ -106,6 +107,60 @@ func ConnectPD(ctx context.Context, addrs []string, timeout time.Duration, compo
 		}
 	}()
 	return nil, fmt.Errorf("%w: connect to PD %s: no answer within %s", ErrUnavailable, strings.Join(addrs, ","), timeout)
+}
+
+// ConnectKV opens a client-go transaction client on PD, waiting at most
+// timeout. Make it before any other PD client of the process: client-go's
+// NewClient sets the PD client's package globals, racing with PD clients
+// already running.
+func ConnectKV(ctx context.Context, addrs []string, timeout time.Duration) (*txnkv.Client, error) {
+	type result struct {
+		c   *txnkv.Client
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := txnkv.NewClient(addrs)
+		ch <- result{c, err}
+	}()
+	t := time.NewTimer(timeout + time.Second)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("%w: connect client-go to PD %s: %v", ErrUnavailable, strings.Join(addrs, ","), r.err)
+		}
+		return r.c, nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	go func() {
+		if r := <-ch; r.c != nil {
+			_ = r.c.Close()
+		}
+	}()
+	return nil, fmt.Errorf("%w: connect client-go to PD %s: no answer within %s", ErrUnavailable, strings.Join(addrs, ","), timeout)
+}
+
+// connectLocks makes the lock resolver on PDAddrs when lock resolution is
+// on and none was given (first: see ConnectKV).
+func (c *Coordinator) connectLocks() error {
+	if c.cfg.ResolveLocksAfter <= 0 || c.cfg.Locks != nil {
+		return nil
+	}
+	if len(c.cfg.PDAddrs) == 0 {
+		c.log.Warn("lock resolution is off: no lock resolver and no PD addresses to make one")
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ConnectTimeout)
+	defer cancel()
+	kv, err := ConnectKV(ctx, c.cfg.PDAddrs, c.cfg.ConnectTimeout)
+	if err != nil {
+		return err
+	}
+	c.kv = kv
+	c.cfg.Locks = NewLockResolver(kv.KVStore)
+	return nil
 }
 
 // Connect connects to PD and its etcd.

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tikv/client-go/v2/txnkv"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/sync/errgroup"
@@ -32,7 +33,8 @@ type Coordinator struct {
 	log      hclog.Logger
 	etcd     *clientv3.Client
 	pd       PD
-	own      *Clients // connections New made (closed by Close)
+	own      *Clients      // connections New made (closed by Close)
+	kv       *txnkv.Client // the lock resolver's client, when New made it
 	met      *metrics
 	gatherer prometheus.Gatherer
 
@@ -78,6 +80,9 @@ func New(cfg Config) (c *Coordinator, err error) {
 	}()
 	if c.met, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	if err := c.connectLocks(); err != nil {
+		return nil, err
 	}
 	if c.etcd == nil || c.pd == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
@@ -157,6 +162,9 @@ func (c *Coordinator) Close() error {
 		}
 		if c.own != nil {
 			c.own.Close()
+		}
+		if c.kv != nil {
+			_ = c.kv.Close()
 		}
 	})
 	return nil

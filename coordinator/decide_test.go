@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"encoding/hex"
 	"flag"
 	"os"
 	"path/filepath"
@@ -91,6 +92,8 @@ func TestRenderViews(t *testing.T) {
 		}),
 		Agents: []AgentStatus{{StoreID: 1, Addr: "10.0.0.1:9595", State: AgentUp, Regions: 2},
 			{StoreID: 2, Addr: "10.0.0.2:9595", State: AgentDown, Error: "deadline exceeded"}},
+		Locks: &LockStatus{Runs: 3, Errors: 1, Locks: 2, LastStartKey: hex.EncodeToString([]byte("t0")), LastEndKey: hex.EncodeToString([]byte("t1")),
+			LastUnixMs: now.Add(-time.Second).UnixMilli(), LastMaxVersion: cp + 1, LastLocks: 1, LastLiveMs: 2500},
 		SafePoint: cp, SafePointTTLSeconds: 86400, GCSafePoint: start - 100,
 		LastError: "agent of store 2: deadline exceeded", Leader: "coord-1", Term: 42, UpdatedUnixMs: now.Add(-500 * time.Millisecond).UnixMilli(),
 	}

@@ -1,6 +1,9 @@
 package coordinator
 
 import (
+	"encoding/hex"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -18,6 +21,11 @@ type metrics struct {
 	uncovered    *prometheus.GaugeVec
 	staleReports *prometheus.GaugeVec
 	taskFailed   *prometheus.GaugeVec
+
+	lockResolutions      *prometheus.CounterVec
+	lockResolutionErrors *prometheus.CounterVec
+	locksFound           *prometheus.CounterVec
+	lockResolutionLast   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -67,9 +75,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pitr_coordinator_task_failed",
 			Help: "1 for a task in the failed state, 0 for a live one.",
 		}, []string{"task"}),
+		lockResolutions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_coordinator_lock_resolutions_total",
+			Help: "Lock resolutions started on ranges whose checkpoint lagged more than resolve-locks-after, per task.",
+		}, []string{"task"}),
+		lockResolutionErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_coordinator_lock_resolution_errors_total",
+			Help: "Lock resolutions that failed, per task.",
+		}, []string{"task"}),
+		locksFound: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_coordinator_locks_found_total",
+			Help: "Locks the lock resolutions found (resolved, or left to live transactions), per task.",
+		}, []string{"task"}),
+		lockResolutionLast: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pitr_coordinator_lock_resolution_last_timestamp_seconds",
+			Help: "Unix time the task's last lock resolution ended, labelled with its range (hex raw keys; one series per task).",
+		}, []string{"task", "start_key", "end_key"}),
 	}
 	for _, c := range []prometheus.Collector{m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
-		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed} {
+		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed,
+		m.lockResolutions, m.lockResolutionErrors, m.locksFound, m.lockResolutionLast} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -82,11 +107,25 @@ func (m *metrics) forget(name string) {
 	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed} {
 		v.DeleteLabelValues(name)
 	}
+	for _, v := range []*prometheus.CounterVec{m.lockResolutions, m.lockResolutionErrors, m.locksFound} {
+		v.DeleteLabelValues(name)
+	}
+	m.lockResolutionLast.DeletePartialMatch(prometheus.Labels{"task": name})
+}
+
+// setLastLockResolution records the end of a task's last lock resolution,
+// keeping one series per task.
+func (m *metrics) setLastLockResolution(name string, r Range, end time.Time) {
+	m.lockResolutionLast.DeletePartialMatch(prometheus.Labels{"task": name})
+	m.lockResolutionLast.WithLabelValues(name, hex.EncodeToString(r.Start), hex.EncodeToString(r.End)).Set(float64(end.UnixMilli()) / 1000)
 }
 
 // resetTasks drops every per-task series (the term ended).
 func (m *metrics) resetTasks() {
-	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed} {
+	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.lockResolutionLast} {
+		v.Reset()
+	}
+	for _, v := range []*prometheus.CounterVec{m.lockResolutions, m.lockResolutionErrors, m.locksFound} {
 		v.Reset()
 	}
 	m.agentsUp.Set(0)

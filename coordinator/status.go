@@ -43,6 +43,8 @@ type Status struct {
 	SafePoint           uint64 `json:"safepoint"`
 	SafePointTTLSeconds int64  `json:"safepoint_ttl_seconds"`
 	GCSafePoint         uint64 `json:"gc_safepoint"`
+	// Locks are this term's lock resolutions for the task (nil: none).
+	Locks *LockStatus `json:"lock_resolution,omitempty"`
 	// LastError is the last tick's problem (storage, PD, agents), if any.
 	LastError     string `json:"last_error,omitempty"`
 	Leader        string `json:"leader"`
@@ -295,6 +297,9 @@ func renderDetail(w io.Writer, v TaskView) error {
 			fmt.Fprintf(tw, "GC safepoint:\t%s held at %d (TTL %s); cluster GC safepoint %d\n",
 				SafePointID(v.Name), st.SafePoint, time.Duration(st.SafePointTTLSeconds)*time.Second, st.GCSafePoint)
 		}
+		if l := st.Locks; l != nil {
+			fmt.Fprintf(tw, "Lock resolution:\t%s\n", lockLine(l))
+		}
 		fmt.Fprintf(tw, "Coordinator:\t%s (term %d), status %s old\n", st.Leader, st.Term,
 			(time.Duration(v.StatusAgeSeconds * float64(time.Second))).Round(100*time.Millisecond))
 		if st.LastError != "" {
@@ -339,6 +344,28 @@ func renderDetail(w io.Writer, v TaskView) error {
 		}
 	}
 	return nil
+}
+
+// lockLine describes a task's lock resolutions in one line.
+func lockLine(l *LockStatus) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d runs", l.Runs)
+	if l.Errors > 0 {
+		fmt.Fprintf(&b, " (%d failed)", l.Errors)
+	}
+	fmt.Fprintf(&b, ", %d locks found", l.Locks)
+	if l.LastUnixMs == 0 {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "; last [%s, %s) at %s, max_version %d: %d locks", showHexKey(l.LastStartKey, false), showHexKey(l.LastEndKey, true),
+		time.UnixMilli(l.LastUnixMs).UTC().Format(time.RFC3339), l.LastMaxVersion, l.LastLocks)
+	if l.LastLiveMs > 0 {
+		fmt.Fprintf(&b, ", live ones left (TTL ends in %s)", (time.Duration(l.LastLiveMs) * time.Millisecond).Round(100*time.Millisecond))
+	}
+	if l.LastError != "" {
+		fmt.Fprintf(&b, ", error: %s", l.LastError)
+	}
+	return b.String()
 }
 
 // showHexKey renders a hex key readably: printable keys quoted, others as

@@ -32,6 +32,7 @@ type term struct {
 	writers  map[string]*cpWriter // checkpoint/global writer per task
 	wg       sync.WaitGroup       // the writers' goroutines
 	released map[string]bool      // stopped tasks whose safepoint this term removed
+	locks    *lockKeeper          // lock resolutions (see locks.go)
 }
 
 // newTerm makes the term of an election won; parent is closed when the
@@ -292,6 +293,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		res := Compute(Input{Ranges: taskRanges(rec), Previous: ti.cp, Reports: reports, MaxSlow: t.c.cfg.MaxSlow})
 		st.Agents, st.Covered, st.UncoveredRanges = agentSts, res.Covered, len(res.Uncovered)
 		st.Regions, st.StaleReports, st.Slowest = res.Used, res.Stale, slowStatuses(res.Slowest)
+		st.Locks = t.resolveLocks(name, taskRanges(rec), res.Slowest, now)
 		if res.Checkpoint > ti.cp {
 			err := t.putCheckpoint(ctx, name, ti.rev, ti.cp, ti.cpExisted, res.Checkpoint)
 			if errors.Is(err, errChanged) {

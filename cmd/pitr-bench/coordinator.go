@@ -117,7 +117,14 @@ func syntheticRegions(n, stores int) []coordinator.Report {
 }
 
 // benchLag runs a playground with 3 stores, an agent per store, one
-// coordinator and a bank workload, and samples the checkpoint lag.
+// coordinator and a bank workload, and samples the checkpoint lag. Then,
+// in the same run, it leaks a lock (a client that died between prewrite
+// and commit, on a key nobody reads) and times how long the lock holds the
+// checkpoint: the coordinator resolves locks in ranges lagging more than
+// resolve-locks-after, so the lock goes once the range lags that much, plus
+// one tick to see it, the resolved-ts interval (1 s) for TiKV to move, one
+// flush for the agent and one tick for the coordinator; client-go judges
+// TTLs with a low-resolution ts (up to 2 s old).
 func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 	quietClientGo()
 	const (
@@ -125,6 +132,12 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 		tick          = coordinator.DefaultTickInterval
 		warmup        = 10 * time.Second
 		measure       = 30 * time.Second
+		// Above the steady lag (flush + tick + resolved-ts interval), below
+		// the 60 s default to keep the bench short.
+		resolveAfter = 15 * time.Second
+		leakTTL      = 3 * time.Second // TiDB's default lock TTL; below resolveAfter
+		resolvedTS   = time.Second
+		ttlClock     = 2 * time.Second
 	)
 	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: -1})
 	if err != nil {
@@ -172,7 +185,8 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 		running++
 		go func() { done <- a.Run(runCtx) }()
 	}
-	co, err := coordinator.New(coordinator.Config{Etcd: cl.Etcd, PD: cl.PD, HTTPAddr: "-", TickInterval: tick, Logger: log})
+	co, err := coordinator.New(coordinator.Config{Etcd: cl.Etcd, PD: cl.PD, HTTPAddr: "-", TickInterval: tick, Logger: log,
+		ResolveLocksAfter: resolveAfter, Locks: coordinator.NewLockResolver(cli.KVStore)})
 	if err != nil {
 		return nil, err
 	}
@@ -224,11 +238,46 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 	bound := (flushInterval + tick).Seconds()
 	env.Logf("lag: %d samples over %s, bank committed %d txns (%.0f txn/s); p50 %.2fs p99 %.2fs max %.2fs",
 		len(lags), measure, committed, float64(committed)/(warmup+measure).Seconds(), p50, p99, worst)
-	return []Row{
+	rows := []Row{
 		{Name: "flush interval + tick (expected max lag)", Value: bound, Unit: "s"},
 		{Name: "checkpoint lag p50, 3 stores + agents + bank", Value: p50, Unit: "s", Baseline: "bound", Ratio: p50 / bound},
 		{Name: "checkpoint lag p99 (acceptance: ≤ 10 s)", Value: p99, Unit: "s", Baseline: "bound", Ratio: p99 / bound},
-	}, nil
+	}
+
+	// Lock liveness, with the bank still running.
+	// The 3 s: the resolved-ts interval and client-go's TTL clock.
+	limit := resolveAfter + 2*tick + flushInterval + resolvedTS + ttlClock
+	created := time.Now()
+	leakTS, err := workload.LeakLock(ctx, cli, []byte("lag/orphan"), leakTTL)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		cp, err := task.Checkpoint(ctx, cl.Etcd, "lag")
+		if err != nil {
+			return nil, err
+		}
+		if cp > leakTS {
+			break
+		}
+		if time.Since(created) > 3*limit {
+			return nil, fmt.Errorf("lock liveness: the checkpoint is still held at %d by the leaked lock %d after %s", cp, leakTS, time.Since(created).Round(time.Second))
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case err := <-done:
+			running--
+			return nil, fmt.Errorf("a part stopped: %v", err)
+		}
+	}
+	held := time.Since(created).Seconds()
+	env.Logf("lock liveness: a leaked lock (TTL %s) held the checkpoint for %.2fs; limit %s", leakTTL, held, limit)
+	return append(rows,
+		Row{Name: "lock liveness limit (resolve-locks-after 15s + 2 ticks + flush + 3s)", Value: limit.Seconds(), Unit: "s"},
+		Row{Name: "lock liveness: a leaked lock holds the checkpoint", Value: held, Unit: "s", Baseline: "limit", Ratio: held / limit.Seconds()},
+	), nil
 }
 
 func ignoreCanceled(err error) error {

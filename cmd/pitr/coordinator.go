@@ -28,6 +28,9 @@ type coordinatorFile struct {
 	SessionTTL     duration `toml:"session-ttl"`
 	MaxSlow        int      `toml:"max-slow"`
 	ConnectTimeout duration `toml:"connect-timeout"`
+	// ResolveLocksAfter: resolve dead transactions' locks in ranges whose
+	// checkpoint lags more than this ("60s" by default; negative: off).
+	ResolveLocksAfter duration `toml:"resolve-locks-after"`
 }
 
 // coordinatorOptions is what `pitr coordinator` runs with, after defaults,
@@ -87,6 +90,7 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		cfg.TickInterval, cfg.PollTimeout = file.TickInterval.Duration, file.PollTimeout.Duration
 		cfg.SafePointTTL, cfg.SessionTTL = file.SafePointTTL.Duration, file.SessionTTL.Duration
 		cfg.MaxSlow, cfg.ConnectTimeout = file.MaxSlow, file.ConnectTimeout.Duration
+		cfg.ResolveLocksAfter = file.ResolveLocksAfter.Duration
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel
 		}

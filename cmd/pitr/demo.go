@@ -206,7 +206,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 	for i := range coords {
 		c, err := coordinator.New(coordinator.Config{
 			PDAddrs: []string{pdAddr}, ID: fmt.Sprintf("coordinator-%d", i+1), HTTPAddr: "-",
-			SessionTTL: 3 * time.Second, Logger: d.log,
+			SessionTTL: 3 * time.Second, Logger: d.log, Locks: coordinator.NewLockResolver(d.kv.KVStore),
 		})
 		if err != nil {
 			return fmt.Errorf("start coordinator: %w", err)

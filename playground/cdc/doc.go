@@ -66,7 +66,8 @@
 // to min(TSO, oldest tracked Put/Delete lock in its span) when that is
 // larger. Locks are tracked from the snapshot (seeded while scanning, with
 // the changes observed meanwhile replayed on top) and from live lock Puts,
-// untracked by the write Put of the same start_ts (or a lock Delete). Like
+// untracked only by the write Put of the same start_ts (a lock Delete is
+// ignored, as TiKV's delegate sees Put commands only). Like
 // endpoint.rs on_collect_progress, every subscription with advanced_to > 0
 // is reported on every tick, even when it did not move: per connection
 // (request_id 0), or per request_id with stream multiplexing, regions are

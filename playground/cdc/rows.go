@@ -56,10 +56,16 @@ type lockOp struct {
 
 type lockOpKind int
 
+// Only raft Put commands move TiKV's CDC lock tracker (delegate.rs
+// sink_data → sink_txn_put): a Put/Delete lock in the lock CF tracks it
+// (push_lock), a Commit or Rollback record in the write CF untracks the
+// lock of the same key and start_ts (pop_lock). A lock-CF Delete is
+// skipped like every other Delete command, so a lock that leaves the lock
+// CF without a write record of its start_ts stays tracked and keeps
+// holding the region's resolved ts.
 const (
-	opTrack      lockOpKind = iota + 1 // a Put/Delete lock was written
-	opUntrack                          // a write record of startTS was written
-	opUntrackAny                       // the lock was deleted
+	opTrack   lockOpKind = iota + 1 // a Put/Delete lock was written
+	opUntrack                       // a write record of startTS was written
 )
 
 // lockSet tracks the Put/Delete locks of a subscription's span, by key.
@@ -75,8 +81,6 @@ func (l lockSet) apply(op lockOp) {
 		if ts, ok := l[op.key]; ok && ts == op.startTS {
 			delete(l, op.key)
 		}
-	case opUntrackAny:
-		delete(l, op.key)
 	}
 }
 
@@ -140,12 +144,11 @@ func liveRows(cmd *mvcc.Command, sp span, filterLoop bool) ([]*cdcpb.Event_Row, 
 		}
 		switch {
 		case m.Delete:
-			// TiKV ignores Delete commands for rows; a deleted lock leaves
-			// the tracker (a Put/Delete lock is normally untracked by its
-			// commit or rollback record first).
-			if m.CF == mvcc.CFLock {
-				ops = append(ops, lockOp{key: string(m.Key), kind: opUntrackAny})
-			}
+			// TiKV skips Delete commands, for rows and for the lock
+			// tracker alike (delegate.rs sink_data matches CmdType::Put
+			// only): a lock is untracked by its commit or rollback record,
+			// never by its deletion.
+			continue
 		case m.CF == mvcc.CFLock:
 			l := m.Lock
 			if l == nil || (l.Type != mvcc.LockPut && l.Type != mvcc.LockDelete) {

@@ -40,10 +40,11 @@ func TestLiveRowsTable(t *testing.T) {
 		{"delete lock rewrite", mvcc.Command{Mods: []mvcc.Modify{lockPut("k", mvcc.LockDelete, 5, nil)}},
 			[]string{"PREWRITE DELETE k 5/0 "}, []lockOp{{"k", 5, opTrack}}},
 		{"commit of a lock record", mvcc.Command{Mods: []mvcc.Modify{writePut("k", mvcc.WriteLock, 5, 6, false), unlock("k")}},
-			nil, []lockOp{{"k", 0, opUntrackAny}}},
+			nil, nil},
 		{"1pc lock record", mvcc.Command{OnePC: true, Mods: []mvcc.Modify{writePut("k", mvcc.WriteLock, 5, 6, false)}}, nil, nil},
 		{"commit on another txn's rollback", mvcc.Command{Mods: []mvcc.Modify{writePut("k", mvcc.WritePut, 5, 6, true), unlock("k")}},
-			[]string{"COMMIT PUT k 5/6 "}, []lockOp{{"k", 5, opUntrack}, {"k", 0, opUntrackAny}}},
+			[]string{"COMMIT PUT k 5/6 "}, []lockOp{{"k", 5, opUntrack}}},
+		{"lock deleted without a write record", mvcc.Command{Mods: []mvcc.Modify{unlock("k")}}, nil, nil},
 		{"overlapped rollback rewrite", mvcc.Command{Mods: []mvcc.Modify{writePut("k", mvcc.WritePut, 3, 6, true)}},
 			[]string{"ROLLBACK UNKNOWN k 6/0 "}, []lockOp{{"k", 6, opUntrack}}},
 		{"rows in key order", mvcc.Command{Mods: []mvcc.Modify{lockPut("b", mvcc.LockPut, 5, []byte("1")), lockPut("a", mvcc.LockPut, 5, []byte("2"))}},
@@ -59,6 +60,40 @@ func TestLiveRowsTable(t *testing.T) {
 			require.Equal(t, tc.ops, ops)
 		})
 	}
+}
+
+// TestLockTrackerIgnoresLockDeletes: TiKV's CDC delegate untracks a lock
+// only on a write-CF Put of its start_ts (delegate.rs sink_txn_put →
+// pop_lock); a lock-CF Delete without one, e.g. a rollback that TiKV's
+// make_rollback drops because another txn's commit record sits at the
+// same ts, leaves the lock tracked and the resolved ts where it was.
+func TestLockTrackerIgnoresLockDeletes(t *testing.T) {
+	all := span{start: []byte{}}
+	locks := lockSet{}
+	apply := func(mods ...mvcc.Modify) {
+		_, ops := liveRows(&mvcc.Command{Mods: mods}, all, false)
+		for _, op := range ops {
+			locks.apply(op)
+		}
+	}
+	minTS := func() uint64 {
+		m, ok := locks.min()
+		if !ok {
+			return 0
+		}
+		return m
+	}
+	apply(mvcc.Modify{CF: mvcc.CFLock, Key: []byte("k"), Lock: &mvcc.Lock{Key: []byte("k"), Type: mvcc.LockPut, StartTS: 5, ShortValue: []byte("v"), HasShortValue: true}})
+	require.Equal(t, uint64(5), minTS())
+
+	apply(mvcc.Modify{CF: mvcc.CFLock, Delete: true, Key: []byte("k")})
+	require.Equal(t, uint64(5), minTS(), "a lock Delete alone does not untrack the lock")
+
+	apply(mvcc.Modify{CF: mvcc.CFWrite, Key: []byte("k"), TS: 4, Write: &mvcc.Write{Type: mvcc.WriteRollback, StartTS: 4}})
+	require.Equal(t, uint64(5), minTS(), "a write record of another start_ts does not untrack it")
+
+	apply(mvcc.Modify{CF: mvcc.CFWrite, Key: []byte("k"), TS: 5, Write: &mvcc.Write{Type: mvcc.WriteRollback, StartTS: 5}})
+	require.Zero(t, minTS(), "its rollback record does")
 }
 
 func TestDropSource(t *testing.T) {
