@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -190,4 +191,59 @@ func TestStartTask(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, sz.Put(ctx, logfile.LockPath, lock))
 	require.ErrorIs(t, start(StartOptions{Name: "e", StorageURL: rootZ}), ErrStorageOwned)
+}
+
+// countingPD counts the GC calls a coordinator makes to PD.
+type countingPD struct {
+	PD
+	service, gcRead atomic.Int64
+}
+
+func (p *countingPD) UpdateServiceGCSafePoint(ctx context.Context, id string, ttl int64, sp uint64) (uint64, error) {
+	p.service.Add(1)
+	return p.PD.UpdateServiceGCSafePoint(ctx, id, ttl, sp)
+}
+
+func (p *countingPD) UpdateGCSafePoint(ctx context.Context, sp uint64) (uint64, error) {
+	if sp == 0 {
+		p.gcRead.Add(1)
+	}
+	return p.PD.UpdateGCSafePoint(ctx, sp)
+}
+
+// TestGCCallRate (real-TiKV audit R9): a running task does not call
+// UpdateServiceGCSafePoint and UpdateGCSafePoint(0) every tick (each one is
+// an etcd write or a deprecation WARN on PD, TIKV-PROTOCOLS §8.6): at most
+// once every 10 ticks each, while the checkpoint advances every tick. I3
+// holds at every sample: the service safepoint is held and at or below
+// the checkpoint.
+func TestGCCallRate(t *testing.T) {
+	c := startCluster(t, 0)
+	cli := c.etcd(t)
+	a := startFakeAgent(t, cli, 1, region(1, 1, "", ""))
+	a.serve("rate")
+	startTask(t, c, cli, "rate", nil)
+	const tick = 100 * time.Millisecond
+	pd := &countingPD{PD: c.pd}
+	c.startCoordinator(t, "A", func(cfg *Config) { cfg.PD = pd; cfg.TickInterval = tick })
+
+	first := checkpoint(t, cli, "rate")
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "rate") > first }, 10*time.Second, 20*time.Millisecond)
+	begin, service0, gc0 := time.Now(), pd.service.Load(), pd.gcRead.Load()
+	var lastSP uint64
+	for time.Since(begin) < 4*time.Second {
+		sp, held := safePoints(t, c)["pitr-rate"]
+		cp := checkpoint(t, cli, "rate")
+		require.True(t, held, "I3: the safepoint is held")
+		require.LessOrEqual(t, sp, cp, "I3: safepoint %d at or below the checkpoint %d", sp, cp)
+		require.GreaterOrEqual(t, sp, lastSP, "the safepoint never goes back")
+		lastSP = sp
+		time.Sleep(50 * time.Millisecond) // sampling, not synchronisation
+	}
+	ticks := int64(time.Since(begin) / tick)
+	service, gc := pd.service.Load()-service0, pd.gcRead.Load()-gc0
+	t.Logf("over %d ticks: %d UpdateServiceGCSafePoint, %d UpdateGCSafePoint(0)", ticks, service, gc)
+	require.LessOrEqual(t, service, ticks/10+2, "UpdateServiceGCSafePoint calls over %d ticks", ticks)
+	require.LessOrEqual(t, gc, ticks/10+2, "UpdateGCSafePoint(0) calls over %d ticks", ticks)
+	require.Greater(t, lastSP, first, "the safepoint still follows the checkpoint")
 }
