@@ -22,20 +22,21 @@ import (
 
 // FormatVersion is the version of every small durable object this build
 // writes: 2, the checksummed frame around a version 1 message.
-const FormatVersion = uint32(2)
+const FormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V2)
 
 // legacyVersion is the unframed, unchecksummed version 1.
 const legacyVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1)
 
-// Object kinds, field 2 of the frame. Persisted: never renumber.
+// Object kinds, field 2 of the frame (pitrpb.ObjectKind).
 const (
-	kindMeta       = 1
-	kindTaskInfo   = 2
-	kindLock       = 3
-	kindCheckpoint = 4
+	kindMeta       = byte(pitrpb.ObjectKind_OBJECT_KIND_META)
+	kindTaskInfo   = byte(pitrpb.ObjectKind_OBJECT_KIND_TASK_INFO)
+	kindLock       = byte(pitrpb.ObjectKind_OBJECT_KIND_LOCK)
+	kindCheckpoint = byte(pitrpb.ObjectKind_OBJECT_KIND_GLOBAL_CHECKPOINT)
 )
 
-// Frame field tags (field number << 3 | wire type), as single bytes.
+// Frame field tags (field number << 3 | wire type) of pitrpb.Frame, as
+// single bytes.
 const (
 	tagVersion = 1<<3 | byte(protowire.VarintType)
 	tagKind    = 2<<3 | byte(protowire.VarintType)

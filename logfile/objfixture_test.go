@@ -159,3 +159,23 @@ func TestObjectNewerFrame(t *testing.T) {
 		})
 	}
 }
+
+// TestFrameIsProtoFrame: the hand-written frame is exactly the
+// deterministic encoding of pitrpb.Frame, so any protobuf tool reads it.
+func TestFrameIsProtoFrame(t *testing.T) {
+	b, err := EncodeCheckpoint(fixtureObjCheckpoint())
+	require.NoError(t, err)
+	var f pitrpb.Frame
+	require.NoError(t, proto.Unmarshal(b, &f))
+	require.Equal(t, FormatVersion, f.FormatVersion)
+	require.Equal(t, pitrpb.ObjectKind_OBJECT_KIND_GLOBAL_CHECKPOINT, f.Kind)
+	require.Equal(t, crc32.Checksum(b[:len(b)-4], castagnoli), f.Crc32C)
+	again, err := proto.MarshalOptions{Deterministic: true}.Marshal(&f)
+	require.NoError(t, err)
+	require.Equal(t, b, again)
+	got, err := DecodeCheckpoint(b)
+	require.NoError(t, err)
+	var inner pitrpb.GlobalCheckpoint
+	require.NoError(t, proto.Unmarshal(f.Payload, &inner))
+	require.True(t, proto.Equal(got, &inner))
+}
