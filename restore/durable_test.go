@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
 // overlaySource serves data in place of the object at key.
@@ -115,4 +119,63 @@ func reframe(b []byte, v byte) []byte {
 	b[1] = v
 	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], crc32.MakeTable(crc32.Castagnoli)))
 	return b
+}
+
+// legacy returns a small object as format version 1 wrote it: the bare
+// message, deterministically encoded, without a frame or checksum.
+func legacy(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	c := proto.Clone(m)
+	r := c.ProtoReflect()
+	r.Set(r.Descriptor().Fields().ByName("format_version"), protoreflect.ValueOfUint32(1))
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	require.NoError(t, err)
+	return b
+}
+
+// TestLegacyObjects: a backup written before checksums (format 1 metas,
+// task.pb, pitr.lock, checkpoint/global) still loads to the same content
+// and verifies, and verify says how many objects it could not check byte
+// for byte. A meta under another meta's name is refused.
+func TestLegacyObjects(t *testing.T) {
+	ctx := context.Background()
+	b, _ := smallBackup(t)
+	base, err := Load(ctx, b.st)
+	require.NoError(t, err)
+	res, err := Verify(ctx, b.st, VerifyOptions{})
+	require.NoError(t, err)
+	require.Zero(t, res.Unchecksummed)
+	require.NotContains(t, res.Summary(), "predate")
+
+	dir, st := b.copyTo(t)
+	write := func(key string, data []byte) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.FromSlash(key)), data, 0o644))
+	}
+	write(logfile.LockPath, legacy(t, base.Lock))
+	write(logfile.TaskPath, legacy(t, base.Task))
+	write(logfile.CheckpointPath, legacy(t, &pitrpb.GlobalCheckpoint{Task: base.Task.GetName(), Ts: base.Checkpoint}))
+	for _, m := range base.Metas {
+		write(m.Path, legacy(t, m.Meta))
+	}
+	got, err := Load(ctx, st)
+	require.NoError(t, err)
+	require.Equal(t, base.Checkpoint, got.Checkpoint)
+	require.Len(t, got.Metas, len(base.Metas))
+	for i := range got.Metas {
+		require.Equal(t, uint32(1), got.Metas[i].Meta.GetFormatVersion())
+		got.Metas[i].Meta.FormatVersion = base.Metas[i].Meta.GetFormatVersion()
+		require.True(t, proto.Equal(base.Metas[i].Meta, got.Metas[i].Meta), "meta %s", got.Metas[i].Path)
+	}
+	res, err = Verify(ctx, st, VerifyOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 2+len(base.Metas), res.Unchecksummed)
+	require.Contains(t, res.Summary(), fmt.Sprintf("; %d objects predate checksums (format 1)", 2+len(base.Metas)))
+
+	// A meta copied under another flush's name.
+	raw, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(base.Metas[0].Path)))
+	require.NoError(t, err)
+	write(base.Metas[1].Path, raw)
+	_, err = Load(ctx, st)
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Contains(t, err.Error(), base.Metas[1].Path+" holds the meta of store")
 }
