@@ -408,15 +408,17 @@ func (t *term) holdDue(h heldSafePoint, rev int64, cp uint64, now time.Time) boo
 // refreshes at TTL/3.
 func (t *term) gcSafePoint(ctx context.Context, tasks []*taskInfo, now time.Time) (uint64, error) {
 	fresh := !t.gcAt.IsZero() && now.Sub(t.gcAt) < t.gcInterval()
+	live := 0
 	for _, ti := range tasks {
 		if ti.rec.GetState() == pitrpb.TaskState_TASK_STATE_STOPPED {
 			continue
 		}
+		live++
 		if h, ok := t.holds[ti.name()]; !ok || h.rev != ti.rev {
 			fresh = false
 		}
 	}
-	if fresh {
+	if fresh || live == 0 { // stopped tasks only need their release
 		return t.gcSP, nil
 	}
 	sp, err := t.c.pd.UpdateGCSafePoint(ctx, 0)
