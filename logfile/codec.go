@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
@@ -111,7 +112,34 @@ func decode[M versioned](what string, kind byte, b []byte, m M) (M, error) {
 	if v := m.GetFormatVersion(); v != framed {
 		return m, fmt.Errorf("%w: decode %s: message version %d in a version %d object", ErrCorrupt, what, v, framed)
 	}
+	// Version 1 writers knew every field this build knows (fields are only
+	// ever added), so an unknown field in a version 1 object is damage: a
+	// flipped tag, or a frame whose version was flipped to 1 (two bits),
+	// whose kind, payload and trailer fields this message does not have.
+	if framed == legacyVersion && hasUnknown(m.ProtoReflect()) {
+		return m, fmt.Errorf("%w: decode %s: unknown fields in a version 1 object", ErrCorrupt, what)
+	}
 	return m, nil
+}
+
+// hasUnknown reports whether m or any message inside it has unknown fields.
+func hasUnknown(m protoreflect.Message) bool {
+	if len(m.GetUnknown()) > 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i := 0; i < v.List().Len() && !found; i++ {
+				found = hasUnknown(v.List().Get(i).Message())
+			}
+		case fd.Message() != nil && !fd.IsMap():
+			found = hasUnknown(v.Message())
+		}
+		return !found
+	})
+	return found
 }
 
 // EncodeMeta returns the bytes of a meta file, stamped with FormatVersion.

@@ -89,8 +89,11 @@
 //  2. An object beginning 08 01 is a legacy version 1 object: a bare
 //     message with no checksum, as written before version 2 (every writer
 //     of version 1 marshalled deterministically, so field 1 always came
-//     first). It is decoded and sanity-checked as before; it has no
-//     protection against bit rot. testdata/objects/*-v1* are its fixtures.
+//     first). It is decoded and sanity-checked as before, and refused
+//     (ErrCorrupt) if it holds a field this build does not know: version 1
+//     writers knew no field that this build lacks, so an unknown field is
+//     damage. Otherwise it has no protection against bit rot.
+//     testdata/objects/*-v1* are its fixtures.
 //  3. Anything else is ErrCorrupt.
 //
 // Why a flipped bit can never be taken for valid data: CRC-32C detects
@@ -100,7 +103,10 @@
 // length, kind, trailer or version byte fails rule 1. Bytes 0-1 of a frame
 // (08 02) are two flipped bits away from the legacy start (08 01) and any
 // flip of byte 0 leaves rule 3, so no single flip turns a framed object
-// into an acceptable legacy one. A legacy object stays unprotected until it
+// into an acceptable legacy one; and even those two flips are refused,
+// because the frame's payload (field 3, bytes) and crc32c (field 4,
+// fixed32) have wire types that fields 3 and 4 of the four messages do not
+// have, so they parse as unknown fields. A legacy object stays unprotected until it
 // is rewritten (checkpoint/global is, on the next write; metas never are).
 //
 // A pitr that predates version 2 parses a frame as a message with

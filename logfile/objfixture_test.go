@@ -202,3 +202,22 @@ func FuzzDecodeObjects(f *testing.F) {
 		}
 	})
 }
+
+// TestFrameVersionFlippedToLegacy: the two-bit flip that turns a frame's
+// 08 02 into the legacy start 08 01 is still refused: the frame's own
+// fields are unknown to the message, and a version 1 object never has
+// unknown fields.
+func TestFrameVersionFlippedToLegacy(t *testing.T) {
+	for _, fx := range objectFixtures {
+		if fx.version != FormatVersion {
+			continue
+		}
+		t.Run(fx.file, func(t *testing.T) {
+			b, err := fx.encode()
+			require.NoError(t, err)
+			b[1] = 0x01
+			_, err = fx.decode(b)
+			require.ErrorIs(t, err, ErrCorrupt)
+		})
+	}
+}
