@@ -106,13 +106,13 @@
 // into an acceptable legacy one; and even those two flips are refused,
 // because the frame's payload (field 3, bytes) and crc32c (field 4,
 // fixed32) have wire types that fields 3 and 4 of the four messages do not
-// have, so they parse as unknown fields. A legacy object stays unprotected until it
-// is rewritten (checkpoint/global is, on the next write; metas never are).
+// have, so they parse as unknown fields. A legacy object stays unprotected
+// beyond these checks until it is rewritten (checkpoint/global is, on the
+// next write; metas never are).
 //
 // A pitr that predates version 2 parses a frame as a message with
-// format_version 2 (the other frame fields have wire types that do not
-// match the message's own fields, so protobuf keeps them as unknown
-// fields) and refuses it as too new, asking for an upgrade.
+// format_version 2 (payload and crc32c become unknown fields, the kind at
+// most a bogus field 2) and refuses it as too new, asking for an upgrade.
 //
 // The checksum protects against corruption, not against a writer with
 // access to the storage root.
