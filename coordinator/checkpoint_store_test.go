@@ -12,6 +12,7 @@ import (
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/storage/storagetest"
 )
 
 // TestCheckpointWriter: checkpoint/global only goes up, starting from what
@@ -100,10 +101,21 @@ func (g *gatedStorage) Close() error { return nil }
 // write of 150 is slow; term 2 writes 200 meanwhile; term 1's write then
 // lands. checkpoint/global must stay at 200.
 func TestCheckpointWriterDeposedTerm(t *testing.T) {
+	t.Run("file", func(t *testing.T) {
+		s, err := storage.Open(context.Background(), "file://"+t.TempDir())
+		require.NoError(t, err)
+		defer s.Close()
+		checkDeposedTerm(t, s)
+	})
+	t.Run("minio", func(t *testing.T) {
+		// If-Match as MinIO (and AWS S3) enforce it, through the header
+		// middleware of the pinned SDK.
+		checkDeposedTerm(t, storagetest.StartMinIO(t).NewStorage(t))
+	})
+}
+
+func checkDeposedTerm(t *testing.T, s storage.Storage) {
 	ctx := context.Background()
-	s, err := storage.Open(ctx, "file://"+t.TempDir())
-	require.NoError(t, err)
-	defer s.Close()
 	read := func() *pitrpb.GlobalCheckpoint {
 		b, err := s.Get(ctx, logfile.CheckpointPath)
 		require.NoError(t, err)
