@@ -247,3 +247,33 @@ func TestGCCallRate(t *testing.T) {
 	require.LessOrEqual(t, gc, ticks/10+2, "UpdateGCSafePoint(0) calls over %d ticks", ticks)
 	require.Greater(t, lastSP, first, "the safepoint still follows the checkpoint")
 }
+
+// TestGCPassedWhileRunning: with the GC calls rate-limited, a running
+// term still notices within its GC read interval (10 ticks) when PD's GC
+// has passed a stuck checkpoint (here the safepoint is removed behind its
+// back and GC runs), and fails the task.
+func TestGCPassedWhileRunning(t *testing.T) {
+	c := startCluster(t, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	a := startFakeAgent(t, cli, 1, region(1, 1, "", ""))
+	a.serve("passed")
+	rec := startTask(t, c, cli, "passed", nil)
+	c.startCoordinator(t, "A", nil) // tick 100 ms, TTL 1 h: no refresh due
+	start := rec.GetInfo().GetStartTs()
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "passed") > start }, 10*time.Second, 20*time.Millisecond)
+	cp := checkpoint(t, cli, "passed")
+	a.freeze(cp) // the checkpoint stops: no hold is due for an hour
+	require.Eventually(t, func() bool { return safePoints(t, c)["pitr-passed"] == cp }, 10*time.Second, 20*time.Millisecond)
+
+	_, err := c.pd.UpdateServiceGCSafePoint(ctx, SafePointID("passed"), 0, 0)
+	require.NoError(t, err)
+	gcSP, err := c.p.RunGC(ctx)
+	require.NoError(t, err)
+	require.Greater(t, gcSP, cp)
+	require.Eventually(t, func() bool {
+		return taskState(t, cli, "passed").GetState() == pitrpb.TaskState_TASK_STATE_FAILED
+	}, 10*time.Second, 50*time.Millisecond, "failed within the GC read interval")
+	require.Contains(t, taskState(t, cli, "passed").GetError(), "is above the checkpoint")
+}
