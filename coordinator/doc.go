@@ -19,14 +19,6 @@
 //	          safepoint "pitr-<task>" at it with a TTL (I3). If PD's GC
 //	          safepoint is above the checkpoint, the task fails with a clear
 //	          error.
-//
-// The GC calls are rate-limited (each legacy call is an etcd write or a
-// deprecation WARN on PD): the service safepoint is set on a term's first
-// tick, when the task record changes, when the checkpoint moved and 10
-// ticks have passed, and at TTL/3; in between it stays at an earlier
-// checkpoint of the term, which is at or below the current one (I3). PD's
-// GC safepoint is read every 10 ticks and whenever a task has no hold of
-// this term yet.
 //	paused:   refreshes the safepoint without advancing; a task paused for
 //	          longer than the TTL fails.
 //	failed:   keeps the safepoint held (the task still exists).
@@ -35,6 +27,14 @@
 // and publishes a Status record (task.StatusKey, JSON) that `pitr task
 // status` shows: checkpoint, lag, uncovered ranges, the slowest regions
 // with their reasons, each agent's state and the last error.
+//
+// The GC calls are rate-limited (each legacy call is an etcd write or a
+// deprecation WARN on PD): the service safepoint is set on a term's first
+// tick, when the task record changes, when the checkpoint moved and 10
+// ticks have passed, and at TTL/3; in between it stays at an earlier
+// checkpoint of the term, which is at or below the current one (I3). PD's
+// GC safepoint is read every 10 ticks and whenever a task has no hold of
+// this term yet.
 //
 // The task lifecycle the CLI drives (StartTask, PauseTask, ResumeTask,
 // StopTask, ReadViews) lives here too, so commands and tests share it.
