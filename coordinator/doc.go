@@ -15,9 +15,10 @@
 //	          lower than before: I2), writes it to etcd (fenced, compared
 //	          with the previous value) and to checkpoint/global in storage
 //	          (only upwards, by a background writer per task so a slow
-//	          storage does not stall the tick), then sets the PD service safepoint
-//	          "pitr-<task>" to it with a TTL (I3). If PD's GC safepoint is
-//	          above the checkpoint, the task fails with a clear error.
+//	          storage does not stall the tick), then holds the PD service
+//	          safepoint "pitr-<task>" at it with a TTL (I3). If PD's GC
+//	          safepoint is above the checkpoint, the task fails with a clear
+//	          error.
 //	paused:   refreshes the safepoint without advancing; a task paused for
 //	          longer than the TTL fails.
 //	failed:   keeps the safepoint held (the task still exists).
@@ -27,12 +28,20 @@
 // status` shows: checkpoint, lag, uncovered ranges, the slowest regions
 // with their reasons, each agent's state and the last error.
 //
+// The GC calls are rate-limited (each legacy call is an etcd write or a
+// deprecation WARN on PD): the service safepoint is set on a term's first
+// tick, when the task record changes, when the checkpoint moved and 10
+// ticks have passed, and at TTL/3; in between it stays at an earlier
+// checkpoint of the term, which is at or below the current one (I3). PD's
+// GC safepoint is read every 10 ticks and whenever a task has no hold of
+// this term yet.
+//
 // The task lifecycle the CLI drives (StartTask, PauseTask, ResumeTask,
 // StopTask, ReadViews) lives here too, so commands and tests share it.
 //
-// Known window: storage has no compare-and-swap, so a leader deposed
-// between its fenced etcd write and its storage write could still put an
-// older (but valid) checkpoint over a newer one in checkpoint/global; the
-// write is skipped once the term's stop channel is closed, which leaves
-// only a stalled process in that window.
+// checkpoint/global is written with a read-compare-conditional-write
+// (storage.PutIfMatch on the version read): a leader deposed between its
+// fenced etcd write and its storage write cannot put an older checkpoint
+// over a newer one. On an S3 server that ignores If-Match this degrades
+// to read-compare-write, racy only between that read and that write.
 package coordinator

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -190,4 +191,89 @@ func TestStartTask(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, sz.Put(ctx, logfile.LockPath, lock))
 	require.ErrorIs(t, start(StartOptions{Name: "e", StorageURL: rootZ}), ErrStorageOwned)
+}
+
+// countingPD counts the GC calls a coordinator makes to PD.
+type countingPD struct {
+	PD
+	service, gcRead atomic.Int64
+}
+
+func (p *countingPD) UpdateServiceGCSafePoint(ctx context.Context, id string, ttl int64, sp uint64) (uint64, error) {
+	p.service.Add(1)
+	return p.PD.UpdateServiceGCSafePoint(ctx, id, ttl, sp)
+}
+
+func (p *countingPD) UpdateGCSafePoint(ctx context.Context, sp uint64) (uint64, error) {
+	if sp == 0 {
+		p.gcRead.Add(1)
+	}
+	return p.PD.UpdateGCSafePoint(ctx, sp)
+}
+
+// TestGCCallRate (real-TiKV audit R9): a running task does not call
+// UpdateServiceGCSafePoint and UpdateGCSafePoint(0) every tick (each one is
+// an etcd write or a deprecation WARN on PD, TIKV-PROTOCOLS §8.6): at most
+// once every 10 ticks each, while the checkpoint advances every tick. I3
+// holds at every sample: the service safepoint is held and at or below
+// the checkpoint.
+func TestGCCallRate(t *testing.T) {
+	c := startCluster(t, 0)
+	cli := c.etcd(t)
+	a := startFakeAgent(t, cli, 1, region(1, 1, "", ""))
+	a.serve("rate")
+	startTask(t, c, cli, "rate", nil)
+	const tick = 100 * time.Millisecond
+	pd := &countingPD{PD: c.pd}
+	c.startCoordinator(t, "A", func(cfg *Config) { cfg.PD = pd; cfg.TickInterval = tick })
+
+	first := checkpoint(t, cli, "rate")
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "rate") > first }, 10*time.Second, 20*time.Millisecond)
+	begin, service0, gc0 := time.Now(), pd.service.Load(), pd.gcRead.Load()
+	var lastSP uint64
+	for time.Since(begin) < 4*time.Second {
+		sp, held := safePoints(t, c)["pitr-rate"]
+		cp := checkpoint(t, cli, "rate")
+		require.True(t, held, "I3: the safepoint is held")
+		require.LessOrEqual(t, sp, cp, "I3: safepoint %d at or below the checkpoint %d", sp, cp)
+		require.GreaterOrEqual(t, sp, lastSP, "the safepoint never goes back")
+		lastSP = sp
+		time.Sleep(50 * time.Millisecond) // sampling, not synchronisation
+	}
+	ticks := int64(time.Since(begin) / tick)
+	service, gc := pd.service.Load()-service0, pd.gcRead.Load()-gc0
+	t.Logf("over %d ticks: %d UpdateServiceGCSafePoint, %d UpdateGCSafePoint(0)", ticks, service, gc)
+	require.LessOrEqual(t, service, ticks/10+2, "UpdateServiceGCSafePoint calls over %d ticks", ticks)
+	require.LessOrEqual(t, gc, ticks/10+2, "UpdateGCSafePoint(0) calls over %d ticks", ticks)
+	require.Greater(t, lastSP, first, "the safepoint still follows the checkpoint")
+}
+
+// TestGCPassedWhileRunning: with the GC calls rate-limited, a running
+// term still notices within its GC read interval (10 ticks) when PD's GC
+// has passed a stuck checkpoint (here the safepoint is removed behind its
+// back and GC runs), and fails the task.
+func TestGCPassedWhileRunning(t *testing.T) {
+	c := startCluster(t, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	a := startFakeAgent(t, cli, 1, region(1, 1, "", ""))
+	a.serve("passed")
+	rec := startTask(t, c, cli, "passed", nil)
+	c.startCoordinator(t, "A", nil) // tick 100 ms, TTL 1 h: no refresh due
+	start := rec.GetInfo().GetStartTs()
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "passed") > start }, 10*time.Second, 20*time.Millisecond)
+	cp := checkpoint(t, cli, "passed")
+	a.freeze(cp) // the checkpoint stops: no hold is due for an hour
+	require.Eventually(t, func() bool { return safePoints(t, c)["pitr-passed"] == cp }, 10*time.Second, 20*time.Millisecond)
+
+	_, err := c.pd.UpdateServiceGCSafePoint(ctx, SafePointID("passed"), 0, 0)
+	require.NoError(t, err)
+	gcSP, err := c.p.RunGC(ctx)
+	require.NoError(t, err)
+	require.Greater(t, gcSP, cp)
+	require.Eventually(t, func() bool {
+		return taskState(t, cli, "passed").GetState() == pitrpb.TaskState_TASK_STATE_FAILED
+	}, 10*time.Second, 50*time.Millisecond, "failed within the GC read interval")
+	require.Contains(t, taskState(t, cli, "passed").GetError(), "is above the checkpoint")
 }

@@ -33,6 +33,20 @@ type term struct {
 	wg       sync.WaitGroup       // the writers' goroutines
 	released map[string]bool      // stopped tasks whose safepoint this term removed
 	locks    *lockKeeper          // lock resolutions (see locks.go)
+
+	// GC calls are rate-limited (real-TiKV audit R9, TIKV-PROTOCOLS §8.6):
+	// each legacy call is an etcd write or a deprecation WARN on PD.
+	holds map[string]heldSafePoint // the service safepoint this term last set, per task
+	gcSP  uint64                   // PD's GC safepoint as last read
+	gcAt  time.Time                // when; zero: never
+}
+
+// heldSafePoint is one UpdateServiceGCSafePoint this term made.
+type heldSafePoint struct {
+	cp   uint64    // the safepoint asked for
+	rev  int64     // the task record's revision then
+	at   time.Time // when
+	held bool      // PD stored it (its minimum was at or below cp)
 }
 
 // newTerm makes the term of an election won; parent is closed when the
@@ -45,6 +59,7 @@ func newTerm(c *Coordinator, key string, rev int64, parent <-chan struct{}) *ter
 		c: c, log: c.log.With("term", rev), key: key, rev: rev,
 		stop: stop, halt: func() { once.Do(func() { close(stop) }) }, parent: parent,
 		pool: newAgentPool(), writers: map[string]*cpWriter{}, released: map[string]bool{},
+		holds: map[string]heldSafePoint{},
 	}
 }
 
@@ -213,10 +228,7 @@ func (t *term) tick(ctx context.Context) error {
 	t.pool.keep(agents)
 	t.c.met.agentsReg.Set(float64(len(agents)))
 
-	gcSP, gcErr := t.c.pd.UpdateGCSafePoint(ctx, 0)
-	if gcErr != nil {
-		gcErr = fmt.Errorf("read GC safepoint: %w", gcErr)
-	}
+	gcSP, gcErr := t.gcSafePoint(ctx, tasks, now)
 	var errs []error
 	up := map[uint64]bool{}
 	for _, ti := range tasks {
@@ -330,17 +342,31 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		problems = append(problems, e)
 	}
 
-	// Hold GC at the checkpoint (I3).
-	if v.hold {
+	// Hold GC at the checkpoint (I3), or at an earlier checkpoint of this
+	// term: any value at or below the checkpoint keeps I3, so the call is
+	// made only when it is due (see holdDue).
+	if h, ok := t.holds[name]; v.hold && ok && !t.holdDue(h, ti.rev, cp, now) {
+		if h.held {
+			st.SafePoint = h.cp
+		}
+	} else if v.hold {
 		min, err := t.c.pd.UpdateServiceGCSafePoint(ctx, SafePointID(name), int64(ttl/time.Second), cp)
 		switch {
 		case err != nil:
+			// The last hold stays valid until its TTL; due again next tick.
 			problems = append(problems, fmt.Sprintf("hold GC safepoint: %v", err))
+			if ok && h.held {
+				st.SafePoint = h.cp
+			}
 		case min > cp && !failed:
+			delete(t.holds, name)
 			return t.failTask(ctx, ti, fmt.Sprintf("PD cannot hold GC at the checkpoint %d (%s): its minimum service safepoint is %d; GC may have removed versions the backup needs; stop this task and start a new one",
 				cp, TSTime(cp).UTC().Format(time.RFC3339), min), now)
-		case min <= cp:
-			st.SafePoint = cp
+		default:
+			t.holds[name] = heldSafePoint{cp: cp, rev: ti.rev, at: now, held: min <= cp}
+			if min <= cp {
+				st.SafePoint = cp
+			}
 		}
 	}
 
@@ -360,6 +386,51 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 	return err
 }
 
+// gcInterval is how often a term reads PD's GC safepoint and, while the
+// checkpoint moves, moves the service safepoint: every 10 ticks (10 s at
+// the default tick; BR's advancer refreshes every 12 s).
+func (t *term) gcInterval() time.Duration { return 10 * t.c.cfg.TickInterval }
+
+// holdDue reports whether a task's service safepoint must be set again:
+// the task record changed (paused, resumed, failed: someone else may have
+// set it), the checkpoint moved and gcInterval has passed, or TTL/3 has
+// passed (the refresh that keeps it from expiring).
+func (t *term) holdDue(h heldSafePoint, rev int64, cp uint64, now time.Time) bool {
+	ttl := t.c.cfg.SafePointTTL
+	age := now.Sub(h.at)
+	return h.rev != rev || age >= ttl/3 || (h.cp != cp && age >= min(t.gcInterval(), ttl/3))
+}
+
+// gcSafePoint returns PD's GC safepoint, read with UpdateGCSafePoint(0) at
+// most every gcInterval, and at once when a task needs a decision this term
+// has no hold for (its first tick, a state change). Between reads the
+// cached value is safe: the GC safepoint only moves forward, and once this
+// term holds a task's service safepoint at or below its checkpoint, GC
+// cannot pass that checkpoint before the hold's TTL, which holdDue
+// refreshes at TTL/3.
+func (t *term) gcSafePoint(ctx context.Context, tasks []*taskInfo, now time.Time) (uint64, error) {
+	fresh := !t.gcAt.IsZero() && now.Sub(t.gcAt) < t.gcInterval()
+	live := 0
+	for _, ti := range tasks {
+		if ti.rec.GetState() == pitrpb.TaskState_TASK_STATE_STOPPED {
+			continue
+		}
+		live++
+		if h, ok := t.holds[ti.name()]; !ok || h.rev != ti.rev {
+			fresh = false
+		}
+	}
+	if fresh || live == 0 { // stopped tasks only need their release
+		return t.gcSP, nil
+	}
+	sp, err := t.c.pd.UpdateGCSafePoint(ctx, 0)
+	if err != nil {
+		return 0, fmt.Errorf("read GC safepoint: %w", err)
+	}
+	t.gcSP, t.gcAt = max(t.gcSP, sp), now
+	return t.gcSP, nil
+}
+
 // recheck releases the safepoint of a task that is stopped or gone.
 func (t *term) recheck(ctx context.Context, name string) error {
 	rec, _, err := task.Get(ctx, t.c.etcd, name)
@@ -371,6 +442,7 @@ func (t *term) recheck(ctx context.Context, name string) error {
 
 // release removes a task's PD service safepoint.
 func (t *term) release(ctx context.Context, name string) error {
+	delete(t.holds, name)
 	if _, err := t.c.pd.UpdateServiceGCSafePoint(ctx, SafePointID(name), 0, 0); err != nil {
 		return fmt.Errorf("remove GC safepoint %s: %w", SafePointID(name), err)
 	}

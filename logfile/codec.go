@@ -1,20 +1,50 @@
 package logfile
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pitrpb "github.com/pitr-io/pitr/proto"
-	"google.golang.org/protobuf/proto"
 )
 
-// The small durable objects (meta, task.pb, pitr.lock, checkpoint/global) are
-// plain protobuf messages of package pitrpb, each with format_version = 1.
-// Encode stamps the version this build writes; Decode refuses garbage
-// (ErrCorrupt), a missing version (ErrCorrupt) and a newer version
-// (ErrFormat). Encoding is deterministic, so equal messages give equal bytes.
+// The small durable objects (meta, task.pb, pitr.lock, checkpoint/global)
+// are protobuf messages of package pitrpb in the checksummed frame that
+// doc.go specifies ("Small durable objects"). Encode stamps the version this
+// build writes and frames the message; Decode checks the frame's CRC-32C
+// before it looks at any field, then refuses garbage and damage
+// (ErrCorrupt) and a newer version (ErrFormat). It still reads the
+// unframed version 1. Encoding is deterministic, so equal messages give
+// equal bytes.
 
-// FormatVersion is the version of every durable object this build writes.
-const FormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1)
+// FormatVersion is the version of every small durable object this build
+// writes: 2, the checksummed frame around a version 1 message.
+const FormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V2)
+
+// legacyVersion is the unframed, unchecksummed version 1.
+const legacyVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1)
+
+// Object kinds, field 2 of the frame (pitrpb.ObjectKind).
+const (
+	kindMeta       = byte(pitrpb.ObjectKind_OBJECT_KIND_META)
+	kindTaskInfo   = byte(pitrpb.ObjectKind_OBJECT_KIND_TASK_INFO)
+	kindLock       = byte(pitrpb.ObjectKind_OBJECT_KIND_LOCK)
+	kindCheckpoint = byte(pitrpb.ObjectKind_OBJECT_KIND_GLOBAL_CHECKPOINT)
+)
+
+// Frame field tags (field number << 3 | wire type) of pitrpb.Frame, as
+// single bytes.
+const (
+	tagVersion = 1<<3 | byte(protowire.VarintType)
+	tagKind    = 2<<3 | byte(protowire.VarintType)
+	tagPayload = 3<<3 | byte(protowire.BytesType)
+	tagCRC     = 4<<3 | byte(protowire.Fixed32Type)
+	trailerLen = 5 // tagCRC and 4 bytes of CRC-32C
+)
 
 var marshal = proto.MarshalOptions{Deterministic: true}
 
@@ -23,23 +53,93 @@ type versioned interface {
 	GetFormatVersion() uint32
 }
 
-func encode[M versioned](m M, stamp func(M)) ([]byte, error) {
+func encode[M versioned](kind byte, m M, stamp func(M)) ([]byte, error) {
 	c := proto.Clone(m).(M)
 	stamp(c)
-	return marshal.Marshal(c)
+	payload, err := marshal.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, 4+protowire.SizeBytes(len(payload))+trailerLen)
+	b = append(b, tagVersion, byte(FormatVersion), tagKind, kind, tagPayload)
+	b = protowire.AppendBytes(b, payload)
+	b = append(b, tagCRC)
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
 }
 
-func decode[M versioned](what string, b []byte, m M) (M, error) {
-	if err := proto.Unmarshal(b, m); err != nil {
+// unframe returns the message bytes of an object and the version they were
+// written with, after the checks of doc.go's reader rules 1-3.
+func unframe(what string, kind byte, b []byte) ([]byte, uint32, error) {
+	if len(b) < 2 || b[0] != tagVersion || b[1] == 0 {
+		return nil, 0, fmt.Errorf("%w: decode %s: not a pitr object (no format version)", ErrCorrupt, what)
+	}
+	if b[1] == byte(legacyVersion) {
+		return b, legacyVersion, nil
+	}
+	n := len(b)
+	if n < 2+trailerLen || b[n-trailerLen] != tagCRC {
+		return nil, 0, fmt.Errorf("%w: decode %s: %d bytes without a checksum trailer", ErrCorrupt, what, n)
+	}
+	if got, want := crc32.Checksum(b[:n-4], castagnoli), binary.LittleEndian.Uint32(b[n-4:]); got != want {
+		return nil, 0, fmt.Errorf("%w: decode %s: CRC-32C %08x, want %08x", ErrCorrupt, what, got, want)
+	}
+	v, vn := protowire.ConsumeVarint(b[1:])
+	if vn < 0 || v > uint64(^uint32(0)) {
+		return nil, 0, fmt.Errorf("%w: decode %s: bad format version", ErrCorrupt, what)
+	}
+	if uint32(v) > FormatVersion {
+		return nil, 0, fmt.Errorf("%w: %s version %d (this build reads up to %d)", ErrFormat, what, v, FormatVersion)
+	}
+	body := b[1+vn : n-trailerLen]
+	if len(body) < 3 || body[0] != tagKind || body[1] != kind || body[2] != tagPayload {
+		return nil, 0, fmt.Errorf("%w: decode %s: not a %s frame", ErrCorrupt, what, what)
+	}
+	payload, pn := protowire.ConsumeBytes(body[2+1:])
+	if pn < 0 || 3+pn != len(body) {
+		return nil, 0, fmt.Errorf("%w: decode %s: payload length does not match the object's size", ErrCorrupt, what)
+	}
+	return payload, uint32(v), nil
+}
+
+func decode[M versioned](what string, kind byte, b []byte, m M) (M, error) {
+	payload, framed, err := unframe(what, kind, b)
+	if err != nil {
+		return m, err
+	}
+	if err := proto.Unmarshal(payload, m); err != nil {
 		return m, fmt.Errorf("%w: decode %s: %v", ErrCorrupt, what, err)
 	}
-	switch v := m.GetFormatVersion(); {
-	case v == 0:
-		return m, fmt.Errorf("%w: decode %s: no format version", ErrCorrupt, what)
-	case v > FormatVersion:
-		return m, fmt.Errorf("%w: %s version %d (this build reads up to %d)", ErrFormat, what, v, FormatVersion)
+	if v := m.GetFormatVersion(); v != framed {
+		return m, fmt.Errorf("%w: decode %s: message version %d in a version %d object", ErrCorrupt, what, v, framed)
+	}
+	// Version 1 writers knew every field this build knows (fields are only
+	// ever added), so an unknown field in a version 1 object is damage: a
+	// flipped tag, or a frame whose version was flipped to 1 (two bits),
+	// whose kind, payload and trailer fields this message does not have.
+	if framed == legacyVersion && hasUnknown(m.ProtoReflect()) {
+		return m, fmt.Errorf("%w: decode %s: unknown fields in a version 1 object", ErrCorrupt, what)
 	}
 	return m, nil
+}
+
+// hasUnknown reports whether m or any message inside it has unknown fields.
+func hasUnknown(m protoreflect.Message) bool {
+	if len(m.GetUnknown()) > 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i := 0; i < v.List().Len() && !found; i++ {
+				found = hasUnknown(v.List().Get(i).Message())
+			}
+		case fd.Message() != nil && !fd.IsMap():
+			found = hasUnknown(v.Message())
+		}
+		return !found
+	})
+	return found
 }
 
 // EncodeMeta returns the bytes of a meta file, stamped with FormatVersion.
@@ -48,12 +148,12 @@ func EncodeMeta(m *pitrpb.Meta) ([]byte, error) {
 	if err := validateMeta(m); err != nil {
 		return nil, fmt.Errorf("encode meta: %w", err)
 	}
-	return encode(m, func(c *pitrpb.Meta) { c.FormatVersion = FormatVersion })
+	return encode(kindMeta, m, func(c *pitrpb.Meta) { c.FormatVersion = FormatVersion })
 }
 
-// DecodeMeta parses and checks a meta file.
+// DecodeMeta verifies and parses a meta file.
 func DecodeMeta(b []byte) (*pitrpb.Meta, error) {
-	m, err := decode("meta", b, &pitrpb.Meta{})
+	m, err := decode("meta", kindMeta, b, &pitrpb.Meta{})
 	if err != nil {
 		return nil, err
 	}
@@ -86,30 +186,30 @@ func validateMeta(m *pitrpb.Meta) error {
 
 // EncodeTaskInfo returns the bytes of task.pb.
 func EncodeTaskInfo(m *pitrpb.TaskInfo) ([]byte, error) {
-	return encode(m, func(c *pitrpb.TaskInfo) { c.FormatVersion = FormatVersion })
+	return encode(kindTaskInfo, m, func(c *pitrpb.TaskInfo) { c.FormatVersion = FormatVersion })
 }
 
-// DecodeTaskInfo parses task.pb.
+// DecodeTaskInfo verifies and parses task.pb.
 func DecodeTaskInfo(b []byte) (*pitrpb.TaskInfo, error) {
-	return decode("task info", b, &pitrpb.TaskInfo{})
+	return decode("task info", kindTaskInfo, b, &pitrpb.TaskInfo{})
 }
 
 // EncodeLock returns the bytes of pitr.lock.
 func EncodeLock(m *pitrpb.Lock) ([]byte, error) {
-	return encode(m, func(c *pitrpb.Lock) { c.FormatVersion = FormatVersion })
+	return encode(kindLock, m, func(c *pitrpb.Lock) { c.FormatVersion = FormatVersion })
 }
 
-// DecodeLock parses pitr.lock.
+// DecodeLock verifies and parses pitr.lock.
 func DecodeLock(b []byte) (*pitrpb.Lock, error) {
-	return decode("lock", b, &pitrpb.Lock{})
+	return decode("lock", kindLock, b, &pitrpb.Lock{})
 }
 
 // EncodeCheckpoint returns the bytes of checkpoint/global.
 func EncodeCheckpoint(m *pitrpb.GlobalCheckpoint) ([]byte, error) {
-	return encode(m, func(c *pitrpb.GlobalCheckpoint) { c.FormatVersion = FormatVersion })
+	return encode(kindCheckpoint, m, func(c *pitrpb.GlobalCheckpoint) { c.FormatVersion = FormatVersion })
 }
 
-// DecodeCheckpoint parses checkpoint/global.
+// DecodeCheckpoint verifies and parses checkpoint/global.
 func DecodeCheckpoint(b []byte) (*pitrpb.GlobalCheckpoint, error) {
-	return decode("global checkpoint", b, &pitrpb.GlobalCheckpoint{})
+	return decode("global checkpoint", kindCheckpoint, b, &pitrpb.GlobalCheckpoint{})
 }

@@ -94,7 +94,9 @@ func TestMetaCodec(t *testing.T) {
 	}{
 		{"garbage", func() []byte { return []byte{0xff, 0xff, 0xff} }, ErrCorrupt},
 		{"no-version", func() []byte { b, _ := proto.Marshal(sampleMeta()); return b }, ErrCorrupt},
-		{"newer", func() []byte { m := sampleMeta(); m.FormatVersion = 2; b, _ := proto.Marshal(m); return b }, ErrFormat},
+		{"bare-v2", func() []byte { m := sampleMeta(); m.FormatVersion = 2; b, _ := proto.Marshal(m); return b }, ErrCorrupt},
+		{"newer", func() []byte { b, _ := EncodeMeta(sampleMeta()); return reframe(t, b, 3) }, ErrFormat},
+		{"legacy-v1", func() []byte { m := sampleMeta(); m.FormatVersion = 1; b, _ := proto.Marshal(m); return b }, nil},
 		{"bad-sha", func() []byte {
 			m := sampleMeta()
 			m.FormatVersion = 1
@@ -112,6 +114,10 @@ func TestMetaCodec(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeMeta(tc.b())
+			if tc.err == nil {
+				require.NoError(t, err)
+				return
+			}
 			require.ErrorIs(t, err, tc.err)
 		})
 	}
@@ -138,9 +144,10 @@ func TestSmallObjectCodecs(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(42), gotCP.Ts)
 
-	newer, _ := proto.Marshal(&pitrpb.GlobalCheckpoint{FormatVersion: 9, Ts: 1})
-	_, err = DecodeCheckpoint(newer)
+	_, err = DecodeCheckpoint(reframe(t, b, 9))
 	require.ErrorIs(t, err, ErrFormat)
+	_, err = DecodeLock(b)
+	require.ErrorIs(t, err, ErrCorrupt, "a checkpoint is not a lock")
 	_, err = DecodeLock(nil)
 	require.ErrorIs(t, err, ErrCorrupt)
 }

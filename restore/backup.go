@@ -51,8 +51,10 @@ const metaConcurrency = 16
 
 // Load reads pitr.lock, task.pb, checkpoint/global and every meta under
 // meta/. A root without pitr.lock or task.pb, or owned by another task, is
-// ErrNotBackup; an undecodable object is ErrCorrupt; one written by a newer
-// pitr is ErrFormat.
+// ErrNotBackup; an object whose checksum fails or that does not decode, or
+// a meta whose content does not match its name, is ErrCorrupt; one written
+// by a newer pitr is ErrFormat. Objects of format version 1 (before
+// checksums) are still read.
 func Load(ctx context.Context, src Source) (*Backup, error) {
 	b := &Backup{URL: src.URL()}
 	lockBytes, err := src.Get(ctx, logfile.LockPath)
@@ -129,7 +131,8 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 }
 
 func loadMeta(ctx context.Context, src Source, p, task string) (MetaFile, error) {
-	if _, _, err := logfile.ParseMetaPath(p); err != nil {
+	flushTS, store, err := logfile.ParseMetaPath(p)
+	if err != nil {
 		return MetaFile{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	raw, err := src.Get(ctx, p)
@@ -144,6 +147,12 @@ func loadMeta(ctx context.Context, src Source, p, task string) (MetaFile, error)
 	}
 	if t := m.GetTask(); t != "" && t != task {
 		return MetaFile{}, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, p, t, task)
+	}
+	// The name is part of what the meta claims (restore orders by it): a
+	// meta under another flush's or store's name, or a version 1 meta
+	// (no checksum) with a flipped flush_ts or store_id, is refused.
+	if m.GetFlushTs() != flushTS || m.GetStoreId() != store {
+		return MetaFile{}, fmt.Errorf("%w: %s holds the meta of store %d at flush ts %d", ErrCorrupt, p, m.GetStoreId(), m.GetFlushTs())
 	}
 	return MetaFile{Path: p, Meta: m}, nil
 }

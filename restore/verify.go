@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
 // VerifyOptions configures Verify.
@@ -24,18 +26,27 @@ type VerifyResult struct {
 	Bytes    int64
 	From, To uint64
 	Ranges   []KeyRange
+	// Unchecksummed counts the objects (metas, task.pb, pitr.lock) of
+	// format version 1, written before objects carried a checksum: their
+	// content could not be verified byte for byte.
+	Unchecksummed int
 }
 
 // Summary is the one line printed when verify succeeds.
 func (r *VerifyResult) Summary() string {
-	return fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
+	s := fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
 		r.Task, r.Metas, r.Files, fmtBytes(r.Bytes), len(r.Ranges), FormatTS(r.From), FormatTS(r.To))
+	if r.Unchecksummed > 0 {
+		s += fmt.Sprintf("; %d objects predate checksums (format 1) and were only parsed", r.Unchecksummed)
+	}
+	return s
 }
 
 // Verify checks a backup offline, without any cluster, and returns the
 // first problem it finds:
-//   - the root is a pitr backup of one task (ErrNotBackup), every meta
-//     parses (ErrCorrupt, ErrFormat);
+//   - the root is a pitr backup of one task (ErrNotBackup); every meta,
+//     task.pb, pitr.lock and checkpoint/global passes its CRC-32C and
+//     parses, and every meta matches its name (ErrCorrupt, ErrFormat);
 //   - the restore point is in [start_ts, checkpoint] (ErrOutOfRange);
 //   - the metas' coverage leaves no hole in task ranges × (start_ts, T]
 //     (ErrMissing, naming the key range and ts interval);
@@ -59,6 +70,17 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 			ErrOutOfRange, FormatTS(to), FormatTS(start), FormatTS(cp))
 	}
 	res := &VerifyResult{Task: b.Task.GetName(), Metas: len(b.Metas), From: start, To: to, Ranges: taskRanges(b.Task)}
+	legacy := uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1)
+	for _, v := range []uint32{b.Lock.GetFormatVersion(), b.Task.GetFormatVersion()} {
+		if v == legacy {
+			res.Unchecksummed++
+		}
+	}
+	for _, m := range b.Metas {
+		if m.Meta.GetFormatVersion() == legacy {
+			res.Unchecksummed++
+		}
+	}
 	if err := CheckCoverage(res.Ranges, b.Metas, start, to); err != nil {
 		return nil, err
 	}

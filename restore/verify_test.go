@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
@@ -126,8 +125,9 @@ func TestVerify(t *testing.T) {
 	})
 	t.Run("newer task format", func(t *testing.T) {
 		dir, st := b.copyTo(t)
-		raw, err := proto.Marshal(&pitrpb.TaskInfo{FormatVersion: 2, Name: "small", StartTs: cuts[0], StartedEmpty: true})
+		raw, err := logfile.EncodeTaskInfo(&pitrpb.TaskInfo{Name: "small", StartTs: cuts[0], StartedEmpty: true})
 		require.NoError(t, err)
+		raw = reframe(raw, 3)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, logfile.TaskPath), raw, 0o644))
 		_, err = Verify(ctx, st, VerifyOptions{})
 		require.ErrorIs(t, err, ErrFormat)
@@ -138,12 +138,7 @@ func TestVerify(t *testing.T) {
 		p := filepath.Join(dir, filepath.FromSlash(logfile.MetaPath(cuts[1], 2)))
 		raw, err := os.ReadFile(p)
 		require.NoError(t, err)
-		m, err := logfile.DecodeMeta(raw)
-		require.NoError(t, err)
-		m.FormatVersion = 3
-		raw, err = proto.Marshal(m)
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(p, raw, 0o644))
+		require.NoError(t, os.WriteFile(p, reframe(raw, 3), 0o644))
 		_, err = Verify(ctx, st, VerifyOptions{})
 		require.ErrorIs(t, err, ErrFormat)
 	})

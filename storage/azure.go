@@ -116,6 +116,8 @@ func openAzure(ctx context.Context, u *url.URL, cfg openConfig) (Storage, error)
 		red:         red,
 		cfg:         cfg,
 		conditional: azureIfNoneMatch,
+		ifMatch:     azureIfMatch,
+		version:     etagVersion,
 	}, nil
 }
 
@@ -135,4 +137,28 @@ func azureIfNoneMatch(asFunc func(any) bool) error {
 	any := azcore.ETagAny
 	opts.AccessConditions.ModifiedAccessConditions.IfNoneMatch = &any
 	return nil
+}
+
+// azureIfMatch makes the commit of the block list conditional on
+// If-Match: <etag> (If-None-Match: * for NoVersion); a mismatch is 412
+// ConditionNotMet.
+func azureIfMatch(v Version) func(asFunc func(any) bool) error {
+	if v == NoVersion {
+		return azureIfNoneMatch
+	}
+	return func(asFunc func(any) bool) error {
+		var opts *azblob.UploadStreamOptions
+		if !asFunc(&opts) {
+			return errors.New("azure: conditional write: upload options not reachable")
+		}
+		if opts.AccessConditions == nil {
+			opts.AccessConditions = &blob.AccessConditions{}
+		}
+		if opts.AccessConditions.ModifiedAccessConditions == nil {
+			opts.AccessConditions.ModifiedAccessConditions = &blob.ModifiedAccessConditions{}
+		}
+		etag := azcore.ETag(v)
+		opts.AccessConditions.ModifiedAccessConditions.IfMatch = &etag
+		return nil
+	}
 }

@@ -3,6 +3,8 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +27,11 @@ type blobStorage struct {
 	// (If-None-Match: * or the backend's equivalent), through the driver's
 	// BeforeWrite As hook.
 	conditional func(asFunc func(any) bool) error
+	// ifMatch, if set, returns the BeforeWrite hook that makes a write
+	// fail unless the object is at version v (v == NoVersion: absent).
+	ifMatch func(v Version) func(asFunc func(any) bool) error
+	// version returns the Version of an object from its attributes.
+	version func(a *blob.Attributes) (Version, error)
 	// conditionalPartSize forces single-request uploads for conditional
 	// writes (S3 conditions apply to PutObject, not to parts).
 	conditionalSinglePart bool
@@ -86,7 +93,7 @@ func (s *blobStorage) Put(ctx context.Context, key string, data []byte) error {
 		return err
 	}
 	defer s.lockMem()()
-	return s.write(ctx, "put", key, bytes.NewReader(data), int64(len(data)), false)
+	return s.write(ctx, "put", key, bytes.NewReader(data), int64(len(data)), nil)
 }
 
 func (s *blobStorage) PutReader(ctx context.Context, key string, r io.Reader, size int64) error {
@@ -94,7 +101,7 @@ func (s *blobStorage) PutReader(ctx context.Context, key string, r io.Reader, si
 		return err
 	}
 	defer s.lockMem()()
-	return s.write(ctx, "put", key, r, size, false)
+	return s.write(ctx, "put", key, r, size, nil)
 }
 
 // write streams r to key.
@@ -105,7 +112,8 @@ func (s *blobStorage) PutReader(ctx context.Context, key string, r io.Reader, si
 // gcsblob would, on Close with a live context). bucket.Upload rather than
 // Writer.Write keeps s3blob and azureblob on their Uploader path, whose
 // error handling is free of the data race their pipe path has on failure.
-func (s *blobStorage) write(ctx context.Context, op, key string, r io.Reader, size int64, conditional bool) error {
+func (s *blobStorage) write(ctx context.Context, op, key string, r io.Reader, size int64, cond func(asFunc func(any) bool) error) error {
+	conditional := cond != nil
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	partSize := s.cfg.partSize
@@ -114,8 +122,8 @@ func (s *blobStorage) write(ctx context.Context, op, key string, r io.Reader, si
 		DisableContentTypeDetection: true,
 		MaxConcurrency:              s.cfg.concurrency,
 	}
-	if conditional && s.conditional != nil {
-		opts.BeforeWrite = s.conditional
+	if conditional {
+		opts.BeforeWrite = cond
 		if s.conditionalSinglePart && size >= partSize {
 			partSize = size + 1
 		}
@@ -353,5 +361,76 @@ func (s *blobStorage) CreateIfAbsent(ctx context.Context, key string, data []byt
 	if ok {
 		return s.fail("create", key, ErrAlreadyExists)
 	}
-	return s.write(ctx, "create", key, bytes.NewReader(data), int64(len(data)), true)
+	if s.conditional == nil { // mem: exact under memMu
+		return s.write(ctx, "create", key, bytes.NewReader(data), int64(len(data)), nil)
+	}
+	return s.write(ctx, "create", key, bytes.NewReader(data), int64(len(data)), s.conditional)
+}
+
+func (s *blobStorage) GetVersion(ctx context.Context, key string) ([]byte, Version, error) {
+	if err := s.check("get", key); err != nil {
+		return nil, NoVersion, err
+	}
+	defer s.lockMem()()
+	if s.ifMatch == nil { // mem: under memMu, the content is the version
+		data, err := s.Get(ctx, key)
+		if err != nil {
+			return nil, NoVersion, err
+		}
+		return data, contentVersion(data), nil
+	}
+	// The attributes first: if the object is replaced between the two
+	// calls, the token is the older one and a PutIfMatch with it fails.
+	a, err := s.bucket.Attributes(ctx, s.prefix+key)
+	if err != nil {
+		return nil, NoVersion, s.wrap("get", key, err, false)
+	}
+	v, err := s.version(a)
+	if err != nil {
+		return nil, NoVersion, s.wrap("get", key, err, false)
+	}
+	if v == NoVersion {
+		return nil, NoVersion, s.wrap("get", key, errors.New("the store returned no version token"), false)
+	}
+	data, err := s.Get(ctx, key)
+	return data, v, err
+}
+
+func (s *blobStorage) PutIfMatch(ctx context.Context, key string, newData []byte, v Version) error {
+	if err := s.check("put-if-match", key); err != nil {
+		return err
+	}
+	defer s.lockMem()()
+	if s.ifMatch == nil { // mem: compare and write under memMu
+		cur := NoVersion
+		data, err := s.Get(ctx, key)
+		switch {
+		case err == nil:
+			cur = contentVersion(data)
+		case !errors.Is(err, ErrNotFound):
+			return err
+		}
+		if cur != v {
+			return s.fail("put-if-match", key, ErrConflict)
+		}
+		return s.write(ctx, "put-if-match", key, bytes.NewReader(newData), int64(len(newData)), nil)
+	}
+	err := s.write(ctx, "put-if-match", key, bytes.NewReader(newData), int64(len(newData)), s.ifMatch(v))
+	var oe *opError
+	if errors.As(err, &oe) && (oe.kind == ErrAlreadyExists || oe.kind == ErrNotFound) {
+		// A failed precondition, or (S3, If-Match) no object at all.
+		oe.kind = ErrConflict
+	}
+	return err
+}
+
+// etagVersion is the version of s3 and azblob objects: the ETag.
+func etagVersion(a *blob.Attributes) (Version, error) { return Version(a.ETag), nil }
+
+// contentVersion is the version of mem and file objects: a hash of the
+// content. Two versions with equal content share a token, which is safe:
+// whatever a caller decided on one holds for the other.
+func contentVersion(data []byte) Version {
+	h := sha256.Sum256(data)
+	return Version("sha256:" + hex.EncodeToString(h[:]))
 }

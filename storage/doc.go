@@ -81,6 +81,39 @@
 // winner; a second test bypasses the Exists check to prove the server
 // itself enforces the condition (s3, gs, azblob).
 //
+// # GetVersion and PutIfMatch per backend
+//
+// A read-modify-write that must not lose a concurrent update (the
+// coordinator's checkpoint/global, which must never go backwards across
+// terms) reads with GetVersion and writes with PutIfMatch; a conflict
+// (ErrConflict) means "read again and decide again". The server checks the
+// condition in the same request that writes:
+//
+//	s3      version = ETag; PutObject with "If-Match: <etag>" (AWS S3 since
+//	        2024-11, MinIO), or "If-None-Match: *" for NoVersion. Single
+//	        PutObject. 412 PreconditionFailed and (If-Match on a missing
+//	        object) 404 NoSuchKey are ErrConflict; 409
+//	        ConditionalRequestConflict is transient. The pinned SDK has no
+//	        PutObjectInput.IfMatch, so the header is middleware: a server
+//	        that ignores it degrades to an unconditional Put.
+//	gs      version = generation; ifGenerationMatch (storage.Conditions
+//	        GenerationMatch, DoesNotExist for NoVersion).
+//	azblob  version = ETag; Commit Block List with If-Match.
+//	file    version = sha256 of the content; compare and rename under an
+//	        exclusive flock(2) of a per-key file in .pitr-tmp/: exact
+//	        between PutIfMatch callers, in one process or several on one
+//	        local file system (not over NFS); a plain Put is not locked out.
+//	mem     version = sha256 of the content; compare and write under the
+//	        store's mutex. Exact.
+//
+// GetVersion reads the version before the data, so the token is never
+// newer than the bytes returned: a write based on them can only fail, never
+// overwrite a version the caller did not see. Content-hash versions do not
+// tell two versions with equal bytes apart, which is harmless for the same
+// reason. The suite checks a stale token, a token of a deleted object, a
+// plain Put in between, and racers with one token (exactly one wins) on
+// every backend against its real server.
+//
 // # Durability of file://
 //
 // The file backend does not use gocloud's fileblob, which in v0.38.0 does

@@ -16,5 +16,5 @@ func ConditionalWriteForTest(ctx context.Context, s Storage, key string, data []
 	if b.conditional == nil {
 		return errors.New("backend has no conditional write")
 	}
-	return b.write(ctx, "create", key, bytes.NewReader(data), int64(len(data)), true)
+	return b.write(ctx, "create", key, bytes.NewReader(data), int64(len(data)), b.conditional)
 }

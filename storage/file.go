@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -418,4 +419,45 @@ func (s *fileStorage) listDir(ctx context.Context, dir, prefix string, fn func(O
 		}
 	}
 	return nil
+}
+
+// GetVersion reads the object; its version is a hash of its content.
+func (s *fileStorage) GetVersion(ctx context.Context, key string) ([]byte, Version, error) {
+	data, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, NoVersion, err
+	}
+	return data, contentVersion(data), nil
+}
+
+// PutIfMatch holds an exclusive flock(2) on a per-key lock file in
+// .pitr-tmp/ (so it is exact across processes and goroutines, on a local
+// file system), compares the content's hash with v and renames the new
+// content into place. A plain Put does not take the lock: conditional
+// writers exclude each other, not unconditional ones.
+func (s *fileStorage) PutIfMatch(ctx context.Context, key string, data []byte, v Version) error {
+	if err := keyError("put-if-match", key, checkKey(key, false), s.red); err != nil {
+		return err
+	}
+	h := sha256.Sum256([]byte(key))
+	lock, err := os.OpenFile(filepath.Join(s.tmp, "lock-"+hex.EncodeToString(h[:16])), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return s.wrap("put-if-match", key, err)
+	}
+	defer lock.Close() // releases the flock
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return s.wrap("put-if-match", key, fmt.Errorf("lock: %w", err))
+	}
+	cur := NoVersion
+	old, err := s.Get(ctx, key)
+	switch {
+	case err == nil:
+		cur = contentVersion(old)
+	case !errors.Is(err, ErrNotFound):
+		return err
+	}
+	if cur != v {
+		return &opError{op: "put-if-match", key: key, kind: ErrConflict, red: s.red}
+	}
+	return s.wrap("put-if-match", key, s.write(ctx, key, bytes.NewReader(data), int64(len(data)), false))
 }

@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 
 	"cloud.google.com/go/storage"
+	"gocloud.dev/blob"
 	"gocloud.dev/blob/gcsblob"
 	"gocloud.dev/gcp"
 )
@@ -70,6 +72,8 @@ func openGCS(ctx context.Context, u *url.URL, cfg openConfig) (Storage, error) {
 		red:         red,
 		cfg:         cfg,
 		conditional: gcsDoesNotExist,
+		ifMatch:     gcsGenerationMatch,
+		version:     gcsVersion,
 	}, nil
 }
 
@@ -97,4 +101,33 @@ func (t *redirectTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		req.Host = t.host
 	}
 	return t.base.RoundTrip(req)
+}
+
+// gcsVersion is an object's generation.
+func gcsVersion(a *blob.Attributes) (Version, error) {
+	var oa storage.ObjectAttrs
+	if !a.As(&oa) {
+		return NoVersion, errors.New("gcs: object attributes not reachable")
+	}
+	return Version(strconv.FormatInt(oa.Generation, 10)), nil
+}
+
+// gcsGenerationMatch makes the write conditional on ifGenerationMatch=v
+// (0, DoesNotExist, for NoVersion); a mismatch is 412.
+func gcsGenerationMatch(v Version) func(asFunc func(any) bool) error {
+	if v == NoVersion {
+		return gcsDoesNotExist
+	}
+	return func(asFunc func(any) bool) error {
+		gen, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil || gen <= 0 {
+			return fmt.Errorf("gcs: conditional write: bad generation %q", v)
+		}
+		var obj **storage.ObjectHandle
+		if !asFunc(&obj) {
+			return errors.New("gcs: conditional write: object handle not reachable")
+		}
+		*obj = (*obj).If(storage.Conditions{GenerationMatch: gen})
+		return nil
+	}
 }

@@ -265,3 +265,23 @@ func (m *Metered) CreateIfAbsent(ctx context.Context, key string, data []byte) e
 	}
 	return err
 }
+
+func (m *Metered) GetVersion(ctx context.Context, key string) ([]byte, Version, error) {
+	start := time.Now()
+	data, v, err := m.s.GetVersion(ctx, key)
+	m.observe("get", start, err)
+	if err == nil {
+		m.bytes.WithLabelValues("read").Add(float64(len(data)))
+	}
+	return data, v, err
+}
+
+func (m *Metered) PutIfMatch(ctx context.Context, key string, data []byte, v Version) error {
+	start := time.Now()
+	err := m.s.PutIfMatch(ctx, key, data, v)
+	m.observe("put", start, err)
+	if err == nil {
+		m.bytes.WithLabelValues("write").Add(float64(len(data)))
+	}
+	return err
+}

@@ -223,3 +223,18 @@ func (r *RateLimited) CreateIfAbsent(ctx context.Context, key string, data []byt
 	}
 	return r.s.CreateIfAbsent(ctx, key, data)
 }
+
+func (r *RateLimited) GetVersion(ctx context.Context, key string) ([]byte, Version, error) {
+	data, v, err := r.s.GetVersion(ctx, key)
+	if err == nil {
+		err = r.wait(ctx, int64(len(data)))
+	}
+	return data, v, err
+}
+
+func (r *RateLimited) PutIfMatch(ctx context.Context, key string, data []byte, v Version) error {
+	if err := r.wait(ctx, int64(len(data))); err != nil {
+		return err
+	}
+	return r.s.PutIfMatch(ctx, key, data, v)
+}

@@ -344,3 +344,31 @@ func (r *Retry) CreateIfAbsent(ctx context.Context, key string, data []byte) err
 		return err
 	})
 }
+
+func (r *Retry) GetVersion(ctx context.Context, key string) ([]byte, Version, error) {
+	var (
+		data []byte
+		v    Version
+	)
+	err := r.do(ctx, "get", key, func(int) error {
+		var err error
+		data, v, err = r.s.GetVersion(ctx, key)
+		return err
+	})
+	return data, v, err
+}
+
+// PutIfMatch retries like CreateIfAbsent: an attempt after a failed one
+// may find its own earlier write landed; a conflict with exactly the
+// bytes it meant to write is then success.
+func (r *Retry) PutIfMatch(ctx context.Context, key string, data []byte, v Version) error {
+	return r.do(ctx, "put-if-match", key, func(attempt int) error {
+		err := r.s.PutIfMatch(ctx, key, data, v)
+		if attempt > 1 && errors.Is(err, ErrConflict) {
+			if got, gerr := r.s.Get(ctx, key); gerr == nil && bytes.Equal(got, data) {
+				return nil
+			}
+		}
+		return err
+	})
+}

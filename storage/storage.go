@@ -57,6 +57,20 @@ type Storage interface {
 	// exactly one wins, with the per-backend caveats in the package doc.
 	CreateIfAbsent(ctx context.Context, key string, data []byte) error
 
+	// GetVersion returns the whole object and a token for the version
+	// read, for a later PutIfMatch. The token may be older than the data
+	// (never newer): a PutIfMatch with it then fails and the caller reads
+	// again, so a decision taken on the data is never written over a
+	// version the caller did not see.
+	GetVersion(ctx context.Context, key string) ([]byte, Version, error)
+
+	// PutIfMatch stores data under key only if the object is still at
+	// version v (v == NoVersion: only if no object exists), as one atomic
+	// conditional request the server checks (If-Match / generation match,
+	// see the package doc). Otherwise it returns ErrConflict and leaves the
+	// object as it is.
+	PutIfMatch(ctx context.Context, key string, data []byte, v Version) error
+
 	// URL returns the storage URL with every credential redacted. It is safe
 	// to log and to show to users.
 	URL() string
@@ -64,6 +78,14 @@ type Storage interface {
 	// Close releases the backend's resources.
 	Close() error
 }
+
+// Version identifies one stored version of an object: an ETag (s3,
+// azblob, mem), a generation (gs), a content hash (file). It is opaque and
+// only meaningful to the backend that returned it.
+type Version string
+
+// NoVersion is the version of an object that does not exist.
+const NoVersion Version = ""
 
 // ObjectInfo describes one object.
 type ObjectInfo struct {
@@ -79,6 +101,9 @@ var (
 	ErrNotFound = errors.New("storage: object not found")
 	// ErrAlreadyExists: CreateIfAbsent found an object at the key.
 	ErrAlreadyExists = errors.New("storage: object already exists")
+	// ErrConflict: PutIfMatch found the object at another version than
+	// the one given (changed, created or deleted since it was read).
+	ErrConflict = errors.New("storage: object changed since it was read")
 	// ErrPermission: the credentials are missing, wrong or not allowed to do
 	// this. Retrying does not help.
 	ErrPermission = errors.New("storage: permission denied")

@@ -10,15 +10,17 @@ import (
 
 // Fault operation names for Fault.Op.
 const (
-	OpPut      = "put"       // Put and PutReader
-	OpGet      = "get"       // Get
-	OpRead     = "read"      // opening GetRange / NewReader
-	OpReadBody = "read_body" // reading the body of a GetRange / NewReader
-	OpList     = "list"
-	OpDelete   = "delete"
-	OpExists   = "exists"
-	OpStat     = "stat"
-	OpCreate   = "create" // CreateIfAbsent
+	OpPut        = "put"       // Put and PutReader
+	OpGet        = "get"       // Get
+	OpRead       = "read"      // opening GetRange / NewReader
+	OpReadBody   = "read_body" // reading the body of a GetRange / NewReader
+	OpList       = "list"
+	OpDelete     = "delete"
+	OpExists     = "exists"
+	OpStat       = "stat"
+	OpCreate     = "create"       // CreateIfAbsent
+	OpGetVersion = "get_version"  // GetVersion
+	OpPutIfMatch = "put_if_match" // PutIfMatch
 )
 
 // Fault is one injected failure.
@@ -226,4 +228,23 @@ func (f *Faulty) CreateIfAbsent(ctx context.Context, key string, data []byte) er
 		return ft.Err
 	}
 	return f.s.CreateIfAbsent(ctx, key, data)
+}
+
+func (f *Faulty) GetVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	if ft := f.take(OpGetVersion, key); ft != nil {
+		return nil, storage.NoVersion, ft.Err
+	}
+	return f.s.GetVersion(ctx, key)
+}
+
+func (f *Faulty) PutIfMatch(ctx context.Context, key string, data []byte, v storage.Version) error {
+	if ft := f.take(OpPutIfMatch, key); ft != nil {
+		if ft.Commit {
+			if err := f.s.PutIfMatch(ctx, key, data, v); err != nil {
+				return err
+			}
+		}
+		return ft.Err
+	}
+	return f.s.PutIfMatch(ctx, key, data, v)
 }

@@ -60,6 +60,8 @@ func RunWithOptions(t *testing.T, newStorage func(t *testing.T) storage.Storage,
 		{"not_found", testNotFound},
 		{"create_if_absent", testCreateIfAbsent},
 		{"create_if_absent_race", testCreateRace},
+		{"put_if_match", testPutIfMatch},
+		{"put_if_match_race", testPutIfMatchRace},
 		{"large_streamed", testLarge},
 		{"odd_keys", testOddKeys},
 		{"invalid_keys", testInvalidKeys},
@@ -434,6 +436,91 @@ func testCreateRace(t *testing.T, s storage.Storage, o Options) {
 		got, err := s.Get(ctx, key)
 		require.NoError(t, err)
 		require.Equal(t, fmt.Sprintf("winner-%d", winner), string(got))
+	}
+}
+
+func testPutIfMatch(t *testing.T, s storage.Storage, _ Options) {
+	ctx := ctxT(t)
+	_, _, err := s.GetVersion(ctx, "cp")
+	require.ErrorIs(t, err, storage.ErrNotFound)
+
+	// NoVersion: create only if absent.
+	require.NoError(t, s.PutIfMatch(ctx, "cp", []byte("100"), storage.NoVersion))
+	err = s.PutIfMatch(ctx, "cp", []byte("x"), storage.NoVersion)
+	require.ErrorIs(t, err, storage.ErrConflict)
+	require.False(t, storage.IsTransient(err))
+	got, v1, err := s.GetVersion(ctx, "cp")
+	require.NoError(t, err)
+	require.Equal(t, "100", string(got))
+	require.NotEqual(t, storage.NoVersion, v1)
+
+	// The version read: the write lands, and the version moves.
+	require.NoError(t, s.PutIfMatch(ctx, "cp", []byte("200"), v1))
+	got, v2, err := s.GetVersion(ctx, "cp")
+	require.NoError(t, err)
+	require.Equal(t, "200", string(got))
+	require.NotEqual(t, v1, v2)
+
+	// A stale version: refused, the object stays.
+	require.ErrorIs(t, s.PutIfMatch(ctx, "cp", []byte("150"), v1), storage.ErrConflict)
+	// A plain Put changes the version too.
+	require.NoError(t, s.Put(ctx, "cp", []byte("300")))
+	require.ErrorIs(t, s.PutIfMatch(ctx, "cp", []byte("250"), v2), storage.ErrConflict)
+	got, err = s.Get(ctx, "cp")
+	require.NoError(t, err)
+	require.Equal(t, "300", string(got))
+
+	// A version of a deleted object: refused, nothing is created.
+	_, v3, err := s.GetVersion(ctx, "cp")
+	require.NoError(t, err)
+	require.NoError(t, s.Delete(ctx, "cp"))
+	require.ErrorIs(t, s.PutIfMatch(ctx, "cp", []byte("400"), v3), storage.ErrConflict)
+	ok, err := s.Exists(ctx, "cp")
+	require.NoError(t, err)
+	require.False(t, ok)
+}
+
+// testPutIfMatchRace: racers that read the same version and write with it:
+// exactly one wins, whatever it wrote is what the object holds.
+func testPutIfMatchRace(t *testing.T, s storage.Storage, o Options) {
+	ctx := ctxT(t)
+	key := "race/cp"
+	require.NoError(t, s.Put(ctx, key, []byte("start")))
+	for round := 0; round < 3; round++ {
+		_, v, err := s.GetVersion(ctx, key)
+		require.NoError(t, err)
+		var (
+			wg      sync.WaitGroup
+			start   = make(chan struct{})
+			results = make([]error, o.Racers)
+		)
+		for i := 0; i < o.Racers; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				results[i] = s.PutIfMatch(ctx, key, []byte(fmt.Sprintf("round-%d-winner-%d", round, i)), v)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		winner := -1
+		for i, err := range results {
+			if err == nil {
+				require.Equal(t, -1, winner, "round %d: racers %d and %d both won", round, winner, i)
+				winner = i
+				continue
+			}
+			// AWS S3 may answer 409 ConditionalRequestConflict (transient)
+			// to a racer while another conditional write is in flight.
+			if !errors.Is(err, storage.ErrTransient) {
+				require.ErrorIs(t, err, storage.ErrConflict, "round %d racer %d", round, i)
+			}
+		}
+		require.NotEqual(t, -1, winner, "round %d: nobody won", round)
+		got, err := s.Get(ctx, key)
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprintf("round-%d-winner-%d", round, winner), string(got))
 	}
 }
 
