@@ -73,6 +73,9 @@ type Agent struct {
 
 	lease  atomic.Int64 // current etcd lease (0: none)
 	health health
+	// pending counts the pending prewrites of every task's matchers
+	// against cfg.PrewriteBudget (matcher.go).
+	pending pendingAcct
 
 	mu      sync.Mutex
 	tasks   map[string]*runner

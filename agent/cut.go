@@ -191,6 +191,10 @@ func (c *capture) progress() []*pitrpb.RegionProgress {
 }
 
 func (c *capture) reasonLocked(r *region, oldest uint64, now time.Time) string {
+	if r.m != nil && r.m.exempt {
+		return fmt.Sprintf("pending prewrites of %s kept over the prewrite budget of %s (open transactions larger than the budget)",
+			mib(r.m.bytes), mib(c.a.cfg.PrewriteBudget))
+	}
 	switch r.state {
 	case stateIdle:
 		if c.feed == nil && c.feedErr != "" {

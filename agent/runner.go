@@ -126,6 +126,7 @@ func (r *runner) runOnce() error {
 	r.cur = c
 	r.mu.Unlock()
 	err = c.run(r.ctx)
+	c.releaseAll()
 	r.mu.Lock()
 	r.cur = nil
 	r.mu.Unlock()
