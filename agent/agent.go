@@ -41,9 +41,14 @@ var (
 	ErrStoreNotFound = errors.New("store not found")
 )
 
-// maxRecvMsgSize: one ChangeDataEvent is up to 6 MiB (TiKV's
-// CDC_RESP_MAX_BYTES), above gRPC's 4 MiB default.
-const maxRecvMsgSize = 64 << 20
+// maxRecvMsgSize bounds one received ChangeDataEvent. TiKV batches events up
+// to 6 MiB (CDC_RESP_MAX_BYTES), but one row is never split, and TiKV sends
+// without a limit (src/server/server.rs max_send_message_len(-1)). A TiDB
+// row may be 120 MiB (txn-entry-size-limit), and its PREWRITE carries the
+// value and the old value. TiCDC's kv client takes up to 1 GiB
+// (grpcMaxCallRecvMsgSize); a message above the limit would break the
+// stream on every rescan of the region (ResourceExhausted).
+const maxRecvMsgSize = 1 << 30
 
 // Agent captures the change stream of one TiKV store for every running task.
 type Agent struct {
@@ -68,6 +73,9 @@ type Agent struct {
 
 	lease  atomic.Int64 // current etcd lease (0: none)
 	health health
+	// pending counts the pending prewrites of every task's matchers
+	// against cfg.PrewriteBudget (matcher.go).
+	pending pendingAcct
 
 	mu      sync.Mutex
 	tasks   map[string]*runner

@@ -68,6 +68,7 @@ type runningAgent struct {
 	done   chan error
 	client pitrpb.AgentClient
 	conn   *grpc.ClientConn
+	dir    string // data dir (in-process agents)
 }
 
 func testLogger(t *testing.T) hclog.Logger {
@@ -135,7 +136,7 @@ func (e *env) startAgent(id uint64) {
 	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(e.t, err)
 	e.mu.Lock()
-	e.agents[id] = &runningAgent{a: a, cancel: cancel, done: done, client: pitrpb.NewAgentClient(conn), conn: conn}
+	e.agents[id] = &runningAgent{a: a, cancel: cancel, done: done, client: pitrpb.NewAgentClient(conn), conn: conn, dir: cfg.DataDir}
 	e.mu.Unlock()
 }
 

@@ -89,6 +89,8 @@ type region struct {
 	failures int       // subscriptions ended since the region was last initialized
 	pdMisses int       // consecutive PD scans that did not confirm the subscription
 	since    time.Time // when state last changed
+
+	budget budgetState // prewrite budget (matcher.go)
 }
 
 func (r *region) sameAs(p *pdRegion) bool {
@@ -250,6 +252,7 @@ func (c *capture) streamBroken(err error) {
 // sends the locks again).
 func (c *capture) idleLocked(r *region, reason string, now time.Time, delay time.Duration) {
 	r.setState(stateIdle, now)
+	r.m.release()
 	r.m = nil
 	r.requestID = 0
 	r.reason = reason
@@ -335,6 +338,9 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 						c.log.Warn("unmatched commits dropped at initialized", "region", r.id, "count", n)
 						c.a.met.droppedCommits.Add(float64(n))
 					}
+				}
+				if row.Type == cdcpb.Event_PREWRITE {
+					deregister = append(deregister, c.enforcePrewriteBudgetLocked(now)...)
 				}
 			}
 			if r.m != nil && r.m.lateRows > 0 {
@@ -659,7 +665,7 @@ func (c *capture) subscribeLocked(r *region, floor uint64, now time.Time) *cdcpb
 	c.nextReqID++
 	r.requestID = c.nextReqID
 	r.from = cp
-	r.m = newMatcher(cp)
+	r.m = c.newMatcherLocked(r, cp)
 	r.reason = ""
 	r.pdMisses = 0
 	r.setState(statePending, now)

@@ -23,6 +23,7 @@ const (
 	DefaultRegionInterval = time.Second
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultLeaseTTL       = 10 * time.Second
+	DefaultPrewriteBudget = 256 << 20
 )
 
 // Config configures an Agent. Zero fields take the defaults above; New calls
@@ -51,6 +52,13 @@ type Config struct {
 	// on disk (see package flush). SpillBudget < 0: never spill.
 	MemoryBudget int64
 	SpillBudget  int64
+	// PrewriteBudget bounds the pending prewrites (key, value and old value
+	// of transactions not yet committed) the agent holds for all its tasks.
+	// Above it the region holding the most is subscribed again from its
+	// checkpoint (TiKV's incremental scan sends its locks again); a region
+	// whose open transactions alone exceed it after that is kept and
+	// reported as over the budget (one region at a time). < 0: no limit.
+	PrewriteBudget int64
 	// FileTarget is the data file size flush aims for.
 	FileTarget int64
 	// UploadConcurrency bounds concurrent data file uploads per task.
@@ -89,6 +97,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.FileTarget == 0 {
 		c.FileTarget = DefaultFileTarget
+	}
+	if c.PrewriteBudget == 0 {
+		c.PrewriteBudget = DefaultPrewriteBudget
 	}
 	if c.UploadConcurrency == 0 {
 		c.UploadConcurrency = DefaultUploads
@@ -145,6 +156,8 @@ func (c *Config) Validate() error {
 		return bad("flush interval %s is too short (at least 10ms)", c.FlushInterval)
 	case c.MemoryBudget < 1<<20:
 		return bad("memory budget %d is below 1 MiB", c.MemoryBudget)
+	case c.PrewriteBudget >= 0 && c.PrewriteBudget < 64<<10:
+		return bad("prewrite budget %d is below 64 KiB", c.PrewriteBudget)
 	case c.FileTarget < 1<<10:
 		return bad("file target %d is below 1 KiB", c.FileTarget)
 	case c.UploadConcurrency < 1:

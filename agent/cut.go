@@ -2,15 +2,21 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/pitr-io/pitr/flush"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
 // flushLoop cuts a flush every FlushInterval, when the buffer reaches
-// FileTarget, and on FlushNow.
+// FileTarget, and on FlushNow. A failed flush hands its rows back to the
+// flusher, so the next one retries them, except when a spill run is corrupt:
+// then every later flush would fail the same way, so the loop ends the
+// capture (a fatalError) and the runner starts a fresh one with a fresh
+// flusher, whose regions subscribe again from their flushed checkpoints.
 func (c *capture) flushLoop(ctx context.Context) error {
 	t := time.NewTicker(c.a.cfg.FlushInterval)
 	defer t.Stop()
@@ -27,9 +33,15 @@ func (c *capture) flushLoop(ctx context.Context) error {
 		if reply != nil {
 			reply <- flushResult{meta, err}
 		}
-		if err != nil && ctx.Err() == nil {
-			c.log.Warn("flush failed; its rows go out with the next one", "error", err)
+		if err == nil || ctx.Err() != nil {
+			continue
 		}
+		var fatal *fatalError
+		if errors.As(err, &fatal) {
+			c.log.Error("flush failed for good; capturing again from the flushed checkpoints", "error", err)
+			return err
+		}
+		c.log.Warn("flush failed; its rows go out with the next one", "error", err)
 	}
 }
 
@@ -105,7 +117,13 @@ func (c *capture) cut(ctx context.Context, force bool) (*pitrpb.Meta, error) {
 		c.mu.Lock()
 		c.flushErr = err.Error()
 		c.mu.Unlock()
-		return nil, fmt.Errorf("flush at %d: %w", ts, err)
+		err = fmt.Errorf("flush at %d: %w", ts, err)
+		if errors.Is(err, flush.ErrSpillCorrupt) {
+			// flush/spill.go: every later Flush of this Flusher fails the
+			// same way; only a fresh one (and a fresh capture) recovers.
+			return nil, &fatalError{err}
+		}
+		return nil, err
 	}
 	c.a.met.flushes.WithLabelValues("ok").Inc()
 
@@ -173,6 +191,10 @@ func (c *capture) progress() []*pitrpb.RegionProgress {
 }
 
 func (c *capture) reasonLocked(r *region, oldest uint64, now time.Time) string {
+	if r.m != nil && r.m.exempt {
+		return fmt.Sprintf("pending prewrites of %s kept over the prewrite budget of %s (open transactions larger than the budget)",
+			mib(r.m.bytes), mib(c.a.cfg.PrewriteBudget))
+	}
 	switch r.state {
 	case stateIdle:
 		if c.feed == nil && c.feedErr != "" {

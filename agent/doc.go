@@ -58,10 +58,21 @@
 // The stream reader hands rows to the flusher before it reads the next
 // message. When the flusher's memory and spill budgets are full, Add blocks,
 // the reader stops, and TiKV buffers (its sink quota then answers with
-// Congested, retried later). Nothing is dropped. Pending prewrites (values
-// of transactions not yet committed) live in the matchers, outside the
-// flusher's budgets; a very large open transaction costs its size in memory
-// until it commits or rolls back.
+// Congested, retried later). Nothing is dropped.
+//
+// Pending prewrites (values of transactions not yet committed) live in the
+// matchers, outside the flusher's budgets, counted against PrewriteBudget
+// (all tasks of the agent). Over it, the region holding the most drops them
+// and is subscribed again from its checkpoint: the incremental scan sends
+// the locks that are still open again, and what committed meanwhile as
+// COMMITTED rows. A region whose rescan alone brings back more than the
+// budget (open transactions larger than it) is kept over the budget and
+// reported by GetProgress and pitr_agent_pending_prewrite_over_budget_bytes
+// until they end: its checkpoint is pinned by those locks anyway. One region
+// per agent is kept at a time; others over the budget are released again
+// with a growing delay. So memory for prewrites stays within the budget
+// plus one row plus the kept region's open transactions (see
+// enforcePrewriteBudgetLocked).
 //
 // # Restarts
 //

@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"context"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"github.com/pingcap/kvproto/pkg/errorpb"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pitr-io/pitr/logfile"
@@ -180,6 +184,8 @@ func TestMatcher(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newMatcher(tc.checkpoint)
+			acct := &pendingAcct{}
+			m.acct = acct
 			var out []logfile.Row
 			var err error
 			for _, s := range tc.steps {
@@ -209,6 +215,16 @@ func TestMatcher(t *testing.T) {
 			require.Equal(t, tc.resolved, m.resolvedTS)
 			require.Equal(t, tc.pending, m.oldestPending())
 			require.Equal(t, tc.dropped, m.droppedCommits)
+
+			// The accounted bytes are those of the prewrites still held.
+			var held int64
+			for _, pw := range m.prewrites {
+				held += pendingSize(pw)
+			}
+			require.Equal(t, held, m.bytes, "accounted bytes")
+			require.Equal(t, held, acct.counted.Load(), "bytes counted against the budget")
+			m.release()
+			require.Zero(t, acct.counted.Load(), "bytes counted after release")
 		})
 	}
 }
@@ -225,4 +241,95 @@ func TestMatcherOldValue(t *testing.T) {
 	require.True(t, out[0].HasOldValue)
 	require.Equal(t, "old-k", string(out[0].OldValue))
 	require.Equal(t, uint64(10), out[0].StartTS)
+}
+
+// TestPrewriteBudgetRelease drives a capture over the prewrite budget: the
+// region holding the most is released and subscribed again; after its
+// rescan it is kept over the budget (one region only) and reported; a
+// second region is released again with a growing delay instead; the kept
+// region's slot frees once its transactions end.
+func TestPrewriteBudgetRelease(t *testing.T) {
+	c, _, fs, f := testCapture(t)
+	c.a.cfg.PrewriteBudget = 1000
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
+	handled := func() { fs.in <- &cdcpb.ChangeDataEvent{} } // the previous message is handled
+	big := strings.Repeat("v", 600)
+	acct := &c.a.pending
+	deregistered := func() int {
+		fs.mu.Lock()
+		defer fs.mu.Unlock()
+		n := 0
+		for _, r := range fs.sent {
+			if r.GetDeregister() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	// resubscribe ends the stopped subscription and subscribes again, as
+	// reconcile would.
+	resubscribe := func(id, req uint64) uint64 {
+		fs.in <- regionErr(id, req, &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: id}})
+		handled()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		r := c.regions[id]
+		require.Equal(t, stateIdle, r.state)
+		c.subscribeLocked(r, 100, time.Now())
+		return r.requestID
+	}
+
+	req1 := addRegion(c, 1, "a", "m")
+	req2 := addRegion(c, 2, "m", "z")
+	fs.in <- entries(1, req1, initialized(), prewrite("a1", 110, big))
+	fs.in <- entries(2, req2, initialized(), prewrite("m1", 111, "small"))
+	fs.in <- entries(1, req1, prewrite("a2", 110, big))
+	handled()
+	c.mu.Lock()
+	require.Equal(t, stateStopping, c.regions[1].state, "the biggest region is released")
+	require.Equal(t, stateNormal, c.regions[2].state)
+	c.mu.Unlock()
+	require.Equal(t, 1, deregistered())
+	require.LessOrEqual(t, acct.counted.Load(), int64(1000))
+
+	// Its rescan brings the same locks back: it is kept over the budget.
+	req1 = resubscribe(1, req1)
+	fs.in <- entries(1, req1, prewrite("a1", 110, big), prewrite("a2", 110, big), initialized())
+	handled()
+	c.mu.Lock()
+	require.Equal(t, stateNormal, c.regions[1].state)
+	require.True(t, c.regions[1].m.exempt)
+	c.mu.Unlock()
+	require.Equal(t, 1, deregistered())
+	require.Contains(t, c.progress()[0].Reason, "kept over the prewrite budget")
+	require.Greater(t, acct.exempt.Load(), int64(1000))
+
+	// A second region over the budget is released, and after its rescan
+	// released again (the slot is taken), each time waiting longer.
+	fs.in <- entries(2, req2, prewrite("m2", 111, big), prewrite("m3", 111, big))
+	handled()
+	require.Equal(t, 2, deregistered())
+	req2 = resubscribe(2, req2)
+	fs.in <- entries(2, req2, prewrite("m1", 111, "small"), prewrite("m2", 111, big), prewrite("m3", 111, big))
+	handled()
+	require.Equal(t, 3, deregistered())
+	fs.in <- regionErr(2, req2, &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: 2}})
+	handled()
+	c.mu.Lock()
+	r2 := c.regions[2]
+	require.Equal(t, stateIdle, r2.state)
+	require.Greater(t, r2.retryAt.Sub(r2.since), time.Duration(0), "a repeated release waits before subscribing again")
+	c.mu.Unlock()
+	require.LessOrEqual(t, acct.counted.Load(), int64(1000))
+
+	// Region 1's transaction commits: its bytes and the slot are free.
+	fs.in <- entries(1, req1, commit("a1", 110, 120), commit("a2", 110, 120))
+	handled()
+	require.Zero(t, acct.exempt.Load())
+	require.False(t, acct.slot.Load())
+	c.mu.Lock()
+	require.False(t, c.regions[1].m.exempt)
+	c.mu.Unlock()
 }

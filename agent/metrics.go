@@ -39,6 +39,9 @@ type metrics struct {
 	protocolErrors  prometheus.Counter
 	droppedCommits  prometheus.Counter
 	captureRestarts prometheus.Counter
+
+	prewriteReleases prometheus.Counter
+	prewriteKept     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, a *Agent) (*metrics, error) {
@@ -97,6 +100,14 @@ func newMetrics(reg prometheus.Registerer, a *Agent) (*metrics, error) {
 			Name: "pitr_agent_capture_restarts_total",
 			Help: "Task captures started again after a failure.",
 		}),
+		prewriteReleases: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pitr_agent_prewrite_budget_releases_total",
+			Help: "Regions whose pending prewrites were dropped over the prewrite budget and subscribed again.",
+		}),
+		prewriteKept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pitr_agent_prewrite_budget_kept_total",
+			Help: "Regions kept over the prewrite budget (open transactions larger than the budget after a rescan).",
+		}),
 	}
 	for i := range m.events {
 		m.events[i] = events.WithLabelValues(eventNames[i])
@@ -123,9 +134,19 @@ func newMetrics(reg prometheus.Registerer, a *Agent) (*metrics, error) {
 			Help: "Bytes of spill runs on local disk, all tasks.",
 		}, func() float64 { _, s := a.bufferStats(); return float64(s) }),
 	}
+	gauges = append(gauges,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pitr_agent_pending_prewrite_bytes",
+			Help: "Accounted bytes of pending prewrites (transactions not yet committed), all tasks.",
+		}, func() float64 { return float64(a.pending.counted.Load() + a.pending.exempt.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pitr_agent_pending_prewrite_over_budget_bytes",
+			Help: "Of those, the bytes of the region kept over the prewrite budget.",
+		}, func() float64 { return float64(a.pending.exempt.Load()) }),
+	)
 	cs := append([]prometheus.Collector{events, m.receivedBytes, m.capturedRows, m.capturedBytes, m.flushDuration,
 		m.flushes, m.regionLag, m.resubscribes, m.subscribes, m.streamErrors, m.protocolErrors, m.droppedCommits,
-		m.captureRestarts}, gauges...)
+		m.captureRestarts, m.prewriteReleases, m.prewriteKept}, gauges...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register agent metrics: %w", err)

@@ -77,9 +77,13 @@ func (r *runner) run() {
 	defer close(r.done)
 	bo := newBackoff(time.Second, 30*time.Second)
 	for r.ctx.Err() == nil {
+		began := time.Now()
 		err := r.runOnce()
 		if r.ctx.Err() != nil {
 			return
+		}
+		if time.Since(began) > time.Minute {
+			bo.reset() // after a long run, restart after the shortest delay
 		}
 		if err == nil {
 			err = errors.New("capture ended")
@@ -122,6 +126,7 @@ func (r *runner) runOnce() error {
 	r.cur = c
 	r.mu.Unlock()
 	err = c.run(r.ctx)
+	c.releaseAll()
 	r.mu.Lock()
 	r.cur = nil
 	r.mu.Unlock()

@@ -34,6 +34,7 @@ type agentFile struct {
 	MemoryBudget      size     `toml:"memory-budget"`
 	SpillBudget       size     `toml:"spill-budget"`
 	FileTarget        size     `toml:"file-target"`
+	PrewriteBudget    size     `toml:"prewrite-budget"`
 	UploadConcurrency int      `toml:"upload-concurrency"`
 	RegionInterval    duration `toml:"region-interval"`
 	ConnectTimeout    duration `toml:"connect-timeout"`
@@ -136,6 +137,7 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 		cfg.FlushInterval, cfg.RegionInterval, cfg.ConnectTimeout = file.FlushInterval.Duration, file.RegionInterval.Duration, file.ConnectTimeout.Duration
 		cfg.MemoryBudget, cfg.SpillBudget, cfg.FileTarget = file.MemoryBudget.n, file.SpillBudget.n, file.FileTarget.n
 		cfg.UploadConcurrency = file.UploadConcurrency
+		cfg.PrewriteBudget = file.PrewriteBudget.n
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel
 		}

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -91,8 +92,13 @@ func Start(cfg Config) (*Server, error) {
 	s.grpc = grpc.NewServer(
 		// Stop must not return while a handler may still touch the engine.
 		grpc.WaitForHandlers(true),
-		grpc.MaxRecvMsgSize(1<<30),
-		grpc.MaxSendMsgSize(1<<30),
+		// TiKV limits neither direction (src/server/server.rs:
+		// max_receive_message_len(-1), max_send_message_len(-1)): a client
+		// must cope with a message as big as a row plus its old value
+		// (CDC EventFeed, TIKV-PROTOCOLS §8.11). MaxInt32 is grpc-go's
+		// "no limit".
+		grpc.MaxRecvMsgSize(math.MaxInt32),
+		grpc.MaxSendMsgSize(math.MaxInt32),
 		// Accept client pings as often as client-go and TiCDC send them (every
 		// 10 s); MinTime 0 would mean grpc-go's default of 5 minutes.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
