@@ -12,7 +12,9 @@ import (
 	"github.com/pingcap/kvproto/pkg/errorpb"
 	"github.com/pingcap/kvproto/pkg/import_sstpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/util/codec"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -224,25 +226,28 @@ func (t *target) writePeers(ctx context.Context, c *chunk, rows []kv) (*written,
 	id := uuid.New()
 	first, last := c.key(&rows[0]), c.key(&rows[len(rows)-1])
 	w := &written{reg: reg, n: n}
-	var leaderWritten bool
+	var peers []*metapb.Peer
+	leader := -1
 	for _, p := range reg.peers {
 		isLeader := p.GetStoreId() == reg.leader.GetStoreId()
 		if t.leaderOnly && !isLeader {
 			continue
 		}
-		metas, err := t.write(ctx, reg, p.GetStoreId(), id, first, last, msgs)
-		if err != nil {
-			t.invalidate(reg)
-			return nil, err
-		}
 		if isLeader {
-			w.metas, leaderWritten = metas, true
+			leader = len(peers)
 		}
+		peers = append(peers, p)
 	}
-	if !leaderWritten {
+	if leader < 0 {
 		t.invalidate(reg)
 		return nil, &regionError{region: reg.id, err: &errorpb.Error{Message: fmt.Sprintf("leader store %d is not a peer", reg.leader.GetStoreId())}}
 	}
+	metas, err := t.write(ctx, reg, peers, id, first, last, msgs)
+	if err != nil {
+		t.invalidate(reg)
+		return nil, err
+	}
+	w.metas = metas[leader]
 	return w, nil
 }
 
@@ -297,45 +302,62 @@ func sstMeta(id uuid.UUID, reg *region, first, last []byte) *import_sstpb.SSTMet
 	}
 }
 
-// write streams msgs to one store's import service and returns the SSTs it built.
-func (t *target) write(ctx context.Context, reg *region, storeID uint64, id uuid.UUID, first, last []byte, msgs []*import_sstpb.WriteRequest) ([]*import_sstpb.SSTMeta, error) {
-	cc, err := t.conn(ctx, storeID)
-	if err != nil {
-		return nil, err
-	}
+// write streams msgs to the import service of every peer's store at once,
+// marshalling each message once for all of them (as Lightning's doWrite
+// does with grpc.PreparedMsg), and returns the SSTs each store built.
+func (t *target) write(ctx context.Context, reg *region, peers []*metapb.Peer, id uuid.UUID, first, last []byte, msgs []*import_sstpb.WriteRequest) ([][]*import_sstpb.SSTMeta, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ws, err := import_sstpb.NewImportSSTClient(cc).Write(wctx)
-	if err != nil {
-		t.maybeDropConn(storeID, err)
-		return nil, fmt.Errorf("write to store %d: %w", storeID, err)
-	}
-	peer := reg.leader
-	for _, p := range reg.peers {
-		if p.GetStoreId() == storeID {
-			peer = p
+	meta := sstMeta(id, reg, first, last)
+	streams := make([]import_sstpb.ImportSST_WriteClient, len(peers))
+	for i, p := range peers {
+		storeID := p.GetStoreId()
+		cc, err := t.conn(ctx, storeID)
+		if err != nil {
+			return nil, err
 		}
-	}
-	head := &import_sstpb.WriteRequest{
-		Chunk:   &import_sstpb.WriteRequest_Meta{Meta: sstMeta(id, reg, first, last)},
-		Context: &kvrpcpb.Context{RegionId: reg.id, RegionEpoch: reg.epoch, Peer: peer},
-	}
-	if err := ws.Send(head); err != nil {
-		return nil, t.streamErr(ws, reg, storeID, err)
-	}
-	for _, m := range msgs {
-		if err := ws.Send(m); err != nil {
+		ws, err := import_sstpb.NewImportSSTClient(cc).Write(wctx)
+		if err != nil {
+			t.maybeDropConn(storeID, err)
+			return nil, fmt.Errorf("write to store %d: %w", storeID, err)
+		}
+		head := &import_sstpb.WriteRequest{
+			Chunk:   &import_sstpb.WriteRequest_Meta{Meta: meta},
+			Context: &kvrpcpb.Context{RegionId: reg.id, RegionEpoch: reg.epoch, Peer: p},
+		}
+		if err := ws.Send(head); err != nil {
 			return nil, t.streamErr(ws, reg, storeID, err)
 		}
+		streams[i] = ws
 	}
-	resp, err := ws.CloseAndRecv()
-	if err != nil {
-		return nil, t.writeErr(storeID, err)
+	for _, m := range msgs {
+		var msg any = m
+		if len(streams) > 1 {
+			pm := &grpc.PreparedMsg{}
+			if err := pm.Encode(streams[0], m); err != nil {
+				return nil, fmt.Errorf("encode a write batch: %w", err)
+			}
+			msg = pm
+		}
+		for i, ws := range streams {
+			if err := ws.SendMsg(msg); err != nil {
+				return nil, t.streamErr(ws, reg, peers[i].GetStoreId(), err)
+			}
+		}
 	}
-	if err := writeRespErr(reg, storeID, resp); err != nil {
-		return nil, err
+	out := make([][]*import_sstpb.SSTMeta, len(streams))
+	for i, ws := range streams {
+		storeID := peers[i].GetStoreId()
+		resp, err := ws.CloseAndRecv()
+		if err != nil {
+			return nil, t.writeErr(storeID, err)
+		}
+		if err := writeRespErr(reg, storeID, resp); err != nil {
+			return nil, err
+		}
+		out[i] = resp.GetMetas()
 	}
-	return resp.GetMetas(), nil
+	return out, nil
 }
 
 func writeRespErr(reg *region, storeID uint64, resp *import_sstpb.WriteResponse) error {

@@ -142,7 +142,7 @@ func benchRestore(ctx context.Context, env *Env, st storage.Storage, cp uint64, 
 		_ = p.Cluster.TransferLeader(rs[len(rs)-1].ID, uint64(1+i%3))
 	}
 	runtime.GC()
-	if path := os.Getenv("PITR_BENCH_RESTORE_PROFILE"); path != "" && leaderOnly {
+	if path := os.Getenv("PITR_BENCH_RESTORE_PROFILE"); path != "" && !leaderOnly { // the run that matters: SSTs to every peer
 		f, err := os.Create(path)
 		if err != nil {
 			return 0, err

@@ -148,7 +148,7 @@ func idOf(m *import_sstpb.SSTMeta) fileID {
 // sst is what one Write stream built on one store: its write CF file and,
 // when some value is long, its default CF file.
 type sst struct {
-	batches       [][]mvcc.IngestEntry // one per WriteBatch, ingested as one command
+	entries       []mvcc.IngestEntry // every version, in stream order, ingested as one command
 	n             int
 	hasDefault    bool
 	first, last   []byte // raw keys
@@ -368,7 +368,6 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 		if ts == 0 {
 			return rpcErr("BadFormat", "invalid commit-ts 0")
 		}
-		entries := make([]mvcc.IngestEntry, 0, len(b.GetPairs()))
 		for _, p := range b.GetPairs() {
 			if len(p.Key) == 0 {
 				// TiKV would write it; the playground's engine has no empty key.
@@ -401,13 +400,10 @@ func (s *Service) Write(stream import_sstpb.ImportSST_WriteServer) error {
 			if k := e.Key[0]; k != 'm' && k != 't' {
 				f.nonTiDBKeySet = true
 			}
-			entries = append(entries, e)
-		}
-		if len(entries) > 0 {
-			f.batches = append(f.batches, entries)
-			f.n += len(entries)
+			f.entries = append(f.entries, e)
 		}
 	}
+	f.n = len(f.entries)
 	var metas []*import_sstpb.SSTMeta
 	for _, cf := range []string{"default", "write"} {
 		if f.has(cf) {
@@ -585,9 +581,9 @@ func (s *Service) ingest(ctx *kvrpcpb.Context, metas []*import_sstpb.SSTMeta) (*
 			}
 			files = append(files, f)
 		}
-		var batches [][]mvcc.IngestEntry
+		batches := make([][]mvcc.IngestEntry, 0, len(files))
 		for _, f := range files {
-			batches = append(batches, f.batches...)
+			batches = append(batches, f.entries)
 		}
 		return s.cfg.Engine.IngestBatches(batches)
 	})
