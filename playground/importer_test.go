@@ -362,7 +362,7 @@ func TestImportIngestRejects(t *testing.T) {
 func TestImportWriteStall(t *testing.T) {
 	ctx := context.Background()
 	p, err := Start(ctx, Config{Stores: 3, GCInterval: -1,
-		Import: importer.Limits{BusyFiles: 2, BusyWindow: time.Hour, ImportModeTimeout: time.Second}})
+		Import: importer.Limits{BusyFiles: 2, BusyWindow: time.Hour, ImportModeTimeout: 2 * time.Second}})
 	require.NoError(t, err)
 	defer p.Close()
 	cli := newClient(t, ctx, p.PDAddr())

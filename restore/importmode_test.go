@@ -81,13 +81,13 @@ func TestWriteChunkBusy(t *testing.T) {
 func TestImportModeKeepalive(t *testing.T) {
 	ctx := context.Background()
 	b, hist, cp := writeBackup(t)
-	const timeout = 300 * time.Millisecond
+	const timeout = time.Second
 	for _, tc := range []struct {
 		name     string
 		interval time.Duration
 		wantBusy bool
 	}{
-		{name: "renewed", interval: 50 * time.Millisecond},
+		{name: "renewed", interval: 100 * time.Millisecond},
 		{name: "not renewed in time", interval: time.Hour, wantBusy: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
