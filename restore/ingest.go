@@ -254,6 +254,9 @@ func (t *target) writePeers(ctx context.Context, c *chunk, rows []kv) (*written,
 // ingest ingests written SSTs at the region's leader.
 func (t *target) ingest(ctx context.Context, w *written) error {
 	reg := w.reg
+	if t.beforeIngest != nil {
+		t.beforeIngest(reg)
+	}
 	cc, err := t.conn(ctx, reg.leader.GetStoreId())
 	if err != nil {
 		return err

@@ -50,7 +50,8 @@ type target struct {
 	// busyMaxBackoff and are not attempts.
 	busyTimeout                    time.Duration
 	busyMinBackoff, busyMaxBackoff time.Duration
-	leaderOnly                     bool // write SSTs to the leader's store only
+	leaderOnly                     bool          // write SSTs to the leader's store only
+	beforeIngest                   func(*region) // tests only
 }
 
 // Defaults of the busy retries: BR's log restore retries for about 10 min.

@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 	"github.com/tikv/client-go/v2/txnkv"
 
@@ -112,5 +114,54 @@ func newTargetClient(t *testing.T, pdAddr string) *txnkv.Client {
 		}
 		require.True(t, time.Now().Before(deadline), "connect to the target: %v", err)
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestWriteChunkRegionChanged: a split between the write and the ingest
+// makes the ingest fail (EpochNotMatch: the SSTs carry the old epoch), so
+// the rows are routed again and written again to every peer of the new
+// regions; a leader move makes it fail with NotLeader, and the same.
+func TestWriteChunkRegionChanged(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		change func(p *playground.Playground, reg *region) error
+		writes int64 // Write streams in all
+	}{
+		{name: "split", writes: 3 + 3*2, change: func(p *playground.Playground, _ *region) error {
+			_, err := p.Cluster.Split([]byte("c/05"))
+			return err
+		}},
+		{name: "leader moved", writes: 3 + 3, change: func(p *playground.Playground, reg *region) error {
+			return p.Cluster.TransferLeader(reg.id, reg.leader.GetStoreId()%3+1)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tgt := startImportTarget(t, ctx, importer.Limits{BusyFiles: -1})
+			cli := newTargetClient(t, tgt.PDAddr())
+			target, err := dialTarget(ctx, []string{tgt.PDAddr()}, hclog.NewNullLogger())
+			require.NoError(t, err)
+			defer target.Close()
+			var once sync.Once
+			target.beforeIngest = func(reg *region) {
+				once.Do(func() { require.NoError(t, tc.change(tgt, reg)) })
+			}
+			now, err := cli.CurrentTimestamp("global")
+			require.NoError(t, err)
+			c := &chunk{}
+			want := map[string]string{}
+			for j := 0; j < 10; j++ {
+				k := fmt.Sprintf("c/%02d", j)
+				r := logfile.Row{Key: []byte(k), CommitTS: now - 10, Op: logfile.OpPut, Value: []byte(k)}
+				c.add(&r)
+				want[k] = k
+			}
+			require.NoError(t, target.writeChunk(ctx, c, nil))
+			st := tgt.ImportStats()
+			require.Equal(t, tc.writes, st.Writes)
+			ts, err := cli.CurrentTimestamp("global")
+			require.NoError(t, err)
+			requireSame(t, want, scanAt(t, cli, ts), "written")
+		})
 	}
 }
