@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/pingcap/kvproto/pkg/import_sstpb"
 	"google.golang.org/grpc"
 
 	"github.com/pitr-io/pitr/playground/cdc"
@@ -57,7 +58,10 @@ type Config struct {
 	// merge checker every interval (pd.Config.BalanceInterval); off by
 	// default.
 	BalanceInterval time.Duration
-	Logger          hclog.Logger
+	// Import sets every store's write-pressure and import-mode limits
+	// (zero fields: TiKV's defaults).
+	Import importer.Limits
+	Logger hclog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -108,6 +112,7 @@ type storeNode struct {
 	addr string
 	srv  *tikv.Server
 	cdc  *cdc.Service
+	imp  *importer.Service
 }
 
 // Start starts a playground and returns once every part serves.
@@ -188,7 +193,7 @@ func (p *Playground) startStore(id uint64, addr string) error {
 		MinTSInterval: p.cfg.MinTSInterval,
 	})
 	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, SSTs: p.ssts,
-		Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
+		Limits: p.cfg.Import, Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
 	tcfg := tikv.Config{
 		StoreID:  id,
 		Addr:     addr,
@@ -213,7 +218,7 @@ func (p *Playground) startStore(id uint64, addr string) error {
 		return err
 	}
 	p.mu.Lock()
-	p.stores[id] = &storeNode{id: id, addr: srv.Addr(), srv: srv, cdc: svc}
+	p.stores[id] = &storeNode{id: id, addr: srv.Addr(), srv: srv, cdc: svc, imp: imp}
 	p.mu.Unlock()
 	return nil
 }
@@ -221,6 +226,32 @@ func (p *Playground) startStore(id uint64, addr string) error {
 // PendingSSTs returns how many written SSTs (each store's copy counted)
 // wait for an ingest.
 func (p *Playground) PendingSSTs() int { return p.ssts.Pending() }
+
+// ImportStats sums the import counters of the running stores.
+func (p *Playground) ImportStats() importer.Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var st importer.Stats
+	for _, s := range p.stores {
+		st = st.Add(s.imp.Stats())
+	}
+	return st
+}
+
+// ImportMode returns each running store's import mode, by store id.
+func (p *Playground) ImportMode(ctx context.Context) (map[uint64]import_sstpb.SwitchMode, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[uint64]import_sstpb.SwitchMode{}
+	for id, s := range p.stores {
+		resp, err := s.imp.GetMode(ctx, &import_sstpb.GetModeRequest{})
+		if err != nil {
+			return nil, err
+		}
+		out[id] = resp.GetMode()
+	}
+	return out, nil
+}
 
 // PDAddr returns the PD (and etcd) client address.
 func (p *Playground) PDAddr() string { return p.PD.Addr() }

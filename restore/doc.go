@@ -19,9 +19,12 @@
 //	          merge.Merge over the files meeting the job (row groups
 //	          pruned by key), keep commit_ts ≤ T (deletes too), cut chunks
 //	          at target region boundaries and ChunkBytes; Concurrency
-//	          writers: import_sstpb Write to every peer + MultiIngest at the
-//	          leader; region errors refresh the region from PD and retry
-//	          (bounded, with backoff)
+//	          writers: import_sstpb Write to every peer (SSTMeta with the
+//	          encoded inclusive key range, API V1) + MultiIngest at the
+//	          leader, every store held in import mode meanwhile
+//	          (importmode.go); ServerIsBusy retries the ingest alone (up to
+//	          BusyTimeout), other region errors refresh the region from PD
+//	          and write again (MaxAttempts, with backoff)
 //	progress  a unit is recorded done (progress file) once the chunk
 //	          holding its last version is ingested; a rerun skips it
 //

@@ -5,11 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/pingcap/kvproto/pkg/errorpb"
 	"github.com/pingcap/kvproto/pkg/import_sstpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/client-go/v2/util/codec"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pitr-io/pitr/logfile"
 )
@@ -103,43 +110,93 @@ func (c *chunk) batches(rows []kv) []*import_sstpb.WriteRequest {
 }
 
 // writeChunk writes the rows of c to the target, region by region, with
-// retries: a region error or an unreachable store drops the cached region,
-// and the rows not yet ingested are routed again from fresh PD data.
+// retries (see writeRegion).
 func (t *target) writeChunk(ctx context.Context, c *chunk, onIngest func(regionID uint64, rows []kv)) error {
 	rows := c.rows
 	for len(rows) > 0 {
-		for attempt := 1; ; attempt++ {
-			reg, err := t.locate(ctx, c.key(&rows[0]))
-			if err == nil {
-				n := sort.Search(len(rows), func(i int) bool { return !beforeEnd(c.key(&rows[i]), reg.end) })
-				if err = t.writeAndIngest(ctx, c, reg, rows[:n]); err == nil {
-					if onIngest != nil {
-						onIngest(reg.id, rows[:n])
-					}
-					rows = rows[n:]
-					break
-				}
-				if ctx.Err() == nil {
-					t.log.Debug("write chunk failed; refreshing the region", "region", reg.id, "attempt", attempt, "error", err)
-				}
-				t.invalidate(reg)
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			var pe *permanentError
-			if errors.As(err, &pe) {
-				return err
-			}
-			if attempt >= t.maxAttempts {
-				return fmt.Errorf("write to the target: %w (gave up after %d attempts)", err, attempt)
-			}
-			if err := t.backoff(ctx, attempt); err != nil {
-				return err
-			}
+		n, reg, err := t.writeRegion(ctx, c, rows)
+		if err != nil {
+			return err
 		}
+		if onIngest != nil {
+			onIngest(reg.id, rows[:n])
+		}
+		rows = rows[n:]
 	}
 	return nil
+}
+
+// written is a region's SSTs, on every peer, waiting for their ingest.
+type written struct {
+	reg   *region
+	n     int // rows[:n] are in them
+	metas []*import_sstpb.SSTMeta
+}
+
+// writeRegion writes the rows of the region holding the first row to every
+// peer and ingests them at the leader. The retry policy follows Lightning's
+// (pingcap/tidb pkg/lightning/backend/local/region_job.go
+// convertStageOnIngestError):
+//   - ServerIsBusy (TiKV's write stall, src/import/ingest.rs
+//     check_write_stall): the written SSTs stay valid, so only the ingest is
+//     retried, with the same SSTs, after a long backoff that does not count
+//     against the attempt budget; the wait is bounded by busyTimeout in all.
+//   - Any other region error (NotLeader, EpochNotMatch, RegionNotFound,
+//     KeyNotInRegion, StaleCommand "file ... does not exist"), a stale epoch
+//     at Write (RequestTooOld/RequestTooNew) or an unreachable store: the
+//     cached region is dropped and the rows are routed again from fresh PD
+//     data and written again to every peer; these count against maxAttempts.
+//   - Errors retrying cannot fix (a malformed stream, an API version TiKV
+//     refuses, a full disk) end the restore.
+func (t *target) writeRegion(ctx context.Context, c *chunk, rows []kv) (int, *region, error) {
+	var w *written
+	var busySince time.Time
+	busyTries := 0
+	for attempt := 1; ; {
+		var err error
+		if w == nil {
+			w, err = t.writePeers(ctx, c, rows)
+		}
+		if err == nil {
+			if err = t.ingest(ctx, w); err == nil {
+				return w.n, w.reg, nil
+			}
+			var busy *busyError
+			if errors.As(err, &busy) && ctx.Err() == nil {
+				if busySince.IsZero() {
+					busySince = time.Now()
+				}
+				if time.Since(busySince) >= t.busyTimeout {
+					return 0, nil, fmt.Errorf("write to the target: %w (busy for %s)", err, time.Since(busySince).Round(time.Second))
+				}
+				busyTries++
+				t.log.Debug("target busy; retrying the ingest", "region", w.reg.id, "try", busyTries, "error", err)
+				if err := t.sleep(ctx, min(t.busyMinBackoff<<min(busyTries-1, 10), t.busyMaxBackoff)); err != nil {
+					return 0, nil, err
+				}
+				continue
+			}
+		}
+		if ctx.Err() != nil {
+			return 0, nil, ctx.Err()
+		}
+		var pe *permanentError
+		if errors.As(err, &pe) {
+			return 0, nil, err
+		}
+		t.log.Debug("write to a region failed; refreshing it and writing again", "attempt", attempt, "error", err)
+		if w != nil {
+			t.invalidate(w.reg)
+			w = nil
+		}
+		if attempt >= t.maxAttempts {
+			return 0, nil, fmt.Errorf("write to the target: %w (gave up after %d attempts)", err, attempt)
+		}
+		if err := t.backoff(ctx, attempt); err != nil {
+			return 0, nil, err
+		}
+		attempt++
+	}
 }
 
 // permanentError is an import error retrying does not fix.
@@ -148,29 +205,57 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// writeAndIngest writes rows, all inside reg, to every peer's store (as
-// Lightning does: each peer applies the ingest from its own copy) and
-// ingests them at the leader.
-func (t *target) writeAndIngest(ctx context.Context, c *chunk, reg *region, rows []kv) error {
+// busyError is ServerIsBusy from an ingest.
+type busyError struct{ err *regionError }
+
+func (e *busyError) Error() string { return e.err.Error() }
+func (e *busyError) Unwrap() error { return e.err }
+
+// writePeers locates the region of rows[0] and writes the rows inside it to
+// every peer's store (as Lightning does: each peer applies the ingest from
+// its own copy; a follower without one panics at apply), all copies under
+// one SST name.
+func (t *target) writePeers(ctx context.Context, c *chunk, rows []kv) (*written, error) {
+	reg, err := t.locate(ctx, c.key(&rows[0]))
+	if err != nil {
+		return nil, err
+	}
+	n := sort.Search(len(rows), func(i int) bool { return !beforeEnd(c.key(&rows[i]), reg.end) })
+	rows = rows[:n]
 	msgs := c.batches(rows)
-	// One SST name for every peer's copy: the leader's ingest command names
-	// the SST, and each peer applies it from its own copy of that name.
 	id := uuid.New()
-	var leaderMetas []*import_sstpb.SSTMeta
+	first, last := c.key(&rows[0]), c.key(&rows[len(rows)-1])
+	w := &written{reg: reg, n: n}
+	var peers []*metapb.Peer
+	leader := -1
 	for _, p := range reg.peers {
-		if t.leaderOnly && p.GetStoreId() != reg.leader.GetStoreId() {
+		isLeader := p.GetStoreId() == reg.leader.GetStoreId()
+		if t.leaderOnly && !isLeader {
 			continue
 		}
-		metas, err := t.write(ctx, reg, p.GetStoreId(), id, msgs)
-		if err != nil {
-			return err
+		if isLeader {
+			leader = len(peers)
 		}
-		if p.GetStoreId() == reg.leader.GetStoreId() {
-			leaderMetas = metas
-		}
+		peers = append(peers, p)
 	}
-	if leaderMetas == nil {
-		return &regionError{region: reg.id, err: &errorpb.Error{Message: fmt.Sprintf("leader store %d is not a peer", reg.leader.GetStoreId())}}
+	if leader < 0 {
+		t.invalidate(reg)
+		return nil, &regionError{region: reg.id, err: &errorpb.Error{Message: fmt.Sprintf("leader store %d is not a peer", reg.leader.GetStoreId())}}
+	}
+	metas, err := t.write(ctx, reg, peers, id, first, last, msgs)
+	if err != nil {
+		t.invalidate(reg)
+		return nil, err
+	}
+	w.metas = metas[leader]
+	return w, nil
+}
+
+// ingest ingests written SSTs at the region's leader.
+func (t *target) ingest(ctx context.Context, w *written) error {
+	reg := w.reg
+	if t.beforeIngest != nil {
+		t.beforeIngest(reg)
 	}
 	cc, err := t.conn(ctx, reg.leader.GetStoreId())
 	if err != nil {
@@ -178,60 +263,104 @@ func (t *target) writeAndIngest(ctx context.Context, c *chunk, reg *region, rows
 	}
 	resp, err := import_sstpb.NewImportSSTClient(cc).MultiIngest(ctx, &import_sstpb.MultiIngestRequest{
 		Context: &kvrpcpb.Context{RegionId: reg.id, RegionEpoch: reg.epoch, Peer: reg.leader},
-		Ssts:    leaderMetas,
+		Ssts:    w.metas,
 	})
 	if err != nil {
 		t.maybeDropConn(reg.leader.GetStoreId(), err)
-		return fmt.Errorf("ingest at store %d: %w", reg.leader.GetStoreId(), err)
+		code := status.Code(err)
+		err = fmt.Errorf("ingest at store %d: %w", reg.leader.GetStoreId(), err)
+		if code == codes.Unknown {
+			// TiKV's own refusal (e.g. IncompatibleApiVersion, sent as
+			// make_rpc_error in src/import/mod.rs), not transport.
+			return &permanentError{err}
+		}
+		return err
 	}
-	if e := resp.GetError(); e != nil {
-		return &regionError{region: reg.id, err: e}
+	e := resp.GetError()
+	switch {
+	case e == nil:
+		return nil
+	case e.GetServerIsBusy() != nil:
+		return &busyError{&regionError{region: reg.id, err: e}}
+	case e.GetDiskFull() != nil:
+		return &permanentError{&regionError{region: reg.id, err: e}}
 	}
-	return nil
+	return &regionError{region: reg.id, err: e}
 }
 
-// write streams msgs to one store's import service and returns the SSTs it built.
-func (t *target) write(ctx context.Context, reg *region, storeID uint64, id uuid.UUID, msgs []*import_sstpb.WriteRequest) ([]*import_sstpb.SSTMeta, error) {
-	cc, err := t.conn(ctx, storeID)
-	if err != nil {
-		return nil, err
+// sstMeta is the head of a Write stream. TiKV's Write returns this meta
+// with only cf_name changed (sst_importer.rs new_txn_writer), and every peer
+// checks it when it applies the ingest (apply.rs check_sst_for_ingestion):
+// its epoch must equal the region's, and both ends of its range —
+// memcomparable-encoded user keys, no ts, inclusive — must lie in the region.
+// An empty range fails every region that does not start at "". APIVersion
+// V1 is the target's (the only one pitr supports); TiKV refuses a meta of
+// another version with IncompatibleApiVersion. As Lightning's doWrite
+// (pingcap/tidb pkg/lightning/backend/local/region_job.go).
+func sstMeta(id uuid.UUID, reg *region, first, last []byte) *import_sstpb.SSTMeta {
+	return &import_sstpb.SSTMeta{
+		Uuid: id[:], RegionId: reg.id, RegionEpoch: reg.epoch,
+		Range:      &import_sstpb.Range{Start: codec.EncodeBytes(nil, first), End: codec.EncodeBytes(nil, last)},
+		ApiVersion: kvrpcpb.APIVersion_V1,
 	}
+}
+
+// write streams msgs to the import service of every peer's store at once,
+// marshalling each message once for all of them (as Lightning's doWrite
+// does with grpc.PreparedMsg), and returns the SSTs each store built.
+func (t *target) write(ctx context.Context, reg *region, peers []*metapb.Peer, id uuid.UUID, first, last []byte, msgs []*import_sstpb.WriteRequest) ([][]*import_sstpb.SSTMeta, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ws, err := import_sstpb.NewImportSSTClient(cc).Write(wctx)
-	if err != nil {
-		t.maybeDropConn(storeID, err)
-		return nil, fmt.Errorf("write to store %d: %w", storeID, err)
-	}
-	peer := reg.leader
-	for _, p := range reg.peers {
-		if p.GetStoreId() == storeID {
-			peer = p
+	meta := sstMeta(id, reg, first, last)
+	streams := make([]import_sstpb.ImportSST_WriteClient, len(peers))
+	for i, p := range peers {
+		storeID := p.GetStoreId()
+		cc, err := t.conn(ctx, storeID)
+		if err != nil {
+			return nil, err
 		}
-	}
-	head := &import_sstpb.WriteRequest{
-		Chunk: &import_sstpb.WriteRequest_Meta{Meta: &import_sstpb.SSTMeta{
-			Uuid: id[:], RegionId: reg.id, RegionEpoch: reg.epoch, CfName: "default",
-		}},
-		Context: &kvrpcpb.Context{RegionId: reg.id, RegionEpoch: reg.epoch, Peer: peer},
-	}
-	if err := ws.Send(head); err != nil {
-		return nil, t.streamErr(ws, reg, storeID, err)
-	}
-	for _, m := range msgs {
-		if err := ws.Send(m); err != nil {
+		ws, err := import_sstpb.NewImportSSTClient(cc).Write(wctx)
+		if err != nil {
+			t.maybeDropConn(storeID, err)
+			return nil, fmt.Errorf("write to store %d: %w", storeID, err)
+		}
+		head := &import_sstpb.WriteRequest{
+			Chunk:   &import_sstpb.WriteRequest_Meta{Meta: meta},
+			Context: &kvrpcpb.Context{RegionId: reg.id, RegionEpoch: reg.epoch, Peer: p},
+		}
+		if err := ws.Send(head); err != nil {
 			return nil, t.streamErr(ws, reg, storeID, err)
 		}
+		streams[i] = ws
 	}
-	resp, err := ws.CloseAndRecv()
-	if err != nil {
-		t.maybeDropConn(storeID, err)
-		return nil, fmt.Errorf("write to store %d: %w", storeID, err)
+	for _, m := range msgs {
+		var msg any = m
+		if len(streams) > 1 {
+			pm := &grpc.PreparedMsg{}
+			if err := pm.Encode(streams[0], m); err != nil {
+				return nil, fmt.Errorf("encode a write batch: %w", err)
+			}
+			msg = pm
+		}
+		for i, ws := range streams {
+			if err := ws.SendMsg(msg); err != nil {
+				return nil, t.streamErr(ws, reg, peers[i].GetStoreId(), err)
+			}
+		}
 	}
-	if err := writeRespErr(reg, storeID, resp); err != nil {
-		return nil, err
+	out := make([][]*import_sstpb.SSTMeta, len(streams))
+	for i, ws := range streams {
+		storeID := peers[i].GetStoreId()
+		resp, err := ws.CloseAndRecv()
+		if err != nil {
+			return nil, t.writeErr(storeID, err)
+		}
+		if err := writeRespErr(reg, storeID, resp); err != nil {
+			return nil, err
+		}
+		out[i] = resp.GetMetas()
 	}
-	return resp.GetMetas(), nil
+	return out, nil
 }
 
 func writeRespErr(reg *region, storeID uint64, resp *import_sstpb.WriteResponse) error {
@@ -256,6 +385,31 @@ func (t *target) streamErr(ws import_sstpb.ImportSST_WriteClient, reg *region, s
 	} else {
 		err = rerr
 	}
+	return t.writeErr(storeID, err)
+}
+
+// retryableWriteErrors are the TiKV errors of a Write stream that a retry
+// with fresh region data can fix (TiKV sends every Write error as gRPC
+// status UNKNOWN with the error's Debug text, src/import/mod.rs
+// make_rpc_error, so the kind is only in the text; Lightning matches it the
+// same way). RequestTooOld/RequestTooNew: the store has no peer of the
+// region or another epoch (sst_service.rs check_local_region_stale);
+// ResourceNotEnough: check_import_resources; Suspended: SuspendImportRPC.
+var retryableWriteErrors = []string{"RequestTooOld", "RequestTooNew", "ResourceNotEnough", "Suspended"}
+
+// writeErr classifies the error that ended a Write stream.
+func (t *target) writeErr(storeID uint64, err error) error {
 	t.maybeDropConn(storeID, err)
-	return fmt.Errorf("write to store %d: %w", storeID, err)
+	werr := fmt.Errorf("write to store %d: %w", storeID, err)
+	if s, ok := status.FromError(err); ok && s.Code() == codes.Unknown {
+		for _, kind := range retryableWriteErrors {
+			if strings.HasPrefix(s.Message(), kind) {
+				return werr
+			}
+		}
+		// A malformed stream (keys out of order, InvalidChunk, BadFormat):
+		// writing it again fails the same way.
+		return &permanentError{werr}
+	}
+	return werr
 }

@@ -47,15 +47,26 @@ type Options struct {
 	// ChunkBytes is the key+value bytes of one Write+MultiIngest.
 	ChunkBytes int64
 	// LeaderOnly writes each chunk's SST to the leader's store only, not to
-	// every peer's. Enough for the playground, whose stores share one
-	// engine; a real TiKV needs the SST on every peer (each applies the
-	// ingest from its own copy), as Lightning does, which is the default.
+	// every peer's: a benchmark of the playground (started with
+	// importer.Limits.LeaderOnlyIngest), whose stores share one engine. A
+	// real TiKV needs the SST on every peer (each applies the ingest from
+	// its own copy; a follower without one panics), so Run refuses it
+	// (ErrLeaderOnly) unless every store carries the playground's label.
 	LeaderOnly bool
-	// MaxAttempts bounds the tries of one chunk against region errors and
-	// unreachable stores (backoff 50 ms doubling to 2 s); default 30.
+	// MaxAttempts bounds the tries of one region's write against region
+	// errors and unreachable stores (backoff 50 ms doubling to 2 s);
+	// default 30. ServerIsBusy is not an attempt (see BusyTimeout).
 	MaxAttempts int
 	// Prepare configures what is done to the target around the writes.
 	Prepare PrepareOptions
+	// BusyTimeout bounds how long one region's ingest keeps being retried
+	// while the target answers ServerIsBusy; default DefaultBusyTimeout.
+	BusyTimeout time.Duration
+	// ImportModeInterval is how often the target's stores are switched to
+	// import mode again while the restore writes; default
+	// DefaultImportModeInterval. It must be shorter than the stores'
+	// import.import-mode-timeout (TiKV's default 10 min).
+	ImportModeInterval time.Duration
 	// Progress, when set, receives the progress bar.
 	Progress io.Writer
 	Logger   hclog.Logger
@@ -134,6 +145,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer tgt.Close()
 	tgt.maxAttempts, tgt.leaderOnly = o.MaxAttempts, o.LeaderOnly
+	if o.BusyTimeout > 0 {
+		tgt.busyTimeout = o.BusyTimeout
+	}
+	if o.LeaderOnly {
+		if err := tgt.checkLeaderOnly(ctx); err != nil {
+			return nil, err
+		}
+	}
 	path := o.ProgressFile
 	if path == "" {
 		path = DefaultProgressPath(b.URL, plan.RestoreTS, tgt.clusterID)
@@ -215,11 +234,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		logical += f.File.GetLogicalBytes()
 	}
 	m.setPhase("restore", logical)
+	im := startImportMode(ctx, tgt, o.ImportModeInterval, log)
 	r := newRunner(o, log, plan, files, tgt, prog, m)
 	err = r.run(ctx, logical)
 	if err == nil {
 		err = ctx.Err()
 	}
+	_ = im.Close() // logged; each store also returns to normal mode by itself
 	if perr := prog.flush(err == nil); perr != nil && err == nil {
 		err = perr
 	}

@@ -45,8 +45,21 @@ type target struct {
 	// minBackoff and doubles up to maxBackoff.
 	maxAttempts            int
 	minBackoff, maxBackoff time.Duration
-	leaderOnly             bool // write SSTs to the leader's store only
+	// busyTimeout bounds the time one region's ingest keeps meeting
+	// ServerIsBusy; its retries back off from busyMinBackoff doubling to
+	// busyMaxBackoff and are not attempts.
+	busyTimeout                    time.Duration
+	busyMinBackoff, busyMaxBackoff time.Duration
+	leaderOnly                     bool          // write SSTs to the leader's store only
+	beforeIngest                   func(*region) // tests only
 }
+
+// Defaults of the busy retries: BR's log restore retries for about 10 min.
+const (
+	DefaultBusyTimeout = 10 * time.Minute
+	busyMinBackoff     = 500 * time.Millisecond
+	busyMaxBackoff     = 10 * time.Second
+)
 
 // region is one target region as PD reported it, with raw key bounds.
 type region struct {
@@ -74,6 +87,7 @@ func dialTarget(ctx context.Context, addrs []string, log hclog.Logger) (*target,
 		pd: cli, clusterID: cli.GetClusterID(ctx), log: log,
 		conns:       map[uint64]*grpc.ClientConn{},
 		maxAttempts: 30, minBackoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second,
+		busyTimeout: DefaultBusyTimeout, busyMinBackoff: busyMinBackoff, busyMaxBackoff: busyMaxBackoff,
 	}, nil
 }
 
@@ -314,8 +328,11 @@ func (e *regionError) Error() string {
 
 // backoff sleeps before attempt n (n ≥ 1).
 func (t *target) backoff(ctx context.Context, n int) error {
-	d := t.minBackoff << min(n-1, 10)
-	d = min(d, t.maxBackoff)
+	return t.sleep(ctx, min(t.minBackoff<<min(n-1, 10), t.maxBackoff))
+}
+
+// sleep waits d or until ctx ends.
+func (t *target) sleep(ctx context.Context, d time.Duration) error {
 	select {
 	case <-time.After(d):
 		return nil
@@ -401,4 +418,47 @@ func (t *target) scanOne(ctx context.Context, reg *region, start, end []byte, ts
 		return p.GetKey(), nil
 	}
 	return nil, nil
+}
+
+// ErrLeaderOnly: Options.LeaderOnly was asked of a target that is not a
+// playground.
+var ErrLeaderOnly = errors.New("leader-only restore refused")
+
+// playgroundLabel is the store label the playground reports on every store
+// (playground/cluster.PlaygroundLabel; restore never imports the
+// playground). Its stores share one engine, so an SST on the leader alone
+// is enough there.
+const playgroundLabel = "pitr-playground"
+
+// checkLeaderOnly refuses LeaderOnly unless every store of the target is a
+// playground store. On a real TiKV each follower applies an ingest from its
+// own copy of the SST and panics when it has none (raftstore apply.rs
+// handle_ingest_sst), so a leader-only restore would crash the target's
+// TiKVs. The label is an honest marker, not a guarantee: someone could set
+// it on a real TiKV, which is why LeaderOnly is not a command-line option.
+func (t *target) checkLeaderOnly(ctx context.Context) error {
+	stores, err := pdRetry(ctx, func() ([]*metapb.Store, error) {
+		return t.pd.GetAllStores(ctx, opt.WithExcludeTombstone())
+	})
+	if err != nil {
+		return fmt.Errorf("%w: list stores: %v", ErrUnavailable, err)
+	}
+	return leaderOnlyAllowed(stores)
+}
+
+func leaderOnlyAllowed(stores []*metapb.Store) error {
+	if len(stores) == 0 {
+		return fmt.Errorf("%w: the target has no stores", ErrLeaderOnly)
+	}
+	for _, st := range stores {
+		ok := false
+		for _, l := range st.GetLabels() {
+			ok = ok || l.GetKey() == playgroundLabel
+		}
+		if !ok {
+			return fmt.Errorf("%w: store %d (%s) is not a playground store; a TiKV follower without its copy of an SST panics at the ingest",
+				ErrLeaderOnly, st.GetId(), st.GetAddress())
+		}
+	}
+	return nil
 }

@@ -44,6 +44,12 @@ var (
 // StoreVersion is the TiKV version the playground stores report to PD.
 const StoreVersion = "8.5.0"
 
+// PlaygroundLabel is a store label every playground store reports to PD, so
+// that a client can tell the playground from a real TiKV (restore refuses
+// its bench-only leader-only mode on any store without it). Its value says
+// why that mode is harmless here: all stores share one engine.
+const PlaygroundLabel = "pitr-playground"
+
 // Store is one playground TiKV store.
 type Store struct {
 	ID   uint64 `json:"id"`
@@ -66,6 +72,7 @@ func (s Store) Meta() *metapb.Store {
 		PeerAddress:    s.Addr,
 		StatusAddress:  s.Addr,
 		StartTimestamp: s.StartTS,
+		Labels:         []*metapb.StoreLabel{{Key: PlaygroundLabel, Value: "shared-engine"}},
 	}
 }
 
