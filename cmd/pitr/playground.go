@@ -18,6 +18,7 @@ type playgroundOptions struct {
 	ctlAddr  string
 	logLevel string
 	tikvVer  string
+	replicas int
 }
 
 func newPlaygroundCmd() *cobra.Command {
@@ -48,6 +49,7 @@ Register), no EventFeedV2, and a stream holds one subscription per region.`,
 	f.StringVar(&o.pdAddr, "pd-addr", "127.0.0.1:2379", "PD listen address (127.0.0.1:0 picks a free port)")
 	f.StringVar(&o.ctlAddr, "ctl-addr", "127.0.0.1:0", "control API listen address")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	f.IntVar(&o.replicas, "replicas", 0, "peers per region of a new cluster (default: every store), so /move-peer has somewhere to go")
 	f.StringVar(&o.tikvVer, "tikv-version", cdc.DefaultVersion, "TiKV version the stores report and behave as (e.g. 7.1.0)")
 	return c
 }
@@ -60,6 +62,9 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	if level == hclog.NoLevel {
 		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
+	if o.replicas < 0 || o.replicas > o.stores {
+		return usageErrorf("--replicas must be between 1 and --stores (%d), got %d", o.stores, o.replicas)
+	}
 	ver, err := cdc.ParseVersion(o.tikvVer)
 	if err != nil {
 		return usageErrorf("--tikv-version %q: %v", o.tikvVer, err)
@@ -67,7 +72,7 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: os.Stderr})
 	ctx := cmd.Context()
 	p, err := playground.Start(ctx, playground.Config{
-		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Logger: log,
+		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Replicas: o.replicas, Logger: log,
 	})
 	if err != nil {
 		return withExit(ExitUnavailable, fmt.Errorf("start playground: %w", err))
