@@ -339,3 +339,39 @@ func TestCaptureProtocolErrorBefore73(t *testing.T) {
 	require.Empty(t, c.subs)
 	c.mu.Unlock()
 }
+
+// TestCaptureDuplicateRequestBefore73: TiKV < 7.3 answers DuplicateRequest
+// while it still holds a subscription of the region on the stream; only a
+// new stream ends that, so the capture reopens it instead of retrying the
+// Register forever.
+func TestCaptureDuplicateRequestBefore73(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		deregister bool
+	}{{"7.3+", true}, {"7.1", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, fs, f := testCapture(t)
+			c.deregister = tc.deregister
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
+			req := addRegion(c, 3, "a", "z")
+			fs.in <- regionErr(3, req, &cdcpb.Error{DuplicateRequest: &cdcpb.DuplicateRequest{RegionId: 3}})
+			if tc.deregister {
+				fs.in <- &cdcpb.ChangeDataEvent{}
+				c.mu.Lock()
+				require.Equal(t, stateIdle, c.regions[3].state)
+				require.False(t, c.reopen)
+				c.mu.Unlock()
+				return
+			}
+			select {
+			case err := <-done:
+				require.ErrorIs(t, err, errReopen)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the stream was not reopened after DuplicateRequest")
+			}
+		})
+	}
+}
