@@ -165,6 +165,12 @@ func testFullFlusher(t *testing.T, version string) {
 	_, err = cli.Put(ctx, task.Key("t1"), string(b))
 	require.NoError(t, err)
 
+	// The txn client first: client-go initialises the PD client's global
+	// metrics, which the agent's PD client reads (a race otherwise).
+	kv, err := workload.Connect(ctx, []string{p.PDAddr()})
+	require.NoError(t, err)
+	defer kv.Close()
+
 	storeID := p.StoreIDs()[0]
 	a, err := New(Config{
 		PDAddrs: []string{p.PDAddr()}, TiKVAddr: p.StoreAddrs()[storeID], DataDir: t.TempDir(),
@@ -236,9 +242,6 @@ func testFullFlusher(t *testing.T, version string) {
 	// gRPC receive window (8 MiB) and TiKV's quota (1 MiB) together, at
 	// about 4 MiB/s.
 	gate.block()
-	kv, err := workload.Connect(ctx, []string{p.PDAddr()})
-	require.NoError(t, err)
-	defer kv.Close()
 	const n, size = 192, 64 << 10
 	pace := time.NewTicker(16 * time.Millisecond)
 	defer pace.Stop()
