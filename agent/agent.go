@@ -82,6 +82,8 @@ type Agent struct {
 	lastErr string
 
 	closeOnce sync.Once
+
+	wrapSink func(sink) sink // tests: wraps each capture's flusher
 }
 
 // health is what /healthz reports, kept up to date by the loops.

@@ -81,9 +81,17 @@ func testLogger(t *testing.T) hclog.Logger {
 
 func newEnv(t *testing.T, ranges []*pitrpb.KeyRange, flushInterval time.Duration) *env {
 	t.Helper()
+	return newEnvWith(t, playground.Config{Stores: 3}, ranges, flushInterval)
+}
+
+// newEnvWith is newEnv on a playground configured by pc (GC off, 200ms
+// resolved ts and the test logger are set here).
+func newEnvWith(t *testing.T, pc playground.Config, ranges []*pitrpb.KeyRange, flushInterval time.Duration) *env {
+	t.Helper()
 	ctx := context.Background()
 	log := testLogger(t)
-	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: -1, MinTSInterval: 200 * time.Millisecond, Logger: log})
+	pc.GCInterval, pc.MinTSInterval, pc.Logger = -1, 200*time.Millisecond, log
+	p, err := playground.Start(ctx, pc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.PDAddr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,7 +62,8 @@ const (
 	statePending
 	// stateNormal: initialized; resolved ts advances.
 	stateNormal
-	// stateStopping: Deregister sent; waiting for the subscription's end.
+	// stateStopping: Deregister sent (TiKV ≥ 7.3); waiting for TiKV's
+	// RegionNotFound that ends the subscription.
 	stateStopping
 )
 
@@ -87,15 +90,17 @@ type region struct {
 	retryAt  time.Time // earliest next subscribe (idle)
 	busy     int       // consecutive ServerIsBusy/Congested
 	failures int       // subscriptions ended since the region was last initialized
-	pdMisses int       // consecutive PD scans that did not confirm the subscription
 	since    time.Time // when state last changed
 
 	budget budgetState // prewrite budget (matcher.go)
 }
 
+// sameAs reports whether PD's region is the one subscribed: same id, epoch
+// version and range. conf_ver is not compared: a peer move changes only
+// conf_ver, and TiKV CDC ignores it (delegate.rs check_epoch_on_ready:
+// check_conf_ver false; sink_admin reacts only to splits and merges).
 func (r *region) sameAs(p *pdRegion) bool {
-	return r.epoch.Version == p.epoch.Version && r.epoch.ConfVer == p.epoch.ConfVer &&
-		bytes.Equal(r.start, p.start) && bytes.Equal(r.end, p.end)
+	return r.epoch.Version == p.epoch.Version && bytes.Equal(r.start, p.start) && bytes.Equal(r.end, p.end)
 }
 
 func (r *region) setState(s regionState, now time.Time) {
@@ -129,10 +134,25 @@ type capture struct {
 	flushErr  string // last flush error ("" after a good flush)
 	lastFlush time.Time
 
+	// deregister: the local TiKV has Deregister (≥ 7.3, read from PD's
+	// metapb.Store.Version at every stream). Below it every request is a
+	// Register, so a region is released by closing and reopening the
+	// stream instead (TIKV-PROTOCOLS.md §8.1).
+	deregister bool
+	// blocked: the flusher was full past BlockedGrace. Regions whose rows
+	// do not fit are released and nothing is subscribed until a probe Add
+	// of held rows succeeds (probe).
+	blocked bool
+	// reopen: the stream must be closed and opened again to release
+	// regions (TiKV < 7.3); recv ends the stream at the next message.
+	reopen bool
+
 	tso      func(context.Context) (uint64, error)
 	stopped  chan struct{} // closed when run returns
-	kick     chan struct{} // re-read regions from PD now
+	kick     chan struct{} // re-read regions from PD now (a change signal)
+	wake     chan struct{} // subscribe due idle regions now (no PD scan)
 	full     chan struct{} // the buffer reached FileTarget
+	probe    chan []logfile.Row
 	flushReq chan chan flushResult
 }
 
@@ -142,10 +162,14 @@ type flushResult struct {
 }
 
 func newCapture(r *runner, fl sink) *capture {
+	if r.a.wrapSink != nil {
+		fl = r.a.wrapSink(fl)
+	}
 	return &capture{
 		r: r, a: r.a, log: r.log, fl: fl, tso: r.a.tso,
 		regions: map[uint64]*region{}, subs: map[uint64]*region{},
-		kick: make(chan struct{}, 1), full: make(chan struct{}, 1), flushReq: make(chan chan flushResult),
+		kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), full: make(chan struct{}, 1),
+		probe: make(chan []logfile.Row, 1), flushReq: make(chan chan flushResult),
 		stopped: make(chan struct{}),
 	}
 }
@@ -156,6 +180,7 @@ func (c *capture) run(ctx context.Context) error {
 	g.Go(func() error { return c.streamLoop(ctx) })
 	g.Go(func() error { return c.regionLoop(ctx) })
 	g.Go(func() error { return c.flushLoop(ctx) })
+	g.Go(func() error { return c.probeLoop(ctx) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -163,9 +188,13 @@ func (c *capture) run(ctx context.Context) error {
 	return err
 }
 
-func (c *capture) kickRegions() {
+func (c *capture) kickRegions() { signal(c.kick) }
+
+func (c *capture) wakeRegions() { signal(c.wake) }
+
+func signal(ch chan struct{}) {
 	select {
-	case c.kick <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
@@ -196,7 +225,9 @@ func (f *feed) send(req *cdcpb.ChangeDataRequest) error {
 // again on the next stream. Rows already received stay in the buffer.
 func (c *capture) streamLoop(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	reopened := false
 	for ctx.Err() == nil {
+		c.readVersion(ctx)
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := c.a.cdc.EventFeed(sctx)
 		if err == nil {
@@ -204,7 +235,11 @@ func (c *capture) streamLoop(ctx context.Context) error {
 			c.mu.Lock()
 			c.feed, c.feedErr = f, ""
 			c.mu.Unlock()
-			c.kickRegions()
+			if reopened {
+				c.wakeRegions() // nothing changed in PD: subscribe the regions again
+			} else {
+				c.kickRegions()
+			}
 			err = c.recv(ctx, f, bo)
 			f.mu.Lock()
 			f.broken = true
@@ -218,10 +253,59 @@ func (c *capture) streamLoop(ctx context.Context) error {
 		if errors.As(err, &fatal) {
 			return err
 		}
+		reopened = errors.Is(err, errReopen)
+		if reopened {
+			// Closing the stream released the regions on TiKV; the others
+			// are subscribed again on the next one from their checkpoints.
+			c.endStream(err.Error(), false)
+			continue
+		}
 		c.streamBroken(err)
 		bo.wait(ctx)
 	}
 	return nil
+}
+
+// errReopen ends a stream on purpose: below TiKV 7.3 it is the only way to
+// stop a region's subscription.
+var errReopen = errors.New("stream reopened to release regions")
+
+// readVersion reads the local TiKV's version from PD before a stream
+// opens (a rolling upgrade changes it). When PD cannot say, the last known
+// answer stands (at first: no Deregister, the safe choice).
+func (c *capture) readVersion(ctx context.Context) {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := c.a.pd.GetStore(gctx, c.a.storeID)
+	if err != nil || st == nil {
+		if ctx.Err() == nil {
+			c.log.Debug("read the store's version from PD", "error", err)
+		}
+		return
+	}
+	ok := hasDeregister(st.GetVersion())
+	c.mu.Lock()
+	if ok != c.deregister {
+		c.log.Info("tikv version", "version", st.GetVersion(), "deregister", ok)
+	}
+	c.deregister = ok
+	c.mu.Unlock()
+}
+
+// hasDeregister reports whether a TiKV version has EventFeed Deregister
+// (tikv PR #14923, v7.3.0). An unparseable version counts as old.
+func hasDeregister(version string) bool {
+	v := strings.TrimPrefix(strings.TrimSpace(version), "v")
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(strings.TrimRightFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return major > 7 || (major == 7 && minor >= 3)
 }
 
 // fatalError ends the capture (the runner starts a fresh one).
@@ -236,14 +320,29 @@ func (c *capture) streamBroken(err error) {
 	}
 	c.log.Warn("change stream broken; subscribing again", "error", err)
 	c.a.met.streamErrors.Inc()
+	c.endStream("stream broken: "+err.Error(), true)
+}
+
+// endStream ends every subscription of the stream; down: the stream is
+// down until the next one opens (reported as such).
+func (c *capture) endStream(reason string, down bool) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.feed = nil
-	c.feedErr = err.Error()
+	c.feedErr = ""
+	if down {
+		c.feedErr = strings.TrimPrefix(reason, "stream broken: ")
+	}
+	c.reopen = false
 	for id, r := range c.subs {
 		delete(c.subs, id)
-		c.idleLocked(r, "stream broken: "+err.Error(), now, 0)
+		c.idleLocked(r, reason, now, 0)
+	}
+	for _, r := range c.regions {
+		if r.state == stateStopping {
+			c.idleLocked(r, r.reason, now, 0)
+		}
 	}
 }
 
@@ -260,10 +359,18 @@ func (c *capture) idleLocked(r *region, reason string, now time.Time, delay time
 }
 
 // recv reads the stream until it fails. Rows are handed to the flusher
-// before the next message is read: when the flusher blocks (budgets
-// exhausted) the agent stops reading and TiKV buffers, nothing is dropped.
-// A resolved ts is applied only after every row received before it was
-// added, so a flush cut never claims a ts whose rows are not buffered.
+// before the next message is read. A resolved ts is applied only after
+// every row received before it was added, so a flush cut never claims a ts
+// whose rows are not buffered.
+//
+// The reader never stops for long: TiKV's sink quota is store-wide and an
+// overflow stops the region for every subscriber, TiCDC included
+// (TIKV-PROTOCOLS.md §8.4). When the flusher is full past BlockedGrace,
+// the regions whose rows do not fit are released (their rows dropped, the
+// subscription ended with Deregister, or a new stream below TiKV 7.3) and
+// nothing is subscribed until a probe Add of the dropped rows succeeds;
+// then they are subscribed again from their checkpoints, whose
+// incremental scans send the dropped rows again.
 func (c *capture) recv(ctx context.Context, f *feed, bo *backoff) error {
 	var rows []logfile.Row
 	for {
@@ -273,27 +380,13 @@ func (c *capture) recv(ctx context.Context, f *feed, bo *backoff) error {
 		}
 		bo.reset()
 		if len(ev.Events) > 0 {
-			rows = c.handleEvents(f, ev.Events, rows[:0])
+			var from []*region
+			rows, from = c.handleEvents(f, ev.Events, rows[:0])
 			if len(rows) > 0 {
 				batch := make([]logfile.Row, len(rows)) // the flusher keeps it
 				copy(batch, rows)
-				var n int64
-				for i := range batch {
-					n += batch[i].LogicalSize()
-				}
-				if err := c.fl.Add(ctx, batch); err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
-					return &fatalError{fmt.Errorf("buffer rows: %w", err)}
-				}
-				c.a.met.capturedRows.Add(float64(len(batch)))
-				c.a.met.capturedBytes.Add(float64(n))
-				if c.fl.Buffered() >= cutAt(c.a.cfg.FileTarget, c.fl.Stats().FileRatio) {
-					select {
-					case c.full <- struct{}{}:
-					default:
-					}
+				if err := c.add(ctx, f, batch, from); err != nil {
+					return err
 				}
 			}
 		}
@@ -301,15 +394,128 @@ func (c *capture) recv(ctx context.Context, f *feed, bo *backoff) error {
 			c.a.met.events[evResolved].Inc()
 			c.handleResolved(rts)
 		}
+		c.mu.Lock()
+		reopen := c.reopen && c.feed == f
+		c.mu.Unlock()
+		if reopen {
+			return errReopen
+		}
+	}
+}
+
+// add hands a batch to the flusher: waiting at most BlockedGrace, and not
+// at all while the capture is blocked. Rows that do not fit release the
+// regions they came from.
+func (c *capture) add(ctx context.Context, f *feed, batch []logfile.Row, from []*region) error {
+	c.mu.Lock()
+	blocked := c.blocked
+	c.mu.Unlock()
+	actx, cancel := context.WithTimeout(ctx, c.a.cfg.BlockedGrace)
+	if blocked {
+		cancel() // try without waiting
+	}
+	err := c.fl.Add(actx, batch)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			return &fatalError{fmt.Errorf("buffer rows: %w", err)}
+		}
+		c.releaseFull(f, batch, from)
+		return nil
+	}
+	var n int64
+	for i := range batch {
+		n += batch[i].LogicalSize()
+	}
+	c.a.met.capturedRows.Add(float64(len(batch)))
+	c.a.met.capturedBytes.Add(float64(n))
+	if c.fl.Buffered() >= cutAt(c.a.cfg.FileTarget, c.fl.Stats().FileRatio) {
+		signal(c.full)
+	}
+	return nil
+}
+
+// releaseFull releases the regions of a batch the full flusher did not
+// take, blocks new subscriptions, and hands the batch to the probe.
+func (c *capture) releaseFull(f *feed, batch []logfile.Row, from []*region) {
+	now := time.Now()
+	var reqs []*cdcpb.ChangeDataRequest
+	c.mu.Lock()
+	if !c.blocked {
+		c.log.Warn("flusher full; releasing the regions whose rows wait until there is room", "grace", c.a.cfg.BlockedGrace)
+		c.blocked = true
+	}
+	for _, r := range from {
+		if c.feed != f || c.subs[r.requestID] != r || (r.state != statePending && r.state != stateNormal) {
+			continue
+		}
+		if req := c.releaseLocked(r, "released while the flusher is full", now); req != nil {
+			reqs = append(reqs, req)
+		}
+	}
+	c.mu.Unlock()
+	select {
+	case c.probe <- batch:
+	default: // a probe is pending already
+	}
+	for _, req := range reqs {
+		if err := f.send(req); err != nil {
+			c.log.Debug("send deregister", "error", err)
+		}
+	}
+}
+
+// releaseLocked ends a healthy subscription on the agent's own account.
+// With Deregister (TiKV ≥ 7.3) it returns the request and the region waits
+// in stopping for TiKV's answer; below 7.3 the region goes idle at once
+// and the stream is reopened (every request there is a Register, so a
+// Deregister would only get DuplicateRequest and leave the subscription).
+func (c *capture) releaseLocked(r *region, reason string, now time.Time) *cdcpb.ChangeDataRequest {
+	if c.deregister {
+		return c.stopLocked(r, reason, now)
+	}
+	delete(c.subs, r.requestID)
+	c.idleLocked(r, reason, now, 0)
+	c.reopen = true
+	return nil
+}
+
+// probeLoop adds rows the full flusher refused; once one such Add
+// succeeds there is room again and the released regions are subscribed
+// again.
+func (c *capture) probeLoop(ctx context.Context) error {
+	for {
+		var rows []logfile.Row
+		select {
+		case <-ctx.Done():
+			return nil
+		case rows = <-c.probe:
+		}
+		if err := c.fl.Add(ctx, rows); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return &fatalError{fmt.Errorf("buffer rows: %w", err)}
+		}
+		c.mu.Lock()
+		c.blocked = false
+		c.mu.Unlock()
+		c.log.Info("flusher has room again; subscribing the released regions")
+		c.wakeRegions()
 	}
 }
 
 // handleEvents runs the rows of a message through their regions' matchers
-// and applies errors. It returns the committed changes.
-func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row) []logfile.Row {
+// and applies errors. It returns the committed changes and the regions
+// they came from.
+func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row) ([]logfile.Row, []*region) {
 	now := time.Now()
 	var deregister []*cdcpb.ChangeDataRequest
-	resubscribe := false
+	var from []*region
+	rescan, resubscribe := false, false
 	c.mu.Lock()
 	for _, ev := range events {
 		r := c.subs[ev.RequestId]
@@ -324,12 +530,18 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 					continue
 				}
 				var err error
+				n := len(out)
 				out, err = r.m.handle(row, out)
 				if err != nil {
 					c.log.Error("protocol error; subscribing the region again", "region", r.id, "error", err)
 					c.a.met.protocolErrors.Inc()
-					deregister = append(deregister, c.stopLocked(r, "protocol error: "+err.Error(), now))
+					if req := c.releaseLocked(r, "protocol error: "+err.Error(), now); req != nil {
+						deregister = append(deregister, req)
+					}
 					break
+				}
+				if len(out) > n && (len(from) == 0 || from[len(from)-1] != r) {
+					from = append(from, r)
 				}
 				if row.Type == cdcpb.Event_INITIALIZED && r.state == statePending {
 					r.setState(stateNormal, now)
@@ -351,16 +563,32 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 		case *cdcpb.Event_Error:
 			c.a.met.events[evError].Inc()
 			delete(c.subs, ev.RequestId)
+			if r.state == stateStopping && e.Error.RegionNotFound != nil {
+				// TiKV's answer to our Deregister: nothing changed.
+				c.idleLocked(r, r.reason, now, 0)
+				resubscribe = true
+				break
+			}
 			reason, delay, fatal := c.classify(r, e.Error)
 			c.a.met.resubscribes.WithLabelValues(errorKind(e.Error)).Inc()
 			c.idleLocked(r, reason, now, delay)
-			if fatal != nil {
+			switch {
+			case fatal != nil:
 				c.log.Error("subscription refused", "region", r.id, "error", fatal)
 				c.r.a.setLastErr(fmt.Errorf("task %s: %w", c.r.name, fatal))
-			} else {
+			case e.Error.DuplicateRequest != nil && !c.deregister:
+				// TiKV < 7.3 still holds a subscription of the region on
+				// this stream; only a new stream ends it.
+				c.log.Warn("DuplicateRequest; reopening the stream", "region", r.id)
+				c.reopen = true
+			default:
 				c.log.Debug("subscription ended", "region", r.id, "reason", reason)
 			}
-			resubscribe = true
+			if e.Error.NotLeader != nil || e.Error.EpochNotMatch != nil || e.Error.RegionNotFound != nil {
+				rescan = true // the region moved, split or merged: ask PD
+			} else {
+				resubscribe = true
+			}
 		case *cdcpb.Event_ResolvedTs:
 			if r.state == stateNormal {
 				r.m.resolve(e.ResolvedTs)
@@ -373,10 +601,12 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 			c.log.Debug("send deregister", "error", err)
 		}
 	}
-	if resubscribe {
+	if rescan {
 		c.kickRegions()
+	} else if resubscribe {
+		c.wakeRegions()
 	}
-	return out
+	return out, from
 }
 
 // classify maps a subscription error to a reason, a retry delay and, for
@@ -475,22 +705,97 @@ func (c *capture) header() *cdcpb.Header {
 	return &cdcpb.Header{ClusterId: c.a.clusterID, TicdcVersion: ticdcVersion}
 }
 
-// regionLoop re-reads the task's regions from PD every RegionInterval, and
-// at once after a subscription ended or a new stream opened.
+// minScanGap spaces PD scans that change signals ask for.
+const minScanGap = 100 * time.Millisecond
+
+// regionLoop re-reads the task's regions from PD every RegionInterval and
+// on change signals (kick: NotLeader, EpochNotMatch, RegionNotFound, a
+// broken stream), retrying a failed scan sooner; in between it subscribes
+// idle regions when they are due (wake, or the earliest retry time)
+// without asking PD.
 func (c *capture) regionLoop(ctx context.Context) error {
-	t := time.NewTicker(c.a.cfg.RegionInterval)
-	defer t.Stop()
+	scanT := time.NewTimer(0)
+	retryT := time.NewTimer(time.Hour)
+	defer scanT.Stop()
+	defer retryT.Stop()
+	bo := newBackoff(500*time.Millisecond, c.a.cfg.RegionInterval)
+	var lastScan time.Time
 	for {
-		if err := c.reconcile(ctx); err != nil && ctx.Err() == nil {
-			c.log.Warn("read regions from PD", "error", err)
-		}
+		scan := false
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-scanT.C:
+			scan = true
 		case <-c.kick:
+			scan = true
+		case <-c.wake:
+		case <-retryT.C:
+		}
+		if scan {
+			if gap := time.Until(lastScan.Add(minScanGap)); gap > 0 {
+				t := time.NewTimer(gap)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return nil
+				case <-t.C:
+				}
+			}
+			lastScan = time.Now()
+		}
+		err := c.reconcile(ctx, scan)
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("read regions from PD", "error", err)
+		}
+		if scan {
+			next := c.a.cfg.RegionInterval
+			if err != nil {
+				next = min(bo.cur, next)
+				bo.cur = min(bo.cur*2, bo.max)
+			} else {
+				bo.reset()
+			}
+			resetTimer(scanT, next)
+		}
+		if err != nil && ctx.Err() == nil {
+			resetTimer(retryT, time.Second) // due regions: try again soon
+		} else if d, ok := c.nextRetry(); ok {
+			resetTimer(retryT, d)
 		}
 	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(max(d, 0))
+}
+
+// nextRetry is the wait until the earliest idle region that is not due
+// yet becomes due (due ones were just tried). None while blocked or
+// without a stream: room and a new stream wake the loop.
+func (c *capture) nextRetry() (time.Duration, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.blocked || c.feed == nil {
+		return 0, false
+	}
+	now := time.Now()
+	var first time.Time
+	for _, r := range c.regions {
+		if r.state == stateIdle && r.retryAt.After(now) && (first.IsZero() || r.retryAt.Before(first)) {
+			first = r.retryAt
+		}
+	}
+	if first.IsZero() {
+		return 0, false
+	}
+	return time.Until(first) + time.Millisecond, true
 }
 
 // scanRegions lists the regions inside the task ranges whose leader is on
@@ -540,92 +845,83 @@ func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
 	return out, nil
 }
 
-// reconcile brings the subscriptions in line with PD: new regions led here
-// are subscribed, idle ones subscribed again when due, regions PD no longer
-// shows here are dropped (idle) or deregistered (after two scans, in case
-// TiKV's error is still on its way).
-func (c *capture) reconcile(ctx context.Context) error {
-	found, err := c.scanRegions(ctx)
-	if err != nil {
-		return err
+// reconcile subscribes the regions led here that are due. With scan it
+// first re-reads PD: new regions led here are added, idle ones PD no
+// longer shows here are dropped. PD alone never ends a subscription: a
+// region PD shows elsewhere, changed, or without a leader (after a PD
+// restart, until the leaders heartbeat) stays subscribed; TiKV reports
+// NotLeader, EpochNotMatch or RegionNotFound itself when it must end.
+func (c *capture) reconcile(ctx context.Context, scan bool) error {
+	var found []*pdRegion
+	if scan {
+		var err error
+		if found, err = c.scanRegions(ctx); err != nil {
+			return err
+		}
 	}
 	now := time.Now()
 	c.mu.Lock()
 	f := c.feed
-	if f == nil {
+	if f == nil || c.blocked {
 		c.mu.Unlock()
 		return nil
 	}
 	var todo []*region
-	var deregister []*cdcpb.ChangeDataRequest
-	seen := make(map[uint64]bool, len(found))
-	var idx []*region // regions by start key, built when first needed
-	for _, p := range found {
-		seen[p.id] = true
-		r := c.regions[p.id]
-		if r != nil && r.sameAs(p) {
-			r.pdMisses = 0
-			if r.state == stateIdle && !now.Before(r.retryAt) {
-				todo = append(todo, r)
-			}
-			continue
-		}
-		if r != nil {
-			if r.state != stateIdle {
-				// Same id, new epoch or range: TiKV's EpochNotMatch is due.
-				r.pdMisses++
-				if r.pdMisses >= 2 && r.state != stateStopping {
-					deregister = append(deregister, c.stopLocked(r, "region changed in PD", now))
-				}
+	if scan {
+		seen := make(map[uint64]bool, len(found))
+		var idx []*region // regions by start key, built when first needed
+		for _, p := range found {
+			seen[p.id] = true
+			r := c.regions[p.id]
+			if r != nil && (r.sameAs(p) || r.state != stateIdle) {
+				// Subscribed: TiKV's error is due if the region changed.
 				continue
 			}
-			delete(c.regions, p.id)
+			if r != nil {
+				delete(c.regions, p.id)
+			}
+			if idx == nil {
+				idx = c.sortedRegionsLocked()
+			}
+			if c.overlapsActiveLocked(idx, p) {
+				continue // an old region's subscription still covers part of it
+			}
+			r = &region{id: p.id, epoch: p.epoch, start: p.start, end: p.end, encStart: p.encStart, encEnd: p.encEnd, since: now}
+			c.regions[p.id] = r
 		}
-		if idx == nil {
-			idx = c.sortedRegionsLocked()
+		for id, r := range c.regions {
+			if !seen[id] && r.state == stateIdle {
+				delete(c.regions, id)
+			}
 		}
-		if c.overlapsActiveLocked(idx, p) {
-			continue // an old region's subscription still covers part of it
-		}
-		r = &region{id: p.id, epoch: p.epoch, start: p.start, end: p.end, encStart: p.encStart, encEnd: p.encEnd, since: now}
-		c.regions[p.id] = r
-		todo = append(todo, r)
 	}
-	for id, r := range c.regions {
-		if seen[id] {
-			continue
-		}
-		if r.state == stateIdle {
-			delete(c.regions, id)
-			continue
-		}
-		r.pdMisses++
-		if r.pdMisses >= 2 && r.state != stateStopping {
-			deregister = append(deregister, c.stopLocked(r, "PD shows the region elsewhere", now))
+	for _, r := range c.regions {
+		if r.state == stateIdle && !now.Before(r.retryAt) {
+			todo = append(todo, r)
 		}
 	}
 	c.mu.Unlock()
-
-	var reqs []*cdcpb.ChangeDataRequest
-	if len(todo) > 0 {
-		global, err := task.Checkpoint(ctx, c.a.etcd, c.r.name)
-		if err != nil {
-			c.a.setEtcdErr(err)
-			return fmt.Errorf("read global checkpoint: %w", err)
-		}
-		floor := max(global, c.r.rec.GetInfo().GetStartTs())
-		c.mu.Lock()
-		if c.feed == f {
-			for _, r := range todo {
-				if r.state != stateIdle || c.regions[r.id] != r {
-					continue
-				}
-				reqs = append(reqs, c.subscribeLocked(r, floor, now))
-			}
-		}
-		c.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
 	}
-	for _, req := range append(deregister, reqs...) {
+	global, err := task.Checkpoint(ctx, c.a.etcd, c.r.name)
+	if err != nil {
+		c.a.setEtcdErr(err)
+		return fmt.Errorf("read global checkpoint: %w", err)
+	}
+	floor := max(global, c.r.rec.GetInfo().GetStartTs())
+	var reqs []*cdcpb.ChangeDataRequest
+	c.mu.Lock()
+	if c.feed == f && !c.blocked {
+		for _, r := range todo {
+			if r.state != stateIdle || c.regions[r.id] != r {
+				continue
+			}
+			reqs = append(reqs, c.subscribeLocked(r, floor, now))
+		}
+	}
+	c.mu.Unlock()
+	for _, req := range reqs {
 		if err := f.send(req); err != nil {
 			return nil // the stream broke; streamLoop starts over
 		}
@@ -667,7 +963,6 @@ func (c *capture) subscribeLocked(r *region, floor uint64, now time.Time) *cdcpb
 	r.from = cp
 	r.m = c.newMatcherLocked(r, cp)
 	r.reason = ""
-	r.pdMisses = 0
 	r.setState(statePending, now)
 	c.subs[r.requestID] = r
 	c.a.met.subscribes.Inc()

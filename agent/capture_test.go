@@ -98,7 +98,7 @@ func (f *fakeStream) Recv() (*cdcpb.ChangeDataEvent, error) {
 
 func testCapture(t *testing.T) (*capture, *fakeSink, *fakeStream, *feed) {
 	t.Helper()
-	a := &Agent{cfg: Config{FileTarget: 1 << 30, FlushInterval: time.Second}, log: hclog.NewNullLogger(), tasks: map[string]*runner{}}
+	a := &Agent{cfg: Config{FileTarget: 1 << 30, FlushInterval: time.Second, BlockedGrace: 100 * time.Millisecond}, log: hclog.NewNullLogger(), tasks: map[string]*runner{}}
 	met, err := newMetrics(prometheus.NewRegistry(), a)
 	require.NoError(t, err)
 	a.met = met
@@ -110,6 +110,7 @@ func testCapture(t *testing.T) (*capture, *fakeSink, *fakeStream, *feed) {
 	fs := &fakeStream{in: make(chan *cdcpb.ChangeDataEvent)}
 	f := &feed{stream: fs}
 	c.feed = f
+	c.deregister = true // TiKV ≥ 7.3
 	return c, sink, fs, f
 }
 
@@ -227,30 +228,70 @@ func TestCaptureCut(t *testing.T) {
 	require.Error(t, <-done)
 }
 
-// TestCaptureBackpressure: while the flusher blocks, the capture reads no
-// further message (TiKV keeps them), and nothing is dropped.
+// TestCaptureBackpressure: when the flusher blocks past the grace period,
+// the capture does not stop reading (TiKV's sink quota is store-wide): it
+// releases the region whose rows wait (Deregister on TiKV ≥ 7.3, a new
+// stream below), drops what the region sends until then, subscribes
+// nothing while blocked, and hands the refused rows to the probe.
 func TestCaptureBackpressure(t *testing.T) {
-	c, sink, fs, f := testCapture(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
-	req := addRegion(c, 7, "", "")
-	fs.in <- entries(7, req, initialized())
+	for _, tc := range []struct {
+		name       string
+		deregister bool
+	}{{"7.3+", true}, {"7.1", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, sink, fs, f := testCapture(t)
+			c.deregister = tc.deregister
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
+			req := addRegion(c, 7, "", "")
+			fs.in <- entries(7, req, initialized())
 
-	gate := make(chan struct{})
-	sink.mu.Lock()
-	sink.gate = gate
-	sink.mu.Unlock()
-	fs.in <- entries(7, req, committed("k1", 101, 105, "v"))
-	select {
-	case fs.in <- entries(7, req, committed("k2", 101, 106, "v")):
-		t.Fatal("the capture read on while the flusher was blocked")
-	case <-time.After(200 * time.Millisecond):
+			gate := make(chan struct{})
+			sink.mu.Lock()
+			sink.gate = gate
+			sink.mu.Unlock()
+			fs.in <- entries(7, req, committed("k1", 101, 105, "v"))
+			if !tc.deregister {
+				// Below 7.3 the stream ends to release the region.
+				select {
+				case err := <-done:
+					require.ErrorIs(t, err, errReopen)
+				case <-time.After(10 * time.Second):
+					t.Fatal("the stream was not reopened")
+				}
+				fs.mu.Lock()
+				require.Empty(t, fs.sent, "no Deregister below 7.3")
+				fs.mu.Unlock()
+			} else {
+				select {
+				case fs.in <- entries(7, req, committed("k2", 101, 106, "v")):
+				case <-time.After(10 * time.Second):
+					t.Fatal("the capture stopped reading while the flusher was blocked")
+				}
+				fs.in <- &cdcpb.ChangeDataEvent{}
+				fs.mu.Lock()
+				require.Len(t, fs.sent, 1)
+				require.NotNil(t, fs.sent[0].GetDeregister())
+				fs.mu.Unlock()
+				fs.in <- regionErr(7, req, &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: 7}})
+				fs.in <- &cdcpb.ChangeDataEvent{}
+			}
+			c.mu.Lock()
+			require.True(t, c.blocked)
+			require.Equal(t, stateIdle, c.regions[7].state)
+			require.Contains(t, c.regions[7].reason, "flusher is full")
+			c.mu.Unlock()
+			require.Len(t, c.probe, 1, "the refused rows wait for the probe")
+			require.NoError(t, c.reconcile(ctx, false))
+			c.mu.Lock()
+			require.Equal(t, stateIdle, c.regions[7].state, "nothing is subscribed while blocked")
+			c.mu.Unlock()
+			close(gate)
+			require.Empty(t, sink.keys(), "the rows of the released region were dropped")
+		})
 	}
-	close(gate)
-	fs.in <- entries(7, req, committed("k2", 101, 106, "v"))
-	fs.in <- &cdcpb.ChangeDataEvent{}
-	require.Equal(t, []string{"k1", "k2"}, sink.keys())
 }
 
 // TestCaptureProtocolError: an unmatched COMMIT after INITIALIZED
@@ -276,4 +317,61 @@ func TestCaptureProtocolError(t *testing.T) {
 	c.mu.Lock()
 	require.Equal(t, stateIdle, c.regions[9].state)
 	c.mu.Unlock()
+}
+
+// TestCaptureProtocolErrorBefore73: with no Deregister, the stream is
+// reopened instead.
+func TestCaptureProtocolErrorBefore73(t *testing.T) {
+	c, _, fs, f := testCapture(t)
+	c.deregister = false
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
+	req := addRegion(c, 9, "a", "z")
+	fs.in <- entries(9, req, initialized(), commit("q", 110, 120))
+	require.ErrorIs(t, <-done, errReopen)
+	fs.mu.Lock()
+	require.Empty(t, fs.sent)
+	fs.mu.Unlock()
+	c.mu.Lock()
+	require.Equal(t, stateIdle, c.regions[9].state)
+	require.Empty(t, c.subs)
+	c.mu.Unlock()
+}
+
+// TestCaptureDuplicateRequestBefore73: TiKV < 7.3 answers DuplicateRequest
+// while it still holds a subscription of the region on the stream; only a
+// new stream ends that, so the capture reopens it instead of retrying the
+// Register forever.
+func TestCaptureDuplicateRequestBefore73(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		deregister bool
+	}{{"7.3+", true}, {"7.1", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, fs, f := testCapture(t)
+			c.deregister = tc.deregister
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
+			req := addRegion(c, 3, "a", "z")
+			fs.in <- regionErr(3, req, &cdcpb.Error{DuplicateRequest: &cdcpb.DuplicateRequest{RegionId: 3}})
+			if tc.deregister {
+				fs.in <- &cdcpb.ChangeDataEvent{}
+				c.mu.Lock()
+				require.Equal(t, stateIdle, c.regions[3].state)
+				require.False(t, c.reopen)
+				c.mu.Unlock()
+				return
+			}
+			select {
+			case err := <-done:
+				require.ErrorIs(t, err, errReopen)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the stream was not reopened after DuplicateRequest")
+			}
+		})
+	}
 }

@@ -20,7 +20,8 @@ const (
 	DefaultSpillBudget    = 8 << 30
 	DefaultFileTarget     = 128 << 20
 	DefaultUploads        = 4
-	DefaultRegionInterval = time.Second
+	DefaultRegionInterval = 10 * time.Second
+	DefaultBlockedGrace   = time.Second
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultLeaseTTL       = 10 * time.Second
 	DefaultPrewriteBudget = 256 << 20
@@ -63,8 +64,17 @@ type Config struct {
 	FileTarget int64
 	// UploadConcurrency bounds concurrent data file uploads per task.
 	UploadConcurrency int
-	// RegionInterval is how often regions are re-read from PD.
+	// RegionInterval is how often regions are re-read from PD when nothing
+	// happens (config key region-interval); TiKV errors (NotLeader,
+	// EpochNotMatch, RegionNotFound) and broken streams re-read them at once.
+	// A region whose leader moved to this store is found by the next
+	// periodic read.
 	RegionInterval time.Duration
+	// BlockedGrace is how long a full flusher may hold up the stream reader
+	// before the regions whose rows wait are released (and subscribed again
+	// from their checkpoints when there is room), so the agent never holds
+	// TiKV's store-wide sink quota.
+	BlockedGrace time.Duration
 	// ConnectTimeout bounds the wait for PD at start.
 	ConnectTimeout time.Duration
 	// LeaseTTL is the TTL of the agent's registration in etcd.
@@ -106,6 +116,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RegionInterval == 0 {
 		c.RegionInterval = DefaultRegionInterval
+	}
+	if c.BlockedGrace == 0 {
+		c.BlockedGrace = DefaultBlockedGrace
 	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
@@ -164,6 +177,8 @@ func (c *Config) Validate() error {
 		return bad("upload concurrency must be at least 1")
 	case c.RegionInterval < 10*time.Millisecond:
 		return bad("region interval %s is too short", c.RegionInterval)
+	case c.BlockedGrace <= 0:
+		return bad("blocked grace must be positive")
 	case c.ConnectTimeout <= 0:
 		return bad("connect timeout must be positive")
 	case c.LeaseTTL < 2*time.Second:

@@ -20,16 +20,31 @@
 //
 // # Regions and subscriptions
 //
-// Every RegionInterval (and at once after a subscription error or a new
-// stream) the capture scans PD over the task ranges and keeps the regions
-// whose leader is on this store, clipped to the ranges. A region's state
-// goes idle → pending (Register sent) → normal (INITIALIZED received) →
-// idle (an error ended it: NotLeader, EpochNotMatch, RegionNotFound re-read
-// PD at once; ServerIsBusy and Congested retry after a growing delay; a
-// broken stream ends all of them). One request id per subscription; one
-// subscription per region on a stream at a time, so the region ids of a
-// store-level ResolvedTs name their subscriptions. A region PD no longer
-// shows here for two scans in a row is deregistered.
+// Every RegionInterval (10s by default), and at once on a change signal
+// (NotLeader, EpochNotMatch, RegionNotFound, a broken stream), the capture
+// scans PD over the task ranges and keeps the regions whose leader is on
+// this store, clipped to the ranges; a region whose leader moves here is
+// found by the next periodic scan. A region's state goes idle → pending
+// (Register sent) → normal (INITIALIZED received) → idle (an error ended
+// it; ServerIsBusy, Congested and DuplicateRequest retry after a delay,
+// without asking PD; a broken stream ends all of them). One request id per
+// subscription; one subscription per region on a stream at a time, so the
+// region ids of a store-level ResolvedTs name their subscriptions (and
+// TiKV < 7.3, which keys a stream's subscriptions by region, accepts
+// them).
+//
+// PD alone never ends a subscription (TIKV-PROTOCOLS.md §8.1, §8.12): a
+// subscription is matched to PD's region by id, epoch version and range
+// (conf_ver changes with every peer move and TiKV CDC ignores it); a region
+// PD shows elsewhere or changed stays subscribed until TiKV itself says
+// NotLeader, EpochNotMatch or RegionNotFound; a region without a leader in
+// PD (after a PD restart, until the leaders heartbeat) is "unknown", not
+// "elsewhere". When the agent must end a subscription itself (a protocol
+// error, a full flusher) it sends Deregister to TiKV ≥ 7.3 and otherwise
+// closes the stream and opens a new one, subscribing the other regions
+// again from their checkpoints: before 7.3 every request is a Register, so
+// a Deregister would only be answered DuplicateRequest. The version is the
+// store's metapb.Store.Version in PD, read before every stream.
 //
 // # Checkpoints and coverage (the honesty rule)
 //
@@ -56,9 +71,18 @@
 // # Backpressure
 //
 // The stream reader hands rows to the flusher before it reads the next
-// message. When the flusher's memory and spill budgets are full, Add blocks,
-// the reader stops, and TiKV buffers (its sink quota then answers with
-// Congested, retried later). Nothing is dropped.
+// message, but it never stops reading for long: TiKV does not buffer for
+// one slow client. Its sink memory quota (cdc.sink-memory-quota, 512 MiB)
+// is shared by every connection of the store, and an overflow stops the
+// whole region delegate, so every subscriber of the region, TiCDC
+// included, gets Congested and rescans (TIKV-PROTOCOLS.md §8.4). When the
+// flusher's memory and spill budgets are full and Add blocks longer than
+// BlockedGrace, the capture releases the regions whose rows wait (their
+// rows are dropped; Deregister, or a new stream below TiKV 7.3), keeps
+// reading, and subscribes nothing new. A probe keeps trying to add the
+// refused rows; once it succeeds there is room, and the released regions
+// are subscribed again from their checkpoints, whose incremental scans
+// send everything after them again. Nothing is lost.
 //
 // Pending prewrites (values of transactions not yet committed) live in the
 // matchers, outside the flusher's budgets, counted against PrewriteBudget

@@ -18,6 +18,8 @@ import (
 //	POST /split {"key": base64}        -> [RegionInfo] (the two halves)
 //	POST /transfer-leader {"region_id": N, "store_id": N}
 //	POST /merge {"left": N, "right": N} (right is merged into left)
+//	POST /move-peer {"region_id": N, "from_store": N, "to_store": N}
+//	POST /pd/restart                   (regions lose their leaders in PD for a while)
 //	POST /stores/{id}/stop
 //	POST /stores/{id}/start
 //	POST /gc                           -> {"safepoint": N}
@@ -140,6 +142,33 @@ func (p *Playground) ctlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, regionInfo(m))
 	})
+	mux.HandleFunc("POST /move-peer", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			RegionID  uint64 `json:"region_id"`
+			FromStore uint64 `json:"from_store"`
+			ToStore   uint64 `json:"to_store"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := p.Cluster.MovePeer(req.RegionID, req.FromStore, req.ToStore); err != nil {
+			writeErr(w, err)
+			return
+		}
+		reg, err := p.Cluster.RegionByID(req.RegionID)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, regionInfo(reg))
+	})
+	mux.HandleFunc("POST /pd/restart", func(w http.ResponseWriter, r *http.Request) {
+		if err := p.RestartPD(r.Context()); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	mux.HandleFunc("POST /stores/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
@@ -187,7 +216,7 @@ func writeErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, cluster.ErrRegionNotFound), errors.Is(err, cluster.ErrStoreNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, cluster.ErrBadSplitKey), errors.Is(err, cluster.ErrNotAdjacent):
+	case errors.Is(err, cluster.ErrBadSplitKey), errors.Is(err, cluster.ErrNotAdjacent), errors.Is(err, cluster.ErrBadPeerMove):
 		code = http.StatusBadRequest
 	case errors.Is(err, cluster.ErrStoreDown), errors.Is(err, ErrStoreRunning), errors.Is(err, ErrStoreStopped):
 		code = http.StatusConflict

@@ -61,7 +61,23 @@ type Config struct {
 	// Import sets every store's write-pressure and import-mode limits
 	// (zero fields: TiKV's defaults).
 	Import importer.Limits
-	Logger hclog.Logger
+	// Replicas is the number of peers of the first region of a new cluster,
+	// on the first stores (default: every store), so MovePeer has
+	// somewhere to go.
+	Replicas int
+	// TiKVVersion is the TiKV version the stores report to PD and whose CDC
+	// behaviour they follow (default cdc.DefaultVersion). Below 7.3 there
+	// is no Deregister, no EventFeedV2, and one subscription per region
+	// per stream.
+	TiKVVersion string
+	// CDCMemoryQuota is each store's cdc.sink-memory-quota (default 512
+	// MiB), shared by every stream of the store.
+	CDCMemoryQuota int64
+	// PDLeaderDelay is how long a restarted PD (RestartPD) reports regions
+	// without a leader until their leaders heartbeat (default 3s; TiKV's
+	// region heartbeat comes every 60s).
+	PDLeaderDelay time.Duration
+	Logger        hclog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -83,6 +99,15 @@ func (c *Config) setDefaults() {
 	if c.GCLifeTime == 0 {
 		c.GCLifeTime = 10 * time.Minute
 	}
+	if c.Replicas == 0 {
+		c.Replicas = c.Stores
+	}
+	if c.TiKVVersion == "" {
+		c.TiKVVersion = cdc.DefaultVersion
+	}
+	if c.PDLeaderDelay == 0 {
+		c.PDLeaderDelay = 3 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -94,7 +119,13 @@ type Playground struct {
 	log     hclog.Logger
 	Cluster *cluster.Cluster
 	Engine  *mvcc.Engine
-	PD      *pd.Server
+	// PD is the running PD server; RestartPD replaces it (do not keep it
+	// across a restart).
+	PD *pd.Server
+
+	pdMu  sync.Mutex // guards PD against RestartPD
+	pdDir string
+	tmpPD bool // pdDir is a temporary directory Close removes
 
 	mu     sync.Mutex
 	stores map[uint64]*storeNode
@@ -118,6 +149,9 @@ type storeNode struct {
 // Start starts a playground and returns once every part serves.
 func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 	cfg.setDefaults()
+	if cfg.TiKVVersion, err = cdc.ParseVersion(cfg.TiKVVersion); err != nil {
+		return nil, fmt.Errorf("tikv version: %w", err)
+	}
 	log := cfg.Logger.Named("playground")
 	var dataDir, pdDir string
 	if cfg.Dir != "" {
@@ -126,7 +160,7 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		}
 		dataDir, pdDir = filepath.Join(cfg.Dir, "data"), filepath.Join(cfg.Dir, "pd")
 	}
-	cl, err := cluster.Open(cfg.Dir, cfg.ClusterID, cfg.Stores)
+	cl, err := cluster.OpenReplicas(cfg.Dir, cfg.ClusterID, cfg.Stores, cfg.Replicas)
 	if err != nil {
 		return nil, fmt.Errorf("open cluster: %w", err)
 	}
@@ -135,21 +169,21 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		return nil, fmt.Errorf("open engine: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel, ssts: importer.NewRegistry()}
+	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel, ssts: importer.NewRegistry(),
+		pdDir: pdDir}
 	defer func() {
 		if err != nil {
 			p.Close()
 		}
 	}()
-	p.PD, err = pd.Start(ctx, pd.Config{
-		Dir:        pdDir,
-		ClientAddr: cfg.PDAddr,
-		Cluster:    cl,
-		Logger:     cfg.Logger.Named("pd"),
-		GCLifeTime: cfg.GCLifeTime,
-
-		BalanceInterval: cfg.BalanceInterval,
-	})
+	if p.pdDir == "" {
+		// PD keeps its etcd across RestartPD even without Dir.
+		if p.pdDir, err = os.MkdirTemp("", "pitr-playground-pd-*"); err != nil {
+			return nil, fmt.Errorf("create pd dir: %w", err)
+		}
+		p.tmpPD = true
+	}
+	p.PD, err = p.startPD(ctx, cfg.PDAddr, 0)
 	if err != nil {
 		return nil, fmt.Errorf("start pd: %w", err)
 	}
@@ -183,14 +217,20 @@ func (p *Playground) startStore(id uint64, addr string) error {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
+	// The store reports its version to PD at start (PutStore).
+	if err := p.Cluster.SetStoreVersion(id, p.cfg.TiKVVersion); err != nil {
+		return err
+	}
 	svc := cdc.New(cdc.Config{
 		StoreID:       id,
 		ClusterID:     p.Cluster.ID(),
 		Cluster:       p.Cluster,
 		Engine:        p.Engine,
-		TSO:           p.PD,
+		TSO:           tsoFunc(p.TS),
 		Logger:        p.cfg.Logger.Named(fmt.Sprintf("cdc-%d", id)),
 		MinTSInterval: p.cfg.MinTSInterval,
+		MemoryQuota:   p.cfg.CDCMemoryQuota,
+		Version:       p.cfg.TiKVVersion,
 	})
 	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, SSTs: p.ssts,
 		Limits: p.cfg.Import, Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
@@ -221,6 +261,64 @@ func (p *Playground) startStore(id uint64, addr string) error {
 	p.stores[id] = &storeNode{id: id, addr: srv.Addr(), srv: srv, cdc: svc, imp: imp}
 	p.mu.Unlock()
 	return nil
+}
+
+func (p *Playground) startPD(ctx context.Context, addr string, leadersUnknown time.Duration) (*pd.Server, error) {
+	return pd.Start(ctx, pd.Config{
+		Dir:               p.pdDir,
+		ClientAddr:        addr,
+		Cluster:           p.Cluster,
+		Logger:            p.cfg.Logger.Named("pd"),
+		GCLifeTime:        p.cfg.GCLifeTime,
+		LeadersUnknownFor: leadersUnknown,
+		BalanceInterval:   p.cfg.BalanceInterval,
+	})
+}
+
+// pd returns the running PD server.
+func (p *Playground) pd() *pd.Server {
+	p.pdMu.Lock()
+	defer p.pdMu.Unlock()
+	return p.PD
+}
+
+// TS returns a timestamp from the running PD.
+func (p *Playground) TS(ctx context.Context) (uint64, error) { return p.pd().TS(ctx) }
+
+type tsoFunc func(context.Context) (uint64, error)
+
+func (f tsoFunc) TS(ctx context.Context) (uint64, error) { return f(ctx) }
+
+// RestartPD stops PD (and its etcd) and starts it again on the same
+// address and data. As a real PD does after a restart, it then reports
+// regions without a leader until their leaders heartbeat: for
+// PDLeaderDelay, or until a topology change names the region. The stores
+// and their streams are not affected.
+func (p *Playground) RestartPD(ctx context.Context) error {
+	p.pdMu.Lock()
+	defer p.pdMu.Unlock()
+	addr := p.PD.Addr()
+	if err := p.PD.Close(); err != nil {
+		return fmt.Errorf("stop pd: %w", err)
+	}
+	srv, err := p.startPD(ctx, addr, p.cfg.PDLeaderDelay)
+	if err != nil {
+		return fmt.Errorf("restart pd: %w", err)
+	}
+	p.PD = srv
+	p.log.Info("pd restarted", "addr", addr, "leaders_unknown_for", p.cfg.PDLeaderDelay)
+	return nil
+}
+
+// CDCRegisters returns how many EventFeed Register requests the running
+// store received since it started (0 when it is not running).
+func (p *Playground) CDCRegisters(storeID uint64) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.stores[storeID]; n != nil {
+		return n.cdc.Registers()
+	}
+	return 0
 }
 
 // PendingSSTs returns how many written SSTs (each store's copy counted)
@@ -254,7 +352,7 @@ func (p *Playground) ImportMode(ctx context.Context) (map[uint64]import_sstpb.Sw
 }
 
 // PDAddr returns the PD (and etcd) client address.
-func (p *Playground) PDAddr() string { return p.PD.Addr() }
+func (p *Playground) PDAddr() string { return p.pd().Addr() }
 
 // CtlAddr returns the control API address.
 func (p *Playground) CtlAddr() string {
@@ -338,11 +436,11 @@ func (p *Playground) StartStore(id uint64) error {
 // life time and every live service safepoint), then the engine removes the
 // versions no reader at or after it can see. It returns the safepoint used.
 func (p *Playground) RunGC(ctx context.Context) (uint64, error) {
-	now, err := p.PD.TS(ctx)
+	now, err := p.TS(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("gc: get ts: %w", err)
 	}
-	sp, err := p.PD.AdvanceGC(ctx, now)
+	sp, err := p.pd().AdvanceGC(ctx, now)
 	if err != nil {
 		return 0, fmt.Errorf("gc: advance safepoint: %w", err)
 	}
@@ -398,11 +496,14 @@ func (p *Playground) Close() error {
 		n.srv.Stop()
 	}
 	p.wg.Wait()
-	if p.PD != nil {
-		errs = append(errs, p.PD.Close())
+	if srv := p.pd(); srv != nil {
+		errs = append(errs, srv.Close())
 	}
 	if p.Engine != nil {
 		errs = append(errs, p.Engine.Close())
+	}
+	if p.tmpPD && p.pdDir != "" {
+		errs = append(errs, os.RemoveAll(p.pdDir))
 	}
 	return errors.Join(errs...)
 }

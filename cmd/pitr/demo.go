@@ -194,6 +194,10 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 		a, err := agent.New(agent.Config{
 			PDAddrs: []string{pdAddr}, TiKVAddr: addrs[id], DataDir: filepath.Join(d.dir, fmt.Sprintf("agent-%d", id)),
 			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", Logger: d.log,
+			// The demo moves a leader every 5s, far more often than PD's
+			// balancer; an agent finds a region whose leader moved to its
+			// store only at its next PD scan (10s by default).
+			RegionInterval: time.Second,
 		})
 		if err != nil {
 			return fmt.Errorf("start agent for store %d: %w", id, err)

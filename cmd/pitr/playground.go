@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/playground/cdc"
 )
 
 type playgroundOptions struct {
@@ -16,6 +17,8 @@ type playgroundOptions struct {
 	pdAddr   string
 	ctlAddr  string
 	logLevel string
+	tikvVer  string
+	replicas int
 }
 
 func newPlaygroundCmd() *cobra.Command {
@@ -29,8 +32,12 @@ It prints its PD and control API addresses and runs until SIGINT/SIGTERM.
 
 Control API (HTTP JSON on --ctl-addr): GET /regions, GET /stores,
 POST /split {"key":base64}, POST /transfer-leader {"region_id","store_id"},
-POST /merge {"left","right"}, POST /stores/{id}/stop, POST /stores/{id}/start,
-POST /gc.`,
+POST /merge {"left","right"}, POST /move-peer {"region_id","from_store","to_store"},
+POST /pd/restart, POST /stores/{id}/stop, POST /stores/{id}/start, POST /gc.
+
+--tikv-version X.Y.Z makes the stores report that version to PD and follow
+its CDC behaviour: below 7.3 there is no Deregister (every request is a
+Register), no EventFeedV2, and a stream holds one subscription per region.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd, o)
@@ -42,6 +49,8 @@ POST /gc.`,
 	f.StringVar(&o.pdAddr, "pd-addr", "127.0.0.1:2379", "PD listen address (127.0.0.1:0 picks a free port)")
 	f.StringVar(&o.ctlAddr, "ctl-addr", "127.0.0.1:0", "control API listen address")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	f.IntVar(&o.replicas, "replicas", 0, "peers per region of a new cluster (default: every store), so /move-peer has somewhere to go")
+	f.StringVar(&o.tikvVer, "tikv-version", cdc.DefaultVersion, "TiKV version the stores report and behave as (e.g. 7.1.0)")
 	return c
 }
 
@@ -53,10 +62,17 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	if level == hclog.NoLevel {
 		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
+	if o.replicas < 0 || o.replicas > o.stores {
+		return usageErrorf("--replicas must be between 1 and --stores (%d), got %d", o.stores, o.replicas)
+	}
+	ver, err := cdc.ParseVersion(o.tikvVer)
+	if err != nil {
+		return usageErrorf("--tikv-version %q: %v", o.tikvVer, err)
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: os.Stderr})
 	ctx := cmd.Context()
 	p, err := playground.Start(ctx, playground.Config{
-		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, Logger: log,
+		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Replicas: o.replicas, Logger: log,
 	})
 	if err != nil {
 		return withExit(ExitUnavailable, fmt.Errorf("start playground: %w", err))

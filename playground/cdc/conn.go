@@ -112,6 +112,7 @@ func (c *conn) stopLocked(s *sub, e *cdcpb.Error) {
 	if c.subs[s.key] == s {
 		delete(c.subs, s.key)
 	}
+	c.svc.leaveDelegate(s)
 	if e != nil {
 		c.sendErrorLocked(s.key, e)
 	}
@@ -238,6 +239,12 @@ func (c *conn) recvLoop() {
 			first = false
 			c.setFeatures(req.GetHeader().GetTicdcVersion())
 		}
+		if !c.svc.v73 {
+			// TiKV before 7.3 (service.rs event_feed) turns every request
+			// into a Register: its kvproto has no Deregister.
+			c.register(req)
+			continue
+		}
 		switch r := req.Request.(type) {
 		case nil, *cdcpb.ChangeDataRequest_Register_:
 			c.register(req)
@@ -273,7 +280,11 @@ func (c *conn) register(req *cdcpb.ChangeDataRequest) {
 	// store holds a peer of every region, so the cluster book is the store
 	// meta. Cluster methods are never called under c.mu: the topology
 	// watcher holds the cluster lock while it takes c.mu.
-	_, rerr := s.cfg.Cluster.RegionByID(req.RegionId)
+	s.registers.Add(1)
+	r, rerr := s.cfg.Cluster.RegionByID(req.RegionId)
+	if rerr == nil && r.PeerOn(s.cfg.StoreID) == nil {
+		rerr = cluster.ErrRegionNotFound // no peer here: the store does not know it
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil || c.draining {
@@ -290,14 +301,27 @@ func (c *conn) register(req *cdcpb.ChangeDataRequest) {
 		c.sendErrorLocked(k, &cdcpb.Error{ServerIsBusy: &errorpb.ServerIsBusy{Reason: "too many pending incremental scans"}})
 	case rerr != nil:
 		c.sendErrorLocked(k, &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: req.RegionId}})
-	case c.subs[k] != nil:
+	case c.subs[k] != nil, !s.v73 && c.hasRegionLocked(req.RegionId):
+		// Before 7.3 a Conn holds one downstream per region (v7.1
+		// service.rs Conn.downstreams keyed by region id, endpoint.rs
+		// on_register: !conn.subscribe → DuplicateRequest).
 		c.sendErrorLocked(k, &cdcpb.Error{DuplicateRequest: &cdcpb.DuplicateRequest{RegionId: req.RegionId}})
 	default:
 		sb := newSub(c, k, req)
 		c.subs[k] = sb
+		s.joinDelegate(sb)
 		s.pending.Add(1)
 		s.spawn(sb.run)
 	}
+}
+
+func (c *conn) hasRegionLocked(regionID uint64) bool {
+	for k := range c.subs {
+		if k.regionID == regionID {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *conn) deregister(req *cdcpb.ChangeDataRequest) {

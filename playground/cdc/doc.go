@@ -16,6 +16,16 @@
 // "features" may name "stream-multiplexing" (resolved ts are then grouped
 // per request_id); any other name fails the stream with UNIMPLEMENTED.
 //
+// # Versions
+//
+// Config.Version is the TiKV version the service behaves as (default
+// 8.5.0). Before 7.3 (tikv PR #14923; checked against v7.1.0 service.rs
+// and endpoint.rs) every request is a Register — there is no Deregister —,
+// EventFeedV2 is UNIMPLEMENTED, and a stream holds one subscription per
+// region (Conn.downstreams keyed by region id): a second Register of the
+// region on the stream, under any request id, is DuplicateRequest and the
+// first subscription goes on.
+//
 // # Register
 //
 // In TiKV's order: cluster id (if validated), kv_api (TxnKV and RawKV get
@@ -95,8 +105,12 @@
 // output is bounded per stream (128 Events, TiKV's CDC_CHANNLE_CAPACITY):
 // a slow consumer blocks the scan, never loses it. Live rows cannot block
 // (the observer runs inside the apply path), so they are charged to a
-// store-wide memory quota (cdc.sink-memory-quota, 512 MiB); a subscription
-// whose live rows do not fit gets Congested and is removed, as in TiKV.
+// store-wide memory quota (cdc.sink-memory-quota, 512 MiB). When live rows
+// do not fit, the region's delegate stops: every subscription of the
+// region on the store, on every stream, gets Congested and is removed, as
+// in TiKV (Endpoint::on_multi_batch → Deregister::Delegate →
+// Delegate::stop). A store without a peer of the region answers a
+// Register with RegionNotFound; a conf change (peer move) is no error.
 // Errors bypass both limits.
 //
 // # Differences from TiKV

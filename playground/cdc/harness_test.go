@@ -59,6 +59,8 @@ type harnessOpts struct {
 	minTSInterval     time.Duration
 	memoryQuota       int64
 	pendingScansLimit int
+	replicas          int    // peers per region (default: every store)
+	version           string // TiKV version (default cdc.DefaultVersion)
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
@@ -69,7 +71,10 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if o.minTSInterval == 0 {
 		o.minTSInterval = 50 * time.Millisecond
 	}
-	cl, err := cluster.Open("", testClusterID, o.stores)
+	if o.replicas == 0 {
+		o.replicas = o.stores
+	}
+	cl, err := cluster.OpenReplicas("", testClusterID, o.stores, o.replicas)
 	require.NoError(t, err)
 	eng, err := mvcc.Open("", hclog.NewNullLogger())
 	require.NoError(t, err)
@@ -86,6 +91,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		svc := cdc.New(cdc.Config{
 			StoreID: s.ID, ClusterID: testClusterID, Cluster: cl, Engine: eng, TSO: h.tso,
 			MinTSInterval: o.minTSInterval, MemoryQuota: o.memoryQuota, PendingScansLimit: o.pendingScansLimit,
+			Version: o.version,
 		})
 		srv, err := tikv.Start(tikv.Config{StoreID: s.ID, Cluster: cl, Engine: eng, Register: []func(*grpc.Server){svc.Register}})
 		require.NoError(t, err)

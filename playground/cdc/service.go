@@ -95,7 +95,14 @@ type Config struct {
 	// PendingScansLimit is the number of registrations whose scan is queued
 	// or running beyond which Register gets ServerIsBusy (default 10000).
 	PendingScansLimit int
+	// Version is the TiKV version the service behaves as (default
+	// DefaultVersion). Below 7.3 (tikv PR #14923) there is no Deregister
+	// and no EventFeedV2, and a stream holds one subscription per region.
+	Version string
 }
+
+// DefaultVersion is the TiKV version of a Service whose Config names none.
+const DefaultVersion = "8.5.0"
 
 // Service is one store's cdcpb.ChangeData server.
 type Service struct {
@@ -115,6 +122,14 @@ type Service struct {
 	quota   atomic.Int64
 	pending atomic.Int64 // registrations whose scan has not finished
 	scanSem chan struct{}
+	// v73 is set from TiKV 7.3 on: Deregister, EventFeedV2, subscriptions
+	// keyed by (request_id, region_id).
+	v73       bool
+	registers atomic.Uint64 // Register requests received
+
+	// dmu guards delegates (taken after a conn's mu, never before).
+	dmu       sync.Mutex
+	delegates map[uint64]*delegate
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{}
@@ -144,12 +159,24 @@ func New(cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	if cfg.Version == "" {
+		cfg.Version = DefaultVersion
+	}
+	var v semver
+	norm, err := ParseVersion(cfg.Version)
+	if err == nil {
+		v, _ = parseSemver(norm)
+	}
+	ok := err == nil
 	s := &Service{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		scanSem: make(chan struct{}, cfg.ScanConcurrency),
 		conns:   map[*conn]struct{}{},
 		stop:    make(chan struct{}),
+		v73:     ok && !v.less(semver{7, 3, 0, ""}),
+
+		delegates: map[uint64]*delegate{},
 	}
 	s.maxTS, _ = cfg.Engine.(MaxTSUpdater)
 	s.memLock, _ = cfg.Engine.(MemLockTracker)
@@ -200,7 +227,11 @@ func (s *Service) EventFeed(stream cdcpb.ChangeData_EventFeedServer) error {
 }
 
 // EventFeedV2 also takes explicit features from the "features" metadata.
+// TiKV before 7.3 does not implement it.
 func (s *Service) EventFeedV2(stream cdcpb.ChangeData_EventFeedV2Server) error {
+	if !s.v73 {
+		return status.Error(codes.Unimplemented, "EventFeedV2 is not implemented")
+	}
 	multiplexing := false
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	for _, v := range md.Get(featuresKey) {
@@ -285,6 +316,10 @@ func (s *Service) onTopology(ev cluster.Event) {
 		c.onTopology(ev)
 	}
 }
+
+// Registers returns how many Register requests the service received (on
+// TiKV before 7.3 every request is one, Deregister included).
+func (s *Service) Registers() uint64 { return s.registers.Load() }
 
 // quotaAlloc charges n bytes of live rows; false when the quota is full.
 func (s *Service) quotaAlloc(n int64) bool {

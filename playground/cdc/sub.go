@@ -36,6 +36,8 @@ type sub struct {
 	span span
 	// gone mirrors stopped for the observer's lock-free fast path.
 	gone atomic.Bool
+	// d is the region's delegate the subscription joined at Register.
+	d *delegate
 
 	// guarded by conn.mu
 	state      int
@@ -291,7 +293,7 @@ func (s *sub) rowsEvent(rows []*cdcpb.Event_Row) *cdcpb.Event {
 // so it never blocks. Rows that do not fit the store's memory quota end the
 // subscription with Congested.
 func (s *sub) observe(cmd *mvcc.Command) {
-	if s.gone.Load() {
+	if s.gone.Load() || s.d.failed.Load() {
 		return
 	}
 	rows, ops := liveRows(cmd, s.span, s.filterLoop)
@@ -331,8 +333,13 @@ func (s *sub) observe(cmd *mvcc.Command) {
 		total += n
 	}
 	if !c.svc.quotaAlloc(int64(total)) {
-		c.svc.log.Warn("cdc memory quota exceeded", "region", s.key.regionID, "request", s.key.requestID)
+		// TiKV: sink_cdc_event fails with Congested, Delegate::on_batch
+		// fails, Endpoint::on_multi_batch deregisters the whole delegate
+		// and Delegate::stop sends the error to every downstream of the
+		// region, on every connection.
+		c.svc.log.Warn("cdc memory quota exceeded; stopping the region for every subscriber", "region", s.key.regionID, "request", s.key.requestID)
 		c.stopLocked(s, &cdcpb.Error{Congested: &cdcpb.Congested{RegionId: s.key.regionID}})
+		c.svc.failDelegate(s.d)
 		return
 	}
 	for _, ch := range chunks {

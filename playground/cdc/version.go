@@ -1,9 +1,24 @@
 package cdc
 
 import (
+	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 )
+
+// ParseVersion checks a TiKV version ("7.1.0", "v7.1.0" or "7.1") and
+// returns it as X.Y.Z.
+func ParseVersion(v string) (string, error) {
+	v = strings.TrimPrefix(strings.TrimSpace(v), "v")
+	if strings.Count(v, ".") == 1 {
+		v += ".0"
+	}
+	if _, ok := parseSemver(v); !ok {
+		return "", fmt.Errorf("not a version (want X.Y.Z)")
+	}
+	return v, nil
+}
 
 // semver is a TiCDC version as TiKV's semver crate parses it (strict: three
 // numeric parts without leading zeros, optional pre-release and build).

@@ -39,9 +39,11 @@ var (
 	ErrStoreDown      = errors.New("store is down")
 	ErrBadSplitKey    = errors.New("split key is not inside the region or is a boundary")
 	ErrNotAdjacent    = errors.New("regions are not adjacent")
+	ErrBadPeerMove    = errors.New("bad peer move")
 )
 
-// StoreVersion is the TiKV version the playground stores report to PD.
+// StoreVersion is the TiKV version the playground stores report to PD
+// unless SetStoreVersion named another.
 const StoreVersion = "8.5.0"
 
 // PlaygroundLabel is a store label every playground store reports to PD, so
@@ -57,18 +59,25 @@ type Store struct {
 	Up   bool   `json:"up"`
 	// StartTS is the unix second the store last started (PD's start_timestamp).
 	StartTS int64 `json:"start_ts"`
+	// Version is the TiKV version the store reports to PD (metapb.Store
+	// version, sent in its PutStore/StoreHeartbeat); empty: StoreVersion.
+	Version string `json:"version,omitempty"`
 }
 
 // Meta returns the PD view of the store.
 func (s Store) Meta() *metapb.Store {
 	state := metapb.StoreState_Up
 	node := metapb.NodeState_Serving
+	version := s.Version
+	if version == "" {
+		version = StoreVersion
+	}
 	return &metapb.Store{
 		Id:             s.ID,
 		Address:        s.Addr,
 		State:          state,
 		NodeState:      node,
-		Version:        StoreVersion,
+		Version:        version,
 		PeerAddress:    s.Addr,
 		StatusAddress:  s.Addr,
 		StartTimestamp: s.StartTS,
@@ -176,6 +185,10 @@ const (
 	EventLeaderChange
 	EventStoreDown
 	EventStoreUp
+	// EventConfChange: a peer was added or removed (conf_ver moved). TiKV
+	// CDC ignores it (delegate.rs check_epoch_on_ready skips conf_ver,
+	// sink_admin reacts only to splits and merges).
+	EventConfChange
 )
 
 func (k EventKind) String() string {
@@ -190,6 +203,8 @@ func (k EventKind) String() string {
 		return "store-down"
 	case EventStoreUp:
 		return "store-up"
+	case EventConfChange:
+		return "conf-change"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -239,9 +254,15 @@ type persisted struct {
 const metaFile = "cluster.json"
 
 // Open loads the cluster from dir, or creates one with nStores stores and one
-// region covering the whole key space when dir has none. An empty dir keeps
-// the cluster in memory only.
+// region covering the whole key space, with a peer on every store, when dir
+// has none. An empty dir keeps the cluster in memory only.
 func Open(dir string, clusterID uint64, nStores int) (*Cluster, error) {
+	return OpenReplicas(dir, clusterID, nStores, nStores)
+}
+
+// OpenReplicas is Open with the first region's peers on the first replicas
+// stores only (PD's max-replicas), so peers can be moved onto the others.
+func OpenReplicas(dir string, clusterID uint64, nStores, replicas int) (*Cluster, error) {
 	c := &Cluster{dir: dir, stores: map[uint64]*Store{}, watchers: map[int]Watcher{}, before: map[uint64]*Region{}}
 	if dir != "" {
 		b, err := os.ReadFile(filepath.Join(dir, metaFile))
@@ -264,6 +285,9 @@ func Open(dir string, clusterID uint64, nStores int) (*Cluster, error) {
 	if nStores < 1 {
 		return nil, fmt.Errorf("need at least one store, got %d", nStores)
 	}
+	if replicas < 1 || replicas > nStores {
+		return nil, fmt.Errorf("need 1 to %d replicas, got %d", nStores, replicas)
+	}
 	c.id = clusterID
 	c.nextID = 1
 	// Stores take ids 1..n, as a fresh TiKV cluster's usually do.
@@ -274,7 +298,7 @@ func Open(dir string, clusterID uint64, nStores int) (*Cluster, error) {
 		ids = append(ids, s.ID)
 	}
 	r := &Region{ID: c.allocLocked(), StartKey: []byte{}, EndKey: []byte{}, Epoch: metapb.RegionEpoch{ConfVer: 1, Version: 1}}
-	for _, id := range ids {
+	for _, id := range ids[:replicas] {
 		r.Peers = append(r.Peers, metapb.Peer{Id: c.allocLocked(), StoreId: id})
 	}
 	r.Leader = r.Peers[0].StoreId
@@ -385,6 +409,19 @@ func (c *Cluster) SetStoreAddr(id uint64, addr string) error {
 		return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
 	}
 	s.Addr = addr
+	return c.saveLocked()
+}
+
+// SetStoreVersion records the TiKV version a store reports to PD (a TiKV
+// sends it in PutStore and every StoreHeartbeat; PD keeps the newest).
+func (c *Cluster) SetStoreVersion(id uint64, version string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.stores[id]
+	if !ok {
+		return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
+	}
+	s.Version = version
 	return c.saveLocked()
 }
 
@@ -608,6 +645,78 @@ func (c *Cluster) TransferLeader(regionID, storeID uint64) error {
 	return nil
 }
 
+// MovePeer moves the region's peer from one store to another, as PD's
+// balance-region operator does: add a peer on to, then remove the one on
+// from, each a raft conf change that bumps conf_ver by one
+// (raftstore apply.rs exec_change_peer: conf_ver += 1 per change). When the
+// leader is on from, it is transferred first to another up peer (the new
+// peer when there is no other), as PD's operator does before removing a
+// leader peer. Watchers see the leader change (if any) and one
+// EventConfChange per conf change.
+func (c *Cluster) MovePeer(regionID, from, to uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.byIDLocked(regionID)
+	if r == nil {
+		return fmt.Errorf("region %d: %w", regionID, ErrRegionNotFound)
+	}
+	for _, id := range []uint64{from, to} {
+		if _, ok := c.stores[id]; !ok {
+			return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
+		}
+	}
+	switch {
+	case from == to:
+		return fmt.Errorf("move region %d from store %d to itself: %w", regionID, from, ErrBadPeerMove)
+	case r.PeerOn(from) == nil:
+		return fmt.Errorf("region %d has no peer on store %d: %w", regionID, from, ErrBadPeerMove)
+	case r.PeerOn(to) != nil:
+		return fmt.Errorf("region %d already has a peer on store %d: %w", regionID, to, ErrBadPeerMove)
+	case !c.stores[to].Up:
+		return fmt.Errorf("store %d: %w", to, ErrStoreDown)
+	}
+	var events []Event
+	transfer := func() bool {
+		for _, p := range r.Peers {
+			if p.StoreId != from && c.stores[p.StoreId] != nil && c.stores[p.StoreId].Up {
+				old := r.Clone()
+				r.Leader = p.StoreId
+				events = append(events, Event{Kind: EventLeaderChange, Old: []*Region{old}, New: []*Region{r.Clone()}})
+				return true
+			}
+		}
+		return false
+	}
+	moved := r.Leader != from || transfer()
+	old := r.Clone()
+	r.Peers = append(r.Peers, metapb.Peer{Id: c.allocLocked(), StoreId: to})
+	r.Epoch.ConfVer++
+	events = append(events, Event{Kind: EventConfChange, Old: []*Region{old}, New: []*Region{r.Clone()}})
+	if !moved {
+		transfer()
+	}
+	old = r.Clone()
+	peers := r.Peers[:0]
+	for _, p := range r.Peers {
+		if p.StoreId != from {
+			peers = append(peers, p)
+		}
+	}
+	r.Peers = peers
+	r.Epoch.ConfVer++
+	if r.Leader == from {
+		r.Leader = 0 // only possible when no other peer is up
+	}
+	events = append(events, Event{Kind: EventConfChange, Old: []*Region{old}, New: []*Region{r.Clone()}})
+	if err := c.saveLocked(); err != nil {
+		return err
+	}
+	for _, ev := range events {
+		c.emitLocked(ev)
+	}
+	return nil
+}
+
 // SetStoreUp marks a store up or down. Taking a store down moves each of its
 // leaders to the next store that is up (as an election would), emitting one
 // EventLeaderChange per region after the EventStoreDown; with no store up the
@@ -691,7 +800,9 @@ func (c *Cluster) checkLocked(storeID uint64, ctx *kvrpcpb.Context, rawKeys [][]
 		}
 	}
 	r := c.byIDLocked(ctx.GetRegionId())
-	if r == nil {
+	if r == nil || r.PeerOn(storeID) == nil {
+		// A store without a peer of the region does not know it
+		// (raftstore: RegionNotFound).
 		return &errorpb.Error{
 			Message:        fmt.Sprintf("region %d is missing", ctx.GetRegionId()),
 			RegionNotFound: &errorpb.RegionNotFound{RegionId: ctx.GetRegionId()},

@@ -253,13 +253,24 @@ func (g *grpcService) regionResponse(r *cluster.Region) *pdpb.GetRegionResponse 
 	return &pdpb.GetRegionResponse{
 		Header:    g.header(),
 		Region:    r.Meta(),
-		Leader:    r.LeaderPeer(),
+		Leader:    g.s.leaderOf(r),
 		DownPeers: g.s.downPeers(r),
 	}
 }
 
+// leaderOf is the region's leader as PD knows it: nil when it has none or
+// PD has not heard from it since a restart.
+func (s *Server) leaderOf(r *cluster.Region) *metapb.Peer {
+	if !s.leaderKnown(r.ID) {
+		return nil
+	}
+	return r.LeaderPeer()
+}
+
+// pbRegion is a region of a scan; PD fills an unknown leader with an empty
+// peer (server/grpc_service.go ScanRegions).
 func (g *grpcService) pbRegion(r *cluster.Region) *pdpb.Region {
-	leader := r.LeaderPeer()
+	leader := g.s.leaderOf(r)
 	if leader == nil {
 		leader = &metapb.Peer{}
 	}
@@ -297,6 +308,7 @@ func (g *grpcService) ScanRegions(_ context.Context, req *pdpb.ScanRegionsReques
 	if err := g.validate(req.GetHeader()); err != nil {
 		return nil, err
 	}
+	g.s.scans.Add(1)
 	rs := g.s.cluster.ScanRegions(req.GetStartKey(), req.GetEndKey(), int(max(req.GetLimit(), 0)))
 	if len(rs) == 0 {
 		return &pdpb.ScanRegionsResponse{Header: g.errorHeader(pdpb.ErrorType_REGION_NOT_FOUND, "region not found")}, nil
@@ -318,6 +330,7 @@ func (g *grpcService) BatchScanRegions(_ context.Context, req *pdpb.BatchScanReg
 	if err := g.validate(req.GetHeader()); err != nil {
 		return nil, err
 	}
+	g.s.scans.Add(1)
 	ranges := req.GetRanges()
 	for i, kr := range ranges {
 		if i > 0 && bytes.Compare(kr.GetStartKey(), ranges[i-1].GetEndKey()) < 0 {

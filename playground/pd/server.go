@@ -55,6 +55,14 @@ type Config struct {
 	// regions, each honouring its pause and the schedule config (see
 	// schedule.go). Off by default, so tests control the topology.
 	BalanceInterval time.Duration
+	// LeadersUnknownFor models a PD that restarted: for this long after
+	// Start, regions are reported without a leader until a topology change
+	// names them (a leader's heartbeat), as real PD loads regions from
+	// storage with no leader (pkg/storage/endpoint/meta.go LoadRegions:
+	// core.NewRegionInfo(region, nil)) and learns leaders from region
+	// heartbeats (TiKV pd-heartbeat-tick-interval, 60s). 0: leaders are
+	// known at once (a freshly bootstrapped cluster).
+	LeadersUnknownFor time.Duration
 }
 
 // Server is a running playground PD.
@@ -93,6 +101,13 @@ type Server struct {
 	downMu    sync.Mutex
 	downSince map[uint64]time.Time // store id -> when PD saw it go down
 	unwatch   func()
+
+	// Leaders after a restart: unknown until leadersAt, except for the
+	// regions a topology change reported since (heard). Guarded by downMu.
+	leadersAt time.Time
+	heard     map[uint64]bool
+
+	scans atomic.Uint64 // ScanRegions and BatchScanRegions calls
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -133,7 +148,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		clusterID: cfg.Cluster.ID(),
 		dir:       cfg.Dir,
 		downSince: map[uint64]time.Time{},
+		heard:     map[uint64]bool{},
 		closing:   make(chan struct{}),
+	}
+	if cfg.LeadersUnknownFor > 0 {
+		s.leadersAt = time.Now().Add(cfg.LeadersUnknownFor)
 	}
 	s.root = fmt.Sprintf("/pd/%d", s.clusterID)
 	s.sched = newSchedule(time.Now())
@@ -343,8 +362,36 @@ func (s *Server) onTopology(ev cluster.Event) {
 		s.downMu.Lock()
 		delete(s.downSince, ev.StoreID)
 		s.downMu.Unlock()
+	default:
+		// A leader change, split, merge or conf change makes the leader
+		// heartbeat the region at once (raftstore heartbeat_pd on role
+		// change and after admin commands).
+		s.downMu.Lock()
+		for _, r := range ev.New {
+			s.heard[r.ID] = true
+		}
+		s.downMu.Unlock()
 	}
 }
+
+// leaderKnown reports whether PD has heard from the region's leader since
+// it started (always true once LeadersUnknownFor has passed).
+func (s *Server) leaderKnown(regionID uint64) bool {
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	if s.leadersAt.IsZero() {
+		return true
+	}
+	if !time.Now().Before(s.leadersAt) {
+		s.leadersAt, s.heard = time.Time{}, map[uint64]bool{}
+		return true
+	}
+	return s.heard[regionID]
+}
+
+// RegionScans returns how many ScanRegions and BatchScanRegions requests
+// the server answered.
+func (s *Server) RegionScans() uint64 { return s.scans.Load() }
 
 // wallNow is the wall clock of safepoint TTLs and down-peer durations.
 func (s *Server) wallNow() time.Time {
