@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -16,6 +17,7 @@ type playgroundOptions struct {
 	pdAddr   string
 	ctlAddr  string
 	logLevel string
+	gc       time.Duration
 }
 
 func newPlaygroundCmd() *cobra.Command {
@@ -30,7 +32,15 @@ It prints its PD and control API addresses and runs until SIGINT/SIGTERM.
 Control API (HTTP JSON on --ctl-addr): GET /regions, GET /stores,
 POST /split {"key":base64}, POST /transfer-leader {"region_id","store_id"},
 POST /merge {"left","right"}, POST /stores/{id}/stop, POST /stores/{id}/start,
-POST /gc.`,
+POST /gc.
+
+GC runs every --gc-interval (0 turns it off), as in a TiKV cluster: below the
+GC safepoint (PD's, bounded by service safepoints and a 10m life time) each
+key keeps its newest Put and loses a newest Delete with everything older.
+Each store also serves TiKV's status API on its own address (PD reports it as
+the store's status_address): GET /config, POST /config {"gc.ratio-threshold":
+"-1"}; a negative threshold turns GC off while every running store has it,
+and a store restart resets it to 1.1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd, o)
@@ -42,6 +52,7 @@ POST /gc.`,
 	f.StringVar(&o.pdAddr, "pd-addr", "127.0.0.1:2379", "PD listen address (127.0.0.1:0 picks a free port)")
 	f.StringVar(&o.ctlAddr, "ctl-addr", "127.0.0.1:0", "control API listen address")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	f.DurationVar(&o.gc, "gc-interval", playground.DefaultGCInterval, "how often GC runs; 0 turns it off")
 	return c
 }
 
@@ -53,10 +64,17 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	if level == hclog.NoLevel {
 		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
+	if o.gc < 0 {
+		return usageErrorf("--gc-interval %s: want a duration of 0 (off) or more", o.gc)
+	}
+	gcInterval := o.gc
+	if gcInterval == 0 {
+		gcInterval = -1 // off
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: os.Stderr})
 	ctx := cmd.Context()
 	p, err := playground.Start(ctx, playground.Config{
-		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, Logger: log,
+		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, GCInterval: gcInterval, Logger: log,
 	})
 	if err != nil {
 		return withExit(ExitUnavailable, fmt.Errorf("start playground: %w", err))
@@ -65,8 +83,9 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	fmt.Fprintf(out, "pd:  %s\n", p.PDAddr())
 	fmt.Fprintf(out, "ctl: http://%s\n", p.CtlAddr())
 	addrs := p.StoreAddrs()
+	status := p.StatusAddrs()
 	for _, id := range p.StoreIDs() {
-		fmt.Fprintf(out, "store %d: %s\n", id, addrs[id])
+		fmt.Fprintf(out, "store %d: %s (status http://%s)\n", id, addrs[id], status[id])
 	}
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping")

@@ -48,7 +48,10 @@ const StoreVersion = "8.5.0"
 type Store struct {
 	ID   uint64 `json:"id"`
 	Addr string `json:"addr"`
-	Up   bool   `json:"up"`
+	// StatusAddr is the store's status HTTP API (TiKV's status_address:
+	// metrics, GET/POST /config).
+	StatusAddr string `json:"status_addr,omitempty"`
+	Up         bool   `json:"up"`
 	// StartTS is the unix second the store last started (PD's start_timestamp).
 	StartTS int64 `json:"start_ts"`
 }
@@ -64,7 +67,7 @@ func (s Store) Meta() *metapb.Store {
 		NodeState:      node,
 		Version:        StoreVersion,
 		PeerAddress:    s.Addr,
-		StatusAddress:  s.Addr,
+		StatusAddress:  s.StatusAddr,
 		StartTimestamp: s.StartTS,
 	}
 }
@@ -378,6 +381,19 @@ func (c *Cluster) SetStoreAddr(id uint64, addr string) error {
 		return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
 	}
 	s.Addr = addr
+	return c.saveLocked()
+}
+
+// SetStoreStatusAddr records the address a store's status server listens
+// on (set when it starts; PD reports it as the store's status_address).
+func (c *Cluster) SetStoreStatusAddr(id uint64, addr string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.stores[id]
+	if !ok {
+		return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
+	}
+	s.StatusAddr = addr
 	return c.saveLocked()
 }
 
