@@ -611,6 +611,7 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 	next := 0          // fs[next:] were never opened
 	var lo uint64      // the window of this pass is (lo, hi]
 	var held *open     // fs[next], opened, but it did not fit the last pass
+	warned := false    // about a pass over the budget
 	for pass := 0; ; pass++ {
 		set := carried
 		var mem int64
@@ -635,7 +636,8 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 				held = &open{f: f, rd: rd, need: need}
 				break
 			}
-			if len(set) > 0 && mem+need > r.readBudget {
+			if len(set) > 0 && mem+need > r.readBudget && !warned {
+				warned = true
 				r.log.Warn("files overlapping one commit timestamp exceed the read budget; reading them together",
 					"range", rng.String(), "files", len(set)+1, "bytes", mem+need, "budget", r.readBudget)
 			}
