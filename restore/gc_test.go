@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tikv/pd/client/opt"
 
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
@@ -404,4 +407,35 @@ func TestRestoreOrderUnderForcedGC(t *testing.T) {
 			require.Equal(t, fmt.Sprintf("%s@%d", k, newest.ts), string(v))
 		}
 	}
+}
+
+type fakeStores []*metapb.Store
+
+func (f fakeStores) GetAllStores(context.Context, ...opt.GetStoreOption) ([]*metapb.Store, error) {
+	return f, nil
+}
+
+// TestGCHoldStores: the hold takes every TiKV store PD lists, skips
+// TiFlash and tombstones, and refuses before any change when a TiKV store
+// has no status address.
+func TestGCHoldStores(t *testing.T) {
+	ctx := context.Background()
+	prog, err := openProgress(filepath.Join(t.TempDir(), "p.json"), progressState{Storage: "s", RestoreTS: 1, ClusterID: 1})
+	require.NoError(t, err)
+	tiflash := &metapb.Store{Id: 9, Address: "f:1", Labels: []*metapb.StoreLabel{{Key: "engine", Value: "tiflash"}}}
+	tomb := &metapb.Store{Id: 8, Address: "t:1", State: metapb.StoreState_Tombstone}
+	h := newGCHold(fakeStores{{Id: 2, Address: "b:1", StatusAddress: "b:2"}, tiflash, tomb, {Id: 1, Address: "a:1", StatusAddress: "a:2"}}, prog, hclog.NewNullLogger())
+	stores, err := h.tikvStores(ctx)
+	require.NoError(t, err)
+	require.Len(t, stores, 2)
+	require.Equal(t, []uint64{1, 2}, []uint64{stores[0].GetId(), stores[1].GetId()})
+
+	h = newGCHold(fakeStores{{Id: 1, Address: "a:1", StatusAddress: "a:2"}, {Id: 2, Address: "b:1"}}, prog, hclog.NewNullLogger())
+	err = h.start(ctx, time.Hour)
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.Contains(t, err.Error(), "store 2 (b:1) has no status address in PD")
+	require.Empty(t, prog.gcRatios(), "nothing changed")
+
+	require.Equal(t, "http://a:2/config", statusURL("a:2"))
+	require.Equal(t, "https://a:2/config", statusURL("https://a:2/"))
 }
