@@ -310,9 +310,9 @@ type WrittenError struct {
 func (e *WrittenError) Error() string { return e.Err.Error() }
 func (e *WrittenError) Unwrap() error { return e.Err }
 
-// readers returns how many readers (sweeping jobs, one CPU each) a restore
+// readerCount returns how many readers (sweeping jobs, one CPU each) a restore
 // of the given concurrency runs, and how many chunk buffers it holds.
-func readers(concurrency int) (readers, chunks int) {
+func readerCount(concurrency int) (readers, chunks int) {
 	readers = max(1, concurrency/4)
 	return readers, concurrency + readers
 }
@@ -328,7 +328,7 @@ func ReadBudget(concurrency int, memory, chunkBytes int64) int64 {
 	if chunkBytes <= 0 {
 		chunkBytes = DefaultChunkBytes
 	}
-	r, n := readers(concurrency)
+	r, n := readerCount(concurrency)
 	return (memory - int64(n)*3*chunkBytes) / int64(r)
 }
 
@@ -344,7 +344,7 @@ func CheckBudget(concurrency int, memory int64) error {
 	if concurrency <= 0 {
 		concurrency = DefaultConcurrency
 	}
-	r, n := readers(concurrency)
+	r, n := readerCount(concurrency)
 	chunks := int64(n) * 3 * DefaultChunkBytes
 	if rb := ReadBudget(concurrency, memory, DefaultChunkBytes); rb < MinReadBudget {
 		need := chunks + int64(r)*MinReadBudget
@@ -357,7 +357,7 @@ func CheckBudget(concurrency int, memory int64) error {
 func fmtMiB(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
 
 func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt *target, prog *progress, m *meter) *runner {
-	readers, nChunks := readers(o.Concurrency)
+	readers, nChunks := readerCount(o.Concurrency)
 	readBudget := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes)
 	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, prog: prog, meter: m,
 		readers: readers, readBudget: readBudget,
