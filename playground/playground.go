@@ -1,7 +1,9 @@
 // Package playground runs a TiKV- and PD-compatible local cluster in one
 // process: a PD server (pdpb + embedded etcd on one port), N stores each on
-// its own gRPC port (tikvpb, cdcpb, import_sstpb, health), a GC loop that
-// honours service safepoints, and an HTTP control API for topology changes.
+// its own gRPC port (tikvpb, cdcpb, import_sstpb, health) and its own
+// status HTTP port (online config change), a GC loop that honours service
+// safepoints and each store's gc.ratio-threshold, and an HTTP control API
+// for topology changes.
 //
 // It is the test bed of pitr and the embedded default of `pitr demo`; see
 // DESIGN.md §8 for the rules it follows and TIKV-PROTOCOLS.md for the
@@ -33,6 +35,10 @@ import (
 	"github.com/pitr-io/pitr/playground/tikv"
 )
 
+// DefaultGCInterval is how often the GC loop runs unless configured. It is
+// short on purpose: GC runs in a real cluster, so tests run with it.
+const DefaultGCInterval = 5 * time.Second
+
 // Config configures a playground.
 type Config struct {
 	// Stores is the number of stores of a new cluster (default 3). A cluster
@@ -48,8 +54,9 @@ type Config struct {
 	// MinTSInterval is the CDC resolved-ts interval (default 1s, TiKV's
 	// cdc.min-ts-interval).
 	MinTSInterval time.Duration
-	// GCInterval is how often the GC runs (default 10s; 0 keeps the default,
-	// negative disables the loop so tests drive GC with RunGC).
+	// GCInterval is how often the GC runs, as TiDB's GC worker and TiKV's
+	// compaction-filter GC would (default DefaultGCInterval; 0 keeps the
+	// default, negative disables the loop so tests drive GC with RunGC).
 	GCInterval time.Duration
 	// GCLifeTime is how long versions are kept regardless of safepoints
 	// (TiDB's tikv_gc_life_time, default 10m).
@@ -94,7 +101,7 @@ func (c *Config) setDefaults() {
 		c.MinTSInterval = time.Second
 	}
 	if c.GCInterval == 0 {
-		c.GCInterval = 10 * time.Second
+		c.GCInterval = DefaultGCInterval
 	}
 	if c.GCLifeTime == 0 {
 		c.GCLifeTime = 10 * time.Minute
@@ -139,11 +146,12 @@ type Playground struct {
 }
 
 type storeNode struct {
-	id   uint64
-	addr string
-	srv  *tikv.Server
-	cdc  *cdc.Service
-	imp  *importer.Service
+	id         uint64
+	addr       string
+	statusAddr string
+	srv        *tikv.Server
+	cdc        *cdc.Service
+	imp        *importer.Service
 }
 
 // Start starts a playground and returns once every part serves.
@@ -196,7 +204,7 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 	}
 	eng.UpdateMaxTS(now)
 	for _, s := range cl.Stores() {
-		if err := p.startStore(s.ID, s.Addr); err != nil {
+		if err := p.startStore(s.ID, s.Addr, s.StatusAddr); err != nil {
 			return nil, err
 		}
 	}
@@ -211,15 +219,20 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 	return p, nil
 }
 
-// startStore starts (or restarts) one store's gRPC server, preferring the
-// address it had before so that PD's store record stays valid.
-func (p *Playground) startStore(id uint64, addr string) error {
+// startStore starts (or restarts) one store's gRPC and status servers,
+// preferring the addresses it had before so that PD's store record stays
+// valid. The status server starts with the default config (a restart
+// resets online config changes).
+func (p *Playground) startStore(id uint64, addr, statusAddr string) error {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
 	// The store reports its version to PD at start (PutStore).
 	if err := p.Cluster.SetStoreVersion(id, p.cfg.TiKVVersion); err != nil {
 		return err
+	}
+	if statusAddr == "" {
+		statusAddr = "127.0.0.1:0"
 	}
 	svc := cdc.New(cdc.Config{
 		StoreID:       id,
@@ -235,17 +248,18 @@ func (p *Playground) startStore(id uint64, addr string) error {
 	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, SSTs: p.ssts,
 		Limits: p.cfg.Import, Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
 	tcfg := tikv.Config{
-		StoreID:  id,
-		Addr:     addr,
-		Cluster:  p.Cluster,
-		Engine:   p.Engine,
-		Logger:   p.cfg.Logger.Named(fmt.Sprintf("tikv-%d", id)),
-		Register: []func(*grpc.Server){svc.Register, imp.Register},
+		StoreID:    id,
+		Addr:       addr,
+		StatusAddr: statusAddr,
+		Cluster:    p.Cluster,
+		Engine:     p.Engine,
+		Logger:     p.cfg.Logger.Named(fmt.Sprintf("tikv-%d", id)),
+		Register:   []func(*grpc.Server){svc.Register, imp.Register},
 	}
 	srv, err := tikv.Start(tcfg)
-	if err != nil && addr != "127.0.0.1:0" {
-		// The old port is taken by someone else now: take a new one.
-		tcfg.Addr = "127.0.0.1:0"
+	if err != nil && (addr != "127.0.0.1:0" || statusAddr != "127.0.0.1:0") {
+		// An old port is taken by someone else now: take new ones.
+		tcfg.Addr, tcfg.StatusAddr = "127.0.0.1:0", "127.0.0.1:0"
 		srv, err = tikv.Start(tcfg)
 	}
 	if err != nil {
@@ -258,7 +272,7 @@ func (p *Playground) startStore(id uint64, addr string) error {
 		return err
 	}
 	p.mu.Lock()
-	p.stores[id] = &storeNode{id: id, addr: srv.Addr(), srv: srv, cdc: svc, imp: imp}
+	p.stores[id] = &storeNode{id: id, addr: srv.Addr(), statusAddr: srv.StatusAddr(), srv: srv, cdc: svc, imp: imp}
 	p.mu.Unlock()
 	return nil
 }
@@ -373,6 +387,17 @@ func (p *Playground) StoreAddrs() map[uint64]string {
 	return out
 }
 
+// StatusAddrs returns the status API address of every running store.
+func (p *Playground) StatusAddrs() map[uint64]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[uint64]string{}
+	for id, s := range p.stores {
+		out[id] = s.statusAddr
+	}
+	return out
+}
+
 // StoreIDs returns every store id, running or not, in order.
 func (p *Playground) StoreIDs() []uint64 {
 	var ids []uint64
@@ -425,7 +450,7 @@ func (p *Playground) StartStore(id uint64) error {
 	if running {
 		return fmt.Errorf("store %d: %w", id, ErrStoreRunning)
 	}
-	if err := p.startStore(id, s.Addr); err != nil {
+	if err := p.startStore(id, s.Addr, s.StatusAddr); err != nil {
 		return err
 	}
 	p.log.Info("store started", "store", id)
@@ -433,8 +458,10 @@ func (p *Playground) StartStore(id uint64) error {
 }
 
 // RunGC runs one GC round: PD advances the GC safepoint (bounded by the GC
-// life time and every live service safepoint), then the engine removes the
-// versions no reader at or after it can see. It returns the safepoint used.
+// life time and every live service safepoint), as TiDB's GC worker does;
+// then, unless every running store has GC disabled (GCEnabled), the engine
+// removes the versions no reader at or after it can see, as each TiKV's
+// compaction filter does. It returns the safepoint.
 func (p *Playground) RunGC(ctx context.Context) (uint64, error) {
 	now, err := p.TS(ctx)
 	if err != nil {
@@ -447,10 +474,40 @@ func (p *Playground) RunGC(ctx context.Context) (uint64, error) {
 	if sp == 0 {
 		return 0, nil
 	}
+	if !p.GCEnabled() {
+		p.log.Debug("gc skipped: every running store has gc.ratio-threshold disabled", "safepoint", sp)
+		return sp, nil
+	}
 	if _, err := p.Engine.GC(sp); err != nil {
 		return 0, fmt.Errorf("gc: %w", err)
 	}
 	return sp, nil
+}
+
+// GCEnabled reports whether the engine's GC runs: whether some running
+// store has a gc.ratio-threshold that lets its compaction filter collect
+// (TiKV src/server/gc_worker/compaction_filter.rs check_need_gc: negative
+// or +inf disables it).
+//
+// In TiKV every store collects its own copy of each region it holds, and
+// the copy a read sees is the leader's, which can move to any peer. So a
+// version one peer's GC removed can come back into view on any leader
+// change: the data is safe only while no peer's GC runs. The playground
+// holds one copy for all stores and gives every store a peer of every
+// region, so it collects that copy unless every running store has GC
+// disabled. A stopped store runs no compaction; when it starts again its
+// threshold is the default, and GC runs again. This is the strictest
+// reading: a restore must disable GC on every store, and again after a
+// store restarts.
+func (p *Playground) GCEnabled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, n := range p.stores {
+		if tikv.GCEnabled(n.srv.GCRatioThreshold()) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Playground) gcLoop(ctx context.Context) {

@@ -14,11 +14,14 @@
 //	          or Force; no change stream registered on it                (ErrTargetInUse)
 //	prepare   pause PD's schedulers and merges (TTL + keepalive), pre-split
 //	          and scatter at the source's region boundaries
+//	gc hold   gc.ratio-threshold = -1 on every TiKV (status API), kept    (ErrUnavailable)
+//	          while writing, set back on every return (gc.go)
 //	write     jobs (runs of adjacent units, big enough that a file's row
 //	          groups are decoded about once) swept by Concurrency/4 readers:
 //	          merge.Merge over the files meeting the job (row groups
 //	          pruned by key), keep commit_ts ≤ T (deletes too), cut chunks
-//	          at target region boundaries and ChunkBytes; Concurrency
+//	          at target region boundaries and ChunkBytes, never inside
+//	          one key's versions; Concurrency
 //	          writers: import_sstpb Write to every peer (SSTMeta with the
 //	          encoded inclusive key range, API V1) + MultiIngest at the
 //	          leader, every store held in import mode meanwhile
@@ -30,7 +33,8 @@
 //
 // Nothing is written to the target before the plan, the file checks and
 // the target checks pass, so every refusal leaves the target untouched
-// (I7). After the checks, data files are still read through their
+// (I7); an error once a run has written is a *WrittenError, which says how
+// far the restore got. After the checks, data files are still read through their
 // per-row-group CRC-32C, so a file that changes after its sha256 check is
 // ErrCorrupt, never wrong rows.
 //
@@ -86,8 +90,13 @@
 // accounted three times for their protobuf copies; readers wait for a free
 // one) and, per reader, the open iterators of one pass, each about two
 // encoded row groups. When the files meeting a job do not fit, the sweep
-// takes several passes over groups of files (versions present in two
-// groups are then written twice, harmlessly).
+// takes several passes over ascending commit-time windows, each pass
+// reading the files whose commit range meets its window and ingesting only
+// the versions inside it, after the previous pass is fully ingested. So no
+// version of a key reaches the target after a newer one, and a GC on the
+// target (which the hold should stop, but a store restart can let run for
+// a while) sees a prefix of each key's history (gc.go). A file spanning
+// several windows is read once per window.
 //
 // # Verify
 //

@@ -244,9 +244,12 @@ func newSource(t *testing.T, ctx context.Context) *sourceFixture {
 	return &sourceFixture{b: b, hist: hist, start: start, cp: cp, src: src, srcCli: cli}
 }
 
+// startTarget starts a target with its GC loop on, as a real cluster has
+// (its 10 min GC life time keeps the safepoint below T here; gc_test.go
+// drives GC past T).
 func startTarget(t *testing.T, ctx context.Context, splits ...string) (*playground.Playground, *txnkv.Client) {
 	t.Helper()
-	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: -1})
+	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: 100 * time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
 	for _, k := range splits {

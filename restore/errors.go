@@ -3,8 +3,9 @@ package restore
 import "errors"
 
 // Sentinel errors. Each is one of the clear refusals of DESIGN I7: the CLI
-// maps each to its own exit status, and when one is returned nothing has
-// been written to the target cluster.
+// maps each to its own exit status. Run refuses before its first write;
+// the same causes found after writing began come wrapped in a
+// *WrittenError (restore.go), which says how far the restore got.
 var (
 	// ErrOutOfRange: the restore point is outside the restorable range
 	// [task start_ts, global checkpoint]. The message names the range.

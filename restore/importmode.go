@@ -111,13 +111,3 @@ func (m *importMode) switchAll(ctx context.Context, mode import_sstpb.SwitchMode
 	}
 	return errors.Join(errs...)
 }
-
-// isTiFlash reports whether a store is a TiFlash node (label engine=tiflash).
-func isTiFlash(st *metapb.Store) bool {
-	for _, l := range st.GetLabels() {
-		if l.GetKey() == "engine" && l.GetValue() == "tiflash" {
-			return true
-		}
-	}
-	return false
-}

@@ -17,7 +17,7 @@ import (
 )
 
 // The progress file (local, one per restore) lets a rerun after a crash or
-// a kill skip the work already done. Format version 1, JSON:
+// a kill skip the work already done. Format version 2, JSON:
 //
 //	{
 //	  "version": 1,
@@ -26,25 +26,32 @@ import (
 //	  "restore_ts": 4626...,               // T
 //	  "target_cluster_id": 7312...,        // the target cluster
 //	  "started_unix_ms": 1767...,          // first write to the target
+//	  "gc_ratio_threshold": {"1": "1.1"},   // store id -> its gc.ratio-threshold before the restore turned GC off (gc.go)
 //	  "done": [{"start": "hex", "end": "hex"}, ...],  // ingested key ranges, sorted, merged; "" end = +inf
 //	  "finished": false
 //	}
 //
 // A range is recorded only after every version of it with commit_ts ≤ T
-// is ingested. Writes are durable: temp file, fsync, rename, fsync dir. A
-// file for another (storage, T, target) is refused, never reused.
+// is ingested. gc_ratio_threshold holds the values to set back while GC is
+// held off on the target; an entry is written before its store is changed
+// and removed once its old value is set back. Version 1 files (no
+// gc_ratio_threshold) are read as well; version 2 is written, so a build
+// that would not set GC back refuses the file. Writes are durable: temp
+// file, fsync, rename, fsync dir. A file for another (storage, T, target)
+// is refused, never reused.
 
-const progressVersion = 1
+const progressVersion = 2
 
 type progressState struct {
-	Version   int         `json:"version"`
-	Storage   string      `json:"storage"`
-	Task      string      `json:"task"`
-	RestoreTS uint64      `json:"restore_ts"`
-	ClusterID uint64      `json:"target_cluster_id"`
-	StartedMS int64       `json:"started_unix_ms,omitempty"`
-	Done      []doneRange `json:"done"`
-	Finished  bool        `json:"finished"`
+	Version   int               `json:"version"`
+	Storage   string            `json:"storage"`
+	Task      string            `json:"task"`
+	RestoreTS uint64            `json:"restore_ts"`
+	ClusterID uint64            `json:"target_cluster_id"`
+	StartedMS int64             `json:"started_unix_ms,omitempty"`
+	GCRatio   map[uint64]string `json:"gc_ratio_threshold,omitempty"`
+	Done      []doneRange       `json:"done"`
+	Finished  bool              `json:"finished"`
 }
 
 type doneRange struct {
@@ -111,8 +118,53 @@ func openProgress(path string, want progressState) (*progress, error) {
 		p.done = append(p.done, KeyRange{Start: s, End: e})
 	}
 	p.done = mergeRanges(p.done)
+	st.Version = progressVersion
 	p.st = st
 	return p, nil
+}
+
+// gcRatio returns the recorded old gc.ratio-threshold of a store.
+func (p *progress) gcRatio(storeID uint64) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, ok := p.st.GCRatio[storeID]
+	return v, ok
+}
+
+// gcRatios returns a copy of every recorded old gc.ratio-threshold.
+func (p *progress) gcRatios() map[uint64]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[uint64]string, len(p.st.GCRatio))
+	for k, v := range p.st.GCRatio {
+		out[k] = v
+	}
+	return out
+}
+
+// recordGCRatio records, durably, a store's gc.ratio-threshold before the
+// restore changes it.
+func (p *progress) recordGCRatio(storeID uint64, v string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.st.GCRatio == nil {
+		p.st.GCRatio = map[uint64]string{}
+	}
+	p.st.GCRatio[storeID] = v
+	return p.saveLocked()
+}
+
+// forgetGCRatios removes, durably, the stores whose value was set back.
+func (p *progress) forgetGCRatios(storeIDs ...uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(storeIDs) == 0 {
+		return nil
+	}
+	for _, id := range storeIDs {
+		delete(p.st.GCRatio, id)
+	}
+	return p.saveLocked()
 }
 
 // started reports whether an earlier run already wrote to the target.

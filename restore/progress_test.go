@@ -51,11 +51,42 @@ func TestProgressFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("{"), 0o600))
 	_, err = openProgress(path, key)
 	require.ErrorContains(t, err, "remove it to start over")
-	require.NoError(t, os.WriteFile(path, []byte(`{"version": 2}`), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte(`{"version": 3}`), 0o600))
 	_, err = openProgress(path, key)
-	require.ErrorContains(t, err, "version 2")
+	require.ErrorContains(t, err, "version 3")
 
 	a := DefaultProgressPath("s3://x", 1, 2)
 	require.NotEqual(t, a, DefaultProgressPath("s3://x", 1, 3))
 	require.Equal(t, a, DefaultProgressPath("s3://x", 1, 2))
+}
+
+// TestProgressGCRatios: the old gc.ratio-threshold values survive a reopen
+// until forgotten; a version 1 file (before they existed) is read and
+// rewritten as version 2.
+func TestProgressGCRatios(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.json")
+	key := progressState{Storage: "file:///b", Task: "t", RestoreTS: 42, ClusterID: 7}
+	require.NoError(t, os.WriteFile(path, []byte(`{"version": 1, "storage": "file:///b", "task": "t", "restore_ts": 42, "target_cluster_id": 7, "started_unix_ms": 5, "done": []}`), 0o600))
+	p, err := openProgress(path, key)
+	require.NoError(t, err)
+	require.True(t, p.started())
+	require.Empty(t, p.gcRatios())
+	require.NoError(t, p.recordGCRatio(1, "1.1"))
+	require.NoError(t, p.recordGCRatio(4, "2.5"))
+
+	p, err = openProgress(path, key)
+	require.NoError(t, err)
+	require.Equal(t, map[uint64]string{1: "1.1", 4: "2.5"}, p.gcRatios())
+	v, ok := p.gcRatio(4)
+	require.True(t, ok)
+	require.Equal(t, "2.5", v)
+	require.NoError(t, p.forgetGCRatios(1))
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"version": 2`)
+	require.Contains(t, string(b), `"gc_ratio_threshold": {`)
+
+	p, err = openProgress(path, key)
+	require.NoError(t, err)
+	require.Equal(t, map[uint64]string{4: "2.5"}, p.gcRatios())
 }

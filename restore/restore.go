@@ -1,9 +1,12 @@
 package restore
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +70,10 @@ type Options struct {
 	// DefaultImportModeInterval. It must be shorter than the stores'
 	// import.import-mode-timeout (TiKV's default 10 min).
 	ImportModeInterval time.Duration
+	// GCHoldInterval is how often gc.ratio-threshold = -1 is re-applied to
+	// the target's stores while the restore runs (gc.go); default
+	// DefaultGCHoldInterval.
+	GCHoldInterval time.Duration
 	// Progress, when set, receives the progress bar.
 	Progress io.Writer
 	Logger   hclog.Logger
@@ -95,6 +102,9 @@ func (o *Options) setDefaults() {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 30
 	}
+	if o.GCHoldInterval <= 0 {
+		o.GCHoldInterval = DefaultGCHoldInterval
+	}
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
@@ -121,16 +131,25 @@ func PlanRestore(ctx context.Context, src Source, ts uint64, snapshot string) (*
 //     (ErrTargetNotEmpty), and no change stream is registered on it
 //     (ErrTargetInUse); then pause PD's schedulers and merges and pre-split
 //     the target (prepare.go; undone when Run returns);
-//  4. per job (a run of source-region ranges), k-way merge the files that
+//  4. turn GC off on every TiKV of the target (gc.go; ErrUnavailable when
+//     a store cannot be reached), and keep it off until the end;
+//  5. per job (a run of source-region ranges), k-way merge the files that
 //     meet it, keep every version with commit_ts ≤ T (deletes included),
 //     and write it with its commit_ts through import_sstpb, region by
 //     region, in parallel; record finished ranges in the progress file.
 //
 // Refusals happen before the first write, so the target is untouched.
-func Run(ctx context.Context, o Options) (*Result, error) {
+// Once a run has written (this one or an earlier one with the same progress
+// file), every error is a *WrittenError, which says how far it got. GC is
+// set back on the target's stores on every return, also after a refusal
+// and on a rerun of a restore that was killed.
+func Run(ctx context.Context, o Options) (res *Result, err error) {
 	o.setDefaults()
 	log := o.Logger.Named("restore")
 	start := time.Now()
+	if rb := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes); rb <= 0 {
+		return nil, fmt.Errorf("memory budget %d bytes is too small for concurrency %d: the chunk buffers alone need more (see CheckBudget)", o.MemoryBudget, o.Concurrency)
+	}
 	b, err := Load(ctx, o.Source)
 	if err != nil {
 		return nil, err
@@ -161,7 +180,26 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{RestoreTS: plan.RestoreTS}
+	defer func() {
+		// Set GC back (recorded by this run or by one that was killed).
+		if gerr := restoreGC(ctx, tgt.pd, prog, log); gerr != nil {
+			if err == nil {
+				err = gerr
+			} else {
+				err = fmt.Errorf("%w; %w", err, gerr)
+			}
+		}
+		if err != nil && prog.started() {
+			we := &WrittenError{Err: err, ProgressFile: path, Units: len(plan.Units), Finished: prog.finished()}
+			for _, u := range plan.Units {
+				if prog.isDone(u) {
+					we.UnitsDone++
+				}
+			}
+			err = we
+		}
+	}()
+	res = &Result{RestoreTS: plan.RestoreTS}
 	if prog.finished() {
 		res.AlreadyDone, res.Duration = true, time.Since(start)
 		return res, nil
@@ -225,6 +263,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer undo()
+	hold := newGCHold(tgt.pd, prog, log)
+	if err := hold.start(ctx, o.GCHoldInterval); err != nil {
+		return nil, err
+	}
+	defer hold.halt()
 	if err := prog.markStarted(); err != nil {
 		return nil, err
 	}
@@ -283,12 +326,69 @@ type writeReq struct {
 	seq int64
 }
 
+// WrittenError is a restore error after the target was written to (by
+// this run or an earlier one with the same progress file): the target
+// holds part of the restore, or all of it when Finished (then only setting
+// GC back failed). Rerunning the same command resumes from ProgressFile.
+type WrittenError struct {
+	Err              error
+	ProgressFile     string
+	UnitsDone, Units int
+	Finished         bool
+}
+
+func (e *WrittenError) Error() string { return e.Err.Error() }
+func (e *WrittenError) Unwrap() error { return e.Err }
+
+// readerCount returns how many readers (sweeping jobs, one CPU each) a restore
+// of the given concurrency runs, and how many chunk buffers it holds.
+func readerCount(concurrency int) (readers, chunks int) {
+	readers = max(1, concurrency/4)
+	return readers, concurrency + readers
+}
+
+// ReadBudget is the memory each reader may hold in open file iterators:
+// what MemoryBudget leaves after the chunk buffers, shared by the readers.
+// A chunk costs about three times its bytes: the arena, the protobuf
+// messages built over it and their marshalled copies in flight.
+func ReadBudget(concurrency int, memory, chunkBytes int64) int64 {
+	if concurrency <= 0 {
+		concurrency = DefaultConcurrency
+	}
+	if chunkBytes <= 0 {
+		chunkBytes = DefaultChunkBytes
+	}
+	r, n := readerCount(concurrency)
+	return (memory - int64(n)*3*chunkBytes) / int64(r)
+}
+
+// MinReadBudget is the smallest per-reader budget CheckBudget accepts: a
+// few files' iterators (two row groups each, 8 MiB of rows uncompressed).
+// Below it a sweep takes one pass per file or two.
+const MinReadBudget = 16 << 20
+
+// CheckBudget reports, in one line, why a memory budget is too small for
+// a concurrency (audit F8): the chunk buffers must leave each reader at
+// least MinReadBudget. It names the smallest budget that fits.
+func CheckBudget(concurrency int, memory int64) error {
+	if concurrency <= 0 {
+		concurrency = DefaultConcurrency
+	}
+	r, n := readerCount(concurrency)
+	chunks := int64(n) * 3 * DefaultChunkBytes
+	if rb := ReadBudget(concurrency, memory, DefaultChunkBytes); rb < MinReadBudget {
+		need := chunks + int64(r)*MinReadBudget
+		return fmt.Errorf("too small for concurrency %d: its %d chunk buffers take %s and its %d readers need %s each; use at least %s, or a lower concurrency",
+			concurrency, n, fmtMiB(chunks), r, fmtMiB(MinReadBudget), fmtMiB(need))
+	}
+	return nil
+}
+
+func fmtMiB(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
+
 func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt *target, prog *progress, m *meter) *runner {
-	readers := max(1, o.Concurrency/4)
-	nChunks := o.Concurrency + readers
-	// A chunk costs about three times its bytes: the arena, the protobuf
-	// messages built over it and their marshalled copies in flight.
-	readBudget := (o.MemoryBudget - int64(nChunks)*3*o.ChunkBytes) / int64(readers)
+	readers, nChunks := readerCount(o.Concurrency)
+	readBudget := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes)
 	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, prog: prog, meter: m,
 		readers: readers, readBudget: readBudget,
 		free: make(chan *chunk, nChunks), writes: make(chan writeReq)}
@@ -390,6 +490,7 @@ type tracker struct {
 	done      map[int64]bool // ingested, above the watermark
 	watermark int64          // every chunk below it is ingested
 	pending   []pendingUnit
+	moved     chan struct{} // closed (and replaced) when the watermark moves
 }
 
 type pendingUnit struct {
@@ -397,7 +498,27 @@ type pendingUnit struct {
 	u   KeyRange
 }
 
-func newTracker(r *runner) *tracker { return &tracker{r: r, done: map[int64]bool{}} }
+func newTracker(r *runner) *tracker {
+	return &tracker{r: r, done: map[int64]bool{}, moved: make(chan struct{})}
+}
+
+// drained waits until every chunk given a sequence number is ingested.
+func (t *tracker) drained(ctx context.Context) error {
+	for {
+		t.mu.Lock()
+		if t.watermark >= t.next {
+			t.mu.Unlock()
+			return nil
+		}
+		ch := t.moved
+		t.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
 
 // seq assigns the next chunk's sequence number.
 func (t *tracker) seq() int64 {
@@ -419,9 +540,15 @@ func (t *tracker) attach(u KeyRange, seq int64) error {
 func (t *tracker) complete(seq int64) error {
 	t.mu.Lock()
 	t.done[seq] = true
+	moved := false
 	for t.done[t.watermark] {
 		delete(t.done, t.watermark)
 		t.watermark++
+		moved = true
+	}
+	if moved {
+		close(t.moved)
+		t.moved = make(chan struct{})
 	}
 	t.mu.Unlock()
 	return t.release()
@@ -474,14 +601,19 @@ func (r *runner) job(ctx context.Context, j job) error {
 	return nil
 }
 
-// sweep restores units [u, v), which are adjacent, reading each file that
-// meets them once. When the files' iterators would not fit the memory
-// budget together, it takes several passes over groups of files; versions
-// present in several groups are then written more than once, which is
-// harmless (the same version, idempotently). The units count as done only
-// after the last pass.
+// sweep restores units [u, v), which are adjacent. When the iterators of
+// the files that meet them fit the memory budget together, it reads each
+// file once, in one pass. Otherwise it takes several passes, each over a
+// window (lo, hi] of commit timestamps, in ascending order: a pass reads
+// the files whose commit range meets its window and ingests only the
+// versions inside it, and the next pass starts only after every chunk of
+// this one is ingested. So no version of a key is ever ingested after a
+// newer one, and any GC on the target sees a prefix of each key's history
+// (audit F1: a Delete collected before an older Put arrives would bring
+// the key back). A file whose commit range spans several windows is read
+// once per window. The units count as done only after the last pass.
 func (r *runner) sweep(ctx context.Context, u, v int) error {
-	units := r.plan.Units
+	units, T := r.plan.Units, r.plan.RestoreTS
 	rng := KeyRange{Start: units[u].Start, End: units[v-1].End}
 	var fs []FileRef
 	for _, f := range r.files {
@@ -489,39 +621,90 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 			fs = append(fs, f)
 		}
 	}
+	// By min_commit_ts; the path keeps the order stable.
+	slices.SortStableFunc(fs, func(a, b FileRef) int {
+		return cmp.Compare(a.File.GetMinCommitTs(), b.File.GetMinCommitTs())
+	})
+	maxTS := func(f FileRef) uint64 { // unknown statistics: assume it reaches T
+		if m := f.File.GetMaxCommitTs(); m >= f.File.GetMinCommitTs() && m != 0 {
+			return m
+		}
+		return T
+	}
+	type open struct {
+		f    FileRef
+		rd   *logfile.Reader
+		need int64
+	}
 	tr := newTracker(r)
-	var held *logfile.Reader // opened, but did not fit the previous pass
-	i := 0
-	for pass := 0; pass == 0 || i < len(fs); pass++ {
-		var its []logfile.Iterator
+	var carried []open // opened in an earlier pass, with versions above lo
+	next := 0          // fs[next:] were never opened
+	var lo uint64      // the window of this pass is (lo, hi]
+	var held *open     // fs[next], opened, but it did not fit the last pass
+	warned := false    // about a pass over the budget
+	for pass := 0; ; pass++ {
+		set := carried
 		var mem int64
-		for i < len(fs) {
-			rd := held
-			held = nil
-			if rd == nil {
+		for _, o := range set {
+			mem += o.need
+		}
+		for next < len(fs) {
+			f := fs[next]
+			var rd *logfile.Reader
+			if held != nil {
+				rd, held = held.rd, nil
+			} else {
 				var err error
-				if rd, err = openFile(ctx, r.o.Source, fs[i]); err != nil {
-					closeAll(its)
+				if rd, err = openFile(ctx, r.o.Source, f); err != nil {
 					return err
 				}
 			}
-			need := iterMemory(rd, fs[i].File.GetSize())
-			if len(its) > 0 && mem+need > r.readBudget {
-				held = rd
+			need := iterMemory(rd, f.File.GetSize())
+			// A file whose versions may start right after lo must be in
+			// this pass, whatever the budget: the window cannot be empty.
+			if len(set) > 0 && mem+need > r.readBudget && f.File.GetMinCommitTs() > lo+1 {
+				held = &open{f: f, rd: rd, need: need}
 				break
 			}
-			its = append(its, &fileIter{Iterator: rd.Iter(rng.Start, rng.End), f: fs[i]})
+			if len(set) > 0 && mem+need > r.readBudget && !warned {
+				warned = true
+				r.log.Warn("files overlapping one commit timestamp exceed the read budget; reading them together",
+					"range", rng.String(), "files", len(set)+1, "bytes", mem+need, "budget", r.readBudget)
+			}
+			set = append(set, open{f: f, rd: rd, need: need})
 			mem += need
-			i++
+			next++
 		}
-		if pass > 0 || i < len(fs) {
-			r.log.Debug("multi-pass sweep", "range", rng.String(), "pass", pass, "files", len(its))
+		hi := T
+		if next < len(fs) {
+			hi = min(T, fs[next].File.GetMinCommitTs()-1)
 		}
-		if err := r.pass(ctx, merge.Merge(its...), u, v, i == len(fs), tr); err != nil {
+		last := hi == T
+		if pass > 0 || !last {
+			r.log.Debug("multi-pass sweep", "range", rng.String(), "pass", pass, "files", len(set), "from_ts", lo, "to_ts", hi)
+		}
+		its := make([]logfile.Iterator, 0, len(set))
+		for _, o := range set {
+			its = append(its, &fileIter{Iterator: o.rd.Iter(rng.Start, rng.End), f: o.f})
+		}
+		if err := r.pass(ctx, merge.Merge(its...), u, v, lo, hi, last, tr); err != nil {
 			return err
 		}
+		if last {
+			return nil
+		}
+		// Every version up to hi is ingested before any newer one is.
+		if err := tr.drained(ctx); err != nil {
+			return err
+		}
+		carried = carried[:0:0]
+		for _, o := range set {
+			if maxTS(o.f) > hi {
+				carried = append(carried, o)
+			}
+		}
+		lo = hi
 	}
-	return nil
 }
 
 func closeAll(its []logfile.Iterator) {
@@ -543,16 +726,19 @@ func (it *fileIter) Err() error {
 	return nil
 }
 
-// pass cuts the versions of it with commit_ts ≤ T into chunks of at most
-// ChunkBytes inside one target region, and hands them to the writers. When
-// last, each unit is attached to the chunk holding its last version.
-func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, last bool, tr *tracker) (err error) {
+// pass cuts the versions of it with commit_ts in (lo, hi] into chunks of
+// about ChunkBytes inside one target region, and hands them to the
+// writers. A chunk is cut only between two keys, never between versions of
+// one key, so each key's versions of the pass are ingested at once (a chunk
+// can grow past ChunkBytes by one key's versions). When last, each unit is
+// attached to the chunk holding its last version.
+func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi uint64, last bool, tr *tracker) (err error) {
 	defer func() {
 		if cerr := it.Close(); err == nil && cerr != nil {
 			err = cerr
 		}
 	}()
-	units, T := r.plan.Units, r.plan.RestoreTS
+	units := r.plan.Units
 	var c *chunk
 	var seq int64
 	var reg *region
@@ -596,10 +782,10 @@ func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, last b
 			}
 			cu++
 		}
-		if row.CommitTS > T || len(row.Key) == 0 {
+		if row.CommitTS <= lo || row.CommitTS > hi || len(row.Key) == 0 {
 			continue
 		}
-		if c == nil || !reg.contains(row.Key) || c.bytes >= r.o.ChunkBytes {
+		if c == nil || !reg.contains(row.Key) || (c.bytes >= r.o.ChunkBytes && !bytes.Equal(c.key(&c.rows[len(c.rows)-1]), row.Key)) {
 			if err := submit(); err != nil {
 				return err
 			}

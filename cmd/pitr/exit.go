@@ -43,8 +43,12 @@ func usageErrorf(format string, args ...any) error {
 	return withExit(ExitUsage, fmt.Errorf(format, args...))
 }
 
-// Restore and verify refusals (DESIGN I7). When restore exits with one of
-// these, nothing was written to the target cluster.
+// Restore and verify refusals (DESIGN I7). Restore refuses before its
+// first write, and its error line then ends with "nothing was written to
+// the target". The same statuses also report a cause found after writing
+// began (e.g. a data file that rots while the restore reads it); the line
+// then says how much of the restore the target holds and to rerun the same
+// command to resume.
 const (
 	// ExitOutOfRange: the restore point is outside the restorable range
 	// [task start ts, global checkpoint]; the message names the range.

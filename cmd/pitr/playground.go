@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -19,6 +20,7 @@ type playgroundOptions struct {
 	logLevel string
 	tikvVer  string
 	replicas int
+	gc       time.Duration
 }
 
 func newPlaygroundCmd() *cobra.Command {
@@ -37,7 +39,15 @@ POST /pd/restart, POST /stores/{id}/stop, POST /stores/{id}/start, POST /gc.
 
 --tikv-version X.Y.Z makes the stores report that version to PD and follow
 its CDC behaviour: below 7.3 there is no Deregister (every request is a
-Register), no EventFeedV2, and a stream holds one subscription per region.`,
+Register), no EventFeedV2, and a stream holds one subscription per region.
+
+GC runs every --gc-interval (0 turns it off), as in a TiKV cluster: below the
+GC safepoint (PD's, bounded by service safepoints and a 10m life time) each
+key keeps its newest Put and loses a newest Delete with everything older.
+Each store also serves TiKV's status API on its own address (PD reports it as
+the store's status_address): GET /config, POST /config {"gc.ratio-threshold":
+"-1"}; a negative threshold turns GC off while every running store has it,
+and a store restart resets it to 1.1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd, o)
@@ -51,6 +61,7 @@ Register), no EventFeedV2, and a stream holds one subscription per region.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	f.IntVar(&o.replicas, "replicas", 0, "peers per region of a new cluster (default: every store), so /move-peer has somewhere to go")
 	f.StringVar(&o.tikvVer, "tikv-version", cdc.DefaultVersion, "TiKV version the stores report and behave as (e.g. 7.1.0)")
+	f.DurationVar(&o.gc, "gc-interval", playground.DefaultGCInterval, "how often GC runs; 0 turns it off")
 	return c
 }
 
@@ -69,10 +80,18 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	if err != nil {
 		return usageErrorf("--tikv-version %q: %v", o.tikvVer, err)
 	}
+	if o.gc < 0 {
+		return usageErrorf("--gc-interval %s: want a duration of 0 (off) or more", o.gc)
+	}
+	gcInterval := o.gc
+	if gcInterval == 0 {
+		gcInterval = -1 // off
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: os.Stderr})
 	ctx := cmd.Context()
 	p, err := playground.Start(ctx, playground.Config{
-		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Replicas: o.replicas, Logger: log,
+		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Replicas: o.replicas,
+		GCInterval: gcInterval, Logger: log,
 	})
 	if err != nil {
 		return withExit(ExitUnavailable, fmt.Errorf("start playground: %w", err))
@@ -81,8 +100,9 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	fmt.Fprintf(out, "pd:  %s\n", p.PDAddr())
 	fmt.Fprintf(out, "ctl: http://%s\n", p.CtlAddr())
 	addrs := p.StoreAddrs()
+	status := p.StatusAddrs()
 	for _, id := range p.StoreIDs() {
-		fmt.Fprintf(out, "store %d: %s\n", id, addrs[id])
+		fmt.Fprintf(out, "store %d: %s (status http://%s)\n", id, addrs[id], status[id])
 	}
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping")

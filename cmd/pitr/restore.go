@@ -46,10 +46,17 @@ written, every data file needed is checked against its size and sha256
 (exit 12), and the target must hold nothing in the task ranges (exit 14;
 --force writes anyway). A root that is not a pitr backup is exit 13.
 
+Before the first write, GC is turned off on every TiKV of the target
+(gc.ratio-threshold = -1 through each store's status address; a store that
+cannot be reached is exit 3), re-applied while the restore runs, and set
+back when it ends, also on failure.
+
 A progress file (--progress-file; default under the user cache directory,
 named after the storage URL, --to and the target cluster id) records the
-finished key ranges: rerunning the same command after a kill finishes the
-job without redoing them.
+finished key ranges and the GC values to set back: rerunning the same
+command after a failure or a kill finishes the job without redoing them.
+An error after the first write says so, with how far the restore got; an
+error before it says that nothing was written.
 
 --dry-run prints the plan (files, bytes, rows, ranges) and touches no
 cluster.`,
@@ -93,6 +100,9 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	mem, err := parseSize(o.memory)
 	if err != nil || mem < 64<<20 {
 		return usageErrorf("pitr restore: --memory %q: want a size of at least 64MiB, like 1GiB", o.memory)
+	}
+	if err := restore.CheckBudget(o.concurrency, mem); err != nil {
+		return usageErrorf("pitr restore: --memory %s is %v", o.memory, err)
 	}
 	level := hclog.LevelFromString(o.logLevel)
 	if level == hclog.NoLevel {
@@ -143,11 +153,11 @@ func openBackupStorage(ctx context.Context, url string) (storage.Storage, error)
 	return storage.WithRetry(st, storage.RetryOptions{}), nil
 }
 
-// restoreError gives a restore or verify error its exit status. Refusals
-// (I7) say that the target was not touched.
+// restoreError gives a restore or verify error its exit status. A restore
+// error says whether the target was written to (restore.WrittenError:
+// how far it got and how to resume) or not.
 func restoreError(cmd string, err error) error {
 	code := ExitFailure
-	refusal := true
 	switch {
 	case errors.Is(err, restore.ErrOutOfRange):
 		code = ExitOutOfRange
@@ -164,13 +174,20 @@ func restoreError(cmd string, err error) error {
 	case errors.Is(err, restore.ErrNoBase):
 		code = ExitNoBase
 	case errors.Is(err, restore.ErrUnavailable), storage.IsTransient(err):
-		code, refusal = ExitUnavailable, false
-	default:
-		refusal = false
+		code = ExitUnavailable
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
-	if refusal && cmd == "pitr restore" {
-		msg += "; nothing was written to the target"
+	if cmd == "pitr restore" {
+		var we *restore.WrittenError
+		switch {
+		case errors.As(err, &we) && we.Finished:
+			msg += fmt.Sprintf("; the restore itself finished (all %d key ranges are in the target)", we.Units)
+		case errors.As(err, &we):
+			msg += fmt.Sprintf("; the target already holds part of this restore (%d of %d key ranges done): rerun the same command to resume it (progress file %s); do not restore another point into this target",
+				we.UnitsDone, we.Units, we.ProgressFile)
+		default:
+			msg += "; nothing was written to the target"
+		}
 	}
 	return withExit(code, fmt.Errorf("%s: %s", cmd, msg))
 }

@@ -160,3 +160,85 @@ func TestRestoreCLI(t *testing.T) {
 	_, err = run("verify", "--storage", url, "--no-progress")
 	require.Equal(t, ExitMissing, exitCode(err), "%v", err)
 }
+
+// TestRestoreErrorAfterWrite (audit F5): an error once the target holds
+// part of the restore never says "nothing was written"; it says how far
+// the restore got and to rerun the same command. Here an earlier run wrote
+// (its progress file says so) and then a data file rotted: the rerun is
+// refused as corrupt (exit 11) and says the target holds part of it.
+func TestRestoreErrorAfterWrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a playground")
+	}
+	url, _, cp, dataFile := cliBackup(t)
+	p, err := playground.Start(context.Background(), playground.Config{Stores: 1})
+	require.NoError(t, err)
+	defer p.Close()
+	progress := filepath.Join(t.TempDir(), "p.json")
+	started := fmt.Sprintf(`{"version": 2, "storage": %q, "task": "cli", "restore_ts": %d, "target_cluster_id": %d, "started_unix_ms": 1, "done": []}`,
+		url, cp, p.Cluster.ID())
+	require.NoError(t, os.WriteFile(progress, []byte(started), 0o600))
+	flip, err := os.ReadFile(dataFile)
+	require.NoError(t, err)
+	flip[len(flip)/2] ^= 1
+	require.NoError(t, os.WriteFile(dataFile, flip, 0o644))
+
+	_, err = run("restore", "--storage", url, "--to", strconv.FormatUint(cp, 10), "--pd", p.PDAddr(), "--progress-file", progress, "--no-progress")
+	require.Equal(t, ExitCorrupt, exitCode(err), "%v", err)
+	msg := err.Error()
+	require.NotContains(t, msg, "nothing was written")
+	require.Contains(t, msg, "the target already holds part of this restore (0 of 1 key ranges done): rerun the same command to resume it (progress file "+progress+")")
+	require.NotContains(t, msg, "\n")
+}
+
+func TestRestoreErrorWritten(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		code int
+		want string
+	}{
+		{"refusal", fmt.Errorf("x: %w", restore.ErrCorrupt), ExitCorrupt, "; nothing was written to the target"},
+		{"unavailable before writing", fmt.Errorf("x: %w", restore.ErrUnavailable), ExitUnavailable, "; nothing was written to the target"},
+		{"corrupt after writing", &restore.WrittenError{Err: fmt.Errorf("x: %w", restore.ErrCorrupt), ProgressFile: "/p.json", UnitsDone: 3, Units: 7}, ExitCorrupt,
+			"; the target already holds part of this restore (3 of 7 key ranges done): rerun the same command to resume it (progress file /p.json)"},
+		{"cancelled after writing", &restore.WrittenError{Err: context.Canceled, ProgressFile: "/p.json", Units: 2}, ExitFailure, "(0 of 2 key ranges done)"},
+		{"finished, GC not set back", &restore.WrittenError{Err: fmt.Errorf("x: %w", restore.ErrGCNotRestored), Units: 2, Finished: true}, ExitFailure,
+			"; the restore itself finished (all 2 key ranges are in the target)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := restoreError("pitr restore", tc.err)
+			require.Equal(t, tc.code, exitCode(err))
+			require.True(t, strings.HasSuffix(err.Error(), tc.want) || strings.Contains(err.Error(), tc.want), err.Error())
+			if _, ok := tc.err.(*restore.WrittenError); ok {
+				require.NotContains(t, err.Error(), "nothing was written")
+			}
+		})
+	}
+}
+
+// TestRestoreMemoryFlags (audit F8): --memory and --concurrency that leave
+// a reader less than restore.MinReadBudget are usage errors, one line.
+func TestRestoreMemoryFlags(t *testing.T) {
+	empty := "file://" + t.TempDir()
+	for _, tc := range []struct {
+		name        string
+		memory, con string
+		code        int
+		msg         string
+	}{
+		{"64MiB, default concurrency", "64MiB", "8", ExitUsage, "--memory 64MiB is too small for concurrency 8: its 10 chunk buffers take 240MiB and its 2 readers need 16MiB each; use at least 272MiB, or a lower concurrency"},
+		{"1GiB, concurrency 64", "1GiB", "64", ExitUsage, "use at least 2176MiB"},
+		{"1GiB, concurrency 32", "1GiB", "32", ExitUsage, "too small for concurrency 32"},
+		{"64MiB, concurrency 1", "64MiB", "1", ExitNotBackup, "has no pitr.lock"},
+		{"1GiB, concurrency 8", "1GiB", "8", ExitNotBackup, "has no pitr.lock"},
+		{"272MiB, concurrency 8", "272MiB", "8", ExitNotBackup, "has no pitr.lock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := run("restore", "--storage", empty, "--to", "2026-01-01T00:00:00Z", "--dry-run", "--memory", tc.memory, "--concurrency", tc.con)
+			require.Equal(t, tc.code, exitCode(err), "%v", err)
+			require.Contains(t, err.Error(), tc.msg)
+			require.NotContains(t, err.Error(), "\n")
+		})
+	}
+}

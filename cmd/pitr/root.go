@@ -39,7 +39,8 @@ Exit status:
   14 the restore target holds data in the task ranges
   15 the backup was written by a newer pitr
   16 the restore needs a base snapshot this build cannot provide
-  (on 10-16 restore has written nothing to the target)`
+  restore errors say whether anything was written to the target; after a
+  write began, rerun the same command to resume (the progress file)`
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{

@@ -56,7 +56,10 @@ const PlaygroundLabel = "pitr-playground"
 type Store struct {
 	ID   uint64 `json:"id"`
 	Addr string `json:"addr"`
-	Up   bool   `json:"up"`
+	// StatusAddr is the store's status HTTP API (TiKV's status_address:
+	// metrics, GET/POST /config).
+	StatusAddr string `json:"status_addr,omitempty"`
+	Up         bool   `json:"up"`
 	// StartTS is the unix second the store last started (PD's start_timestamp).
 	StartTS int64 `json:"start_ts"`
 	// Version is the TiKV version the store reports to PD (metapb.Store
@@ -79,7 +82,7 @@ func (s Store) Meta() *metapb.Store {
 		NodeState:      node,
 		Version:        version,
 		PeerAddress:    s.Addr,
-		StatusAddress:  s.Addr,
+		StatusAddress:  s.StatusAddr,
 		StartTimestamp: s.StartTS,
 		Labels:         []*metapb.StoreLabel{{Key: PlaygroundLabel, Value: "shared-engine"}},
 	}
@@ -422,6 +425,19 @@ func (c *Cluster) SetStoreVersion(id uint64, version string) error {
 		return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
 	}
 	s.Version = version
+	return c.saveLocked()
+}
+
+// SetStoreStatusAddr records the address a store's status server listens
+// on (set when it starts; PD reports it as the store's status_address).
+func (c *Cluster) SetStoreStatusAddr(id uint64, addr string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.stores[id]
+	if !ok {
+		return fmt.Errorf("store %d: %w", id, ErrStoreNotFound)
+	}
+	s.StatusAddr = addr
 	return c.saveLocked()
 }
 

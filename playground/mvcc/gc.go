@@ -12,11 +12,16 @@ type GCStats struct {
 const gcBatchKeys = 256
 
 // GC removes the versions no reader at or after safePoint can see, as TiKV's
-// GC does: per key it keeps every version with commit_ts > safePoint and the
-// newest Put with commit_ts ≤ safePoint (a Delete there is removed too),
-// and removes all older write records (Rollback and Lock records included)
-// with their default-CF values. Locks are never touched. GC mutations are
-// logged but not observed (TiKV's GC writes produce no CDC events).
+// GC does (src/server/gc_worker/compaction_filter.rs do_filter, and
+// gc_keys): per key it keeps every version with commit_ts > safePoint and
+// the newest Put with commit_ts ≤ safePoint; a Delete that is the newest
+// version ≤ safePoint is removed together with everything older (TiKV
+// drops that Delete mark at the bottommost level; the playground at once,
+// the strictest timing); Rollback and Lock records ≤ safePoint and every
+// older write record go with their default-CF values. Locks are never
+// touched. GC mutations are logged but not observed (TiKV's GC writes
+// produce no CDC events). Whether GC runs at all (gc.ratio-threshold) is
+// decided by the caller (playground.RunGC).
 func (e *Engine) GC(safePoint uint64) (GCStats, error) {
 	var st GCStats
 	var cursor []byte

@@ -39,10 +39,13 @@ type Config struct {
 	StoreID uint64
 	// Addr is the listen address: "127.0.0.1:0" the first time, the same
 	// address again on restart.
-	Addr    string
-	Cluster *cluster.Cluster
-	Engine  *mvcc.Engine
-	Logger  hclog.Logger
+	Addr string
+	// StatusAddr is the status HTTP API's listen address (TiKV's
+	// status-addr), "127.0.0.1:0" or the previous one on restart.
+	StatusAddr string
+	Cluster    *cluster.Cluster
+	Engine     *mvcc.Engine
+	Logger     hclog.Logger
 	// Register adds extra services (cdcpb ChangeData, import_sstpb) to the
 	// store's gRPC server before it serves.
 	Register []func(*grpc.Server)
@@ -58,6 +61,7 @@ type Server struct {
 	health *health.Server
 	ln     net.Listener
 	addr   string
+	status *statusServer
 
 	stopped  atomic.Bool
 	serveErr chan error
@@ -79,15 +83,24 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
+	if cfg.StatusAddr == "" {
+		cfg.StatusAddr = "127.0.0.1:0"
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	}
+	status, err := startStatus(cfg.StatusAddr)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status server: %w", err)
 	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		ln:       ln,
 		addr:     ln.Addr().String(),
+		status:   status,
 		health:   health.NewServer(),
 		serveErr: make(chan error, 1),
 	}
@@ -113,16 +126,29 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if err := cfg.Cluster.SetStoreAddr(cfg.StoreID, s.addr); err != nil {
 		ln.Close()
+		status.close()
 		return nil, fmt.Errorf("record store address: %w", err)
+	}
+	if err := cfg.Cluster.SetStoreStatusAddr(cfg.StoreID, status.addr()); err != nil {
+		ln.Close()
+		status.close()
+		return nil, fmt.Errorf("record store status address: %w", err)
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	go func() { s.serveErr <- s.grpc.Serve(ln) }()
-	s.log.Info("store serving", "store", cfg.StoreID, "addr", s.addr)
+	s.log.Info("store serving", "store", cfg.StoreID, "addr", s.addr, "status_addr", status.addr())
 	return s, nil
 }
 
 // Addr returns the address the server listens on.
 func (s *Server) Addr() string { return s.addr }
+
+// StatusAddr returns the address the status HTTP API listens on.
+func (s *Server) StatusAddr() string { return s.status.addr() }
+
+// GCRatioThreshold returns the store's current gc.ratio-threshold (see
+// GCEnabled).
+func (s *Server) GCRatioThreshold() float64 { return s.status.ratioThreshold() }
 
 // StoreID returns the store's id.
 func (s *Server) StoreID() uint64 { return s.cfg.StoreID }
@@ -136,6 +162,7 @@ func (s *Server) Stop() {
 		s.health.Shutdown()
 		s.grpc.Stop()
 		<-s.serveErr
+		s.status.close()
 		s.log.Info("store stopped", "store", s.cfg.StoreID)
 	})
 }
