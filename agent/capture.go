@@ -564,8 +564,10 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 			c.a.met.events[evError].Inc()
 			delete(c.subs, ev.RequestId)
 			if r.state == stateStopping && e.Error.RegionNotFound != nil {
-				// TiKV's answer to our Deregister: nothing changed.
-				c.idleLocked(r, r.reason, now, 0)
+				// TiKV's answer to our Deregister: nothing changed. A
+				// region stopped again and again (the prewrite budget
+				// counts its releases in failures) waits longer each time.
+				c.idleLocked(r, r.reason, now, retryDelay(r.failures))
 				resubscribe = true
 				break
 			}
@@ -609,6 +611,16 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 	return out, from
 }
 
+// retryDelay is the wait before subscribing a region again after its n-th
+// failure since it last initialized: none after the first, then 100 ms
+// doubling up to 5 s.
+func retryDelay(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return min(100*time.Millisecond<<min(n-2, 6), 5*time.Second)
+}
+
 // classify maps a subscription error to a reason, a retry delay and, for
 // errors retrying cannot fix, an error to report.
 func (c *capture) classify(r *region, e *cdcpb.Error) (string, time.Duration, error) {
@@ -616,10 +628,7 @@ func (c *capture) classify(r *region, e *cdcpb.Error) (string, time.Duration, er
 	// picture and the region fails again before it initializes, wait a
 	// little longer each time.
 	r.failures++
-	again := time.Duration(0)
-	if r.failures > 1 {
-		again = min(100*time.Millisecond<<min(r.failures-2, 6), 5*time.Second)
-	}
+	again := retryDelay(r.failures)
 	switch {
 	case e.NotLeader != nil:
 		return "resubscribing after NotLeader", again, nil
