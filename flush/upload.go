@@ -50,7 +50,7 @@ func (f *Flusher) flushGen(ctx context.Context, g *gen, flushTS uint64, regions 
 		}
 	}
 	meta := &pitrpb.Meta{
-		FormatVersion: uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1),
+		FormatVersion: logfile.FormatVersion, // what EncodeMeta stamps
 		StoreId:       f.cfg.StoreID,
 		FlushTs:       flushTS,
 		Task:          f.cfg.Task,
