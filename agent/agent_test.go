@@ -20,7 +20,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
-	"github.com/tikv/client-go/v2/txnkv"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -475,7 +474,7 @@ func TestNothingLostNothingExtra(t *testing.T) {
 	for _, id := range ids[1:] {
 		e.startAgent(id)
 	}
-	tc, err := txnkv.NewClient([]string{e.p.PDAddr()})
+	tc, err := workload.Connect(context.Background(), []string{e.p.PDAddr()})
 	require.NoError(t, err)
 	defer tc.Close()
 	bank := &workload.Bank{Client: tc, Prefix: "bank/", Accounts: 200, Initial: 1000}
@@ -588,7 +587,7 @@ func TestLowLoadFlushesEveryInterval(t *testing.T) {
 	for _, id := range e.p.StoreIDs() {
 		e.startAgent(id)
 	}
-	tc, err := txnkv.NewClient([]string{e.p.PDAddr()})
+	tc, err := workload.Connect(context.Background(), []string{e.p.PDAddr()})
 	require.NoError(t, err)
 	defer tc.Close()
 	ctx := context.Background()

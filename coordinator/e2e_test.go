@@ -13,6 +13,7 @@ import (
 
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/playground/workload"
 	"github.com/pitr-io/pitr/storage"
 )
 
@@ -27,7 +28,7 @@ func TestEndToEndWithAgents(t *testing.T) {
 	var kv *txnkv.Client
 	c := startClusterStores(t, 2, 0, func(pdAddr string) {
 		var err error
-		kv, err = txnkv.NewClient([]string{pdAddr})
+		kv, err = workload.Connect(context.Background(), []string{pdAddr})
 		require.NoError(t, err)
 	})
 	defer kv.Close()

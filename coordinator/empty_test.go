@@ -5,9 +5,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/playground/workload"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -16,7 +16,7 @@ func TestEmptyAtTiKV(t *testing.T) {
 	p, err := playground.Start(ctx, playground.Config{Stores: 1, GCInterval: -1})
 	require.NoError(t, err)
 	defer p.Close()
-	cli, err := txnkv.NewClient([]string{p.PDAddr()})
+	cli, err := workload.Connect(context.Background(), []string{p.PDAddr()})
 	require.NoError(t, err)
 	defer cli.Close()
 	var before uint64

@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 
 func newTxnClient(t *testing.T, pdAddr string) *txnkv.Client {
 	t.Helper()
-	cli, err := txnkv.NewClient([]string{pdAddr})
+	cli, err := workload.Connect(context.Background(), []string{pdAddr})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cli.Close() })
 	deadline := time.Now().Add(15 * time.Second)

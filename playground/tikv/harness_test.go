@@ -14,6 +14,7 @@ import (
 	"github.com/pitr-io/pitr/playground/mvcc"
 	"github.com/pitr-io/pitr/playground/pd"
 	"github.com/pitr-io/pitr/playground/tikv"
+	"github.com/pitr-io/pitr/playground/workload"
 )
 
 // harness is a cluster of PD plus three stores over one engine, in-process.
@@ -57,7 +58,7 @@ func startHarness(t *testing.T) *harness {
 
 func (h *harness) client(t *testing.T) *txnkv.Client {
 	t.Helper()
-	c, err := txnkv.NewClient([]string{h.pd.Addr()})
+	c, err := workload.Connect(context.Background(), []string{h.pd.Addr()})
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
