@@ -48,6 +48,9 @@ func (s *service) GetProgress(ctx context.Context, req *pitrpb.GetProgressReques
 	if err != nil {
 		return nil, rpcErr(err)
 	}
+	if req.GetRescan() {
+		c.kickRegions() // the coordinator sees holes: a leader may have come here
+	}
 	return &pitrpb.GetProgressResponse{StoreId: s.a.storeID, Task: r.name, Regions: c.progress()}, nil
 }
 

@@ -90,7 +90,9 @@ func (p *agentPool) close() {
 // poll asks every agent for the task's progress, in parallel, each call
 // bounded by timeout. It returns the reports of the agents that answered
 // and the state of every agent.
-func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, taskName string, timeout time.Duration) ([]Report, []AgentStatus) {
+// poll asks every agent for its progress on a task; rescan asks each to
+// re-read the task's regions from PD first (there are holes in the cover).
+func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, taskName string, timeout time.Duration, rescan bool) ([]Report, []AgentStatus) {
 	type answer struct {
 		reports []Report
 		st      AgentStatus
@@ -102,7 +104,7 @@ func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, task
 		go func() {
 			defer wg.Done()
 			st := AgentStatus{StoreID: a.GetStoreId(), Addr: a.GetAddr()}
-			reports, err := p.progress(ctx, a, taskName, timeout)
+			reports, err := p.progress(ctx, a, taskName, timeout, rescan)
 			switch code := status.Code(err); {
 			case err == nil:
 				st.State, st.Regions = AgentUp, len(reports)
@@ -124,14 +126,14 @@ func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, task
 	return reports, sts
 }
 
-func (p *agentPool) progress(ctx context.Context, a *pitrpb.AgentRecord, taskName string, timeout time.Duration) ([]Report, error) {
+func (p *agentPool) progress(ctx context.Context, a *pitrpb.AgentRecord, taskName string, timeout time.Duration, rescan bool) ([]Report, error) {
 	c, err := p.conn(a.GetAddr())
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := pitrpb.NewAgentClient(c).GetProgress(cctx, &pitrpb.GetProgressRequest{Task: taskName})
+	resp, err := pitrpb.NewAgentClient(c).GetProgress(cctx, &pitrpb.GetProgressRequest{Task: taskName, Rescan: rescan})
 	if err != nil {
 		return nil, err
 	}

@@ -120,3 +120,79 @@ func TestEndToEndWithAgents(t *testing.T) {
 		return sp >= lastTS
 	}, 10*time.Second, 50*time.Millisecond, "GC held at the checkpoint")
 }
+
+// TestLeaderMoveRescan: TiKV tells only the store that loses a leader
+// (NotLeader); the agent of the store that gains it hears nothing and
+// would find the region at its next periodic PD scan. The coordinator sees
+// the range uncovered and asks the agents to re-read regions at once, so
+// the checkpoint moves on long before that scan (here 60 s away).
+func TestLeaderMoveRescan(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a playground with agents")
+	}
+	var kv *txnkv.Client
+	c := startClusterStores(t, 2, 0, func(pdAddr string) {
+		var err error
+		kv, err = workload.Connect(context.Background(), []string{pdAddr})
+		require.NoError(t, err)
+	})
+	defer kv.Close()
+	halves, err := c.p.Cluster.Split([]byte("k010"))
+	require.NoError(t, err)
+	right := halves[1]
+	stores := c.p.StoreIDs()
+	other := stores[0]
+	if other == right.Leader {
+		other = stores[1]
+	}
+	require.NoError(t, c.p.Cluster.TransferLeader(right.ID, other))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cli := c.etcd(t)
+	addrs := c.p.StoreAddrs()
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error})
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 4)
+	parts := 0
+	defer func() {
+		stop()
+		for ; parts > 0; parts-- {
+			require.NoError(t, <-done)
+		}
+	}()
+	for _, id := range stores {
+		a, err := agent.New(agent.Config{PDAddrs: []string{c.p.PDAddr()}, TiKVAddr: addrs[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
+			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: 300 * time.Millisecond, RegionInterval: time.Minute, Logger: log})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = a.Close() })
+		parts++
+		go func() { done <- a.Run(runCtx) }()
+	}
+	startTask(t, c, cli, "move", func(o *StartOptions) { o.StorageURL = "file://" + t.TempDir() })
+	c.startCoordinator(t, "A", func(cfg *Config) { cfg.TickInterval = 200 * time.Millisecond })
+	write := func(key string) uint64 {
+		txn, err := kv.Begin()
+		require.NoError(t, err)
+		require.NoError(t, txn.Set([]byte(key), []byte("v")))
+		require.NoError(t, txn.Commit(ctx))
+		return txn.CommitTS()
+	}
+	ts := write("k001")
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "move") >= ts }, 30*time.Second, 100*time.Millisecond,
+		"the checkpoint passes a first commit")
+
+	// The right region's leader moves to the store that leads the left
+	// one; that store's agent is not told.
+	r, err := c.p.Cluster.RegionByID(right.ID)
+	require.NoError(t, err)
+	to := stores[0]
+	if to == r.Leader {
+		to = stores[1]
+	}
+	require.NoError(t, c.p.Cluster.TransferLeader(right.ID, to))
+	moved := time.Now()
+	ts = write("k020")
+	require.Eventually(t, func() bool { return checkpoint(t, cli, "move") >= ts }, 20*time.Second, 100*time.Millisecond,
+		"the checkpoint passes a commit in the region whose leader moved, well before the next periodic scan")
+	t.Logf("checkpoint passed the commit %.1fs after the leader moved", time.Since(moved).Seconds())
+}

@@ -39,6 +39,11 @@ type term struct {
 	holds map[string]heldSafePoint // the service safepoint this term last set, per task
 	gcSP  uint64                   // PD's GC safepoint as last read
 	gcAt  time.Time                // when; zero: never
+
+	// Rescan hints: a task whose last computation found ranges no agent
+	// covers asks its agents to re-read regions from PD (see rescanDue).
+	holes    map[string]bool
+	rescanAt map[string]time.Time
 }
 
 // heldSafePoint is one UpdateServiceGCSafePoint this term made.
@@ -59,8 +64,22 @@ func newTerm(c *Coordinator, key string, rev int64, parent <-chan struct{}) *ter
 		c: c, log: c.log.With("term", rev), key: key, rev: rev,
 		stop: stop, halt: func() { once.Do(func() { close(stop) }) }, parent: parent,
 		pool: newAgentPool(), writers: map[string]*cpWriter{}, released: map[string]bool{},
-		holds: map[string]heldSafePoint{},
+		holds: map[string]heldSafePoint{}, holes: map[string]bool{}, rescanAt: map[string]time.Time{},
 	}
+}
+
+// rescanDue reports whether this tick's poll of a task asks the agents to
+// re-read its regions from PD: when the last computation found holes, at
+// most every 2 s (and 2 ticks). TiKV tells only the store that loses a
+// leader (NotLeader); the agent of the store that gains it would otherwise
+// find it at its next periodic scan (RegionInterval, 10 s by default), and
+// the checkpoint would wait that long.
+func (t *term) rescanDue(name string, now time.Time) bool {
+	if !t.holes[name] || now.Sub(t.rescanAt[name]) < max(2*t.c.cfg.TickInterval, 2*time.Second) {
+		return false
+	}
+	t.rescanAt[name] = now
+	return true
 }
 
 // errTermOver: the term's stop channel is closed; it writes nothing more.
@@ -293,7 +312,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 	}
 	cp := ti.cp
 	if v.advance {
-		reports, agentSts := t.pool.poll(ctx, agents, name, t.c.cfg.PollTimeout)
+		reports, agentSts := t.pool.poll(ctx, agents, name, t.c.cfg.PollTimeout, t.rescanDue(name, now))
 		for _, a := range agentSts {
 			if a.State == AgentUp || a.State == AgentNoTask {
 				up[a.StoreID] = true
@@ -304,6 +323,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		}
 		res := Compute(Input{Ranges: taskRanges(rec), Previous: ti.cp, Reports: reports, MaxSlow: t.c.cfg.MaxSlow})
 		st.Agents, st.Covered, st.UncoveredRanges = agentSts, res.Covered, len(res.Uncovered)
+		t.holes[name] = len(res.Uncovered) > 0
 		st.Regions, st.StaleReports, st.Slowest = res.Used, res.Stale, slowStatuses(res.Slowest)
 		st.Locks = t.resolveLocks(name, taskRanges(rec), res.Slowest, now)
 		if res.Checkpoint > ti.cp {
