@@ -1,0 +1,349 @@
+package pitr_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+	"github.com/tikv/client-go/v2/txnkv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/playground/workload"
+	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/task"
+)
+
+// TestProductionEndToEnd is I4 on the whole pipeline against a playground
+// as strict as TiKV, with every fault of the production-correctness issue
+// at once: GC runs on the source (at pitr's safepoint: a GC life time of one
+// second) and on every restore target; the workload deletes keys and writes
+// values over 255 B and over 1 MiB besides the bank's transfers; a client
+// leaks a lock on a key nobody reads again and the test never resolves
+// locks itself (the coordinator must); a peer moves (ConfVer changes); PD
+// restarts (regions have no leader until they heartbeat); regions split and
+// leaders move; the leading coordinator is killed. It runs at TiKV 7.1 (no
+// Deregister, one subscription per region per stream) and at the newest
+// behaviour. Restore points are read from the source while the workload
+// runs, before the source's GC may reclaim them, and each is restored into
+// a fresh target already split into several regions, then compared key for
+// key.
+func TestProductionEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end restore test skipped in -short mode")
+	}
+	for _, v := range []string{"7.1.0", ""} {
+		name := "tikv-" + v
+		if v == "" {
+			name = "tikv-newest"
+		}
+		t.Run(name, func(t *testing.T) { runProduction(t, v) })
+	}
+}
+
+// restorePoint is a ts and what the source read at it.
+type restorePoint struct {
+	ts   uint64
+	want map[string][]byte
+}
+
+func runProduction(t *testing.T, tikvVersion string) {
+	runFor := 20 * time.Second
+	if os.Getenv("PITR_LONG") == "1" {
+		runFor = 60 * time.Second
+	}
+	const wantPoints = 12
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: os.Stderr})
+	dir := t.TempDir()
+
+	src, err := playground.Start(ctx, playground.Config{Stores: 3, Replicas: 2, Dir: filepath.Join(dir, "src"),
+		TiKVVersion: tikvVersion, GCInterval: time.Second, GCLifeTime: time.Second,
+		MinTSInterval: 200 * time.Millisecond, Logger: log})
+	require.NoError(t, err)
+	defer src.Close()
+	pdAddr := src.PDAddr()
+	// client-go first: it rewrites pd/client globals that PD clients read.
+	kv := newKV(t, pdAddr)
+	defer kv.Close()
+	cl, err := coordinator.Connect(ctx, []string{pdAddr}, 10*time.Second, "e2e")
+	require.NoError(t, err)
+	defer cl.Close()
+
+	storageURL := "file://" + filepath.Join(dir, "backup")
+	rec, err := coordinator.StartTask(ctx, cl.Etcd, cl.PD, coordinator.StartOptions{
+		Name: "prod", StorageURL: storageURL, EmptyAt: coordinator.EmptyAtTiKV(kv),
+	})
+	require.NoError(t, err)
+	require.True(t, rec.GetInfo().GetStartedEmpty())
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	goRun := func(name string, run func(context.Context) error) context.CancelFunc {
+		cctx, ccancel := context.WithCancel(ctx)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(cctx); err != nil && cctx.Err() == nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}()
+		return ccancel
+	}
+	addrs := src.StoreAddrs()
+	type running struct {
+		a    *agent.Agent
+		stop context.CancelFunc
+	}
+	agents := map[uint64]running{}
+	for _, id := range src.StoreIDs() {
+		a, err := agent.New(agent.Config{
+			PDAddrs: []string{pdAddr}, TiKVAddr: addrs[id], DataDir: filepath.Join(dir, fmt.Sprintf("agent-%d", id)),
+			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: time.Second, Logger: log,
+		})
+		require.NoError(t, err)
+		agents[id] = running{a, goRun("agent", a.Run)}
+	}
+	defer func() {
+		for _, r := range agents {
+			r.stop()
+			_ = r.a.Close()
+		}
+	}()
+	const lockThreshold = 3 * time.Second
+	coords := make([]*coordinator.Coordinator, 2)
+	coordStop := make([]context.CancelFunc, 2)
+	for i := range coords {
+		c, err := coordinator.New(coordinator.Config{PDAddrs: []string{pdAddr}, ID: fmt.Sprintf("c%d", i),
+			HTTPAddr: "-", SessionTTL: 2 * time.Second, TickInterval: 500 * time.Millisecond,
+			ResolveLocksAfter: lockThreshold, Locks: coordinator.NewLockResolver(kv.KVStore), Logger: log})
+		require.NoError(t, err)
+		coords[i] = c
+		coordStop[i] = goRun("coordinator", c.Run)
+		defer c.Close()
+	}
+	defer func() {
+		for _, s := range coordStop {
+			s()
+		}
+	}()
+
+	// Two workloads: bank transfers (a total that never changes) and a
+	// mixed one with deletes, values over 255 B and a few over 1 MiB.
+	bank := &workload.Bank{Client: kv, Prefix: "b/", Accounts: 200, Initial: 1000}
+	require.NoError(t, bank.Init(ctx))
+	mixed := &workload.Mixed{Client: kv, Prefix: "m/", Keys: 300, LargeRatio: 0.02}
+	var st workload.Stats
+	var mst workload.MixedStats
+	wctx, stopWork := context.WithCancel(ctx)
+	workErr := make(chan error, 2)
+	go func() { workErr <- bank.Run(wctx, 4, &st) }()
+	go func() { workErr <- mixed.Run(wctx, 2, &mst) }()
+
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var points []restorePoint
+	sample := func() {
+		ts, err := coordinator.GetTS(ctx, cl.PD)
+		require.NoError(t, err)
+		total, _, err := bank.Sum(ctx, ts)
+		require.NoError(t, err)
+		require.Equal(t, bank.Total(), total, "bank total at %d", ts)
+		// The source is read around the leaked lock, never across it: a
+		// reader would resolve it.
+		points = append(points, restorePoint{ts: ts, want: readAll(t, kv, ts, "b/", "b0", "m/", "m0")})
+	}
+
+	t.Logf("TiKV %q: workload runs for %s", tikvVersion, runFor)
+	began := time.Now()
+	step := time.NewTicker(500 * time.Millisecond)
+	defer step.Stop()
+	stores := src.StoreIDs()
+	var leaked, moved, pdRestarted, coordKilled bool
+	var leakedTS uint64
+	// One restore point in each twelfth of the run, at a random moment.
+	nextPoint := func(k int) time.Time {
+		return began.Add(time.Duration((float64(k) + rng.Float64()) * float64(runFor) / wantPoints))
+	}
+	sampleAt := nextPoint(0)
+	// The run lasts runFor, and longer if a fault could not be injected
+	// yet (no free store for a peer, no leader to kill at that moment).
+	for i := 0; time.Since(began) < runFor || !(leaked && moved && pdRestarted && coordKilled); i++ {
+		require.Less(t, time.Since(began), runFor+30*time.Second, "faults injected: leak %v, move %v, pd restart %v, coordinator kill %v",
+			leaked, moved, pdRestarted, coordKilled)
+		<-step.C
+		frac := float64(time.Since(began)) / float64(runFor)
+		switch {
+		case i%3 == 0 && len(src.Cluster.Regions()) < 16:
+			_, _ = src.Cluster.Split(bank.Key(rng.Intn(bank.Accounts)))
+		case i%3 == 1:
+			rs := src.Cluster.Regions()
+			_ = src.Cluster.TransferLeader(rs[rng.Intn(len(rs))].ID, stores[rng.Intn(len(stores))])
+		}
+		switch {
+		case !leaked && frac > 0.15:
+			// A client dies between prewrite and commit, on a key nobody
+			// reads again.
+			leakedTS, err = workload.LeakLock(ctx, kv, []byte("leak/orphan"), time.Second)
+			require.NoError(t, err)
+			leaked = true
+		case !moved && frac > 0.3:
+			moved = movePeer(t, src)
+		case !pdRestarted && frac > 0.5:
+			require.NoError(t, src.RestartPD(ctx))
+			pdRestarted = true
+		case !coordKilled && frac > 0.7:
+			for j, c := range coords {
+				if c.IsLeader() {
+					coordStop[j]()
+					_ = c.Close()
+					coordKilled = true
+				}
+			}
+		}
+		if len(points) < wantPoints-1 && time.Now().After(sampleAt) {
+			sample()
+			sampleAt = nextPoint(len(points))
+		}
+	}
+	stopWork()
+	require.NoError(t, <-workErr)
+	require.NoError(t, <-workErr)
+	require.True(t, leaked && moved && pdRestarted && coordKilled, "every fault was injected")
+	require.Positive(t, mst.Deletes.Load(), "the mixed workload deleted keys")
+	require.Positive(t, mst.Medium.Load(), "the mixed workload wrote values over 255 B")
+	require.Positive(t, mst.Large.Load(), "the mixed workload wrote values over 1 MiB")
+	for len(points) < wantPoints {
+		sample()
+	}
+	last := points[len(points)-1].ts
+
+	// Nobody resolves locks here: the leaked lock and whatever the cut-off
+	// transactions left must be resolved by the coordinator.
+	t.Logf("leaked lock at start_ts %d; waiting for the checkpoint to pass it and the last restore point", leakedTS)
+	cp := waitCheckpoint(t, ctx, cl.Etcd, "prod", last, 120*time.Second)
+	t.Logf("%d transfers, %d mixed txns; checkpoint %d; %d regions", st.Committed.Load(), mst.Committed.Load(), cp, len(src.Cluster.Regions()))
+
+	backup, err := storage.Open(ctx, storageURL)
+	require.NoError(t, err)
+	defer backup.Close()
+	_, err = restore.Verify(ctx, backup, restore.VerifyOptions{RestoreTS: cp})
+	require.NoError(t, err)
+
+	sort.Slice(points, func(i, j int) bool { return points[i].ts < points[j].ts })
+	for i, p := range points {
+		dst, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: time.Second, GCLifeTime: time.Second, Logger: log})
+		require.NoError(t, err)
+		// A target already split into several regions.
+		for _, k := range []string{"b/account/00000050", "b/account/00000150", "m/", "m/key/00000200"} {
+			_, err := dst.Cluster.Split([]byte(k))
+			require.NoError(t, err)
+		}
+		res, err := restore.Run(ctx, restore.Options{Source: backup, PDAddrs: []string{dst.PDAddr()}, RestoreTS: p.ts,
+			ProgressFile: filepath.Join(dir, fmt.Sprintf("progress-%d", i)), Logger: log})
+		require.NoError(t, err, "restore to T=%d", p.ts)
+		// Every restored version is at or below T, so the target reads the
+		// same now as at T; reading now also keeps clear of the target's GC,
+		// which resumed when the restore ended and may be past T already
+		// (client-go refuses reads below the GC safepoint).
+		dkv := newKV(t, dst.PDAddr())
+		now, err := dkv.CurrentTimestamp("global")
+		require.NoError(t, err)
+		got := readAll(t, dkv, now)
+		dkv.Close()
+		require.NoError(t, dst.Close())
+		requireSame(t, p.want, got, p.ts)
+		t.Logf("T #%2d = %d: %d keys equal (%d versions restored)", i, p.ts, len(got), res.Rows)
+	}
+}
+
+// movePeer moves one peer of a region whose leader stays put to the store
+// that has none, so the region's ConfVer changes and nothing else.
+func movePeer(t *testing.T, p *playground.Playground) bool {
+	t.Helper()
+	for _, r := range p.Cluster.Regions() {
+		for _, to := range p.StoreIDs() {
+			if r.PeerOn(to) != nil {
+				continue
+			}
+			for _, from := range p.StoreIDs() {
+				if from == r.Leader || r.PeerOn(from) == nil {
+					continue
+				}
+				require.NoError(t, p.Cluster.MovePeer(r.ID, from, to))
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// readAll reads the keys of a cluster at ts in [start, end) for each pair
+// of bounds (none: every key).
+func readAll(t *testing.T, c *txnkv.Client, ts uint64, bounds ...string) map[string][]byte {
+	t.Helper()
+	if len(bounds) == 0 {
+		bounds = []string{"\x00", ""}
+	}
+	out := map[string][]byte{}
+	for i := 0; i+1 < len(bounds); i += 2 {
+		var end []byte
+		if bounds[i+1] != "" {
+			end = []byte(bounds[i+1])
+		}
+		it, err := c.GetSnapshot(ts).Iter([]byte(bounds[i]), end)
+		require.NoError(t, err)
+		for it.Valid() {
+			out[string(it.Key())] = append([]byte(nil), it.Value()...)
+			require.NoError(t, it.Next())
+		}
+		it.Close()
+	}
+	return out
+}
+
+// requireSame checks two reads at ts key for key.
+func requireSame(t *testing.T, want, got map[string][]byte, ts uint64) {
+	t.Helper()
+	for k, v := range want {
+		g, ok := got[k]
+		require.True(t, ok, "key %q missing at T=%d", k, ts)
+		require.Equal(t, len(v), len(g), "key %q at T=%d: value length", k, ts)
+		require.True(t, string(v) == string(g), "key %q at T=%d: values differ", k, ts)
+	}
+	require.Equal(t, len(want), len(got), "extra keys at T=%d", ts)
+}
+
+// waitCheckpoint waits until the task's checkpoint reaches ts and returns
+// it; on a timeout it logs the task's status (the slowest ranges and why)
+// before failing.
+func waitCheckpoint(t *testing.T, ctx context.Context, cli *clientv3.Client, name string, ts uint64, limit time.Duration) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		cp, err := task.Checkpoint(ctx, cli, name)
+		if err == nil && cp >= ts {
+			return cp
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			if views, verr := coordinator.ReadViews(ctx, cli, name, time.Now()); verr == nil {
+				_ = coordinator.RenderViews(&b, views, true)
+			}
+			t.Fatalf("the checkpoint (%d, %v) did not reach %d within %s; status:\n%s", cp, err, ts, limit, b.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
