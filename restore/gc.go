@@ -1,12 +1,10 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"sort"
@@ -268,27 +266,11 @@ func statusURL(addr string) string {
 // whole config as nested JSON ({"gc": {"ratio-threshold": 1.1}}); +inf
 // and NaN come as null.
 func (h *gcHold) get(ctx context.Context, addr string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, statusURL(addr), nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := h.http.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return "", fmt.Errorf("read GET /config: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET /config: %s: %s", resp.Status, firstLine(body))
-	}
 	var cfg struct {
 		GC map[string]json.RawMessage `json:"gc"`
 	}
-	if err := json.Unmarshal(body, &cfg); err != nil {
-		return "", fmt.Errorf("GET /config: %w", err)
+	if err := callJSON(ctx, h.http, http.MethodGet, statusURL(addr), nil, &cfg); err != nil {
+		return "", err
 	}
 	raw, ok := cfg.GC["ratio-threshold"]
 	if !ok {
@@ -311,27 +293,9 @@ func (h *gcHold) set(ctx context.Context, addr, value string) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, statusURL(addr), bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := h.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("POST /config gc.ratio-threshold=%s: %s: %s", value, resp.Status, firstLine(msg))
+	if err := callJSON(ctx, h.http, http.MethodPost, statusURL(addr), body, nil); err != nil {
+		return fmt.Errorf("set gc.ratio-threshold=%s: %w", value, err)
 	}
 	return nil
 }
 
-func firstLine(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
