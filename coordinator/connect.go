@@ -78,35 +78,12 @@ func ConnectEtcd(ctx context.Context, addrs []string, timeout time.Duration) (*c
 
 // ConnectPD connects to PD, waiting at most timeout.
 func ConnectPD(ctx context.Context, addrs []string, timeout time.Duration, component string) (pd.Client, error) {
-	type result struct {
-		c   pd.Client
-		err error
-	}
-	ch := make(chan result, 1)
 	retries := max(int(timeout/time.Second), 1)
-	go func() {
-		c, err := pd.NewClientWithContext(context.Background(), caller.Component(component), addrs, pd.SecurityOption{},
+	return openWithin(ctx, timeout, "connect to PD "+strings.Join(addrs, ","), func() (pd.Client, error) {
+		return pd.NewClientWithContext(context.Background(), caller.Component(component), addrs, pd.SecurityOption{},
 			opt.WithMaxErrorRetry(retries), opt.WithInitMetricsOption(false),
 			opt.WithCustomTimeoutOption(min(timeout, 5*time.Second)))
-		ch <- result{c, err}
-	}()
-	t := time.NewTimer(timeout + time.Second)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("%w: connect to PD %s: %v", ErrUnavailable, strings.Join(addrs, ","), r.err)
-		}
-		return r.c, nil
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	go func() {
-		if r := <-ch; r.c != nil {
-			r.c.Close()
-		}
-	}()
-	return nil, fmt.Errorf("%w: connect to PD %s: no answer within %s", ErrUnavailable, strings.Join(addrs, ","), timeout)
+	}, func(c pd.Client) { c.Close() })
 }
 
 // ConnectKV opens a client-go transaction client on PD, waiting at most
@@ -114,32 +91,43 @@ func ConnectPD(ctx context.Context, addrs []string, timeout time.Duration, compo
 // NewClient sets the PD client's package globals, racing with PD clients
 // already running.
 func ConnectKV(ctx context.Context, addrs []string, timeout time.Duration) (*txnkv.Client, error) {
+	return openWithin(ctx, timeout, "connect client-go to PD "+strings.Join(addrs, ","), func() (*txnkv.Client, error) {
+		return txnkv.NewClient(addrs)
+	}, func(c *txnkv.Client) { _ = c.Close() })
+}
+
+// openWithin runs open (which has no context of its own to honour) and
+// waits for it at most timeout (plus a second) or until ctx ends; a client
+// that arrives after the wait gave up is closed. Failures are
+// ErrUnavailable.
+func openWithin[T any](ctx context.Context, timeout time.Duration, what string, open func() (T, error), closeIt func(T)) (T, error) {
 	type result struct {
-		c   *txnkv.Client
+		c   T
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
-		c, err := txnkv.NewClient(addrs)
+		c, err := open()
 		ch <- result{c, err}
 	}()
 	t := time.NewTimer(timeout + time.Second)
 	defer t.Stop()
+	var zero T
 	select {
 	case r := <-ch:
 		if r.err != nil {
-			return nil, fmt.Errorf("%w: connect client-go to PD %s: %v", ErrUnavailable, strings.Join(addrs, ","), r.err)
+			return zero, fmt.Errorf("%w: %s: %v", ErrUnavailable, what, r.err)
 		}
 		return r.c, nil
 	case <-t.C:
 	case <-ctx.Done():
 	}
 	go func() {
-		if r := <-ch; r.c != nil {
-			_ = r.c.Close()
+		if r := <-ch; r.err == nil {
+			closeIt(r.c)
 		}
 	}()
-	return nil, fmt.Errorf("%w: connect client-go to PD %s: no answer within %s", ErrUnavailable, strings.Join(addrs, ","), timeout)
+	return zero, fmt.Errorf("%w: %s: no answer within %s", ErrUnavailable, what, timeout)
 }
 
 // connectLocks makes the lock resolver on PDAddrs when lock resolution is
