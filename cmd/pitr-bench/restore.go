@@ -117,7 +117,10 @@ func runRestoreBench(ctx context.Context, env *Env) ([]Row, error) {
 		{Name: fmt.Sprintf("decode only, %d CPUs (limit)", runtime.GOMAXPROCS(0)), Value: decodeMBps, Unit: "MB/s"},
 		{Name: "restore, SST to the leader (playground)", Value: leader, Unit: "MB/s", Baseline: "decode only", Ratio: leader / decodeMBps},
 		{Name: "restore, SST to every peer (TiKV)", Value: all, Unit: "MB/s", Baseline: "decode only", Ratio: all / decodeMBps},
-		{Name: "restore, leader, vs target", Value: leader, Unit: "MB/s", Baseline: "83 MB/s (300 GB/h)", Ratio: leader / restoreTargetMBps},
+		// The goal is for what real TiKV needs: every peer, ≥ 83 MB/s and
+		// ≥ 0.5× decode only.
+		{Name: "restore, every peer, vs target", Value: all, Unit: "MB/s", Baseline: "83 MB/s (300 GB/h)", Ratio: all / restoreTargetMBps},
+		{Name: "restore, every peer, vs half of decode only", Value: all, Unit: "MB/s", Baseline: "0.5× decode only", Ratio: all / (decodeMBps / 2)},
 	}, nil
 }
 
