@@ -33,8 +33,9 @@ import (
 // values over 255 B and over 1 MiB besides the bank's transfers; a client
 // leaks a lock on a key nobody reads again and the test never resolves
 // locks itself (the coordinator must); a peer moves (ConfVer changes); PD
-// restarts (regions have no leader until they heartbeat); regions split and
-// leaders move; the leading coordinator is killed. It runs at TiKV 7.1 (no
+// restarts (regions have no leader until they heartbeat); regions split,
+// leaders move (by the test and by PD's balance-leader); the leading
+// coordinator is killed. It runs at TiKV 7.1 (no
 // Deregister, one subscription per region per stream) and at the newest
 // behaviour. Restore points are read from the source while the workload
 // runs, before the source's GC may reclaim them, and each is restored into
@@ -72,7 +73,10 @@ func runProduction(t *testing.T, tikvVersion string) {
 
 	src, err := playground.Start(ctx, playground.Config{Stores: 3, Replicas: 2, Dir: filepath.Join(dir, "src"),
 		TiKVVersion: tikvVersion, GCInterval: time.Second, GCLifeTime: time.Second,
-		MinTSInterval: 200 * time.Millisecond, Logger: log})
+		// PD's balance-leader runs too (merges wait PD's 1h split-merge
+		// interval, as in PD).
+		BalanceInterval: 2 * time.Second,
+		MinTSInterval:   200 * time.Millisecond, Logger: log})
 	require.NoError(t, err)
 	defer src.Close()
 	pdAddr := src.PDAddr()
