@@ -478,7 +478,7 @@ func (c *capture) releaseLocked(r *region, reason string, now time.Time) *cdcpb.
 		return c.stopLocked(r, reason, now)
 	}
 	delete(c.subs, r.requestID)
-	c.idleLocked(r, reason, now, 0)
+	c.idleLocked(r, reason, now, retryDelay(r.failures))
 	c.reopen = true
 	return nil
 }

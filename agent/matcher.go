@@ -369,8 +369,11 @@ func (c *capture) enforcePrewriteBudgetLocked(now time.Time) []*cdcpb.ChangeData
 		c.a.met.prewriteReleases.Inc()
 		c.log.Warn("pending prewrites over the budget; subscribing the region again from its checkpoint",
 			"region", big.id, "pending_bytes", n, "budget", budget, "releases", big.budget.drops)
-		out = append(out, c.stopLocked(big, fmt.Sprintf("pending prewrites of %s over the prewrite budget of %s; subscribing again",
-			mib(n), mib(budget)), now))
+		// Deregister on TiKV ≥ 7.3; below it, a new stream (releaseLocked).
+		if req := c.releaseLocked(big, fmt.Sprintf("pending prewrites of %s over the prewrite budget of %s; subscribing again",
+			mib(n), mib(budget)), now); req != nil {
+			out = append(out, req)
+		}
 	}
 	return out
 }
