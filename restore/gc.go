@@ -298,4 +298,3 @@ func (h *gcHold) set(ctx context.Context, addr, value string) error {
 	}
 	return nil
 }
-
