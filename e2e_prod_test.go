@@ -2,28 +2,17 @@ package pitr_test
 
 import (
 	"context"
-	"fmt"
 	"math/rand"
 	"os"
-	"path/filepath"
 	"sort"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
-	"github.com/tikv/client-go/v2/txnkv"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
-	"github.com/pitr-io/pitr/restore"
-	"github.com/pitr-io/pitr/storage"
-	"github.com/pitr-io/pitr/task"
 )
 
 // TestProductionEndToEnd is I4 on the whole pipeline against a playground
@@ -68,82 +57,13 @@ func runProduction(t *testing.T, tikvVersion string) {
 	const wantPoints = 12
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: os.Stderr})
-	dir := t.TempDir()
-
-	src, err := playground.Start(ctx, playground.Config{Stores: 3, Replicas: 2, Dir: filepath.Join(dir, "src"),
+	p := startPipeline(t, ctx, "prod", playground.Config{Stores: 3, Replicas: 2,
 		TiKVVersion: tikvVersion, GCInterval: time.Second, GCLifeTime: time.Second,
 		// PD's balance-leader runs too (merges wait PD's 1h split-merge
 		// interval, as in PD).
 		BalanceInterval: 2 * time.Second,
-		MinTSInterval:   200 * time.Millisecond, Logger: log})
-	require.NoError(t, err)
-	defer src.Close()
-	pdAddr := src.PDAddr()
-	// client-go first: it rewrites pd/client globals that PD clients read.
-	kv := newKV(t, pdAddr)
-	defer kv.Close()
-	cl, err := coordinator.Connect(ctx, []string{pdAddr}, 10*time.Second, "e2e")
-	require.NoError(t, err)
-	defer cl.Close()
-
-	storageURL := "file://" + filepath.Join(dir, "backup")
-	rec, err := coordinator.StartTask(ctx, cl.Etcd, cl.PD, coordinator.StartOptions{
-		Name: "prod", StorageURL: storageURL, EmptyAt: coordinator.EmptyAtTiKV(kv),
-	})
-	require.NoError(t, err)
-	require.True(t, rec.GetInfo().GetStartedEmpty())
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	goRun := func(name string, run func(context.Context) error) context.CancelFunc {
-		cctx, ccancel := context.WithCancel(ctx)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(cctx); err != nil && cctx.Err() == nil {
-				t.Errorf("%s: %v", name, err)
-			}
-		}()
-		return ccancel
-	}
-	addrs := src.StoreAddrs()
-	type running struct {
-		a    *agent.Agent
-		stop context.CancelFunc
-	}
-	agents := map[uint64]running{}
-	for _, id := range src.StoreIDs() {
-		a, err := agent.New(agent.Config{
-			PDAddrs: []string{pdAddr}, TiKVAddr: addrs[id], DataDir: filepath.Join(dir, fmt.Sprintf("agent-%d", id)),
-			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: time.Second, Logger: log,
-		})
-		require.NoError(t, err)
-		agents[id] = running{a, goRun("agent", a.Run)}
-	}
-	defer func() {
-		for _, r := range agents {
-			r.stop()
-			_ = r.a.Close()
-		}
-	}()
-	const lockThreshold = 3 * time.Second
-	coords := make([]*coordinator.Coordinator, 2)
-	coordStop := make([]context.CancelFunc, 2)
-	for i := range coords {
-		c, err := coordinator.New(coordinator.Config{PDAddrs: []string{pdAddr}, ID: fmt.Sprintf("c%d", i),
-			HTTPAddr: "-", SessionTTL: 2 * time.Second, TickInterval: 500 * time.Millisecond,
-			ResolveLocksAfter: lockThreshold, Locks: coordinator.NewLockResolver(kv.KVStore), Logger: log})
-		require.NoError(t, err)
-		coords[i] = c
-		coordStop[i] = goRun("coordinator", c.Run)
-		defer c.Close()
-	}
-	defer func() {
-		for _, s := range coordStop {
-			s()
-		}
-	}()
+		MinTSInterval:   200 * time.Millisecond})
+	src, kv := p.src, p.kv
 
 	// Two workloads: bank transfers (a total that never changes) and a
 	// mixed one with deletes, values over 255 B and a few over 1 MiB.
@@ -160,7 +80,7 @@ func runProduction(t *testing.T, tikvVersion string) {
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	var points []restorePoint
 	sample := func() {
-		ts, err := coordinator.GetTS(ctx, cl.PD)
+		ts, err := coordinator.GetTS(ctx, p.cl.PD)
 		require.NoError(t, err)
 		total, _, err := bank.Sum(ctx, ts)
 		require.NoError(t, err)
@@ -200,6 +120,7 @@ func runProduction(t *testing.T, tikvVersion string) {
 		case !leaked && frac > 0.15:
 			// A client dies between prewrite and commit, on a key nobody
 			// reads again.
+			var err error
 			leakedTS, err = workload.LeakLock(ctx, kv, []byte("leak/orphan"), time.Second)
 			require.NoError(t, err)
 			leaked = true
@@ -209,13 +130,7 @@ func runProduction(t *testing.T, tikvVersion string) {
 			require.NoError(t, src.RestartPD(ctx))
 			pdRestarted = true
 		case !coordKilled && frac > 0.7:
-			for j, c := range coords {
-				if c.IsLeader() {
-					coordStop[j]()
-					_ = c.Close()
-					coordKilled = true
-				}
-			}
+			coordKilled = p.killLeader()
 		}
 		if len(points) < wantPoints-1 && time.Now().After(sampleAt) {
 			sample()
@@ -237,39 +152,17 @@ func runProduction(t *testing.T, tikvVersion string) {
 	// Nobody resolves locks here: the leaked lock and whatever the cut-off
 	// transactions left must be resolved by the coordinator.
 	t.Logf("leaked lock at start_ts %d; waiting for the checkpoint to pass it and the last restore point", leakedTS)
-	cp := waitCheckpoint(t, ctx, cl.Etcd, "prod", last, 120*time.Second)
+	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "prod", last, 120*time.Second)
 	t.Logf("%d transfers, %d mixed txns; checkpoint %d; %d regions", st.Committed.Load(), mst.Committed.Load(), cp, len(src.Cluster.Regions()))
 
-	backup, err := storage.Open(ctx, storageURL)
-	require.NoError(t, err)
-	defer backup.Close()
-	_, err = restore.Verify(ctx, backup, restore.VerifyOptions{RestoreTS: cp})
-	require.NoError(t, err)
+	p.verify(cp)
 
 	sort.Slice(points, func(i, j int) bool { return points[i].ts < points[j].ts })
-	for i, p := range points {
-		dst, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: time.Second, GCLifeTime: time.Second, Logger: log})
-		require.NoError(t, err)
+	for i, pt := range points {
 		// A target already split into several regions.
-		for _, k := range []string{"b/account/00000050", "b/account/00000150", "m/", "m/key/00000200"} {
-			_, err := dst.Cluster.Split([]byte(k))
-			require.NoError(t, err)
-		}
-		res, err := restore.Run(ctx, restore.Options{Source: backup, PDAddrs: []string{dst.PDAddr()}, RestoreTS: p.ts,
-			ProgressFile: filepath.Join(dir, fmt.Sprintf("progress-%d", i)), Logger: log})
-		require.NoError(t, err, "restore to T=%d", p.ts)
-		// Every restored version is at or below T, so the target reads the
-		// same now as at T; reading now also keeps clear of the target's GC,
-		// which resumed when the restore ended and may be past T already
-		// (client-go refuses reads below the GC safepoint).
-		dkv := newKV(t, dst.PDAddr())
-		now, err := dkv.CurrentTimestamp("global")
-		require.NoError(t, err)
-		got := readAll(t, dkv, now)
-		dkv.Close()
-		require.NoError(t, dst.Close())
-		requireSame(t, p.want, got, p.ts)
-		t.Logf("T #%2d = %d: %d keys equal (%d versions restored)", i, p.ts, len(got), res.Rows)
+		got, rows := p.restoreInto(i, pt.ts, "b/account/00000050", "b/account/00000150", "m/", "m/key/00000200")
+		requireSame(t, pt.want, got, pt.ts)
+		t.Logf("T #%2d = %d: %d keys equal (%d versions restored)", i, pt.ts, len(got), rows)
 	}
 }
 
@@ -292,62 +185,4 @@ func movePeer(t *testing.T, p *playground.Playground) bool {
 		}
 	}
 	return false
-}
-
-// readAll reads the keys of a cluster at ts in [start, end) for each pair
-// of bounds (none: every key).
-func readAll(t *testing.T, c *txnkv.Client, ts uint64, bounds ...string) map[string][]byte {
-	t.Helper()
-	if len(bounds) == 0 {
-		bounds = []string{"\x00", ""}
-	}
-	out := map[string][]byte{}
-	for i := 0; i+1 < len(bounds); i += 2 {
-		var end []byte
-		if bounds[i+1] != "" {
-			end = []byte(bounds[i+1])
-		}
-		it, err := c.GetSnapshot(ts).Iter([]byte(bounds[i]), end)
-		require.NoError(t, err)
-		for it.Valid() {
-			out[string(it.Key())] = append([]byte(nil), it.Value()...)
-			require.NoError(t, it.Next())
-		}
-		it.Close()
-	}
-	return out
-}
-
-// requireSame checks two reads at ts key for key.
-func requireSame(t *testing.T, want, got map[string][]byte, ts uint64) {
-	t.Helper()
-	for k, v := range want {
-		g, ok := got[k]
-		require.True(t, ok, "key %q missing at T=%d", k, ts)
-		require.Equal(t, len(v), len(g), "key %q at T=%d: value length", k, ts)
-		require.True(t, string(v) == string(g), "key %q at T=%d: values differ", k, ts)
-	}
-	require.Equal(t, len(want), len(got), "extra keys at T=%d", ts)
-}
-
-// waitCheckpoint waits until the task's checkpoint reaches ts and returns
-// it; on a timeout it logs the task's status (the slowest ranges and why)
-// before failing.
-func waitCheckpoint(t *testing.T, ctx context.Context, cli *clientv3.Client, name string, ts uint64, limit time.Duration) uint64 {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		cp, err := task.Checkpoint(ctx, cli, name)
-		if err == nil && cp >= ts {
-			return cp
-		}
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			if views, verr := coordinator.ReadViews(ctx, cli, name, time.Now()); verr == nil {
-				_ = coordinator.RenderViews(&b, views, true)
-			}
-			t.Fatalf("the checkpoint (%d, %v) did not reach %d within %s; status:\n%s", cp, err, ts, limit, b.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -44,31 +44,9 @@ func TestEndToEndWithAgents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cli := c.etcd(t)
-	pdAddrs := []string{c.p.PDAddr()}
 	addrs := c.p.StoreAddrs()
-	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error})
 	var lastTS uint64
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 8)
-	parts := 0
-	defer func() {
-		stop()
-		for ; parts > 0; parts-- {
-			require.NoError(t, <-done)
-		}
-	}()
-	require.Eventually(t, func() bool { // the pinned PD client may cancel its first TSO request
-		_, err := kv.CurrentTimestamp("global")
-		return err == nil
-	}, 10*time.Second, 50*time.Millisecond)
-	for _, id := range c.p.StoreIDs() {
-		a, err := agent.New(agent.Config{PDAddrs: pdAddrs, TiKVAddr: addrs[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
-			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: 300 * time.Millisecond, Logger: log})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = a.Close() })
-		parts++
-		go func() { done <- a.Run(runCtx) }()
-	}
+	c.startAgents(t, 0)
 	root := "file://" + t.TempDir()
 	startTask(t, c, cli, "e2e", func(o *StartOptions) { o.StorageURL = root })
 	co := c.startCoordinator(t, "A", func(cfg *Config) { cfg.TickInterval = 200 * time.Millisecond })
@@ -149,25 +127,7 @@ func TestLeaderMoveRescan(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cli := c.etcd(t)
-	addrs := c.p.StoreAddrs()
-	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error})
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 4)
-	parts := 0
-	defer func() {
-		stop()
-		for ; parts > 0; parts-- {
-			require.NoError(t, <-done)
-		}
-	}()
-	for _, id := range stores {
-		a, err := agent.New(agent.Config{PDAddrs: []string{c.p.PDAddr()}, TiKVAddr: addrs[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
-			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: 300 * time.Millisecond, RegionInterval: time.Minute, Logger: log})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = a.Close() })
-		parts++
-		go func() { done <- a.Run(runCtx) }()
-	}
+	c.startAgents(t, time.Minute)
 	startTask(t, c, cli, "move", func(o *StartOptions) { o.StorageURL = "file://" + t.TempDir() })
 	c.startCoordinator(t, "A", func(cfg *Config) { cfg.TickInterval = 200 * time.Millisecond })
 	write := func(key string) uint64 {
@@ -195,4 +155,29 @@ func TestLeaderMoveRescan(t *testing.T) {
 	require.Eventually(t, func() bool { return checkpoint(t, cli, "move") >= ts }, 20*time.Second, 100*time.Millisecond,
 		"the checkpoint passes a commit in the region whose leader moved, well before the next periodic scan")
 	t.Logf("checkpoint passed the commit %.1fs after the leader moved", time.Since(moved).Seconds())
+}
+
+// startAgents starts a real agent beside every store (300 ms flushes;
+// regionInterval 0: the default PD scan period); they stop, and must have
+// run without error, when the test ends.
+func (c *cluster) startAgents(t *testing.T, regionInterval time.Duration) {
+	t.Helper()
+	addrs := c.p.StoreAddrs()
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error})
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, len(addrs))
+	for _, id := range c.p.StoreIDs() {
+		a, err := agent.New(agent.Config{PDAddrs: []string{c.p.PDAddr()}, TiKVAddr: addrs[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
+			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: 300 * time.Millisecond, RegionInterval: regionInterval, Logger: log})
+		require.NoError(t, err)
+		go func() { done <- a.Run(runCtx) }()
+		t.Cleanup(func() { _ = a.Close() })
+	}
+	n := len(addrs)
+	t.Cleanup(func() {
+		stop()
+		for ; n > 0; n-- {
+			require.NoError(t, <-done)
+		}
+	})
 }
