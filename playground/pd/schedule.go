@@ -284,6 +284,25 @@ func (s *Server) runBalancer(interval time.Duration) {
 	}
 }
 
+// leaderCounts returns the regions, how many of them each up store leads
+// (every up store present, at 0 when it leads none) and which they are.
+func (s *Server) leaderCounts() (regions []*cluster.Region, count map[uint64]int, led map[uint64][]*cluster.Region) {
+	count, led = map[uint64]int{}, map[uint64][]*cluster.Region{}
+	for _, st := range s.cluster.Stores() {
+		if st.Up {
+			count[st.ID] = 0
+		}
+	}
+	regions = s.cluster.Regions()
+	for _, r := range regions {
+		if _, up := count[r.Leader]; up {
+			count[r.Leader]++
+			led[r.Leader] = append(led[r.Leader], r)
+		}
+	}
+	return regions, count, led
+}
+
 // balanceLeader moves one leader from the store with the most leaders to
 // the store with the fewest, when they differ by two or more (PD's
 // balance-leader-scheduler, without its scoring and tolerance details). It
@@ -292,21 +311,9 @@ func (s *Server) balanceLeader(now time.Time, rng *rand.Rand) {
 	if s.sched.isPaused(SchedulerBalanceLeader, now) || s.sched.number("leader-schedule-limit", now) <= 0 {
 		return
 	}
-	count := map[uint64]int{}
-	for _, st := range s.cluster.Stores() {
-		if st.Up {
-			count[st.ID] = 0
-		}
-	}
+	_, count, led := s.leaderCounts()
 	if len(count) < 2 {
 		return
-	}
-	led := map[uint64][]*cluster.Region{}
-	for _, r := range s.cluster.Regions() {
-		if _, up := count[r.Leader]; up {
-			count[r.Leader]++
-			led[r.Leader] = append(led[r.Leader], r)
-		}
 	}
 	var from, to uint64
 	most, least := -1, math.MaxInt

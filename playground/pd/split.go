@@ -120,17 +120,9 @@ func (g *grpcService) ScatterRegion(_ context.Context, req *pdpb.ScatterRegionRe
 // scatter moves the region's leader to the up store leading the fewest
 // regions (ties: lowest id), unless it already has that few.
 func (s *Server) scatter(id uint64) {
-	count := map[uint64]int{}
-	for _, st := range s.cluster.Stores() {
-		if st.Up {
-			count[st.ID] = 0
-		}
-	}
+	regions, count, _ := s.leaderCounts()
 	var cur uint64
-	for _, r := range s.cluster.Regions() {
-		if _, ok := count[r.Leader]; ok {
-			count[r.Leader]++
-		}
+	for _, r := range regions {
 		if r.ID == id {
 			cur = r.Leader
 		}
