@@ -73,11 +73,27 @@ func newGCHold(pd storeLister, prog *progress, log hclog.Logger) *gcHold {
 // tikvStores lists the TiKV stores of the target (not tombstones, not
 // TiFlash, which has no TiKV GC).
 func (h *gcHold) tikvStores(ctx context.Context) ([]*metapb.Store, error) {
+	return tikvStores(ctx, h.pd)
+}
+
+// allStores lists every store of the target but tombstones, from PD, with
+// pdRetry; a failure is ErrUnavailable.
+func allStores(ctx context.Context, pd storeLister) ([]*metapb.Store, error) {
 	stores, err := pdRetry(ctx, func() ([]*metapb.Store, error) {
-		return h.pd.GetAllStores(ctx, opt.WithExcludeTombstone())
+		return pd.GetAllStores(ctx, opt.WithExcludeTombstone())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: list the target's stores from PD: %v", ErrUnavailable, err)
+	}
+	return stores, nil
+}
+
+// tikvStores lists the target's TiKV stores, by id: not tombstones or
+// removed nodes, not TiFlash (no TiKV GC, no import mode: BR skips it).
+func tikvStores(ctx context.Context, pd storeLister) ([]*metapb.Store, error) {
+	stores, err := allStores(ctx, pd)
+	if err != nil {
+		return nil, err
 	}
 	var out []*metapb.Store
 	for _, s := range stores {

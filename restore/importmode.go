@@ -9,8 +9,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/import_sstpb"
-	"github.com/pingcap/kvproto/pkg/metapb"
-	"github.com/tikv/pd/client/opt"
 )
 
 // DefaultImportModeInterval is how often restore renews import mode on the
@@ -89,17 +87,12 @@ func (m *importMode) Close() error {
 
 // switchAll switches every TiKV store (TiFlash skipped, as BR does) to mode.
 func (m *importMode) switchAll(ctx context.Context, mode import_sstpb.SwitchMode) error {
-	stores, err := pdRetry(ctx, func() ([]*metapb.Store, error) {
-		return m.t.pd.GetAllStores(ctx, opt.WithExcludeTombstone())
-	})
+	stores, err := tikvStores(ctx, m.t.pd)
 	if err != nil {
-		return fmt.Errorf("%w: list stores: %v", ErrUnavailable, err)
+		return err
 	}
 	var errs []error
 	for _, st := range stores {
-		if isTiFlash(st) {
-			continue
-		}
 		cc, err := m.t.conn(ctx, st.GetId())
 		if err == nil {
 			_, err = import_sstpb.NewImportSSTClient(cc).SwitchMode(ctx, &import_sstpb.SwitchModeRequest{Mode: mode})

@@ -437,11 +437,9 @@ const playgroundLabel = "pitr-playground"
 // TiKVs. The label is an honest marker, not a guarantee: someone could set
 // it on a real TiKV, which is why LeaderOnly is not a command-line option.
 func (t *target) checkLeaderOnly(ctx context.Context) error {
-	stores, err := pdRetry(ctx, func() ([]*metapb.Store, error) {
-		return t.pd.GetAllStores(ctx, opt.WithExcludeTombstone())
-	})
+	stores, err := allStores(ctx, t.pd)
 	if err != nil {
-		return fmt.Errorf("%w: list stores: %v", ErrUnavailable, err)
+		return err
 	}
 	return leaderOnlyAllowed(stores)
 }
