@@ -163,7 +163,7 @@ func newKV(t *testing.T, pdAddr string) *txnkv.Client {
 // waitCheckpoint waits until the task's checkpoint reaches ts and returns
 // it; on a timeout it logs the task's status (the slowest ranges and why)
 // before failing.
-func waitCheckpoint(t *testing.T, ctx context.Context, cli *clientv3.Client, name string, ts uint64, limit time.Duration) uint64 {
+func waitCheckpoint(t *testing.T, ctx context.Context, cli *clientv3.Client, name string, ts uint64, limit time.Duration, src ...*playground.Playground) uint64 {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
@@ -175,6 +175,10 @@ func waitCheckpoint(t *testing.T, ctx context.Context, cli *clientv3.Client, nam
 			var b strings.Builder
 			if views, verr := coordinator.ReadViews(ctx, cli, name, time.Now()); verr == nil {
 				_ = coordinator.RenderViews(&b, views, true)
+			}
+			for _, pg := range src {
+				b.WriteString("\nLocks the source's CDC trackers hold at or below the checkpoint:\n")
+				pg.DumpTrackedLocks(&b, cp+1)
 			}
 			t.Fatalf("the checkpoint (%d, %v) did not reach %d within %s; status:\n%s", cp, err, ts, limit, b.String())
 		}

@@ -152,7 +152,7 @@ func runProduction(t *testing.T, tikvVersion string) {
 	// Nobody resolves locks here: the leaked lock and whatever the cut-off
 	// transactions left must be resolved by the coordinator.
 	t.Logf("leaked lock at start_ts %d; waiting for the checkpoint to pass it and the last restore point", leakedTS)
-	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "prod", last, 120*time.Second)
+	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "prod", last, 120*time.Second, p.src)
 	t.Logf("%d transfers, %d mixed txns; checkpoint %d; %d regions", st.Committed.Load(), mst.Committed.Load(), cp, len(src.Cluster.Regions()))
 
 	p.verify(cp)

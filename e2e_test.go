@@ -91,7 +91,7 @@ func TestExactRestoreEndToEnd(t *testing.T) {
 	total, _, err := bank.Sum(ctx, endTS)
 	require.NoError(t, err)
 	require.Equal(t, bank.Total(), total)
-	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "e2e", endTS, 90*time.Second)
+	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "e2e", endTS, 90*time.Second, p.src)
 	t.Logf("%d transfers; checkpoint %d; %d regions", st.Committed.Load(), cp, len(src.Cluster.Regions()))
 	p.verify(cp)
 

@@ -383,3 +383,31 @@ func (s *Service) advance(ctx context.Context) {
 		c.advance(minTS)
 	}
 }
+
+// TrackedLock is one lock a subscription's resolved-ts tracker holds.
+type TrackedLock struct {
+	RegionID, RequestID uint64
+	Key                 []byte
+	StartTS             uint64
+	AdvancedTo          uint64 // the subscription's resolved ts so far
+}
+
+// TrackedLocks lists, for diagnosis, the locks every subscription of the
+// store tracks: a lock here that the engine no longer holds is what keeps
+// a region's resolved ts from moving.
+func (s *Service) TrackedLocks() []TrackedLock {
+	s.mu.Lock()
+	conns := s.connList()
+	s.mu.Unlock()
+	var out []TrackedLock
+	for _, c := range conns {
+		c.mu.Lock()
+		for k, sb := range c.subs {
+			for key, ts := range sb.locks {
+				out = append(out, TrackedLock{RegionID: k.regionID, RequestID: k.requestID, Key: []byte(key), StartTS: ts, AdvancedTo: sb.advancedTo})
+			}
+		}
+		c.mu.Unlock()
+	}
+	return out
+}

@@ -220,3 +220,27 @@ func (e *Engine) ScanLock(start, end []byte, maxTS uint64, limit int) ([]*Lock, 
 	})
 	return out, err
 }
+
+// KeyRecord is one record of a key's history (KeyHistory).
+type KeyRecord struct {
+	CommitTS uint64 // write records: the ts the record sits at
+	Write    *Write // nil for the lock
+	Lock     *Lock
+}
+
+// KeyHistory returns, for diagnosis, the key's lock (if any) and every
+// write record of it, newest first.
+func (e *Engine) KeyHistory(key []byte) ([]KeyRecord, error) {
+	var out []KeyRecord
+	err := e.read(0, func(v *view) error {
+		if l := v.getLock(key); l != nil {
+			out = append(out, KeyRecord{Lock: l})
+		}
+		v.versions(key, MaxTS, func(cts uint64, w *Write) bool {
+			out = append(out, KeyRecord{CommitTS: cts, Write: w})
+			return true
+		})
+		return nil
+	})
+	return out, err
+}
