@@ -411,7 +411,11 @@ func (c *conn) advance(minTS uint64) {
 	groups := map[uint64]*group{}
 	var compat []*sub
 	for _, s := range c.subs {
-		if s.state != stateNormal {
+		if s.state != stateNormal || s.d.failed.Load() {
+			// A failed delegate drops rows from the moment it fails and
+			// its subscriptions are stopped on a goroutine: TiKV marks
+			// every downstream Stopped at once and reports no resolved
+			// ts for it (delegate.rs Delegate::stop).
 			continue
 		}
 		resolved := minTS
