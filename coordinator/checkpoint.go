@@ -83,6 +83,9 @@ type Input struct {
 	Reports []Report
 	// MaxSlow bounds Result.Slowest (0: DefaultMaxSlow; < 0: none).
 	MaxSlow int
+	// LagBefore > 0 asks for Result.Lagging: the ranges of the current
+	// reports whose checkpoint is below it.
+	LagBefore uint64
 }
 
 // Result is the outcome of Compute.
@@ -105,6 +108,14 @@ type Result struct {
 	// Slowest lists what holds the checkpoint back: the holes first (each
 	// pins it), then the regions with the lowest checkpoints.
 	Slowest []Slow
+	// Lagging (with Input.LagBefore) are the ranges of every current
+	// in-task report with a checkpoint below LagBefore, clipped to the
+	// task ranges and merged, in key order. Unlike Slowest it is not
+	// bounded: TiKV reports resolved ts in batches at the batch's minimum
+	// (cdc endpoint.rs on_min_ts), so the region a lock pins drags up to
+	// 7 others to exactly its checkpoint, and the one holding the lock
+	// may be any of the ties.
+	Lagging []Range
 }
 
 // point is one boundary key; inf marks +inf (an empty end key).
@@ -403,7 +414,25 @@ func Compute(in Input) Result {
 			}
 		}
 	}
+	if in.LagBefore > 0 {
+		res.Lagging = lagging(reps, order, survive, task, in.LagBefore)
+	}
 	return res
+}
+
+// lagging returns the ranges of the surviving reports with a checkpoint
+// below before, clipped to the task ranges and merged.
+func lagging(reps []Report, order []int32, survive []bool, task []Range, before uint64) []Range {
+	var out []Range
+	for _, i := range order {
+		if r := &reps[i]; survive[i] && r.Checkpoint < before {
+			out = append(out, clipRange(Range{Start: r.Start, End: r.End}, task)...)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return NormalizeRanges(out)
 }
 
 // markCurrent sets survive[i] for the reports that overlap no report with a

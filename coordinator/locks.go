@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -23,7 +24,7 @@ import (
 // (tidb br/pkg/streamhelper/advancer.go asyncResolveLocksForRanges) and
 // TiCDC (tiflow cdc/kv/shared_client.go resolveLock, at most every 10 s per
 // region) resolve locks on lagging ranges for this reason; so does the
-// elected coordinator here, on the ranges Compute names as the slowest.
+// elected coordinator here, on every range Compute finds lagging.
 
 // LockResolver resolves the locks of finished and dead transactions in a
 // raw key range.
@@ -118,11 +119,13 @@ type LockStatus struct {
 	Runs   int64 `json:"runs"`
 	Errors int64 `json:"errors,omitempty"`
 	Locks  int64 `json:"locks"`
-	// The last finished resolution: its range, when it ended, its
+	// The last finished resolution: the start of its first range and the
+	// end of its last, how many ranges it covered, when it ended, its
 	// maxVersion, the locks it found, how long the longest live lock it
 	// left has to live (0: none), its error.
 	LastStartKey   string `json:"last_start_key"`
 	LastEndKey     string `json:"last_end_key"`
+	LastRanges     int    `json:"last_ranges,omitempty"`
 	LastUnixMs     int64  `json:"last_unix_ms"`
 	LastMaxVersion uint64 `json:"last_max_version"`
 	LastLocks      int    `json:"last_locks"`
@@ -145,8 +148,8 @@ type lockKeeper struct {
 	wg    *sync.WaitGroup
 
 	mu      sync.Mutex
-	last    map[string]time.Time // task+range → start of its last resolution
-	running map[string]bool
+	last    map[string]time.Time // task → start of its last resolution
+	running map[string]bool      // task → a resolution is running
 	tasks   map[string]*LockStatus
 }
 
@@ -167,49 +170,50 @@ func (t *term) lockKeeper() *lockKeeper {
 	return t.locks
 }
 
-// resolveLocks starts, in the background, a lock resolution on each slow
-// range of a task whose checkpoint lags more than ResolveLocksAfter (at
-// most once per range per ResolveLocksAfter/2, one at a time per range),
-// and returns the task's resolutions so far (nil: none).
-func (t *term) resolveLocks(name string, ranges []Range, slowest []Slow, now time.Time) *LockStatus {
+// lagBefore is the checkpoint below which a range lags more than the
+// lock-resolution threshold (0: lock resolution is off).
+func (t *term) lagBefore(now time.Time) uint64 {
+	if t.lockKeeper() == nil {
+		return 0
+	}
+	return TSFromTime(now.Add(-t.c.cfg.ResolveLocksAfter))
+}
+
+// resolveLocks starts, in the background, one lock resolution over every
+// range of a task whose checkpoint lags more than ResolveLocksAfter
+// (Compute's Lagging with LagBefore = lagBefore(now)): at most one at a
+// time per task and one per ResolveLocksAfter/2, as BR's advancer runs one
+// asyncResolveLocksForRanges over all lagging ranges at a time. It returns
+// the task's resolutions so far (nil: none).
+//
+// maxVersion is lagBefore: the locks that can hold a range for longer
+// than the threshold started before now - threshold. The one pinning a
+// range has start_ts ≤ its checkpoint + 1 (the resolved ts is the oldest
+// lock's start_ts), which is ≤ lagBefore as the range's checkpoint is
+// below it. Younger locks are left to their transactions: they cannot be
+// what holds a range this long. The bound limits the work, not the
+// safety: the resolver never rolls back a transaction whose TTL has not
+// expired.
+func (t *term) resolveLocks(name string, lagging []Range, lagBefore uint64, now time.Time) *LockStatus {
 	k := t.lockKeeper()
 	if k == nil {
 		return nil
 	}
-	task := NormalizeRanges(ranges)
-	for _, s := range slowest {
-		// A hole has no region report, so no lock to find; a region
-		// report's range can lag on a lock whether or not its agent saw
-		// the prewrite (CauseLongTxn or CauseLagging).
-		if s.Cause == CauseUncovered || now.Sub(TSTime(s.Checkpoint)) <= k.after {
-			continue
-		}
-		// maxVersion: the locks that can hold this range for longer than
-		// the threshold started before now - threshold. The one pinning
-		// the range has start_ts ≤ its checkpoint + 1 (the resolved ts is
-		// the oldest lock's start_ts), which lies below that bound as
-		// the range lags more than the threshold; the max keeps it in
-		// whatever the clocks say. Younger locks are left to their
-		// transactions: they cannot be what holds the range this long.
-		// The bound limits the work, not the safety: the resolver never
-		// rolls back a transaction whose TTL has not expired.
-		maxVersion := max(s.Checkpoint+1, TSFromTime(now.Add(-k.after)))
-		for _, r := range clipRange(s.Range, task) {
-			k.start(name, r, maxVersion, now)
-		}
+	if len(lagging) > 0 {
+		k.start(name, lagging, lagBefore, now)
 	}
 	return k.status(name)
 }
 
-// start runs one resolution of r unless one is running or ran recently.
-func (k *lockKeeper) start(name string, r Range, maxVersion uint64, now time.Time) {
-	id := name + "\x00" + string(r.Start) + "\x00" + string(r.End)
+// start runs one resolution of rs unless the task has one running or ran
+// one recently.
+func (k *lockKeeper) start(name string, rs []Range, maxVersion uint64, now time.Time) {
 	k.mu.Lock()
-	if k.running[id] || now.Sub(k.last[id]) < k.every {
+	if k.running[name] || now.Sub(k.last[name]) < k.every {
 		k.mu.Unlock()
 		return
 	}
-	k.running[id], k.last[id] = true, now
+	k.running[name], k.last[name] = true, now
 	st := k.tasks[name]
 	if st == nil {
 		st = &LockStatus{}
@@ -230,34 +234,51 @@ func (k *lockKeeper) start(name string, r Range, maxVersion uint64, now time.Tim
 			case <-ctx.Done():
 			}
 		}()
-		scan, err := k.res.ResolveLocks(ctx, r, maxVersion)
-		k.finish(name, id, r, maxVersion, scan, err)
+		var (
+			total LockScan
+			errs  []error
+		)
+		for _, r := range rs {
+			scan, err := k.res.ResolveLocks(ctx, r, maxVersion)
+			total.Regions += scan.Regions
+			total.Locks += scan.Locks
+			total.LiveMs = max(total.LiveMs, scan.LiveMs)
+			if err != nil {
+				errs = append(errs, err)
+				if ctx.Err() != nil {
+					break
+				}
+			}
+		}
+		k.finish(name, rs, maxVersion, total, errors.Join(errs...))
 	}()
 }
 
 // finish records a resolution's outcome.
-func (k *lockKeeper) finish(name, id string, r Range, maxVersion uint64, scan LockScan, err error) {
+func (k *lockKeeper) finish(name string, rs []Range, maxVersion uint64, scan LockScan, err error) {
 	end := time.Now()
+	first, last := rs[0], rs[len(rs)-1]
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	delete(k.running, id)
+	delete(k.running, name)
 	st := k.tasks[name]
 	st.Locks += int64(scan.Locks)
-	st.LastStartKey, st.LastEndKey = hex.EncodeToString(r.Start), hex.EncodeToString(r.End)
+	st.LastStartKey, st.LastEndKey, st.LastRanges = hex.EncodeToString(first.Start), hex.EncodeToString(last.End), len(rs)
 	st.LastUnixMs, st.LastMaxVersion, st.LastLocks, st.LastLiveMs = end.UnixMilli(), maxVersion, scan.Locks, scan.LiveMs
 	st.LastError = ""
 	k.met.locksFound.WithLabelValues(name).Add(float64(scan.Locks))
-	k.met.setLastLockResolution(name, r, end)
+	k.met.setLastLockResolution(name, Range{Start: first.Start, End: last.End}, end)
 	if err != nil {
 		st.Errors++
 		st.LastError = err.Error()
 		k.met.lockResolutionErrors.WithLabelValues(name).Inc()
-		k.log.Warn("lock resolution failed", "task", name, "start", hex.EncodeToString(r.Start), "end", hex.EncodeToString(r.End), "error", err)
+		k.log.Warn("lock resolution failed", "task", name, "ranges", len(rs), "start", hex.EncodeToString(first.Start),
+			"end", hex.EncodeToString(last.End), "error", err)
 		return
 	}
 	if scan.Locks > 0 {
-		k.log.Info("resolved locks on a lagging range", "task", name, "start", hex.EncodeToString(r.Start), "end", hex.EncodeToString(r.End),
-			"max_version", maxVersion, "regions", scan.Regions, "locks", scan.Locks, "live_ms", scan.LiveMs)
+		k.log.Info("resolved locks on lagging ranges", "task", name, "ranges", len(rs), "start", hex.EncodeToString(first.Start),
+			"end", hex.EncodeToString(last.End), "max_version", maxVersion, "regions", scan.Regions, "locks", scan.Locks, "live_ms", scan.LiveMs)
 	}
 }
 

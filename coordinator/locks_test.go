@@ -197,6 +197,29 @@ func TestLockResolution(t *testing.T) {
 		require.Less(t, held, ttl+e.limit+5*time.Second)
 	})
 
+	t.Run("dead lock behind tied regions", func(t *testing.T) {
+		// TiKV reports resolved ts in batches of 8, 32, … regions, each at
+		// the batch's minimum (cdc endpoint.rs on_min_ts): the region the
+		// lock pins drags 7 others down to the same checkpoint. Past
+		// DefaultMaxSlow ties, the one holding the lock is the last by
+		// start key and not among the slowest the status lists; the
+		// coordinator must resolve it all the same.
+		for i := 1; i <= 9; i++ {
+			_, err := e.c.p.Cluster.Split([]byte(fmt.Sprintf("tie/%d", i)))
+			require.NoError(t, err)
+		}
+		e.waitPassed(t, e.commit(t, "tie/0/warm"), 30*time.Second, "the checkpoint follows commits after the splits")
+		created := time.Now()
+		startTS, err := workload.LeakLock(ctx, e.kv, []byte("tie/9/orphan"), 200*time.Millisecond)
+		require.NoError(t, err)
+		after := e.commit(t, "after/3")
+		passed := e.waitPassed(t, after, 60*time.Second, "the checkpoint passes the lock behind the tied regions")
+		held := passed.Sub(created)
+		t.Logf("leaked lock %d held the checkpoint for %s (limit %s + load)", startTS, held, e.limit)
+		require.Less(t, held, e.limit+5*time.Second)
+		require.Zero(t, e.locksAt(t, []byte("tie/9/orphan")), "the lock was rolled back")
+	})
+
 	t.Run("live transaction", func(t *testing.T) {
 		const ttl = 1500 * time.Millisecond
 		before := orZero(e.lockStatus(t))
@@ -256,30 +279,41 @@ func TestLockKeeper(t *testing.T) {
 
 	old := TSFromTime(now.Add(-time.Minute))
 	young := TSFromTime(now.Add(-2 * time.Second))
-	slow := []Slow{
-		{Cause: CauseUncovered, Range: rg("a", "b")},
-		{Cause: CauseLongTxn, Range: rg("b", "d"), RegionID: 2, Checkpoint: old, StartTS: old + 1},
-		{Cause: CauseLagging, Range: rg("d", ""), RegionID: 3, Checkpoint: young},
+	before := tm.lagBefore(now)
+	require.Equal(t, TSFromTime(now.Add(-10*time.Second)), before)
+	// Seven regions tie at the oldest checkpoint (one TiKV resolved-ts
+	// batch), more than the status lists; one is young; a hole has no
+	// report. Every lagging one is resolved, clipped to the task.
+	var reps []Report
+	for i := 0; i < 7; i++ {
+		reps = append(reps, Report{Start: []byte{'b' + byte(i)}, End: []byte{'c' + byte(i)}, Checkpoint: old, RegionID: uint64(i + 1)})
 	}
+	reps = append(reps, Report{Start: []byte("i"), End: []byte("j"), Checkpoint: young, RegionID: 8})
+	reps = append(reps, Report{Start: []byte("j"), End: nil, Checkpoint: old, RegionID: 9})
 	task := []Range{rg("c", "x")}
-	tm.resolveLocks("t", task, slow, now)
-	call := <-fr.calls
-	require.Equal(t, rg("c", "d"), call.r, "clipped to the task's ranges")
-	require.Equal(t, TSFromTime(now.Add(-10*time.Second)), call.maxVersion)
+	res := Compute(Input{Ranges: task, Reports: reps, LagBefore: before})
+	require.Len(t, res.Slowest, DefaultMaxSlow)
+	require.Equal(t, []Range{rg("c", "i"), rg("j", "x")}, res.Lagging)
+
+	tm.resolveLocks("t", res.Lagging, before, now)
+	require.Equal(t, resolveCall{rg("c", "i"), before}, <-fr.calls)
+	require.Equal(t, resolveCall{rg("j", "x"), before}, <-fr.calls)
 	require.Eventually(t, func() bool {
-		st := tm.resolveLocks("t", task, nil, now)
+		st := tm.resolveLocks("t", nil, before, now)
 		return st != nil && st.LastUnixMs != 0
 	}, 5*time.Second, 10*time.Millisecond)
-	st := tm.resolveLocks("t", task, nil, now)
+	st := tm.resolveLocks("t", nil, before, now)
 	require.Equal(t, int64(1), st.Runs)
-	require.Equal(t, int64(fr.locks), st.Locks)
+	require.Equal(t, int64(2*fr.locks), st.Locks)
 	require.Equal(t, "63", st.LastStartKey)
+	require.Equal(t, "78", st.LastEndKey)
+	require.Equal(t, 2, st.LastRanges)
+	require.Contains(t, lockLine(st), "(2 lagging ranges)")
 
 	// Within half the threshold: no second run; after it: one.
-	tm.resolveLocks("t", task, slow, now.Add(4*time.Second))
-	tm.resolveLocks("t", task, slow, now.Add(6*time.Second))
-	call = <-fr.calls
-	require.Equal(t, rg("c", "d"), call.r)
+	tm.resolveLocks("t", res.Lagging, before, now.Add(4*time.Second))
+	tm.resolveLocks("t", res.Lagging[:1], before, now.Add(6*time.Second))
+	require.Equal(t, resolveCall{rg("c", "i"), before}, <-fr.calls)
 	select {
 	case call := <-fr.calls:
 		t.Fatalf("unexpected resolution %+v", call)

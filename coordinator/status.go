@@ -357,8 +357,12 @@ func lockLine(l *LockStatus) string {
 	if l.LastUnixMs == 0 {
 		return b.String()
 	}
-	fmt.Fprintf(&b, "; last [%s, %s) at %s, max_version %d: %d locks", showHexKey(l.LastStartKey, false), showHexKey(l.LastEndKey, true),
-		time.UnixMilli(l.LastUnixMs).UTC().Format(time.RFC3339), l.LastMaxVersion, l.LastLocks)
+	in := ""
+	if l.LastRanges > 1 {
+		in = fmt.Sprintf(" (%d lagging ranges)", l.LastRanges)
+	}
+	fmt.Fprintf(&b, "; last [%s, %s)%s at %s, max_version %d: %d locks", showHexKey(l.LastStartKey, false), showHexKey(l.LastEndKey, true),
+		in, time.UnixMilli(l.LastUnixMs).UTC().Format(time.RFC3339), l.LastMaxVersion, l.LastLocks)
 	if l.LastLiveMs > 0 {
 		fmt.Fprintf(&b, ", live ones left (TTL ends in %s)", (time.Duration(l.LastLiveMs) * time.Millisecond).Round(100*time.Millisecond))
 	}

@@ -321,11 +321,12 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 				problems = append(problems, fmt.Sprintf("agent of store %d at %s: %s", a.StoreID, a.Addr, a.Error))
 			}
 		}
-		res := Compute(Input{Ranges: taskRanges(rec), Previous: ti.cp, Reports: reports, MaxSlow: t.c.cfg.MaxSlow})
+		lagBefore := t.lagBefore(now)
+		res := Compute(Input{Ranges: taskRanges(rec), Previous: ti.cp, Reports: reports, MaxSlow: t.c.cfg.MaxSlow, LagBefore: lagBefore})
 		st.Agents, st.Covered, st.UncoveredRanges = agentSts, res.Covered, len(res.Uncovered)
 		t.holes[name] = len(res.Uncovered) > 0
 		st.Regions, st.StaleReports, st.Slowest = res.Used, res.Stale, slowStatuses(res.Slowest)
-		st.Locks = t.resolveLocks(name, taskRanges(rec), res.Slowest, now)
+		st.Locks = t.resolveLocks(name, res.Lagging, lagBefore, now)
 		if res.Checkpoint > ti.cp {
 			err := t.putCheckpoint(ctx, name, ti.rev, ti.cp, ti.cpExisted, res.Checkpoint)
 			if errors.Is(err, errChanged) {
