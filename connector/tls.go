@@ -1,0 +1,278 @@
+package connector
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// TLS names the PEM files of a cluster's TLS set-up: the CA that signed
+// the cluster's certificates, and this process's certificate and key
+// (BR's and TiCDC's --ca, --cert, --key; TiUP's enable_tls and TiDB
+// Operator's tlsCluster write them). The zero value is plaintext.
+type TLS struct {
+	CA, Cert, Key string
+}
+
+// Enabled reports whether any file is named.
+func (t TLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" }
+
+// Validate checks the combination and that every named file loads: a CA
+// is required once anything is named, and a certificate goes with its
+// key. A CA alone is server authentication only (a cluster that does not
+// ask for client certificates); TiKV and PD with security configured do
+// ask, so most set-ups name all three.
+func (t TLS) Validate() error {
+	if !t.Enabled() {
+		return nil
+	}
+	if t.CA == "" {
+		return errors.New("tls: --ca is required with --cert/--key")
+	}
+	if (t.Cert == "") != (t.Key == "") {
+		return errors.New("tls: --cert and --key go together")
+	}
+	_, err := newReloader(t)
+	return err
+}
+
+// Scheme is the URL scheme of the cluster's HTTP APIs (PD's API, TiKV's
+// status address): https once TLS is on.
+func (t TLS) Scheme() string {
+	if t.Enabled() {
+		return "https"
+	}
+	return "http"
+}
+
+// ClientConfig returns a client TLS config (nil when TLS is off) that
+// presents the certificate and verifies the server against the CA. Both
+// are read again when their files change (checked at most once a second,
+// at handshakes), so a rotated certificate is used by the next connection
+// without a restart.
+func (t TLS) ClientConfig() (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	r, err := newReloader(t)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			s, err := r.get()
+			if err != nil {
+				return nil, err
+			}
+			if s.cert == nil {
+				return &tls.Certificate{}, nil // none: the server decides
+			}
+			return s.cert, nil
+		},
+		// The CA may rotate too, and tls.Config's RootCAs is fixed, so
+		// the chain and the name are checked here against the current
+		// CA instead of by the handshake's own verification (which this
+		// replaces exactly: same roots, same host name check).
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			s, err := r.get()
+			if err != nil {
+				return err
+			}
+			return verifyChain(cs.PeerCertificates, s.pool, x509.ExtKeyUsageServerAuth, cs.ServerName)
+		},
+	}, nil
+}
+
+// ServerConfig returns a server TLS config (nil when TLS is off) that
+// requires a client certificate signed by the CA and, when allowedCN is
+// not empty, whose subject common name is in it (TiKV's
+// security.cert-allowed-cn). Files are reloaded as in ClientConfig.
+func (t TLS) ServerConfig(allowedCN []string) (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	if t.Cert == "" {
+		return nil, errors.New("tls: serving needs --cert and --key")
+	}
+	r, err := newReloader(t)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			s, err := r.get()
+			if err != nil {
+				return nil, err
+			}
+			return &tls.Config{
+				MinVersion:   tls.VersionTLS12,
+				Certificates: []tls.Certificate{*s.cert},
+				ClientAuth:   tls.RequireAndVerifyClientCert,
+				ClientCAs:    s.pool,
+				VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
+					if len(allowedCN) == 0 {
+						return nil
+					}
+					for _, ch := range chains {
+						if len(ch) > 0 && slices.Contains(allowedCN, ch[0].Subject.CommonName) {
+							return nil
+						}
+					}
+					cn := ""
+					if len(chains) > 0 && len(chains[0]) > 0 {
+						cn = chains[0][0].Subject.CommonName
+					}
+					return fmt.Errorf("tls: client certificate CN %q is not allowed", cn)
+				},
+			}, nil
+		},
+	}, nil
+}
+
+// DialOption returns the gRPC transport credentials: TLS with
+// ClientConfig, or insecure when TLS is off.
+func (t TLS) DialOption() (grpc.DialOption, error) {
+	cfg, err := t.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg)), nil
+}
+
+// ServerOption returns the gRPC server credentials of ServerConfig (nil
+// when TLS is off).
+func (t TLS) ServerOption(allowedCN []string) (grpc.ServerOption, error) {
+	cfg, err := t.ServerConfig(allowedCN)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	return grpc.Creds(credentials.NewTLS(cfg)), nil
+}
+
+// verifyChain checks a peer's chain against roots for usage and, when
+// name is set, the leaf's host name, as crypto/tls does by default.
+func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtKeyUsage, name string) error {
+	if len(certs) == 0 {
+		return errors.New("tls: the server sent no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: inter, DNSName: name,
+		KeyUsages: []x509.ExtKeyUsage{usage},
+	})
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	return nil
+}
+
+// reloadEvery bounds how often the files are checked for changes.
+const reloadEvery = time.Second
+
+// reloader holds the loaded files and loads them again when they change.
+type reloader struct {
+	t TLS
+
+	mu      sync.Mutex
+	checked time.Time
+	stamp   []byte // the files' sizes and modification times
+	cur     *loaded
+}
+
+type loaded struct {
+	pool *x509.CertPool
+	cert *tls.Certificate // nil without --cert
+}
+
+func newReloader(t TLS) (*reloader, error) {
+	r := &reloader{t: t}
+	if _, err := r.get(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// get returns the current files, reloading them when their stamp changed.
+// A reload that fails (a rotation half written) keeps the previous files
+// and is retried at the next check.
+func (r *reloader) get() (*loaded, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	if r.cur != nil && now.Sub(r.checked) < reloadEvery {
+		return r.cur, nil
+	}
+	r.checked = now
+	stamp, err := r.stampFiles()
+	if err == nil && r.cur != nil && bytes.Equal(stamp, r.stamp) {
+		return r.cur, nil
+	}
+	l, lerr := r.load()
+	switch {
+	case lerr == nil:
+		r.cur, r.stamp = l, stamp
+	case r.cur == nil:
+		return nil, lerr
+	}
+	return r.cur, nil
+}
+
+func (r *reloader) stampFiles() ([]byte, error) {
+	var b []byte
+	for _, f := range []string{r.t.CA, r.t.Cert, r.t.Key} {
+		if f == "" {
+			continue
+		}
+		st, err := os.Stat(f)
+		if err != nil {
+			return nil, err
+		}
+		b = fmt.Appendf(b, "%s:%d:%d;", f, st.Size(), st.ModTime().UnixNano())
+	}
+	return b, nil
+}
+
+func (r *reloader) load() (*loaded, error) {
+	pem, err := os.ReadFile(r.t.CA)
+	if err != nil {
+		return nil, fmt.Errorf("tls: read CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls: %s holds no PEM certificate", r.t.CA)
+	}
+	l := &loaded{pool: pool}
+	if r.t.Cert != "" {
+		c, err := tls.LoadX509KeyPair(r.t.Cert, r.t.Key)
+		if err != nil {
+			return nil, fmt.Errorf("tls: load %s and %s: %w", r.t.Cert, r.t.Key, err)
+		}
+		l.cert = &c
+	}
+	return l, nil
+}
