@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
@@ -27,6 +28,17 @@ import (
 // pipeline is the harness of the root end-to-end tests: a source
 // playground with a backup task (file storage), an agent per store and two
 // coordinators, all in this process. Everything stops at the test's end.
+func TestMain(m *testing.M) {
+	// The PD client and client-go log every connection step through
+	// pingcap/log, to stdout unless routed: warnings and errors to stderr.
+	level := hclog.Warn
+	if os.Getenv("PITR_DEBUG") != "" {
+		level = hclog.Debug
+	}
+	connector.RouteClientLogs(hclog.New(&hclog.LoggerOptions{Name: "client", Level: level, Output: os.Stderr}))
+	os.Exit(m.Run())
+}
+
 type pipeline struct {
 	t          *testing.T
 	ctx        context.Context
@@ -69,7 +81,7 @@ func startPipeline(t *testing.T, ctx context.Context, name string, cfg playgroun
 	// client-go first: it rewrites pd/client globals that PD clients read.
 	p.kv = newKV(t, pdAddr)
 	t.Cleanup(func() { _ = p.kv.Close() })
-	p.cl, err = coordinator.Connect(ctx, []string{pdAddr}, 10*time.Second, "e2e")
+	p.cl, err = coordinator.Connect(ctx, connector.Config{PDAddrs: []string{pdAddr}, Timeout: 10 * time.Second, Component: "e2e"})
 	require.NoError(t, err)
 	t.Cleanup(p.cl.Close)
 

@@ -18,14 +18,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/opt"
-	"github.com/tikv/pd/client/pkg/caller"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/pitr-io/pitr/connector"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
 )
@@ -35,8 +33,9 @@ var Version = "dev"
 
 // Sentinel errors of New, for callers that map them to exit statuses.
 var (
-	// ErrUnavailable: PD or its etcd could not be reached in time.
-	ErrUnavailable = errors.New("unavailable")
+	// ErrUnavailable: PD or its etcd could not be reached in time
+	// (connector.ErrUnavailable).
+	ErrUnavailable = connector.ErrUnavailable
 	// ErrStoreNotFound: PD lists no store with the configured TiKV address.
 	ErrStoreNotFound = errors.New("store not found")
 )
@@ -152,11 +151,9 @@ func (a *Agent) connect() (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
 	defer cancel()
-	retries := max(int(cfg.ConnectTimeout/time.Second), 1)
-	a.pd, err = pd.NewClientWithContext(context.Background(), caller.Component("pitr-agent"), cfg.PDAddrs, pd.SecurityOption{},
-		opt.WithMaxErrorRetry(retries), opt.WithInitMetricsOption(false), opt.WithCustomTimeoutOption(5*time.Second))
-	if err != nil {
-		return fmt.Errorf("%w: connect to PD %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
+	cc := connector.Config{PDAddrs: cfg.PDAddrs, TLS: cfg.TLS, Timeout: cfg.ConnectTimeout, Component: "pitr-agent"}
+	if a.pd, err = connector.PD(ctx, cc); err != nil {
+		return err
 	}
 	a.clusterID = a.pd.GetClusterID(ctx)
 	if a.storeID, err = a.findStore(ctx); err != nil {
@@ -164,34 +161,30 @@ func (a *Agent) connect() (err error) {
 	}
 	a.log = log.With("store", a.storeID)
 
-	a.etcd, err = clientv3.New(clientv3.Config{
-		Endpoints:   cfg.PDAddrs,
-		DialTimeout: cfg.ConnectTimeout,
-		Logger:      zap.NewNop(),
-		Context:     context.Background(),
-	})
-	if err != nil {
-		return fmt.Errorf("%w: connect to etcd %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
-	}
-	if _, err := a.etcd.Get(ctx, task.TaskPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
-		return fmt.Errorf("%w: read tasks from etcd %s: %v", ErrUnavailable, strings.Join(cfg.PDAddrs, ","), err)
+	if a.etcd, err = connector.Etcd(ctx, cc, task.TaskPrefix); err != nil {
+		return err
 	}
 
-	a.tikv, err = grpc.NewClient(cfg.TiKVAddr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	a.tikv, err = connector.Dial(cfg.TiKVAddr, cfg.TLS,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 3 * time.Second}),
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
 	)
 	if err != nil {
-		return fmt.Errorf("dial tikv %s: %w", cfg.TiKVAddr, err)
+		return fmt.Errorf("tikv: %w", err)
 	}
 	a.cdc = cdcpb.NewChangeDataClient(a.tikv)
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
 	}
-	a.grpcSrv = grpc.NewServer()
+	var sopts []grpc.ServerOption
+	if so, err := cfg.TLS.ServerOption(cfg.AllowedCN); err != nil {
+		return err
+	} else if so != nil {
+		sopts = append(sopts, so)
+	}
+	a.grpcSrv = grpc.NewServer(sopts...)
 	pitrpb.RegisterAgentServer(a.grpcSrv, &service{a: a})
 	if cfg.HTTPAddr != "-" {
 		if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pitr-io/pitr/connector"
 )
 
 // Defaults of the zero fields of Config.
@@ -33,6 +35,14 @@ type Config struct {
 	// PDAddrs are PD's client URLs (host:port or http://host:port). PD's etcd
 	// is reached on the same addresses.
 	PDAddrs []string
+	// TLS is the cluster's TLS set-up (zero: plaintext): used for PD, etcd
+	// and TiKV, and to serve the Agent gRPC service, which then requires a
+	// client certificate signed by the same CA.
+	TLS connector.TLS
+	// AllowedCN, when not empty, are the certificate common names the
+	// Agent gRPC service accepts (TiKV's security.cert-allowed-cn), e.g.
+	// the coordinators'.
+	AllowedCN []string
 	// TiKVAddr is the address of the store this agent sits beside, as PD
 	// lists it; the agent finds its store id with it.
 	TiKVAddr string
@@ -138,6 +148,12 @@ var ErrConfig = errors.New("invalid agent config")
 func (c *Config) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return bad("%v", err)
+	}
+	if len(c.AllowedCN) > 0 && !c.TLS.Enabled() {
+		return bad("allowed CNs need TLS (--ca, --cert, --key)")
 	}
 	if len(c.PDAddrs) == 0 {
 		return bad("PD addresses are required (--pd)")

@@ -10,10 +10,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	protobuf "google.golang.org/protobuf/proto"
 
+	"github.com/pitr-io/pitr/connector"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
 )
@@ -23,11 +23,14 @@ const maxProgressMsg = 256 << 20
 
 // agentPool keeps one gRPC connection per registered agent address.
 type agentPool struct {
+	tls   connector.TLS // the agents' service is served with the cluster's TLS
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
-func newAgentPool() *agentPool { return &agentPool{conns: map[string]*grpc.ClientConn{}} }
+func newAgentPool(t connector.TLS) *agentPool {
+	return &agentPool{tls: t, conns: map[string]*grpc.ClientConn{}}
+}
 
 // listAgents reads the registered agents, by store id.
 func listAgents(ctx context.Context, cli *clientv3.Client) ([]*pitrpb.AgentRecord, error) {
@@ -69,10 +72,9 @@ func (p *agentPool) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxProgressMsg)))
+	c, err := connector.Dial(addr, p.tls, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxProgressMsg)))
 	if err != nil {
-		return nil, fmt.Errorf("dial agent %s: %w", addr, err)
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	p.conns[addr] = c
 	return c, nil

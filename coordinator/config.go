@@ -11,6 +11,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pitr-io/pitr/connector"
 )
 
 // Defaults of the zero fields of Config.
@@ -33,6 +35,9 @@ type Config struct {
 	// PDAddrs are PD's client URLs; PD's etcd is reached on the same
 	// addresses.
 	PDAddrs []string
+	// TLS is the cluster's TLS set-up, used for PD, etcd, client-go and the
+	// agents' gRPC service (zero: plaintext).
+	TLS connector.TLS
 	// ID names this coordinator in the election and in logs (default
 	// host-pid).
 	ID string
@@ -129,6 +134,9 @@ func (c *Config) Validate() error {
 				return bad("empty PD address in %q", strings.Join(c.PDAddrs, ","))
 			}
 		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return bad("%v", err)
 	}
 	if c.HTTPAddr != "-" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {

@@ -87,7 +87,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 	if c.etcd == nil || c.pd == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
 		defer cancel()
-		if c.own, err = Connect(ctx, cfg.PDAddrs, cfg.ConnectTimeout, "pitr-coordinator"); err != nil {
+		if c.own, err = Connect(ctx, c.connCfg()); err != nil {
 			return nil, err
 		}
 		if c.etcd == nil {

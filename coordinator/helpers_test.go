@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	protobuf "google.golang.org/protobuf/proto"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/playground"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
@@ -57,7 +58,7 @@ func startClusterStores(t *testing.T, stores int, gcLifeTime time.Duration, firs
 	if first != nil {
 		first(p.PDAddr())
 	}
-	pdc, err := ConnectPD(ctx, []string{p.PDAddr()}, 10*time.Second, "pitr-coordinator-test")
+	pdc, err := connector.PD(ctx, connector.Config{PDAddrs: []string{p.PDAddr()}, Timeout: 10 * time.Second, Component: "pitr-coordinator-test"})
 	require.NoError(t, err)
 	t.Cleanup(pdc.Close)
 	_, err = GetTS(ctx, pdc) // the pinned client's first GetTS may fail once

@@ -63,7 +63,7 @@ func newTerm(c *Coordinator, key string, rev int64, parent <-chan struct{}) *ter
 	return &term{
 		c: c, log: c.log.With("term", rev), key: key, rev: rev,
 		stop: stop, halt: func() { once.Do(func() { close(stop) }) }, parent: parent,
-		pool: newAgentPool(), writers: map[string]*cpWriter{}, released: map[string]bool{},
+		pool: newAgentPool(c.cfg.TLS), writers: map[string]*cpWriter{}, released: map[string]bool{},
 		holds: map[string]heldSafePoint{}, holes: map[string]bool{}, rescanAt: map[string]time.Time{},
 	}
 }

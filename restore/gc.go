@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/pd/client/opt"
+
+	"github.com/pitr-io/pitr/connector"
 )
 
 // Restored versions all lie at or below T, normally far below the target's
@@ -60,14 +62,15 @@ type gcHold struct {
 	pd   storeLister
 	prog *progress
 	log  hclog.Logger
+	tls  connector.TLS
 	http *http.Client
 
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
-func newGCHold(pd storeLister, prog *progress, log hclog.Logger) *gcHold {
-	return &gcHold{pd: pd, prog: prog, log: log.Named("gc-hold"), http: &http.Client{Timeout: 10 * time.Second}}
+func newGCHold(pd storeLister, prog *progress, log hclog.Logger, tls connector.TLS, hc *http.Client) *gcHold {
+	return &gcHold{pd: pd, prog: prog, log: log.Named("gc-hold"), tls: tls, http: hc}
 }
 
 // tikvStores lists the TiKV stores of the target (not tombstones, not
@@ -212,14 +215,14 @@ var ErrGCNotRestored = errors.New("target GC left disabled")
 // restoreGC sets every recorded store back to its old value and forgets
 // the ones that took it. It uses its own deadline, so it also runs after
 // the restore's context is cancelled.
-func restoreGC(ctx context.Context, pd storeLister, prog *progress, log hclog.Logger) error {
+func restoreGC(ctx context.Context, pd storeLister, prog *progress, log hclog.Logger, tls connector.TLS, hc *http.Client) error {
 	olds := prog.gcRatios()
 	if len(olds) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	h := newGCHold(pd, prog, log)
+	h := newGCHold(pd, prog, log, tls, hc)
 	stores, err := h.tikvStores(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: set gc.ratio-threshold back on stores %s: %v; rerun the same restore command to set it back",
@@ -271,12 +274,7 @@ func storeIDs(m map[uint64]string) string {
 	return strings.Join(s, ",")
 }
 
-func statusURL(addr string) string {
-	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
-		return strings.TrimSuffix(addr, "/") + "/config"
-	}
-	return "http://" + addr + "/config"
-}
+func statusURL(t connector.TLS, addr string) string { return connector.URL(t, addr, "/config") }
 
 // get reads gc.ratio-threshold from TiKV's GET /config, which returns the
 // whole config as nested JSON ({"gc": {"ratio-threshold": 1.1}}); +inf
@@ -285,7 +283,7 @@ func (h *gcHold) get(ctx context.Context, addr string) (string, error) {
 	var cfg struct {
 		GC map[string]json.RawMessage `json:"gc"`
 	}
-	if err := callJSON(ctx, h.http, http.MethodGet, statusURL(addr), nil, &cfg); err != nil {
+	if err := callJSON(ctx, h.http, http.MethodGet, statusURL(h.tls, addr), nil, &cfg); err != nil {
 		return "", err
 	}
 	raw, ok := cfg.GC["ratio-threshold"]
@@ -309,7 +307,7 @@ func (h *gcHold) set(ctx context.Context, addr, value string) error {
 	if err != nil {
 		return err
 	}
-	if err := callJSON(ctx, h.http, http.MethodPost, statusURL(addr), body, nil); err != nil {
+	if err := callJSON(ctx, h.http, http.MethodPost, statusURL(h.tls, addr), body, nil); err != nil {
 		return fmt.Errorf("set gc.ratio-threshold=%s: %w", value, err)
 	}
 	return nil

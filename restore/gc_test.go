@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/tikv/pd/client/opt"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	pitrpb "github.com/pitr-io/pitr/proto"
@@ -424,18 +425,18 @@ func TestGCHoldStores(t *testing.T) {
 	require.NoError(t, err)
 	tiflash := &metapb.Store{Id: 9, Address: "f:1", Labels: []*metapb.StoreLabel{{Key: "engine", Value: "tiflash"}}}
 	tomb := &metapb.Store{Id: 8, Address: "t:1", State: metapb.StoreState_Tombstone}
-	h := newGCHold(fakeStores{{Id: 2, Address: "b:1", StatusAddress: "b:2"}, tiflash, tomb, {Id: 1, Address: "a:1", StatusAddress: "a:2"}}, prog, hclog.NewNullLogger())
+	h := newGCHold(fakeStores{{Id: 2, Address: "b:1", StatusAddress: "b:2"}, tiflash, tomb, {Id: 1, Address: "a:1", StatusAddress: "a:2"}}, prog, hclog.NewNullLogger(), connector.TLS{}, http.DefaultClient)
 	stores, err := h.tikvStores(ctx)
 	require.NoError(t, err)
 	require.Len(t, stores, 2)
 	require.Equal(t, []uint64{1, 2}, []uint64{stores[0].GetId(), stores[1].GetId()})
 
-	h = newGCHold(fakeStores{{Id: 1, Address: "a:1", StatusAddress: "a:2"}, {Id: 2, Address: "b:1"}}, prog, hclog.NewNullLogger())
+	h = newGCHold(fakeStores{{Id: 1, Address: "a:1", StatusAddress: "a:2"}, {Id: 2, Address: "b:1"}}, prog, hclog.NewNullLogger(), connector.TLS{}, http.DefaultClient)
 	err = h.start(ctx, time.Hour)
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.Contains(t, err.Error(), "store 2 (b:1) has no status address in PD")
 	require.Empty(t, prog.gcRatios(), "nothing changed")
 
-	require.Equal(t, "http://a:2/config", statusURL("a:2"))
-	require.Equal(t, "https://a:2/config", statusURL("https://a:2/"))
+	require.Equal(t, "http://a:2/config", statusURL(connector.TLS{}, "a:2"))
+	require.Equal(t, "https://a:2/config", statusURL(connector.TLS{}, "https://a:2/"))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground/cluster"
 	"github.com/pitr-io/pitr/playground/importer"
@@ -47,7 +48,7 @@ func TestWriteChunkBusy(t *testing.T) {
 	ctx := context.Background()
 	tgt := startImportTarget(t, ctx, importer.Limits{BusyFiles: 2, BusyWindow: 1500 * time.Millisecond})
 	cli := newTargetClient(t, tgt.PDAddr())
-	target, err := dialTarget(ctx, []string{tgt.PDAddr()}, hclog.NewNullLogger())
+	target, err := dialTarget(ctx, []string{tgt.PDAddr()}, connector.TLS{}, hclog.NewNullLogger())
 	require.NoError(t, err)
 	defer target.Close()
 	target.maxAttempts = 2

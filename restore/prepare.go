@@ -15,10 +15,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -101,11 +101,10 @@ var loweredConfig = []string{"max-merge-region-size", "max-merge-region-keys", "
 func prepareTarget(ctx context.Context, o Options, log hclog.Logger, tgt *target, plan *Plan) (undo func(), err error) {
 	po := o.Prepare
 	po.setDefaults()
-	if err := checkNotInUse(ctx, o.PDAddrs); err != nil {
+	if err := checkNotInUse(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Timeout: 10 * time.Second}); err != nil {
 		return nil, err
 	}
-	ps := &pdSchedule{log: log.Named("pd-schedule"), addrs: pdHTTPAddrs(o.PDAddrs), ttl: po.PauseTTL,
-		http: &http.Client{Timeout: 10 * time.Second}}
+	ps := &pdSchedule{log: log.Named("pd-schedule"), addrs: pdHTTPAddrs(o.TLS, o.PDAddrs), ttl: po.PauseTTL, http: tgt.http}
 	if err := ps.pause(ctx); err != nil {
 		ps.resume()
 		return nil, err
@@ -118,10 +117,10 @@ func prepareTarget(ctx context.Context, o Options, log hclog.Logger, tgt *target
 
 // checkNotInUse refuses a target whose PD etcd registers a BR log backup,
 // a TiCDC changefeed or a pitr task.
-func checkNotInUse(ctx context.Context, addrs []string) error {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+func checkNotInUse(ctx context.Context, c connector.Config) error {
+	cli, err := connector.Etcd(ctx, c, task.Root)
 	if err != nil {
-		return fmt.Errorf("%w: connect to the target's etcd %s: %v", ErrUnavailable, strings.Join(addrs, ","), err)
+		return fmt.Errorf("the target's etcd: %w", err)
 	}
 	defer cli.Close()
 	first := func(prefix, contains string) (string, error) {
@@ -161,13 +160,10 @@ func checkNotInUse(ctx context.Context, addrs []string) error {
 
 // pdHTTPAddrs turns PD addresses into base URLs of its HTTP API, which PD
 // serves on its client URL.
-func pdHTTPAddrs(addrs []string) []string {
+func pdHTTPAddrs(t connector.TLS, addrs []string) []string {
 	out := make([]string, 0, len(addrs))
 	for _, a := range addrs {
-		if !strings.HasPrefix(a, "http://") && !strings.HasPrefix(a, "https://") {
-			a = "http://" + a
-		}
-		out = append(out, strings.TrimSuffix(a, "/"))
+		out = append(out, connector.URL(t, strings.TrimSuffix(a, "/"), ""))
 	}
 	return out
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cluster"
 	"github.com/pitr-io/pitr/playground/pd"
@@ -225,7 +226,7 @@ func TestRestorePrepare(t *testing.T) {
 		// Other TiCDC keys (no changefeed) do not refuse.
 		_, err := tgt.PD.Etcd().Put(ctx, "/tidb/cdc/default/__cdc_meta__/owner/1", "x")
 		require.NoError(t, err)
-		require.NoError(t, checkNotInUse(ctx, []string{tgt.PDAddr()}))
+		require.NoError(t, checkNotInUse(ctx, connector.Config{PDAddrs: []string{tgt.PDAddr()}}))
 	})
 }
 
@@ -240,7 +241,7 @@ func TestPauseKeepalive(t *testing.T) {
 	require.NoError(t, err)
 	defer srv.Close()
 
-	ps := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs([]string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient}
+	ps := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs(connector.TLS{}, []string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient}
 	require.NoError(t, ps.pause(ctx))
 	require.ElementsMatch(t, []string{pd.SchedulerBalanceLeader, pd.SchedulerBalanceRegion, pd.SchedulerBalanceHotRegion}, ps.schedulers)
 	for end := time.Now().Add(3500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
@@ -254,7 +255,7 @@ func TestPauseKeepalive(t *testing.T) {
 	require.EqualValues(t, 8, srv.ScheduleConfig("merge-schedule-limit"))
 
 	// A restore that dies leaves a pause that lapses within the TTL.
-	left := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs([]string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient}
+	left := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs(connector.TLS{}, []string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient}
 	require.NoError(t, left.pause(ctx))
 	close(left.stop)
 	left.wg.Wait()

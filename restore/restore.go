@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/merge"
 )
@@ -31,6 +32,9 @@ type Options struct {
 	Source Source
 	// PDAddrs are the PD addresses of the target cluster.
 	PDAddrs []string
+	// TLS is the target cluster's TLS set-up (zero: plaintext), for PD,
+	// its etcd and HTTP API, and every store's gRPC and status ports.
+	TLS connector.TLS
 	// RestoreTS is T.
 	RestoreTS uint64
 	// Snapshot is a base snapshot URL; not supported by this build.
@@ -158,7 +162,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tgt, err := dialTarget(ctx, o.PDAddrs, log)
+	tgt, err := dialTarget(ctx, o.PDAddrs, o.TLS, log)
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +186,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	defer func() {
 		// Set GC back (recorded by this run or by one that was killed).
-		if gerr := restoreGC(ctx, tgt.pd, prog, log); gerr != nil {
+		if gerr := restoreGC(ctx, tgt.pd, prog, log, tgt.tls, tgt.http); gerr != nil {
 			if err == nil {
 				err = gerr
 			} else {
@@ -263,7 +267,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	defer undo()
-	hold := newGCHold(tgt.pd, prog, log)
+	hold := newGCHold(tgt.pd, prog, log, tgt.tls, tgt.http)
 	if err := hold.start(ctx, o.GCHoldInterval); err != nil {
 		return nil, err
 	}

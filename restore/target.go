@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -17,16 +18,15 @@ import (
 	"github.com/pingcap/kvproto/pkg/tikvpb"
 	"github.com/tikv/client-go/v2/util/codec"
 	pd "github.com/tikv/pd/client"
-	"github.com/tikv/pd/client/opt"
-	"github.com/tikv/pd/client/pkg/caller"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/pitr-io/pitr/connector"
 )
 
 // ErrUnavailable: the target cluster (PD or a store) could not be reached.
-var ErrUnavailable = errors.New("target cluster unavailable")
+var ErrUnavailable = connector.ErrUnavailable
 
 // target is the cluster restore writes into: PD for the topology and TSO,
 // each store's import_sstpb service for the data (TIKV-PROTOCOLS.md §3.4:
@@ -36,6 +36,8 @@ type target struct {
 	pd        pd.Client
 	clusterID uint64
 	log       hclog.Logger
+	tls       connector.TLS
+	http      *http.Client // PD's HTTP API and the stores' status ports
 
 	mu      sync.Mutex
 	regions []*region // sorted by start, disjoint
@@ -74,17 +76,20 @@ func (r *region) contains(key []byte) bool {
 	return bytes.Compare(key, r.start) >= 0 && beforeEnd(key, r.end)
 }
 
-func dialTarget(ctx context.Context, addrs []string, log hclog.Logger) (*target, error) {
+func dialTarget(ctx context.Context, addrs []string, tls connector.TLS, log hclog.Logger) (*target, error) {
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("%w: no PD address", ErrUnavailable)
 	}
-	cli, err := pd.NewClientWithContext(ctx, caller.Component("pitr-restore"), addrs, pd.SecurityOption{},
-		opt.WithMaxErrorRetry(5), opt.WithInitMetricsOption(false), opt.WithCustomTimeoutOption(10*time.Second))
+	hc, err := connector.HTTPClient(tls, 10*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to PD %s: %v", ErrUnavailable, strings.Join(addrs, ","), err)
+		return nil, err
+	}
+	cli, err := connector.PD(ctx, connector.Config{PDAddrs: addrs, TLS: tls, Timeout: 10 * time.Second, Component: "pitr-restore"})
+	if err != nil {
+		return nil, err
 	}
 	return &target{
-		pd: cli, clusterID: cli.GetClusterID(ctx), log: log,
+		pd: cli, clusterID: cli.GetClusterID(ctx), log: log, tls: tls, http: hc,
 		conns:       map[uint64]*grpc.ClientConn{},
 		maxAttempts: 30, minBackoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second,
 		busyTimeout: DefaultBusyTimeout, busyMinBackoff: busyMinBackoff, busyMaxBackoff: busyMaxBackoff,
@@ -251,7 +256,7 @@ func (t *target) conn(ctx context.Context, storeID uint64) (*grpc.ClientConn, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: store %d address: %v", ErrUnavailable, storeID, err)
 	}
-	c, err = grpc.NewClient(st.GetAddress(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err = connector.Dial(st.GetAddress(), t.tls,
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20), grpc.MaxCallRecvMsgSize(64<<20), grpc.ForceCodec(gogoCodec{})),
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20))
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/tikv/client-go/v2/txnkv"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/importer"
@@ -139,7 +140,7 @@ func TestWriteChunkRegionChanged(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tgt := startImportTarget(t, ctx, importer.Limits{BusyFiles: -1})
 			cli := newTargetClient(t, tgt.PDAddr())
-			target, err := dialTarget(ctx, []string{tgt.PDAddr()}, hclog.NewNullLogger())
+			target, err := dialTarget(ctx, []string{tgt.PDAddr()}, connector.TLS{}, hclog.NewNullLogger())
 			require.NoError(t, err)
 			defer target.Close()
 			var once sync.Once

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
@@ -145,7 +146,7 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 	}
 	defer p.Close()
 	pdAddrs := []string{p.PDAddr()}
-	cl, err := coordinator.Connect(ctx, pdAddrs, 10*time.Second, "pitr-bench")
+	cl, err := coordinator.Connect(ctx, connector.Config{PDAddrs: pdAddrs, Timeout: 10 * time.Second, Component: "pitr-bench"})
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
-	pclog "github.com/pingcap/log"
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/agent"
@@ -38,6 +37,8 @@ type agentFile struct {
 	UploadConcurrency int      `toml:"upload-concurrency"`
 	RegionInterval    duration `toml:"region-interval"`
 	ConnectTimeout    duration `toml:"connect-timeout"`
+	// Security: TLS to the cluster, and the CNs the Agent service accepts.
+	Security securityFile `toml:"security"`
 }
 
 type duration struct{ time.Duration }
@@ -85,6 +86,7 @@ func parseSize(s string) (int64, error) {
 type agentOptions struct {
 	configPath string
 	logLevel   string
+	tls        tlsFlags
 	cfg        agent.Config
 	drain      time.Duration // bound on the final flush at shutdown
 }
@@ -119,6 +121,7 @@ SIGINT/SIGTERM stop it after a last flush.`,
 	f.StringVar(&listen, "listen", agent.DefaultListenAddr, "Agent gRPC service listen address")
 	f.StringVar(&httpAddr, "http", agent.DefaultHTTPAddr, "/metrics and /healthz listen address (- disables)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	o.tls.register(f)
 	return c
 }
 
@@ -127,11 +130,14 @@ SIGINT/SIGTERM stop it after a last flush.`,
 func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, dataDir, listen, httpAddr string) error {
 	o.drain = 30 * time.Second
 	cfg := &o.cfg
+	var sec *securityFile
 	if o.configPath != "" {
 		var file agentFile
 		if err := decodeConfigFile(o.configPath, &file); err != nil {
 			return err
 		}
+		sec = &file.Security
+		cfg.AllowedCN = file.Security.CertAllowedCN
 		cfg.PDAddrs, cfg.TiKVAddr, cfg.DataDir = file.PD, file.TiKV, file.DataDir
 		cfg.ListenAddr, cfg.AdvertiseAddr, cfg.HTTPAddr = file.Listen, file.Advertise, file.HTTP
 		cfg.FlushInterval, cfg.RegionInterval, cfg.ConnectTimeout = file.FlushInterval.Duration, file.RegionInterval.Duration, file.ConnectTimeout.Duration
@@ -150,6 +156,7 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 			}
 		}
 	}
+	cfg.TLS = o.tls.get(sec, changed)
 	if changed("tikv") || cfg.TiKVAddr == "" {
 		cfg.TiKVAddr = tikv
 	}
@@ -199,15 +206,7 @@ func decodeConfigFile(path string, v any) error {
 func runAgent(ctx context.Context, stderr io.Writer, o *agentOptions) error {
 	level := hclog.LevelFromString(o.logLevel)
 	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr})
-	// client-go's and the PD client's own logs (pingcap/log): warnings and
-	// errors only, unless debugging.
-	plevel := "warn"
-	if level <= hclog.Debug {
-		plevel = "info"
-	}
-	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: plevel}); err == nil {
-		pclog.ReplaceGlobals(lg, props)
-	}
+	routeClientLogs(stderr, level)
 	cfg := o.cfg
 	cfg.Logger = log
 	a, err := agent.New(cfg)

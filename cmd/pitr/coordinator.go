@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	pclog "github.com/pingcap/log"
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/coordinator"
@@ -31,6 +30,8 @@ type coordinatorFile struct {
 	// ResolveLocksAfter: resolve dead transactions' locks in ranges whose
 	// checkpoint lags more than this ("60s" by default; negative: off).
 	ResolveLocksAfter duration `toml:"resolve-locks-after"`
+	// Security: TLS to the cluster and to the agents.
+	Security securityFile `toml:"security"`
 }
 
 // coordinatorOptions is what `pitr coordinator` runs with, after defaults,
@@ -38,6 +39,7 @@ type coordinatorFile struct {
 type coordinatorOptions struct {
 	configPath string
 	logLevel   string
+	tls        tlsFlags
 	cfg        coordinator.Config
 }
 
@@ -74,6 +76,7 @@ stop.`,
 	f.DurationVar(&tick, "tick", coordinator.DefaultTickInterval, "time between checkpoint computations")
 	f.DurationVar(&ttl, "safepoint-ttl", coordinator.DefaultSafePointTTL, "TTL of the PD GC safepoint held per task")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	o.tls.register(f)
 	return c
 }
 
@@ -81,10 +84,15 @@ stop.`,
 // Validate.
 func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd, httpAddr, id string, tick, ttl time.Duration) error {
 	cfg := &o.cfg
+	var sec *securityFile
 	if o.configPath != "" {
 		var file coordinatorFile
 		if err := decodeConfigFile(o.configPath, &file); err != nil {
 			return err
+		}
+		sec = &file.Security
+		if len(file.Security.CertAllowedCN) > 0 {
+			return usageErrorf("--config %s: security.cert-allowed-cn is an agent setting (the coordinator serves no gRPC)", o.configPath)
 		}
 		cfg.PDAddrs, cfg.ID, cfg.HTTPAddr = file.PD, file.ID, file.HTTP
 		cfg.TickInterval, cfg.PollTimeout = file.TickInterval.Duration, file.PollTimeout.Duration
@@ -101,6 +109,7 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 	if changed("http") || cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = httpAddr
 	}
+	cfg.TLS = o.tls.get(sec, changed)
 	if changed("id") {
 		cfg.ID = id
 	}
@@ -130,27 +139,11 @@ func splitAddrs(s string) []string {
 	return out
 }
 
-// quietPDClient keeps the PD client's own logs (pingcap/log) to warnings
-// and errors, unless debugging; hclog.Off silences them (one-shot commands
-// print one line).
-func quietPDClient(level hclog.Level) {
-	plevel := "warn"
-	switch {
-	case level == hclog.Off:
-		plevel = "fatal"
-	case level <= hclog.Debug:
-		plevel = "info"
-	}
-	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: plevel}); err == nil {
-		pclog.ReplaceGlobals(lg, props)
-	}
-}
-
 // runCoordinator campaigns and leads until ctx ends (SIGINT/SIGTERM), then
 // resigns.
 func runCoordinator(ctx context.Context, stderr io.Writer, o *coordinatorOptions) error {
 	level := hclog.LevelFromString(o.logLevel)
-	quietPDClient(level)
+	routeClientLogs(stderr, level)
 	cfg := o.cfg
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr})
 	co, err := coordinator.New(cfg)

@@ -19,6 +19,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
@@ -178,7 +179,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 	if d.kv, err = workload.Connect(ctx, []string{pdAddr}); err != nil {
 		return fmt.Errorf("connect client-go: %w", err)
 	}
-	if d.cl, err = coordinator.Connect(ctx, []string{pdAddr}, 10*time.Second, "pitr-demo"); err != nil {
+	if d.cl, err = coordinator.Connect(ctx, connector.Config{PDAddrs: []string{pdAddr}, Timeout: 10 * time.Second, Component: "pitr-demo"}); err != nil {
 		return fmt.Errorf("connect PD: %w", err)
 	}
 	storageURL := "file://" + filepath.Join(d.dir, "backup")

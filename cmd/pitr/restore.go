@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
-	pclog "github.com/pingcap/log"
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/restore"
@@ -28,6 +27,7 @@ type restoreOptions struct {
 	memory       string
 	noProgress   bool
 	logLevel     string
+	tls          tlsFlags
 }
 
 func newRestoreCmd() *cobra.Command {
@@ -77,6 +77,7 @@ cluster.`,
 	f.StringVar(&o.memory, "memory", "1GiB", "memory budget for reading and writing")
 	f.BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
 	f.StringVar(&o.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
+	o.tls.register(f)
 	return c
 }
 
@@ -108,7 +109,17 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	if level == hclog.NoLevel {
 		return usageErrorf("pitr restore: --log-level %q: want trace, debug, info, warn or error", o.logLevel)
 	}
-	quietRestoreClients(level)
+	// The clients' logs would tear the progress bar: errors only, unless
+	// debugging.
+	clientLevel := hclog.Error
+	if level <= hclog.Debug {
+		clientLevel = level
+	}
+	routeClientLogs(stderr, clientLevel)
+	tlsCfg := o.tls.get(nil, func(string) bool { return true })
+	if err := tlsCfg.Validate(); err != nil {
+		return usageErrorf("pitr restore: %v", err)
+	}
 	src, err := openBackupStorage(ctx, o.storage)
 	if err != nil {
 		return err
@@ -125,6 +136,7 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	opts := restore.Options{
 		Source:       src,
 		PDAddrs:      restoreAddrs(o.pd),
+		TLS:          tlsCfg,
 		RestoreTS:    ts,
 		Force:        o.force,
 		ProgressFile: o.progressFile,
@@ -200,16 +212,4 @@ func restoreAddrs(s string) []string {
 		}
 	}
 	return out
-}
-
-// quietRestoreClients keeps the PD client's own logs (pingcap/log) to
-// errors unless debugging: they would tear the progress bar.
-func quietRestoreClients(level hclog.Level) {
-	plevel := "error"
-	if level <= hclog.Debug {
-		plevel = "info"
-	}
-	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: plevel}); err == nil {
-		pclog.ReplaceGlobals(lg, props)
-	}
 }

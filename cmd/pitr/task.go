@@ -12,8 +12,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
-	"github.com/tikv/client-go/v2/txnkv"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/task"
 )
@@ -23,6 +23,7 @@ type taskOptions struct {
 	pd      string
 	timeout time.Duration
 	gcTTL   time.Duration
+	tls     tlsFlags
 }
 
 // taskStartOptions are the flags of `pitr task start`.
@@ -92,6 +93,7 @@ error. Without NAME, a table of every task; with NAME, the detail.`,
 	for _, c := range []*cobra.Command{start, status, pause, resume, stop} {
 		c.Flags().StringVar(&o.pd, "pd", "", "PD addresses, comma separated")
 		c.Flags().DurationVar(&o.timeout, "timeout", 10*time.Second, "bound on reaching PD and etcd")
+		o.tls.register(c.Flags())
 	}
 	for _, c := range []*cobra.Command{start, pause, resume} {
 		c.Flags().DurationVar(&o.gcTTL, "gc-ttl", coordinator.DefaultSafePointTTL, "TTL of the GC safepoint set here (the coordinator refreshes it)")
@@ -137,21 +139,30 @@ func (o *taskOptions) check(cmd *cobra.Command) ([]string, error) {
 	if o.timeout <= 0 {
 		return nil, usageErrorf("%s: --timeout must be positive", cmd.CommandPath())
 	}
+	if err := o.tls.get(nil, func(string) bool { return true }).Validate(); err != nil {
+		return nil, usageErrorf("%s: %v", cmd.CommandPath(), err)
+	}
 	return addrs, nil
+}
+
+// connCfg is how the task commands reach the cluster.
+func (o *taskOptions) connCfg(addrs []string) connector.Config {
+	return connector.Config{PDAddrs: addrs, TLS: o.tls.get(nil, func(string) bool { return true }), Timeout: o.timeout, Component: "pitr-cli"}
 }
 
 // connect reaches PD and its etcd within the timeout (PD only when
 // withPD).
 func (o *taskOptions) connect(ctx context.Context, cmd *cobra.Command, addrs []string, withPD bool) (*coordinator.Clients, error) {
-	quietPDClient(hclog.Off)
+	routeClientLogs(cmd.ErrOrStderr(), hclog.Off)
+	cc := o.connCfg(addrs)
 	if withPD {
-		cl, err := coordinator.Connect(ctx, addrs, o.timeout, "pitr-cli")
+		cl, err := coordinator.Connect(ctx, cc)
 		if err != nil {
 			return nil, taskErr(cmd, err)
 		}
 		return cl, nil
 	}
-	e, err := coordinator.ConnectEtcd(ctx, addrs, o.timeout)
+	e, err := coordinator.ConnectEtcd(ctx, cc)
 	if err != nil {
 		return nil, taskErr(cmd, err)
 	}
@@ -237,9 +248,9 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	defer cl.Close()
 	// A snapshot read at the start ts tells whether the log alone will be
 	// a complete base for restores (TaskInfo.started_empty).
-	kv, err := txnkv.NewClient(addrs)
+	kv, err := connector.KV(ctx, o.connCfg(addrs))
 	if err != nil {
-		return withExit(ExitUnavailable, fmt.Errorf("%s: connect to TiKV through PD %s: %v", path, strings.Join(addrs, ","), err))
+		return withExit(ExitUnavailable, fmt.Errorf("%s: connect to TiKV: %v", path, err))
 	}
 	defer kv.Close()
 	opts.EmptyAt = coordinator.EmptyAtTiKV(kv)
