@@ -10,11 +10,16 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Until a command routes them at its own level: the PD client's and
+	// client-go's warnings on stderr, nothing on stdout.
+	routeClientLogs(os.Stderr, hclog.Warn)
 	root := newRootCmd()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
