@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	pclog "github.com/pingcap/log"
+	"github.com/hashicorp/go-hclog"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cdc"
 	"github.com/pitr-io/pitr/playground/cluster"
@@ -180,8 +182,5 @@ func engine2PC(eng *mvcc.Engine, workers int, d time.Duration) float64 {
 // quietClientGo sends client-go's and the PD client's logs (pingcap/log) to
 // stderr at error level only, so the table stays readable.
 func quietClientGo() {
-	lg, props, err := pclog.InitLogger(&pclog.Config{Level: "error"})
-	if err == nil {
-		pclog.ReplaceGlobals(lg, props)
-	}
+	connector.RouteClientLogs(hclog.New(&hclog.LoggerOptions{Name: "client", Level: hclog.Error, Output: os.Stderr}))
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	pclog "github.com/pingcap/log"
 	"github.com/spf13/cobra"
 	"github.com/tikv/client-go/v2/txnkv"
 
@@ -99,11 +98,9 @@ func runDemo(cmd *cobra.Command, o *demoOptions) error {
 	if level == hclog.NoLevel {
 		return usageErrorf("pitr demo: --log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
-	// client-go and the PD client log through pingcap/log; keep them quiet
-	// unless asked.
-	if lg, props, err := pclog.InitLogger(&pclog.Config{Level: o.logLevel}); err == nil {
-		pclog.ReplaceGlobals(lg, props)
-	}
+	// client-go and the PD client log through pingcap/log: to stderr at the
+	// demo's level, never on stdout (the demo's report).
+	routeClientLogs(cmd.ErrOrStderr(), level)
 	d := &demoRun{
 		out:   cmd.OutOrStdout(),
 		log:   hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: cmd.ErrOrStderr()}),
