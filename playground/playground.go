@@ -5,6 +5,11 @@
 // safepoints and each store's gc.ratio-threshold, and an HTTP control API
 // for topology changes.
 //
+// With Config.TLSDir set, PD, etcd, PD's HTTP API and every store's gRPC
+// and status servers serve TLS and require a client certificate, as a
+// cluster with security configured does; ClientTLS returns the files a
+// client needs. The control API stays plain HTTP.
+//
 // It is the test bed of pitr and the embedded default of `pitr demo`; see
 // DESIGN.md §8 for the rules it follows and TIKV-PROTOCOLS.md for the
 // protocol behaviour it reproduces. It is imported only by tests, cmd/pitr
@@ -13,6 +18,7 @@ package playground
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -28,6 +34,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pitr-io/pitr/playground/cdc"
+	"github.com/pitr-io/pitr/playground/certs"
 	"github.com/pitr-io/pitr/playground/cluster"
 	"github.com/pitr-io/pitr/playground/importer"
 	"github.com/pitr-io/pitr/playground/mvcc"
@@ -84,7 +91,15 @@ type Config struct {
 	// without a leader until their leaders heartbeat (default 3s; TiKV's
 	// region heartbeat comes every 60s).
 	PDLeaderDelay time.Duration
-	Logger        hclog.Logger
+	// TLSDir, when set, turns TLS on: the test PKI in it is generated, or
+	// reused when all of its files exist (see package certs), and PD (gRPC,
+	// etcd and the HTTP API on its one port) and every store (gRPC and
+	// status API) serve TLS with the server certificate and require a
+	// client certificate signed by its CA, as TiKV and PD do with
+	// security.ca-path/cert-path/key-path set. The control API is not
+	// affected.
+	TLSDir string
+	Logger hclog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -130,6 +145,9 @@ type Playground struct {
 	// across a restart).
 	PD *pd.Server
 
+	// tls is the PKI the servers use; nil when TLS is off.
+	tls *certs.Paths
+
 	pdMu  sync.Mutex // guards PD against RestartPD
 	pdDir string
 	tmpPD bool // pdDir is a temporary directory Close removes
@@ -161,6 +179,15 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		return nil, fmt.Errorf("tikv version: %w", err)
 	}
 	log := cfg.Logger.Named("playground")
+	// The certificates first: a bad TLS dir fails before anything opens.
+	var tlsPaths *certs.Paths
+	if cfg.TLSDir != "" {
+		paths, err := certs.Ensure(cfg.TLSDir)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		tlsPaths = &paths
+	}
 	var dataDir, pdDir string
 	if cfg.Dir != "" {
 		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -179,11 +206,15 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel, ssts: importer.NewRegistry(),
 		pdDir: pdDir}
+	// The error returns below set p to nil, so close what was built
+	// through a copy of it.
+	built := p
 	defer func() {
 		if err != nil {
-			p.Close()
+			_ = built.Close()
 		}
 	}()
+	p.tls = tlsPaths
 	if p.pdDir == "" {
 		// PD keeps its etcd across RestartPD even without Dir.
 		if p.pdDir, err = os.MkdirTemp("", "pitr-playground-pd-*"); err != nil {
@@ -245,6 +276,14 @@ func (p *Playground) startStore(id uint64, addr, statusAddr string) error {
 		MemoryQuota:   p.cfg.CDCMemoryQuota,
 		Version:       p.cfg.TiKVVersion,
 	})
+	var tlsCfg *tls.Config
+	if p.tls != nil {
+		// Read the files at every start, as a restarted TiKV process would.
+		var err error
+		if tlsCfg, err = certs.ServerConfig(*p.tls); err != nil {
+			return fmt.Errorf("start store %d: %w", id, err)
+		}
+	}
 	imp := importer.New(importer.Config{StoreID: id, Cluster: p.Cluster, Engine: p.Engine, SSTs: p.ssts,
 		Limits: p.cfg.Import, Logger: p.cfg.Logger.Named(fmt.Sprintf("import-%d", id))})
 	tcfg := tikv.Config{
@@ -254,6 +293,7 @@ func (p *Playground) startStore(id uint64, addr, statusAddr string) error {
 		Cluster:    p.Cluster,
 		Engine:     p.Engine,
 		Logger:     p.cfg.Logger.Named(fmt.Sprintf("tikv-%d", id)),
+		TLS:        tlsCfg,
 		Register:   []func(*grpc.Server){svc.Register, imp.Register},
 	}
 	srv, err := tikv.Start(tcfg)
@@ -286,6 +326,7 @@ func (p *Playground) startPD(ctx context.Context, addr string, leadersUnknown ti
 		GCLifeTime:        p.cfg.GCLifeTime,
 		LeadersUnknownFor: leadersUnknown,
 		BalanceInterval:   p.cfg.BalanceInterval,
+		TLS:               p.tls,
 	})
 }
 
@@ -368,7 +409,21 @@ func (p *Playground) ImportMode(ctx context.Context) (map[uint64]import_sstpb.Sw
 // PDAddr returns the PD (and etcd) client address.
 func (p *Playground) PDAddr() string { return p.pd().Addr() }
 
-// CtlAddr returns the control API address.
+// ClientTLS returns the files a client of the playground's PD, etcd and
+// stores needs (pitr's --ca, --cert and --key; pd.SecurityOption's CAPath,
+// CertPath and KeyPath), or the zero value when TLS is off.
+func (p *Playground) ClientTLS() certs.ClientFiles {
+	if p.tls == nil {
+		return certs.ClientFiles{}
+	}
+	return p.tls.Client()
+}
+
+// CtlAddr returns the control API address. The control API is the
+// playground's own (not part of TiKV or PD) and serves plain HTTP even
+// when TLS is on: it listens on loopback for tests and the pitr
+// playground command, and keeping it plain lets them drive a TLS cluster
+// without a client certificate.
 func (p *Playground) CtlAddr() string {
 	if p.ctlLn == nil {
 		return ""

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cdc"
+	"github.com/pitr-io/pitr/playground/certs"
 )
 
 type playgroundOptions struct {
@@ -21,12 +23,13 @@ type playgroundOptions struct {
 	tikvVer  string
 	replicas int
 	gc       time.Duration
+	tlsDir   string
 }
 
 func newPlaygroundCmd() *cobra.Command {
 	o := &playgroundOptions{}
 	c := &cobra.Command{
-		Use:   "playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR]",
+		Use:   "playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR] [--tls-dir D]",
 		Short: "Run a local TiKV/PD-compatible cluster (test bed and demo default)",
 		Long: `Run a local cluster that speaks TiKV's and PD's gRPC protocols (tikvpb,
 cdcpb, import_sstpb, pdpb, and etcd on the PD port), for tests and demos.
@@ -47,7 +50,15 @@ key keeps its newest Put and loses a newest Delete with everything older.
 Each store also serves TiKV's status API on its own address (PD reports it as
 the store's status_address): GET /config, POST /config {"gc.ratio-threshold":
 "-1"}; a negative threshold turns GC off while every running store has it,
-and a store restart resets it to 1.1.`,
+and a store restart resets it to 1.1.
+
+--tls-dir D serves PD (gRPC, etcd and its HTTP API), every store's gRPC and
+status API with TLS and requires a client certificate, as a cluster with
+security configured does. The certificates in D are used when D holds all
+of ca.pem, server.pem, server-key.pem, client.pem and client-key.pem, and
+generated when it holds none of them; a client connects with
+--ca D/ca.pem --cert D/client.pem --key D/client-key.pem. The control API
+stays plain HTTP on its loopback address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd, o)
@@ -62,6 +73,7 @@ and a store restart resets it to 1.1.`,
 	f.IntVar(&o.replicas, "replicas", 0, "peers per region of a new cluster (default: every store), so /move-peer has somewhere to go")
 	f.StringVar(&o.tikvVer, "tikv-version", cdc.DefaultVersion, "TiKV version the stores report and behave as (e.g. 7.1.0)")
 	f.DurationVar(&o.gc, "gc-interval", playground.DefaultGCInterval, "how often GC runs; 0 turns it off")
+	f.StringVar(&o.tlsDir, "tls-dir", "", "serve TLS requiring client certificates, with the certificates in this directory (generated when it has none)")
 	return c
 }
 
@@ -91,8 +103,13 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	ctx := cmd.Context()
 	p, err := playground.Start(ctx, playground.Config{
 		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Replicas: o.replicas,
-		GCInterval: gcInterval, Logger: log,
+		GCInterval: gcInterval, TLSDir: o.tlsDir, Logger: log,
 	})
+	if errors.Is(err, certs.ErrIncomplete) {
+		// A --tls-dir holding part of a PKI is the user's to fix; nothing
+		// was written to it.
+		return withExit(ExitUsage, fmt.Errorf("--tls-dir: %w", err))
+	}
 	if err != nil {
 		return withExit(ExitUnavailable, fmt.Errorf("start playground: %w", err))
 	}
@@ -101,8 +118,16 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	fmt.Fprintf(out, "ctl: http://%s\n", p.CtlAddr())
 	addrs := p.StoreAddrs()
 	status := p.StatusAddrs()
+	scheme := "http"
+	if o.tlsDir != "" {
+		scheme = "https"
+	}
 	for _, id := range p.StoreIDs() {
-		fmt.Fprintf(out, "store %d: %s (status http://%s)\n", id, addrs[id], status[id])
+		fmt.Fprintf(out, "store %d: %s (status %s://%s)\n", id, addrs[id], scheme, status[id])
+	}
+	if files := p.ClientTLS(); files.CA != "" {
+		fmt.Fprintf(out, "tls: certificates in %s; clients need a certificate\n", o.tlsDir)
+		fmt.Fprintf(out, "client flags: --ca %s --cert %s --key %s\n", files.CA, files.Cert, files.Key)
 	}
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping")

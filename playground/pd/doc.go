@@ -3,6 +3,9 @@
 // Unmodified client-go and the Go PD client (github.com/tikv/pd/client)
 // connect to Server.Addr() for both: the PD client for members, TSO, regions,
 // stores and GC safepoints, and client-go's etcd client for its safepoint KV.
+// With Config.TLS set the one port serves all of it (gRPC, etcd, the HTTP
+// API) over TLS only, requiring a client certificate, and the member's
+// URLs are https.
 //
 // The region book is the shared playground/cluster.Cluster; this package only
 // answers questions about it (regions, leaders, stores, ids). Region keys on

@@ -53,7 +53,7 @@ func (g *grpcService) member() *pdpb.Member {
 		Name:          "pd",
 		MemberId:      g.s.memberID,
 		PeerUrls:      []string{g.s.peerURL},
-		ClientUrls:    []string{"http://" + g.s.addr},
+		ClientUrls:    []string{g.s.URL()},
 		BinaryVersion: cluster.StoreVersion,
 	}
 }

@@ -17,12 +17,14 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/pdpb"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 
+	"github.com/pitr-io/pitr/playground/certs"
 	"github.com/pitr-io/pitr/playground/cluster"
 )
 
@@ -63,6 +65,15 @@ type Config struct {
 	// heartbeats (TiKV pd-heartbeat-tick-interval, 60s). 0: leaders are
 	// known at once (a freshly bootstrapped cluster).
 	LeadersUnknownFor time.Duration
+	// TLS, when set, is PD's security config (security.cacert-path,
+	// cert-path, key-path; only CA, Cert and Key are used): the client
+	// URL, which carries pdpb gRPC, etcd and the HTTP API, and the peer
+	// URL serve https and require a client certificate signed by the CA,
+	// as PD does (pkg/utils/grpcutil ToTLSConfig, and the embedded etcd's
+	// ClientTLSInfo/PeerTLSInfo with ClientCertAuth in server/config).
+	// PD's own etcd client presents PD's certificate. Nil serves
+	// plaintext.
+	TLS *certs.Paths
 }
 
 // Server is a running playground PD.
@@ -192,11 +203,17 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.log.Debug("port taken, retrying", "error", err)
 	}
 
-	s.cli, err = clientv3.New(clientv3.Config{
-		Endpoints:   []string{s.addr},
+	ccfg := clientv3.Config{
+		Endpoints:   []string{s.URL()},
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if cfg.TLS != nil {
+		if ccfg.TLS, err = s.tlsInfo(false).ClientConfig(); err != nil {
+			return fail(fmt.Errorf("pd: etcd client tls: %w", err))
+		}
+	}
+	s.cli, err = clientv3.New(ccfg)
 	if err != nil {
 		return fail(fmt.Errorf("pd: etcd client: %w", err))
 	}
@@ -216,15 +233,22 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		go s.runBalancer(cfg.BalanceInterval)
 	}
 
-	s.log.Info("pd started", "addr", s.addr, "cluster_id", s.clusterID, "dir", s.dir)
+	s.log.Info("pd started", "addr", s.addr, "cluster_id", s.clusterID, "dir", s.dir, "tls", cfg.TLS != nil)
 	return s, nil
 }
 
 func (s *Server) startEtcd(ctx context.Context, host string, clientPort, peerPort int) error {
-	clientURL := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(clientPort))}
-	peerURL := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(peerPort))}
+	clientURL := url.URL{Scheme: s.scheme(), Host: net.JoinHostPort(host, strconv.Itoa(clientPort))}
+	peerURL := url.URL{Scheme: s.scheme(), Host: net.JoinHostPort(host, strconv.Itoa(peerPort))}
 
 	ec := embed.NewConfig()
+	if s.cfg.TLS != nil {
+		// An https client URL makes etcd serve gRPC (ours and its own),
+		// HTTP and the UserHandlers on one TLS listener, requiring client
+		// certificates (embed/serve.go, the secure branch).
+		ec.ClientTLSInfo = s.tlsInfo(true)
+		ec.PeerTLSInfo = s.tlsInfo(true)
+	}
 	ec.Name = "pd"
 	ec.Dir = filepath.Join(s.dir, "pd")
 	ec.ListenClientUrls = []url.URL{clientURL}
@@ -299,6 +323,27 @@ func freePort(host string) (int, error) {
 
 // Addr returns the host:port of the PD client URL, which also serves etcd.
 func (s *Server) Addr() string { return s.addr }
+
+// URL returns the PD client URL as PD reports it: https:// when TLS is on.
+func (s *Server) URL() string { return s.scheme() + "://" + s.addr }
+
+func (s *Server) scheme() string {
+	if s.cfg.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// tlsInfo is the etcd form of cfg.TLS; server adds the requirement of a
+// verified client certificate.
+func (s *Server) tlsInfo(server bool) transport.TLSInfo {
+	return transport.TLSInfo{
+		CertFile:       s.cfg.TLS.Cert,
+		KeyFile:        s.cfg.TLS.Key,
+		TrustedCAFile:  s.cfg.TLS.CA,
+		ClientCertAuth: server,
+	}
+}
 
 // Etcd returns a client of the embedded etcd. It is owned by the Server and
 // closed by Close.

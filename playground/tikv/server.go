@@ -10,20 +10,21 @@
 package tikv
 
 import (
-	"time"
-
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/pingcap/kvproto/pkg/tikvpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // the fallback codec
 	"google.golang.org/grpc/health"
@@ -46,6 +47,14 @@ type Config struct {
 	Cluster    *cluster.Cluster
 	Engine     *mvcc.Engine
 	Logger     hclog.Logger
+	// TLS, when set, is the server side of the store's security config:
+	// both the gRPC server and the status server serve TLS with it and
+	// require a client certificate it verifies, as TiKV does once
+	// security.ca-path, cert-path and key-path are set
+	// (components/security/src/lib.rs bind() for gRPC; the status server
+	// in components/server/src/status_server/mod.rs verifies the peer
+	// too). Nil serves plaintext.
+	TLS *tls.Config
 	// Register adds extra services (cdcpb ChangeData, import_sstpb) to the
 	// store's gRPC server before it serves.
 	Register []func(*grpc.Server)
@@ -90,7 +99,7 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
-	status, err := startStatus(cfg.StatusAddr)
+	status, err := startStatus(cfg.StatusAddr, cfg.TLS, cfg.Logger.Named("status"))
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("status server: %w", err)
@@ -104,7 +113,7 @@ func Start(cfg Config) (*Server, error) {
 		health:   health.NewServer(),
 		serveErr: make(chan error, 1),
 	}
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		// Stop must not return while a handler may still touch the engine.
 		grpc.WaitForHandlers(true),
 		// TiKV limits neither direction (src/server/server.rs:
@@ -118,7 +127,11 @@ func Start(cfg Config) (*Server, error) {
 		// 10 s); MinTime 0 would mean grpc-go's default of 5 minutes.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 		grpc.ForceServerCodec(gogoCodec{fallback: encoding.GetCodec("proto")}),
-	)
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	tikvpb.RegisterTikvServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	for _, reg := range cfg.Register {
@@ -136,7 +149,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	go func() { s.serveErr <- s.grpc.Serve(ln) }()
-	s.log.Info("store serving", "store", cfg.StoreID, "addr", s.addr, "status_addr", status.addr())
+	s.log.Info("store serving", "store", cfg.StoreID, "addr", s.addr, "status_addr", status.addr(), "tls", cfg.TLS != nil)
 	return s, nil
 }
 

@@ -2,6 +2,7 @@ package tikv
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // The status server is a store's HTTP API on its own port, TiKV's
@@ -62,17 +65,25 @@ func defaultGCConfig() gcConfig {
 		EnableCompactionFilter: true, NumThreads: 1}
 }
 
-func startStatus(addr string) (*statusServer, error) {
+// startStatus serves the status API on addr, with TLS when tlsCfg is set
+// (HTTPS only, as TiKV's status server then accepts no plain HTTP).
+func startStatus(addr string, tlsCfg *tls.Config, log hclog.Logger) (*statusServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if tlsCfg != nil {
+		// The TCP listener's address is kept by the TLS listener's Addr.
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	s := &statusServer{ln: ln, gc: defaultGCConfig()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("GET /config", s.getConfig)
 	mux.HandleFunc("POST /config", s.postConfig)
-	s.srv = &http.Server{Handler: mux}
+	// Failed handshakes (a plaintext or certificate-less client) are the
+	// client's problem: log them at debug, not on stderr.
+	s.srv = &http.Server{Handler: mux, ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
