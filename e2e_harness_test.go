@@ -19,7 +19,7 @@ import (
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
-	"github.com/pitr-io/pitr/playground/workload"
+	"github.com/pitr-io/pitr/playground/certs"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
@@ -47,6 +47,8 @@ type pipeline struct {
 	src        *playground.Playground
 	kv         *txnkv.Client
 	cl         *coordinator.Clients
+	tls        connector.TLS // the source's (and the targets') TLS; zero: plaintext
+	tlsDir     string
 	task       string
 	storageURL string
 	startTS    uint64
@@ -73,15 +75,20 @@ func startPipeline(t *testing.T, ctx context.Context, name string, cfg playgroun
 	p := &pipeline{t: t, ctx: ctx, dir: t.TempDir(), task: name, agents: map[uint64]runningAgent{}}
 	p.log = hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: os.Stderr})
 	cfg.Dir, cfg.Logger = filepath.Join(p.dir, "src"), p.log
+	p.tlsDir = cfg.TLSDir
 	var err error
 	p.src, err = playground.Start(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.src.Close() })
 	pdAddr := p.src.PDAddr()
 	// client-go first: it rewrites pd/client globals that PD clients read.
-	p.kv = newKV(t, pdAddr)
+	p.tls = connector.TLS{}
+	if f := p.src.ClientTLS(); f.CA != "" {
+		p.tls = connector.TLS{CA: f.CA, Cert: f.Cert, Key: f.Key}
+	}
+	p.kv = newKV(t, pdAddr, p.tls)
 	t.Cleanup(func() { _ = p.kv.Close() })
-	p.cl, err = coordinator.Connect(ctx, connector.Config{PDAddrs: []string{pdAddr}, Timeout: 10 * time.Second, Component: "e2e"})
+	p.cl, err = coordinator.Connect(ctx, connector.Config{PDAddrs: []string{pdAddr}, TLS: p.tls, Timeout: 10 * time.Second, Component: "e2e"})
 	require.NoError(t, err)
 	t.Cleanup(p.cl.Close)
 
@@ -104,7 +111,7 @@ func startPipeline(t *testing.T, ctx context.Context, name string, cfg playgroun
 		}
 	})
 	for i := 0; i < 2; i++ {
-		c, err := coordinator.New(coordinator.Config{PDAddrs: []string{pdAddr}, ID: fmt.Sprintf("c%d", i),
+		c, err := coordinator.New(coordinator.Config{PDAddrs: []string{pdAddr}, TLS: p.tls, ID: fmt.Sprintf("c%d", i),
 			HTTPAddr: "-", SessionTTL: 2 * time.Second, TickInterval: 500 * time.Millisecond, Logger: p.log,
 			ResolveLocksAfter: 3 * time.Second, Locks: coordinator.NewLockResolver(p.kv.KVStore)})
 		require.NoError(t, err)
@@ -136,8 +143,15 @@ func (p *pipeline) goRun(name string, run func(context.Context) error) context.C
 
 // startAgent starts (or, after killAgent, restarts) the agent of a store.
 func (p *pipeline) startAgent(store uint64) {
+	// An agent serves and dials: with TLS it needs a certificate with both
+	// usages (the playground's server certificate has them).
+	atls := p.tls
+	if p.tls.Enabled() {
+		c := certs.PathsIn(p.tlsDir)
+		atls = connector.TLS{CA: c.CA, Cert: c.Cert, Key: c.Key}
+	}
 	a, err := agent.New(agent.Config{
-		PDAddrs: []string{p.src.PDAddr()}, TiKVAddr: p.src.StoreAddrs()[store],
+		PDAddrs: []string{p.src.PDAddr()}, TLS: atls, TiKVAddr: p.src.StoreAddrs()[store],
 		DataDir:    filepath.Join(p.dir, fmt.Sprintf("agent-%d", store)),
 		ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: time.Second, Logger: p.log,
 	})
@@ -165,9 +179,11 @@ func (p *pipeline) killLeader() bool {
 	return false
 }
 
-func newKV(t *testing.T, pdAddr string) *txnkv.Client {
+func newKV(t *testing.T, pdAddr string, tls connector.TLS) *txnkv.Client {
 	t.Helper()
-	cli, err := workload.Connect(context.Background(), []string{pdAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cli, err := connector.KV(ctx, connector.Config{PDAddrs: []string{pdAddr}, TLS: tls, Timeout: 10 * time.Second})
 	require.NoError(t, err)
 	return cli
 }
@@ -241,7 +257,9 @@ func requireSame(t *testing.T, want, got map[string][]byte, ts uint64) {
 // current ts: its GC, back on once the restore ended, may be past T.
 func (p *pipeline) restoreInto(i int, T uint64, splitAt ...string) (map[string][]byte, int64) {
 	t := p.t
-	dst, err := playground.Start(p.ctx, playground.Config{Stores: 3, GCInterval: time.Second, GCLifeTime: time.Second, Logger: p.log})
+	// With TLS, the target serves the source's certificates (the same CA).
+	dst, err := playground.Start(p.ctx, playground.Config{Stores: 3, GCInterval: time.Second, GCLifeTime: time.Second, Logger: p.log,
+		TLSDir: p.tlsDir})
 	require.NoError(t, err)
 	defer dst.Close()
 	for _, k := range splitAt {
@@ -249,10 +267,10 @@ func (p *pipeline) restoreInto(i int, T uint64, splitAt ...string) (map[string][
 		require.NoError(t, err)
 	}
 	backup := p.backup()
-	res, err := restore.Run(p.ctx, restore.Options{Source: backup, PDAddrs: []string{dst.PDAddr()}, RestoreTS: T,
+	res, err := restore.Run(p.ctx, restore.Options{Source: backup, PDAddrs: []string{dst.PDAddr()}, TLS: p.tls, RestoreTS: T,
 		ProgressFile: filepath.Join(p.dir, fmt.Sprintf("progress-%d", i)), Logger: p.log})
 	require.NoError(t, err, "restore to T=%d", T)
-	dkv := newKV(t, dst.PDAddr())
+	dkv := newKV(t, dst.PDAddr(), p.tls)
 	defer dkv.Close()
 	now, err := dkv.CurrentTimestamp("global")
 	require.NoError(t, err)

@@ -125,13 +125,30 @@ func KV(ctx context.Context, c Config) (*txnkv.Client, error) {
 	if err := c.TLS.Validate(); err != nil {
 		return nil, err
 	}
-	return openWithin(ctx, c.timeout(), "connect client-go to PD "+c.addrs(), func() (*txnkv.Client, error) {
+	timeout := c.timeout()
+	return openWithin(ctx, timeout, "connect client-go to PD "+c.addrs(), func() (*txnkv.Client, error) {
 		kvMu.Lock()
-		defer kvMu.Unlock()
 		config.UpdateGlobal(func(g *config.Config) {
 			g.Security = config.NewSecurity(c.TLS.CA, c.TLS.Cert, c.TLS.Key, nil)
 		})
-		return txnkv.NewClient(c.pdAddrs())
+		kv, err := txnkv.NewClient(c.pdAddrs())
+		kvMu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		// The first TSO: client-go's PD client may fail it while its
+		// service discovery settles.
+		deadline := time.Now().Add(timeout)
+		for {
+			if _, err = kv.CurrentTimestamp("global"); err == nil {
+				return kv, nil
+			}
+			if time.Now().After(deadline) {
+				_ = kv.Close()
+				return nil, fmt.Errorf("first timestamp: %w", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}, func(k *txnkv.Client) { _ = k.Close() })
 }
 

@@ -93,6 +93,15 @@ func TestTLSPlayground(t *testing.T) {
 	require.ErrorIs(t, err, ErrUnavailable)
 }
 
+func TestServeNeedsServerUsage(t *testing.T) {
+	p, err := certs.Ensure(t.TempDir())
+	require.NoError(t, err)
+	_, err = TLS{CA: p.CA, Cert: p.ClientCert, Key: p.ClientKey}.ServerConfig(nil)
+	require.ErrorContains(t, err, "for clients only")
+	_, err = TLS{CA: p.CA, Cert: p.Cert, Key: p.Key}.ServerConfig(nil)
+	require.NoError(t, err)
+}
+
 func TestTLSValidate(t *testing.T) {
 	dir := t.TempDir()
 	p, err := certs.Ensure(dir)

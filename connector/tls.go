@@ -116,6 +116,9 @@ func (t TLS) ServerConfig(allowedCN []string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := canServe(r.cur.cert); err != nil {
+		return nil, err
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
@@ -169,6 +172,26 @@ func (t TLS) ServerOption(allowedCN []string) (grpc.ServerOption, error) {
 		return nil, err
 	}
 	return grpc.Creds(credentials.NewTLS(cfg)), nil
+}
+
+// canServe refuses a certificate whose extended key usages leave out
+// server authentication (a client-only certificate): clients would refuse
+// every handshake with "incompatible key usage". A process that serves
+// and dials, as the agent does, needs both usages, as the component
+// certificates TiUP and TiDB Operator issue have.
+func canServe(c *tls.Certificate) error {
+	leaf := c.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return fmt.Errorf("tls: parse the certificate: %w", err)
+		}
+	}
+	if len(leaf.ExtKeyUsage) == 0 || slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) ||
+		slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny) {
+		return nil
+	}
+	return fmt.Errorf("tls: certificate %q is for clients only (no server authentication usage) and cannot serve", leaf.Subject.CommonName)
 }
 
 // verifyChain checks a peer's chain against roots for usage and, when
