@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/playground/certs"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -88,4 +91,40 @@ func TestAgentPDUnreachable(t *testing.T) {
 	require.Equal(t, ExitUnavailable, exitCode(err), "%v", err)
 	require.Contains(t, err.Error(), "connect to PD 127.0.0.1:1")
 	require.Less(t, time.Since(start), 10*time.Second)
+}
+
+// TestSecurityConfigLayers: [security] in the TOML, --ca/--cert/--key
+// over it, and TLS mistakes as usage errors.
+func TestSecurityConfigLayers(t *testing.T) {
+	dir := t.TempDir()
+	p, err := certs.Ensure(dir)
+	require.NoError(t, err)
+	file := writeFile(t, `
+pd = ["10.0.0.1:2379"]
+tikv = "10.0.0.5:20160"
+[security]
+ca-path = "`+p.CA+`"
+cert-path = "`+p.Cert+`"
+key-path = "`+p.Key+`"
+cert-allowed-cn = ["pitr-coordinator"]
+`)
+	o := agentOptions{configPath: file, logLevel: "info"}
+	require.NoError(t, loadAgentOptions(&o, func(string) bool { return false }, "", "", "", "127.0.0.1:0", "-"))
+	require.Equal(t, connector.TLS{CA: p.CA, Cert: p.Cert, Key: p.Key}, o.cfg.TLS)
+	require.Equal(t, []string{"pitr-coordinator"}, o.cfg.AllowedCN)
+
+	o = agentOptions{configPath: file, logLevel: "info", tls: tlsFlags{cert: p.ClientCert, key: p.ClientKey}}
+	changed := map[string]bool{"cert": true, "key": true}
+	require.NoError(t, loadAgentOptions(&o, func(n string) bool { return changed[n] }, "", "", "", "127.0.0.1:0", "-"))
+	require.Equal(t, connector.TLS{CA: p.CA, Cert: p.ClientCert, Key: p.ClientKey}, o.cfg.TLS, "the flags win")
+
+	o = agentOptions{logLevel: "info", tls: tlsFlags{cert: p.Cert}}
+	err = loadAgentOptions(&o, func(string) bool { return false }, "a:1", "b:2", "", "127.0.0.1:0", "-")
+	require.Equal(t, ExitUsage, exitCode(err))
+	require.ErrorContains(t, err, "--ca is required")
+
+	co := coordinatorOptions{configPath: writeFile(t, "pd = [\"a:1\"]\n[security]\ncert-allowed-cn = [\"x\"]\n"), logLevel: "info"}
+	err = loadCoordinatorOptions(&co, func(string) bool { return false }, "", "-", "", time.Second, time.Hour)
+	require.Equal(t, ExitUsage, exitCode(err))
+	require.ErrorContains(t, err, "agent setting")
 }
