@@ -25,6 +25,7 @@ import (
 
 	"github.com/pitr-io/pitr/connector"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -56,6 +57,10 @@ type Agent struct {
 	met      *metrics
 	reg      prometheus.Registerer
 	gatherer prometheus.Gatherer
+	// Every task's storage is a storage.Stack sharing these: one upload
+	// rate limit and one set of pitr_storage_* metrics.
+	upLimit *storage.RateLimited
+	storMet *storage.MetricsSet
 
 	pd        pd.Client
 	etcd      *clientv3.Client
@@ -131,7 +136,8 @@ func New(cfg Config) (*Agent, error) {
 			gath = prometheus.NewRegistry()
 		}
 	}
-	a := &Agent{cfg: cfg, log: log, reg: reg, gatherer: gath, tasks: map[string]*runner{}, started: time.Now()}
+	a := &Agent{cfg: cfg, log: log, reg: reg, gatherer: gath, tasks: map[string]*runner{}, started: time.Now(),
+		upLimit: storage.NewSharedLimit(cfg.UploadRateLimit)}
 	if err := a.connect(); err != nil {
 		a.closeClients()
 		if a.grpcLn != nil {
@@ -192,8 +198,32 @@ func (a *Agent) connect() (err error) {
 		}
 		a.httpSrv = &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 	}
-	a.met, err = newMetrics(a.reg, a)
+	if a.met, err = newMetrics(a.reg, a); err != nil {
+		return err
+	}
+	a.storMet, err = storage.NewMetricsSet(a.reg, storage.MetricsOptions{})
 	return err
+}
+
+// UploadRateLimit returns the upload rate limit in bytes per second (0:
+// none).
+func (a *Agent) UploadRateLimit() int64 {
+	if a.upLimit == nil {
+		return 0
+	}
+	return a.upLimit.Limit()
+}
+
+// SetUploadRateLimit changes the upload rate limit of every task at once
+// (0: none); uploads already waiting finish under the old one.
+func (a *Agent) SetUploadRateLimit(bytesPerSec int64) error {
+	if bytesPerSec < 0 {
+		return fmt.Errorf("upload rate limit %d: want bytes per second, or 0 for none", bytesPerSec)
+	}
+	old := a.upLimit.Limit()
+	a.upLimit.SetLimit(bytesPerSec)
+	a.log.Info("upload rate limit changed", "old_bytes_per_second", old, "bytes_per_second", bytesPerSec)
+	return nil
 }
 
 // findStore matches cfg.TiKVAddr against PD's store list, retrying until ctx

@@ -74,6 +74,11 @@ type Config struct {
 	FileTarget int64
 	// UploadConcurrency bounds concurrent data file uploads per task.
 	UploadConcurrency int
+	// UploadRateLimit bounds the bytes per second the agent sends to (and
+	// reads from) storage, over every task together (0: none), so a
+	// backlog after an outage does not saturate the store's network.
+	// POST /config changes it while running.
+	UploadRateLimit int64
 	// RegionInterval is how often regions are re-read from PD when nothing
 	// happens (config key region-interval); TiKV errors (NotLeader,
 	// EpochNotMatch, RegionNotFound) and broken streams re-read them at once.
@@ -189,6 +194,8 @@ func (c *Config) Validate() error {
 		return bad("prewrite budget %d is below 64 KiB", c.PrewriteBudget)
 	case c.FileTarget < 1<<10:
 		return bad("file target %d is below 1 KiB", c.FileTarget)
+	case c.UploadRateLimit < 0:
+		return bad("upload rate limit %d: want bytes per second, or 0 for none", c.UploadRateLimit)
 	case c.UploadConcurrency < 1:
 		return bad("upload concurrency must be at least 1")
 	case c.RegionInterval < 10*time.Millisecond:

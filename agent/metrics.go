@@ -136,6 +136,10 @@ func newMetrics(reg prometheus.Registerer, a *Agent) (*metrics, error) {
 	}
 	gauges = append(gauges,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pitr_agent_upload_rate_limit_bytes",
+			Help: "The upload rate limit over every task's storage, bytes per second (0: none).",
+		}, func() float64 { return float64(a.UploadRateLimit()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "pitr_agent_pending_prewrite_bytes",
 			Help: "Accounted bytes of pending prewrites (transactions not yet committed), all tasks.",
 		}, func() float64 { return float64(a.pending.counted.Load() + a.pending.exempt.Load()) }),

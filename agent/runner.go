@@ -99,7 +99,9 @@ func (r *runner) run() {
 }
 
 func (r *runner) runOnce() error {
-	st, err := storage.Open(r.ctx, r.rec.GetStorageUrl(), storage.Logger(r.log))
+	st, err := storage.OpenStack(r.ctx, r.rec.GetStorageUrl(), storage.StackOptions{
+		Logger: r.log, Metrics: r.a.storMet, SharedLimit: r.a.upLimit,
+	})
 	if err != nil {
 		return fmt.Errorf("open storage: %w", err)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -90,12 +91,40 @@ func (s *service) Status(ctx context.Context, _ *pitrpb.StatusRequest) (*pitrpb.
 	s.a.mu.Lock()
 	resp.LastError = s.a.lastErr
 	s.a.mu.Unlock()
+	resp.UploadRateLimit = s.a.UploadRateLimit()
 	return resp, nil
 }
 
-// httpHandler serves /metrics and /healthz.
+// agentConfig is the agent's online config (GET and POST /config), in
+// the style of TiKV's status API: POST takes the keys to change.
+type agentConfig struct {
+	UploadRateLimit *int64 `json:"upload-rate-limit"`
+}
+
+// httpHandler serves /metrics, /healthz and /config.
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
+		n := a.UploadRateLimit()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(agentConfig{UploadRateLimit: &n})
+	})
+	mux.HandleFunc("POST /config", func(w http.ResponseWriter, r *http.Request) {
+		var c agentConfig
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			http.Error(w, "config: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if c.UploadRateLimit != nil {
+			if err := a.SetUploadRateLimit(*c.UploadRateLimit); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

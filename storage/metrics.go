@@ -42,8 +42,28 @@ var _ Storage = (*Metered)(nil)
 
 // WithMetrics wraps s and registers its metrics with reg (nil: none are
 // registered, which is handy in tests). There is no global state, so
-// several Metered can live in one process when their ConstLabels differ.
+// several Metered can live in one process when their ConstLabels differ;
+// storages that should share series use one MetricsSet instead.
 func WithMetrics(s Storage, reg prometheus.Registerer, o MetricsOptions) (*Metered, error) {
+	set, err := NewMetricsSet(reg, o)
+	if err != nil {
+		return nil, err
+	}
+	return set.Wrap(s), nil
+}
+
+// MetricsSet is one set of storage metrics, registered once, that any
+// number of storages record into: the agent and the coordinator open a
+// storage per task, and a task that restarts opens it again.
+type MetricsSet struct {
+	ops     *prometheus.CounterVec
+	bytes   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+// NewMetricsSet makes the collectors and registers them with reg (nil:
+// none are registered).
+func NewMetricsSet(reg prometheus.Registerer, o MetricsOptions) (*MetricsSet, error) {
 	if o.Namespace == "" {
 		o.Namespace = "pitr"
 	}
@@ -53,8 +73,7 @@ func WithMetrics(s Storage, reg prometheus.Registerer, o MetricsOptions) (*Meter
 	if o.Buckets == nil {
 		o.Buckets = prometheus.ExponentialBuckets(0.001, 2, 17)
 	}
-	m := &Metered{
-		s: s,
+	m := &MetricsSet{
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: o.Namespace, Subsystem: o.Subsystem, Name: "operations_total",
 			Help: "Storage operations by operation and result.", ConstLabels: o.ConstLabels,
@@ -77,6 +96,17 @@ func WithMetrics(s Storage, reg prometheus.Registerer, o MetricsOptions) (*Meter
 		}
 	}
 	return m, nil
+}
+
+// Collectors returns the operations, bytes and latency collectors, in that
+// order.
+func (m *MetricsSet) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.ops, m.bytes, m.latency}
+}
+
+// Wrap returns s recording into the set.
+func (m *MetricsSet) Wrap(s Storage) *Metered {
+	return &Metered{s: s, ops: m.ops, bytes: m.bytes, latency: m.latency}
 }
 
 // Result returns the result label for err.

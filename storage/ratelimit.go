@@ -36,7 +36,12 @@ type RateLimitOptions struct {
 // caller reads them (Get reads through NewReader); CreateIfAbsent pays
 // for its (small) payload up front. Metadata calls are free.
 type RateLimited struct {
-	s     Storage
+	s Storage
+	b *bucket
+}
+
+// bucket is the token bucket; Share hands it to another storage.
+type bucket struct {
 	clock Clock
 
 	mu     sync.Mutex
@@ -56,44 +61,49 @@ func WithRateLimit(s Storage, bytesPerSec int64, o RateLimitOptions) *RateLimite
 	if o.Clock == nil {
 		o.Clock = realClock{}
 	}
-	r := &RateLimited{s: s, clock: o.Clock, burst: float64(o.Burst)}
+	r := &RateLimited{s: s, b: &bucket{clock: o.Clock, burst: float64(o.Burst)}}
 	r.SetLimit(bytesPerSec)
 	return r
 }
 
+// Share returns s limited by the same bucket as r: the limit holds for
+// the bytes of both together (the agent's one upload limit over every
+// task's storage).
+func (r *RateLimited) Share(s Storage) *RateLimited { return &RateLimited{s: s, b: r.b} }
+
 // SetLimit changes the limit at run time; <= 0 removes it. Callers already
 // waiting finish their wait as computed under the old limit.
 func (r *RateLimited) SetLimit(bytesPerSec int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.clock.Now()
-	if r.limit > 0 {
-		r.refill(now)
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	now := r.b.clock.Now()
+	if r.b.limit > 0 {
+		r.b.refill(now)
 	} else {
-		r.tokens = r.burst
+		r.b.tokens = r.b.burst
 	}
-	r.last = now
-	r.limit = float64(bytesPerSec)
+	r.b.last = now
+	r.b.limit = float64(bytesPerSec)
 }
 
 // Limit returns the current limit in bytes per second (0: unlimited).
 func (r *RateLimited) Limit() int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.limit <= 0 {
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	if r.b.limit <= 0 {
 		return 0
 	}
-	return int64(r.limit)
+	return int64(r.b.limit)
 }
 
-func (r *RateLimited) refill(now time.Time) {
-	if el := now.Sub(r.last); el > 0 {
-		r.tokens += el.Seconds() * r.limit
-		if r.tokens > r.burst {
-			r.tokens = r.burst
+func (b *bucket) refill(now time.Time) {
+	if el := now.Sub(b.last); el > 0 {
+		b.tokens += el.Seconds() * b.limit
+		if b.tokens > b.burst {
+			b.tokens = b.burst
 		}
 	}
-	r.last = now
+	b.last = now
 }
 
 // wait takes n tokens, then sleeps off any debt. n may exceed the burst:
@@ -103,25 +113,25 @@ func (r *RateLimited) wait(ctx context.Context, n int64) error {
 	if n <= 0 {
 		return nil
 	}
-	r.mu.Lock()
-	if r.limit <= 0 {
-		r.mu.Unlock()
+	r.b.mu.Lock()
+	if r.b.limit <= 0 {
+		r.b.mu.Unlock()
 		return nil
 	}
-	r.refill(r.clock.Now())
-	r.tokens -= float64(n)
+	r.b.refill(r.b.clock.Now())
+	r.b.tokens -= float64(n)
 	var d time.Duration
-	if r.tokens < 0 {
-		d = time.Duration(-r.tokens / r.limit * float64(time.Second))
+	if r.b.tokens < 0 {
+		d = time.Duration(-r.b.tokens / r.b.limit * float64(time.Second))
 	}
-	r.mu.Unlock()
+	r.b.mu.Unlock()
 	if d <= 0 {
 		return nil
 	}
-	if err := r.clock.Sleep(ctx, d); err != nil {
-		r.mu.Lock()
-		r.tokens += float64(n) // not used after all
-		r.mu.Unlock()
+	if err := r.b.clock.Sleep(ctx, d); err != nil {
+		r.b.mu.Lock()
+		r.b.tokens += float64(n) // not used after all
+		r.b.mu.Unlock()
 		return err
 	}
 	return nil

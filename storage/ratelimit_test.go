@@ -187,3 +187,22 @@ func wrapAll(t *testing.T, s storage.Storage) storage.Storage {
 	require.NoError(t, err)
 	return m
 }
+
+// TestRateLimitShare: two storages sharing one bucket pay for each
+// other's bytes.
+func TestRateLimitShare(t *testing.T) {
+	ctx := context.Background()
+	c := newFakeClock()
+	a, err := storage.Open(ctx, "mem://a")
+	require.NoError(t, err)
+	b, err := storage.Open(ctx, "mem://b")
+	require.NoError(t, err)
+	ra := storage.WithRateLimit(a, mib, storage.RateLimitOptions{Burst: mib, Clock: c})
+	rb := ra.Share(b)
+	require.NoError(t, ra.Put(ctx, "x", make([]byte, mib)))
+	require.Zero(t, c.elapsed(), "the burst")
+	require.NoError(t, rb.Put(ctx, "y", make([]byte, 2*mib)))
+	require.Equal(t, 2*time.Second, c.elapsed(), "b pays for a's bytes too")
+	rb.SetLimit(2 * mib)
+	require.Equal(t, int64(2*mib), ra.Limit())
+}

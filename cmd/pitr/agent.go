@@ -35,8 +35,10 @@ type agentFile struct {
 	FileTarget        size     `toml:"file-target"`
 	PrewriteBudget    size     `toml:"prewrite-budget"`
 	UploadConcurrency int      `toml:"upload-concurrency"`
-	RegionInterval    duration `toml:"region-interval"`
-	ConnectTimeout    duration `toml:"connect-timeout"`
+	// UploadRateLimit: bytes per second over every task ("64MiB"; 0 none).
+	UploadRateLimit size     `toml:"upload-rate-limit"`
+	RegionInterval  duration `toml:"region-interval"`
+	ConnectTimeout  duration `toml:"connect-timeout"`
 	// Security: TLS to the cluster, and the CNs the Agent service accepts.
 	Security securityFile `toml:"security"`
 }
@@ -87,6 +89,7 @@ type agentOptions struct {
 	configPath string
 	logLevel   string
 	tls        tlsFlags
+	uploadRate string
 	cfg        agent.Config
 	drain      time.Duration // bound on the final flush at shutdown
 }
@@ -121,6 +124,7 @@ SIGINT/SIGTERM stop it after a last flush.`,
 	f.StringVar(&listen, "listen", agent.DefaultListenAddr, "Agent gRPC service listen address")
 	f.StringVar(&httpAddr, "http", agent.DefaultHTTPAddr, "/metrics and /healthz listen address (- disables)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	f.StringVar(&o.uploadRate, "upload-rate-limit", "", "storage bytes per second over every task, like 64MiB (0: none; POST /config changes it while running)")
 	o.tls.register(f)
 	return c
 }
@@ -143,6 +147,7 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 		cfg.FlushInterval, cfg.RegionInterval, cfg.ConnectTimeout = file.FlushInterval.Duration, file.RegionInterval.Duration, file.ConnectTimeout.Duration
 		cfg.MemoryBudget, cfg.SpillBudget, cfg.FileTarget = file.MemoryBudget.n, file.SpillBudget.n, file.FileTarget.n
 		cfg.UploadConcurrency = file.UploadConcurrency
+		cfg.UploadRateLimit = file.UploadRateLimit.n
 		cfg.PrewriteBudget = file.PrewriteBudget.n
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel
@@ -157,6 +162,13 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 		}
 	}
 	cfg.TLS = o.tls.get(sec, changed)
+	if changed("upload-rate-limit") {
+		n, err := parseSize(o.uploadRate)
+		if err != nil || n < 0 {
+			return usageErrorf("--upload-rate-limit %q: want bytes per second, like 64MiB (0: none)", o.uploadRate)
+		}
+		cfg.UploadRateLimit = n
+	}
 	if changed("tikv") || cfg.TiKVAddr == "" {
 		cfg.TiKVAddr = tikv
 	}
