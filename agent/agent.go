@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
 )
@@ -573,7 +574,7 @@ func (a *Agent) tso(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("get tso: %w", err)
 	}
-	return uint64(p)<<18 | uint64(l), nil
+	return keyspace.Compose(p, l), nil
 }
 
 // backoff is a capped exponential delay.

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -174,7 +175,7 @@ func GetTS(ctx context.Context, p PD) (uint64, error) {
 		var phys, logical int64
 		phys, logical, err = p.GetTS(ctx)
 		if err == nil {
-			return ComposeTS(phys, logical), nil
+			return keyspace.Compose(phys, logical), nil
 		}
 		if ctx.Err() != nil {
 			break
@@ -186,17 +187,3 @@ func GetTS(ctx context.Context, p PD) (uint64, error) {
 	}
 	return 0, fmt.Errorf("get ts from PD: %w", err)
 }
-
-// logicalBits is the width of a TSO's logical part.
-const logicalBits = 18
-
-// ComposeTS builds a TSO from its physical (Unix ms) and logical parts.
-func ComposeTS(physical, logical int64) uint64 {
-	return uint64(physical)<<logicalBits | uint64(logical)
-}
-
-// TSTime returns the wall-clock time of a TSO.
-func TSTime(ts uint64) time.Time { return time.UnixMilli(int64(ts >> logicalBits)) }
-
-// TSFromTime returns the first TSO of a wall-clock time.
-func TSFromTime(t time.Time) uint64 { return ComposeTS(t.UnixMilli(), 0) }

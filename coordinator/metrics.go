@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"time"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -115,7 +116,7 @@ func (m *metrics) forget(name string) {
 
 // setLastLockResolution records the end of a task's last lock resolution,
 // keeping one series per task.
-func (m *metrics) setLastLockResolution(name string, r Range, end time.Time) {
+func (m *metrics) setLastLockResolution(name string, r keyspace.Range, end time.Time) {
 	m.lockResolutionLast.DeletePartialMatch(prometheus.Labels{"task": name})
 	m.lockResolutionLast.WithLabelValues(name, hex.EncodeToString(r.Start), hex.EncodeToString(r.End)).Set(float64(end.UnixMilli()) / 1000)
 }

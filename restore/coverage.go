@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Coverage proof (DESIGN §4): every RegionCoverage of every meta claims that
@@ -20,17 +22,17 @@ import (
 // Hole is a part of the key × time space that no meta covers: keys
 // [Start, End) × commit timestamps (From, To].
 type Hole struct {
-	Keys     KeyRange
+	Keys     keyspace.Range
 	From, To uint64
 }
 
 func (h *Hole) String() string {
-	return fmt.Sprintf("keys %s have no log for commit_ts (%s, %s]", h.Keys, FormatTS(h.From), FormatTS(h.To))
+	return fmt.Sprintf("keys %s have no log for commit_ts (%s, %s]", h.Keys, keyspace.Format(h.From), keyspace.Format(h.To))
 }
 
 // rect is one coverage rectangle.
 type rect struct {
-	keys     KeyRange
+	keys     keyspace.Range
 	from, to uint64
 }
 
@@ -39,7 +41,7 @@ func coverageRects(metas []MetaFile) []rect {
 	var rs []rect
 	for _, m := range metas {
 		for _, c := range m.Meta.GetRegions() {
-			rs = append(rs, rect{keys: KeyRange{Start: c.GetStartKey(), End: c.GetEndKey()}, from: c.GetFromTs(), to: c.GetToTs()})
+			rs = append(rs, rect{keys: keyspace.Range{Start: c.GetStartKey(), End: c.GetEndKey()}, from: c.GetFromTs(), to: c.GetToTs()})
 		}
 	}
 	return rs
@@ -48,7 +50,7 @@ func coverageRects(metas []MetaFile) []rect {
 // CheckCoverage returns an ErrMissing error naming the first hole (in key
 // order, then time order) of the metas' coverage over ranges × (from, to],
 // or nil when there is none.
-func CheckCoverage(ranges []KeyRange, metas []MetaFile, from, to uint64) error {
+func CheckCoverage(ranges []keyspace.Range, metas []MetaFile, from, to uint64) error {
 	if h := findHole(ranges, coverageRects(metas), from, to); h != nil {
 		return fmt.Errorf("%w: coverage hole: %s", ErrMissing, h)
 	}
@@ -84,7 +86,7 @@ type edge struct {
 
 // findHole returns the first hole of rects over ranges × (from, to].
 // ranges must be sorted and disjoint (taskRanges).
-func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
+func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
 	if from >= to || len(ranges) == 0 {
 		return nil
 	}
@@ -146,7 +148,7 @@ func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
 			k2++
 		}
 		next := points[i+1]
-		h := &Hole{Keys: KeyRange{Start: p.key}, From: cs[k], To: cs[k2+1]}
+		h := &Hole{Keys: keyspace.Range{Start: p.key}, From: cs[k], To: cs[k2+1]}
 		if !next.inf {
 			h.Keys.End = next.key
 		}
@@ -156,8 +158,8 @@ func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
 }
 
 // inRanges reports whether key is inside one of the sorted, disjoint ranges.
-func inRanges(ranges []KeyRange, key []byte) bool {
-	i, _ := slices.BinarySearchFunc(ranges, key, func(r KeyRange, k []byte) int {
+func inRanges(ranges []keyspace.Range, key []byte) bool {
+	i, _ := slices.BinarySearchFunc(ranges, key, func(r keyspace.Range, k []byte) int {
 		if bytes.Compare(r.Start, k) > 0 {
 			return 1
 		}
