@@ -140,7 +140,7 @@ func Compute(in Input) Result {
 	starts := make([]startIx, 0, len(reps))
 	for i := range reps {
 		r := &reps[i]
-		if len(r.End) != 0 && bytes.Compare(r.Start, r.End) >= 0 {
+		if (keyspace.Range{Start: r.Start, End: r.End}).Empty() {
 			res.Invalid++
 			continue
 		}

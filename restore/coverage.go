@@ -57,28 +57,8 @@ func CheckCoverage(ranges []keyspace.Range, metas []MetaFile, from, to uint64) e
 	return nil
 }
 
-// bound is a point of the key axis; inf is +inf.
-type bound struct {
-	key []byte
-	inf bool
-}
-
-func endBound(k []byte) bound { return bound{key: k, inf: len(k) == 0} }
-
-func cmpBound(a, b bound) int {
-	switch {
-	case a.inf && b.inf:
-		return 0
-	case a.inf:
-		return 1
-	case b.inf:
-		return -1
-	}
-	return bytes.Compare(a.key, b.key)
-}
-
 type edge struct {
-	at    bound
+	at    keyspace.Point
 	delta int
 	lo    int // first segment
 	hi    int // one past the last segment
@@ -105,41 +85,41 @@ func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
 	nseg := len(cs) - 1
 
 	var edges []edge
-	points := make([]bound, 0, 2*len(ranges)+2*len(rects))
+	points := make([]keyspace.Point, 0, 2*len(ranges)+2*len(rects))
 	for _, r := range ranges {
-		points = append(points, bound{key: r.Start}, endBound(r.End))
+		points = append(points, keyspace.StartPoint(r.Start), keyspace.EndPoint(r.End))
 	}
 	for _, r := range rects {
 		if r.to <= from || r.from >= to || r.from >= r.to {
 			continue
 		}
-		if len(r.keys.End) > 0 && bytes.Compare(r.keys.Start, r.keys.End) >= 0 {
+		if r.keys.Empty() {
 			continue
 		}
 		lo, hi := seg(max(r.from, from)), seg(min(r.to, to))
-		start, end := bound{key: r.keys.Start}, endBound(r.keys.End)
+		start, end := keyspace.StartPoint(r.keys.Start), keyspace.EndPoint(r.keys.End)
 		edges = append(edges, edge{at: start, delta: 1, lo: lo, hi: hi})
-		if !end.inf {
+		if !end.Inf {
 			edges = append(edges, edge{at: end, delta: -1, lo: lo, hi: hi})
 		}
 		points = append(points, start, end)
 	}
-	slices.SortFunc(edges, func(a, b edge) int { return cmpBound(a.at, b.at) })
-	slices.SortFunc(points, cmpBound)
-	points = slices.CompactFunc(points, func(a, b bound) bool { return cmpBound(a, b) == 0 })
+	slices.SortFunc(edges, func(a, b edge) int { return keyspace.ComparePoints(a.at, b.at) })
+	slices.SortFunc(points, keyspace.ComparePoints)
+	points = slices.CompactFunc(points, func(a, b keyspace.Point) bool { return keyspace.ComparePoints(a, b) == 0 })
 
 	t := newSegTree(nseg)
 	e := 0
 	for i := 0; i+1 < len(points); i++ {
 		p := points[i]
-		if p.inf {
+		if p.Inf {
 			break
 		}
-		for e < len(edges) && cmpBound(edges[e].at, p) <= 0 {
+		for e < len(edges) && keyspace.ComparePoints(edges[e].at, p) <= 0 {
 			t.add(edges[e].lo, edges[e].hi, edges[e].delta)
 			e++
 		}
-		if !inRanges(ranges, p.key) || t.min() > 0 {
+		if !inRanges(ranges, p.Key) || t.min() > 0 {
 			continue
 		}
 		k := t.firstZero()
@@ -148,9 +128,9 @@ func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
 			k2++
 		}
 		next := points[i+1]
-		h := &Hole{Keys: keyspace.Range{Start: p.key}, From: cs[k], To: cs[k2+1]}
-		if !next.inf {
-			h.Keys.End = next.key
+		h := &Hole{Keys: keyspace.Range{Start: p.Key}, From: cs[k], To: cs[k2+1]}
+		if !next.Inf {
+			h.Keys.End = next.Key
 		}
 		return h
 	}

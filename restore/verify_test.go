@@ -20,7 +20,7 @@ import (
 // owns ["", "k100"), store 2 ["k100", +inf). Returns the backup and the
 // flush timestamps.
 func smallBackup(t *testing.T) (*testBackup, []uint64) {
-	const start = uint64(1000) << 18
+	start := keyspace.Compose(1000, 0)
 	b := newTestBackup(t, &pitrpb.TaskInfo{Name: "small", StartTs: start, StartedEmpty: true})
 	rng := rand.New(rand.NewSource(2))
 	cuts := []uint64{start, start + 100, start + 200, start + 300}
