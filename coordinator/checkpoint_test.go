@@ -6,8 +6,9 @@ import (
 	"math/rand"
 	"testing"
 
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 func rg(s, e string) keyspace.Range { return keyspace.Range{Start: []byte(s), End: []byte(e)} }

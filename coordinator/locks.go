@@ -9,9 +9,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/tikv/client-go/v2/tikv"
 	"github.com/tikv/client-go/v2/txnkv/txnlock"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Lock resolution (DESIGN I10, audit R2). TiKV never resolves a lock by

@@ -4,8 +4,9 @@ import (
 	"encoding/hex"
 	"time"
 
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // metrics of one coordinator. Per-task gauges are exported by the leader

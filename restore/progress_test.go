@@ -5,8 +5,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 func TestProgressFile(t *testing.T) {

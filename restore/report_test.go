@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 func TestMeterLine(t *testing.T) {
