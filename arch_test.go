@@ -15,7 +15,9 @@ const module = "github.com/pitr-io/pitr"
 // TestDependencyDirection enforces the import rules of STYLE.md over the
 // non-test imports of every package (transitively):
 //   - storage and proto import nothing of ours;
-//   - connector (the one way to a cluster) imports nothing of ours;
+//   - keyspace (key ranges, key codec, TSO) is a leaf everything may use:
+//     it imports nothing of ours;
+//   - connector (the one way to a cluster) imports only keyspace;
 //   - restore never imports agent or coordinator (restore works with the
 //     source cluster gone);
 //   - playground is imported only by cmd/pitr, cmd/pitr-bench and the
@@ -54,8 +56,10 @@ func TestDependencyDirection(t *testing.T) {
 				t.Errorf("%s imports %s: storage and proto import nothing of ours", pkg, d)
 			case under(pkg, "storage") && under(d, "proto"), under(pkg, "proto") && under(d, "storage"):
 				t.Errorf("%s imports %s: storage and proto import nothing of ours", pkg, d)
-			case under(pkg, "connector"):
-				t.Errorf("%s imports %s: connector imports nothing of ours", pkg, d)
+			case under(pkg, "keyspace"):
+				t.Errorf("%s imports %s: keyspace is a leaf and imports nothing of ours", pkg, d)
+			case under(pkg, "connector") && !under(d, "keyspace"):
+				t.Errorf("%s imports %s: connector imports only keyspace", pkg, d)
 			case under(pkg, "restore") && (under(d, "agent") || under(d, "coordinator")):
 				t.Errorf("%s imports %s: restore must work with the cluster gone", pkg, d)
 			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr") && !under(pkg, "cmd/pitr-bench"):

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
@@ -596,7 +597,7 @@ func (a *Agent) tso(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("get tso: %w", err)
 	}
-	return uint64(p)<<18 | uint64(l), nil
+	return keyspace.Compose(p, l), nil
 }
 
 // backoff is a capped exponential delay.

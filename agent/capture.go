@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
@@ -813,9 +814,10 @@ func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
 	const page = 1024
 	var out []*pdRegion
 	for _, kr := range c.r.ranges {
-		key := kr.encStart
+		enc := kr.Encode()
+		key := enc.Start
 		for {
-			rs, err := c.a.pd.ScanRegions(ctx, key, kr.encEnd, page)
+			rs, err := c.a.pd.ScanRegions(ctx, key, enc.End, page)
 			if err != nil {
 				c.a.setPDErr(fmt.Errorf("pd: scan regions: %w", err))
 				return nil, fmt.Errorf("scan regions: %w", err)
@@ -828,23 +830,25 @@ func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
 				if pr.Leader == nil || pr.Leader.GetStoreId() != c.a.storeID {
 					continue
 				}
-				encStart, encEnd, ok := intersect(meta.GetStartKey(), meta.GetEndKey(), kr.encStart, kr.encEnd)
+				clipped, ok := keyspace.Range{Start: meta.GetStartKey(), End: meta.GetEndKey()}.Intersect(enc)
 				if !ok {
 					continue
 				}
-				start, err1 := decodeKey(encStart)
-				end, err2 := decodeKey(encEnd)
-				if err := errors.Join(err1, err2); err != nil {
+				// A boundary that is not exactly one encoded key has no exact
+				// raw key: the region is left out (its range stays uncovered
+				// and pins the checkpoint) rather than claimed with a guess.
+				raw, err := keyspace.DecodeRange(clipped)
+				if err != nil {
 					c.log.Warn("region left out: its boundary is not a raw key", "region", meta.GetId(), "error", err)
 					continue
 				}
 				out = append(out, &pdRegion{
 					id: meta.GetId(), epoch: metapb.RegionEpoch{Version: meta.GetRegionEpoch().GetVersion(), ConfVer: meta.GetRegionEpoch().GetConfVer()},
-					start: start, end: end, encStart: encStart, encEnd: encEnd,
+					start: raw.Start, end: raw.End, encStart: clipped.Start, encEnd: clipped.End,
 				})
 			}
 			last := rs[len(rs)-1].Meta.GetEndKey()
-			if len(last) == 0 || (len(kr.encEnd) > 0 && bytes.Compare(last, kr.encEnd) >= 0) {
+			if len(last) == 0 || !keyspace.BeforeEnd(last, enc.End) {
 				break
 			}
 			key = last
@@ -942,9 +946,9 @@ func (c *capture) reconcile(ctx context.Context, scan bool) error {
 // another id; idle regions it overlaps are stale and dropped. idx holds the
 // regions by start key (they are disjoint, so their ends are sorted too).
 func (c *capture) overlapsActiveLocked(idx []*region, p *pdRegion) bool {
-	i := sort.Search(len(idx), func(i int) bool { return before(p.start, idx[i].end) })
+	i := sort.Search(len(idx), func(i int) bool { return keyspace.BeforeEnd(p.start, idx[i].end) })
 	active := false
-	for ; i < len(idx) && before(idx[i].start, p.end); i++ {
+	for ; i < len(idx) && keyspace.BeforeEnd(idx[i].start, p.end); i++ {
 		o := idx[i]
 		if o.id == p.id || c.regions[o.id] != o {
 			continue

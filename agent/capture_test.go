@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
@@ -119,7 +120,7 @@ func addRegion(c *capture, id uint64, start, end string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := &region{id: id, epoch: metapb.RegionEpoch{Version: 1, ConfVer: 1}, start: []byte(start), end: []byte(end)}
-	r.encStart, r.encEnd = encodeKey(r.start), encodeKey(r.end)
+	r.encStart, r.encEnd = keyspace.EncodeKey(r.start), keyspace.EncodeKey(r.end)
 	c.regions[id] = r
 	c.subscribeLocked(r, 100, time.Now())
 	return r.requestID

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pitr-io/pitr/flush"
-	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -157,7 +157,7 @@ func (c *capture) observeLagLocked(now time.Time) {
 		if r.from == 0 {
 			continue
 		}
-		lag := now.Sub(logfile.TSTime(r.from)).Seconds()
+		lag := now.Sub(keyspace.Time(r.from)).Seconds()
 		if lag < 0 {
 			lag = 0
 		}
@@ -209,7 +209,7 @@ func (c *capture) reasonLocked(r *region, oldest uint64, now time.Time) string {
 	if c.flushErr != "" {
 		return "flush failing: " + c.flushErr
 	}
-	if oldest != 0 && now.Sub(logfile.TSTime(oldest)) > 2*c.a.cfg.FlushInterval {
+	if oldest != 0 && now.Sub(keyspace.Time(oldest)) > 2*c.a.cfg.FlushInterval {
 		return fmt.Sprintf("long transaction start_ts=%d", oldest)
 	}
 	return ""

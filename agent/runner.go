@@ -13,6 +13,7 @@ import (
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
 )
@@ -25,7 +26,7 @@ type runner struct {
 	a      *Agent
 	name   string
 	rec    *pitrpb.TaskRecord
-	ranges []keyRange
+	ranges []keyspace.Range // raw, as the task names them
 	log    hclog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -38,12 +39,6 @@ type runner struct {
 	maxLag  float64 // seconds, at the last flush
 }
 
-// keyRange is one task range, raw and encoded.
-type keyRange struct {
-	start, end       []byte // raw; empty end = +inf
-	encStart, encEnd []byte
-}
-
 func newRunner(parent context.Context, a *Agent, rec *pitrpb.TaskRecord) *runner {
 	ctx, cancel := context.WithCancel(parent)
 	r := &runner{
@@ -51,13 +46,10 @@ func newRunner(parent context.Context, a *Agent, rec *pitrpb.TaskRecord) *runner
 		log: a.log.With("task", rec.GetInfo().GetName()), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 	for _, kr := range rec.GetInfo().GetRanges() {
-		r.ranges = append(r.ranges, keyRange{
-			start: kr.GetStartKey(), end: kr.GetEndKey(),
-			encStart: encodeKey(kr.GetStartKey()), encEnd: encodeKey(kr.GetEndKey()),
-		})
+		r.ranges = append(r.ranges, keyspace.Range{Start: kr.GetStartKey(), End: kr.GetEndKey()})
 	}
 	if len(r.ranges) == 0 { // no ranges: the whole key space
-		r.ranges = []keyRange{{}}
+		r.ranges = []keyspace.Range{{}}
 	}
 	return r
 }

@@ -2,77 +2,15 @@ package agent
 
 import (
 	"bytes"
-	"fmt"
 	"sort"
 
-	"github.com/tikv/client-go/v2/util/codec"
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Keys here are raw user keys unless named enc*: PD and the EventFeed
-// request use the memcomparable encoding (TIKV-PROTOCOLS §1.8), files and
-// coverage use raw keys. An empty start is -inf; a nil/empty end is +inf.
-
-// encodeKey returns the memcomparable encoding of a raw key; empty stays
-// empty (±inf).
-func encodeKey(raw []byte) []byte {
-	if len(raw) == 0 {
-		return nil
-	}
-	return codec.EncodeBytes(nil, raw)
-}
-
-// decodeKey decodes a region boundary. A boundary that is not a complete
-// encoding cannot be mapped to a raw key exactly; the region is then left
-// out (its range stays uncovered and pins the checkpoint) rather than
-// claimed with a guessed boundary.
-func decodeKey(enc []byte) ([]byte, error) {
-	if len(enc) == 0 {
-		return nil, nil
-	}
-	rest, raw, err := codec.DecodeBytes(enc, nil)
-	if err != nil {
-		return nil, fmt.Errorf("decode region key %x: %w", enc, err)
-	}
-	if len(rest) != 0 {
-		return nil, fmt.Errorf("decode region key %x: %d trailing bytes", enc, len(rest))
-	}
-	return raw, nil
-}
-
-// cmpEnd compares two range ends, empty meaning +inf.
-func cmpEnd(a, b []byte) int {
-	switch {
-	case len(a) == 0 && len(b) == 0:
-		return 0
-	case len(a) == 0:
-		return 1
-	case len(b) == 0:
-		return -1
-	}
-	return bytes.Compare(a, b)
-}
-
-// before reports whether key a (a start) lies before end b.
-func before(a, end []byte) bool { return len(end) == 0 || bytes.Compare(a, end) < 0 }
-
-// intersect returns [s1,e1) ∩ [s2,e2) and whether it is non-empty.
-func intersect(s1, e1, s2, e2 []byte) (start, end []byte, ok bool) {
-	start = s1
-	if bytes.Compare(s2, s1) > 0 {
-		start = s2
-	}
-	end = e1
-	if cmpEnd(e2, e1) < 0 {
-		end = e2
-	}
-	return start, end, before(start, end)
-}
-
-// overlaps reports whether [s1,e1) and [s2,e2) share a key.
-func overlaps(s1, e1, s2, e2 []byte) bool {
-	_, _, ok := intersect(s1, e1, s2, e2)
-	return ok
-}
+// request use the memcomparable encoding (TIKV-PROTOCOLS §1.8, see
+// keyspace.EncodeKey), files and coverage use raw keys. An empty start is
+// -inf; a nil/empty end is +inf.
 
 // span is a raw key range with a timestamp.
 type span struct {
@@ -92,7 +30,7 @@ type spanMap struct {
 // min returns the lowest ts over [start, end), or 0 when part of the range
 // has no entry.
 func (m *spanMap) min(start, end []byte) uint64 {
-	i := sort.Search(len(m.spans), func(i int) bool { return before(start, m.spans[i].end) })
+	i := sort.Search(len(m.spans), func(i int) bool { return keyspace.BeforeEnd(start, m.spans[i].end) })
 	cur := start
 	var lo uint64
 	for ; i < len(m.spans); i++ {
@@ -103,7 +41,7 @@ func (m *spanMap) min(start, end []byte) uint64 {
 		if lo == 0 || s.ts < lo {
 			lo = s.ts
 		}
-		if cmpEnd(s.end, end) >= 0 {
+		if keyspace.CompareEnds(s.end, end) >= 0 {
 			return lo
 		}
 		cur = s.end
@@ -150,13 +88,13 @@ func (m *spanMap) apply(updates []span) {
 	for k, start := range bounds {
 		end := ends[k]
 		var ts uint64
-		for i < len(m.spans) && !before(start, m.spans[i].end) {
+		for i < len(m.spans) && !keyspace.BeforeEnd(start, m.spans[i].end) {
 			i++
 		}
 		if i < len(m.spans) && bytes.Compare(m.spans[i].start, start) <= 0 {
 			ts = m.spans[i].ts
 		}
-		for j < len(up) && !before(start, up[j].end) {
+		for j < len(up) && !keyspace.BeforeEnd(start, up[j].end) {
 			j++
 		}
 		if j < len(up) && bytes.Compare(up[j].start, start) <= 0 && up[j].ts > ts {

@@ -40,23 +40,3 @@ func TestSpanMap(t *testing.T) {
 	require.Equal(t, uint64(40), m.min(nil, nil))
 	require.Len(t, m.spans, 1, "equal neighbours merge")
 }
-
-func TestIntersect(t *testing.T) {
-	s, e, ok := intersect([]byte("a"), nil, []byte("c"), []byte("d"))
-	require.True(t, ok)
-	require.Equal(t, "c", string(s))
-	require.Equal(t, "d", string(e))
-	_, _, ok = intersect([]byte("a"), []byte("b"), []byte("b"), nil)
-	require.False(t, ok)
-	s, e, ok = intersect(nil, nil, nil, nil)
-	require.True(t, ok)
-	require.Empty(t, s)
-	require.Empty(t, e)
-
-	raw := []byte("bank/account/00000042")
-	got, err := decodeKey(encodeKey(raw))
-	require.NoError(t, err)
-	require.Equal(t, raw, got)
-	_, err = decodeKey([]byte{1, 2, 3})
-	require.Error(t, err)
-}

@@ -27,6 +27,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // ErrUnavailable marks a PD, etcd or store that could not be reached in
@@ -232,7 +234,7 @@ func GetTS(ctx context.Context, p TSO) (uint64, error) {
 		var phys, logical int64
 		phys, logical, err = p.GetTS(ctx)
 		if err == nil {
-			return uint64(phys)<<18 | uint64(logical), nil
+			return keyspace.Compose(phys, logical), nil
 		}
 		if ctx.Err() != nil {
 			break

@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
-)
 
-// Range is a half-open raw key range [Start, End). An empty Start is the
-// beginning of the key space; an empty End is +inf.
-type Range struct {
-	Start, End []byte
-}
+	"github.com/pitr-io/pitr/keyspace"
+)
 
 // Report is one region's progress as an agent reported it (GetProgress).
 type Report struct {
@@ -59,7 +55,7 @@ func (c Cause) String() string {
 // Slow is one key range holding the global checkpoint back.
 type Slow struct {
 	Cause Cause
-	Range Range
+	Range keyspace.Range
 	// The region and its report; zero for an uncovered range.
 	RegionID, StoreID, EpochVersion uint64
 	Checkpoint                      uint64
@@ -75,7 +71,7 @@ const DefaultMaxSlow = 5
 // Input is everything one checkpoint computation looks at.
 type Input struct {
 	// Ranges are the task's key ranges; none means the whole key space.
-	Ranges []Range
+	Ranges []keyspace.Range
 	// Previous is the stored global checkpoint (the task's start ts before
 	// the first advance).
 	Previous uint64
@@ -100,7 +96,7 @@ type Result struct {
 	Covered bool
 	// Uncovered are the holes, clipped to the task ranges, in key order,
 	// adjacent holes merged.
-	Uncovered []Range
+	Uncovered []keyspace.Range
 	// Used counts the reports in the cover; Stale those dropped because an
 	// overlapping report has a newer epoch; Invalid those with an empty or
 	// inverted range.
@@ -115,57 +111,7 @@ type Result struct {
 	// (cdc endpoint.rs on_min_ts), so the region a lock pins drags up to
 	// 7 others to exactly its checkpoint, and the one holding the lock
 	// may be any of the ties.
-	Lagging []Range
-}
-
-// point is one boundary key; inf marks +inf (an empty end key).
-type point struct {
-	key []byte
-	inf bool
-}
-
-func cmpPoint(a, b point) int {
-	switch {
-	case a.inf && b.inf:
-		return 0
-	case a.inf:
-		return 1
-	case b.inf:
-		return -1
-	}
-	return bytes.Compare(a.key, b.key)
-}
-
-func startPoint(k []byte) point { return point{key: k} }
-func endPoint(k []byte) point   { return point{key: k, inf: len(k) == 0} }
-
-// NormalizeRanges sorts ranges, drops empty ones and merges overlapping or
-// adjacent ones. No ranges means the whole key space.
-func NormalizeRanges(rs []Range) []Range {
-	if len(rs) == 0 {
-		return []Range{{}}
-	}
-	out := make([]Range, 0, len(rs))
-	for _, r := range rs {
-		if len(r.End) == 0 || bytes.Compare(r.Start, r.End) < 0 {
-			out = append(out, r)
-		}
-	}
-	slices.SortFunc(out, func(a, b Range) int { return bytes.Compare(a.Start, b.Start) })
-	merged := out[:0]
-	for _, r := range out {
-		if n := len(merged); n > 0 {
-			last := &merged[n-1]
-			if cmpPoint(startPoint(r.Start), endPoint(last.End)) <= 0 {
-				if cmpPoint(endPoint(r.End), endPoint(last.End)) > 0 {
-					last.End = r.End
-				}
-				continue
-			}
-		}
-		merged = append(merged, r)
-	}
-	return merged
+	Lagging []keyspace.Range
 }
 
 // Compute derives the global checkpoint from the regions' reports (DESIGN
@@ -185,7 +131,7 @@ func Compute(in Input) Result {
 	if maxSlow == 0 {
 		maxSlow = DefaultMaxSlow
 	}
-	task := NormalizeRanges(in.Ranges)
+	task := keyspace.Normalize(in.Ranges)
 	res := Result{Checkpoint: in.Previous}
 	reps := in.Reports
 
@@ -194,7 +140,7 @@ func Compute(in Input) Result {
 	starts := make([]startIx, 0, len(reps))
 	for i := range reps {
 		r := &reps[i]
-		if len(r.End) != 0 && bytes.Compare(r.Start, r.End) >= 0 {
+		if (keyspace.Range{Start: r.Start, End: r.End}).Empty() {
 			res.Invalid++
 			continue
 		}
@@ -208,11 +154,11 @@ func Compute(in Input) Result {
 	ends := make([]keyIx, len(starts))
 	for j, s := range starts {
 		order[j] = s.i
-		ends[j] = keyIx{p: endPoint(reps[s.i].End), i: s.i}
+		ends[j] = keyIx{p: keyspace.EndPoint(reps[s.i].End), i: s.i}
 	}
 	// Regions tile the key space, so in start order the ends are usually
 	// sorted too; sort them only when they are not.
-	byEnd := func(a, b keyIx) int { return cmpPoint(a.p, b.p) }
+	byEnd := func(a, b keyIx) int { return keyspace.ComparePoints(a.p, b.p) }
 	if !slices.IsSortedFunc(ends, byEnd) {
 		slices.SortFunc(ends, byEnd)
 	}
@@ -224,42 +170,42 @@ func Compute(in Input) Result {
 	hi := make([]int32, len(reps))
 	tlo := make([]int32, len(task))
 	thi := make([]int32, len(task))
-	bnd := make([]point, 0, 2*len(order)+2*len(task))
+	bnd := make([]keyspace.Point, 0, 2*len(order)+2*len(task))
 	var si, ei, ti int // ti counts task bounds: 2*range + (0 start, 1 end)
-	taskPoint := func(t int) point {
+	taskPoint := func(t int) keyspace.Point {
 		if t%2 == 0 {
-			return startPoint(task[t/2].Start)
+			return keyspace.StartPoint(task[t/2].Start)
 		}
-		return endPoint(task[t/2].End)
+		return keyspace.EndPoint(task[t/2].End)
 	}
 	for si < len(starts) || ei < len(ends) || ti < 2*len(task) {
 		// Pick the smallest head.
-		var p point
+		var p keyspace.Point
 		have := false
 		if si < len(starts) {
-			p, have = startPoint(starts[si].key), true
+			p, have = keyspace.StartPoint(starts[si].key), true
 		}
 		if ei < len(ends) {
-			if q := ends[ei].p; !have || cmpPoint(q, p) < 0 {
+			if q := ends[ei].p; !have || keyspace.ComparePoints(q, p) < 0 {
 				p, have = q, true
 			}
 		}
 		if ti < 2*len(task) {
-			if q := taskPoint(ti); !have || cmpPoint(q, p) < 0 {
+			if q := taskPoint(ti); !have || keyspace.ComparePoints(q, p) < 0 {
 				p = q
 			}
 		}
 		idx := int32(len(bnd))
 		bnd = append(bnd, p)
-		for si < len(starts) && cmpPoint(startPoint(starts[si].key), p) == 0 {
+		for si < len(starts) && keyspace.ComparePoints(keyspace.StartPoint(starts[si].key), p) == 0 {
 			lo[starts[si].i] = idx
 			si++
 		}
-		for ei < len(ends) && cmpPoint(ends[ei].p, p) == 0 {
+		for ei < len(ends) && keyspace.ComparePoints(ends[ei].p, p) == 0 {
 			hi[ends[ei].i] = idx
 			ei++
 		}
-		for ti < 2*len(task) && cmpPoint(taskPoint(ti), p) == 0 {
+		for ti < 2*len(task) && keyspace.ComparePoints(taskPoint(ti), p) == 0 {
 			if ti%2 == 0 {
 				tlo[ti/2] = idx
 			} else {
@@ -300,7 +246,7 @@ func Compute(in Input) Result {
 	covered := true
 	var candidate uint64
 	first := true
-	var holes []Range
+	var holes []keyspace.Range
 	taskPrefix := make([]int32, k+1)
 	for j := 0; j < k; j++ {
 		taskPrefix[j+1] = taskPrefix[j]
@@ -345,7 +291,7 @@ func Compute(in Input) Result {
 		}
 		if best[j] < 0 {
 			covered = false
-			hole := Range{Start: bnd[j].key, End: bnd[j+1].key}
+			hole := keyspace.Range{Start: bnd[j].Key, End: bnd[j+1].Key}
 			if n := len(holes); n > 0 && bytes.Equal(holes[n-1].End, hole.Start) && len(hole.Start) > 0 {
 				holes[n-1].End = hole.End
 			} else {
@@ -422,17 +368,17 @@ func Compute(in Input) Result {
 
 // lagging returns the ranges of the surviving reports with a checkpoint
 // below before, clipped to the task ranges and merged.
-func lagging(reps []Report, order []int32, survive []bool, task []Range, before uint64) []Range {
-	var out []Range
+func lagging(reps []Report, order []int32, survive []bool, task []keyspace.Range, before uint64) []keyspace.Range {
+	var out []keyspace.Range
 	for _, i := range order {
 		if r := &reps[i]; survive[i] && r.Checkpoint < before {
-			out = append(out, clipRange(Range{Start: r.Start, End: r.End}, task)...)
+			out = append(out, keyspace.Clip(keyspace.Range{Start: r.Start, End: r.End}, task)...)
 		}
 	}
 	if len(out) == 0 {
 		return nil
 	}
-	return NormalizeRanges(out)
+	return keyspace.Normalize(out)
 }
 
 // markCurrent sets survive[i] for the reports that overlap no report with a
@@ -484,7 +430,7 @@ func markCurrent(reps []Report, order, lo, hi []int32, k int, survive []bool) (s
 // slowRegion explains why one region's checkpoint is low.
 func slowRegion(r *Report) Slow {
 	s := Slow{
-		Range:    Range{Start: r.Start, End: r.End},
+		Range:    keyspace.Range{Start: r.Start, End: r.End},
 		RegionID: r.RegionID, StoreID: r.StoreID, EpochVersion: r.EpochVersion,
 		Checkpoint: r.Checkpoint,
 	}
@@ -509,7 +455,7 @@ type startIx struct {
 
 // keyIx is a boundary key and the report it belongs to.
 type keyIx struct {
-	p point
+	p keyspace.Point
 	i int32
 }
 

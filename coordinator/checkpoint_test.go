@@ -7,16 +7,18 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
-func rg(s, e string) Range { return Range{Start: []byte(s), End: []byte(e)} }
+func rg(s, e string) keyspace.Range { return keyspace.Range{Start: []byte(s), End: []byte(e)} }
 
 // rep is a report on store 1 unless changed.
 func rep(id, ver uint64, s, e string, cp uint64) Report {
 	return Report{StoreID: 1, RegionID: id, EpochVersion: ver, Start: []byte(s), End: []byte(e), Checkpoint: cp}
 }
 
-func rangesStr(rs []Range) []string {
+func rangesStr(rs []keyspace.Range) []string {
 	out := []string{}
 	for _, r := range rs {
 		out = append(out, fmt.Sprintf("[%s,%s)", r.Start, r.End))
@@ -72,25 +74,25 @@ func TestCompute(t *testing.T) {
 		name: "split: the stale parent loses to its newer children",
 		in: Input{Previous: 10, Reports: []Report{
 			rep(1, 1, "a", "c", 100), rep(1, 2, "a", "b", 50), rep(4, 2, "b", "c", 60),
-		}, Ranges: []Range{rg("a", "c")}},
+		}, Ranges: []keyspace.Range{rg("a", "c")}},
 		cp: 50, covered: true, stale: 1, used: 2, slowCause: []Cause{CauseLagging, CauseLagging},
 	}, {
 		name: "split: a stale parent with a lower checkpoint loses too",
 		in: Input{Previous: 10, Reports: []Report{
 			rep(1, 1, "a", "c", 20), rep(1, 2, "a", "b", 50), rep(4, 2, "b", "c", 60),
-		}, Ranges: []Range{rg("a", "c")}},
+		}, Ranges: []keyspace.Range{rg("a", "c")}},
 		cp: 50, covered: true, stale: 1, used: 2, slowCause: []Cause{CauseLagging, CauseLagging},
 	}, {
 		name: "split: a stale parent does not fill its missing child",
 		in: Input{Previous: 10, Reports: []Report{
 			rep(1, 1, "a", "c", 100), rep(1, 2, "a", "b", 50),
-		}, Ranges: []Range{rg("a", "c")}},
+		}, Ranges: []keyspace.Range{rg("a", "c")}},
 		cp: 10, holes: []string{"[b,c)"}, stale: 1, used: 1, slowCause: []Cause{CauseUncovered, CauseLagging},
 	}, {
 		name: "merge: both stale sources lose to the merged region",
 		in: Input{Previous: 10, Reports: []Report{
 			rep(1, 5, "a", "b", 50), rep(2, 3, "b", "c", 40), rep(1, 6, "a", "c", 45),
-		}, Ranges: []Range{rg("a", "c")}},
+		}, Ranges: []keyspace.Range{rg("a", "c")}},
 		cp: 45, covered: true, stale: 2, used: 1, slowCause: []Cause{CauseLagging},
 	}, {
 		name: "same epoch from two stores (leader moved): the lower counts",
@@ -100,25 +102,25 @@ func TestCompute(t *testing.T) {
 		cp: 80, covered: true, used: 2, slowCause: []Cause{CauseLagging, CauseLagging},
 	}, {
 		name: "reports outside the task ranges are ignored",
-		in: Input{Previous: 10, Ranges: []Range{rg("a", "m")}, Reports: []Report{
+		in: Input{Previous: 10, Ranges: []keyspace.Range{rg("a", "m")}, Reports: []Report{
 			rep(1, 1, "", "a", 1), rep(2, 1, "a", "m", 70), rep(3, 1, "m", "", 2),
 		}},
 		cp: 70, covered: true, used: 1, slowCause: []Cause{CauseLagging},
 	}, {
 		name: "a region wider than the task range covers it",
-		in: Input{Previous: 10, Ranges: []Range{rg("c", "d")}, Reports: []Report{
+		in: Input{Previous: 10, Ranges: []keyspace.Range{rg("c", "d")}, Reports: []Report{
 			rep(1, 1, "a", "z", 70),
 		}},
 		cp: 70, covered: true, used: 1, slowCause: []Cause{CauseLagging},
 	}, {
 		name: "the gap between task ranges needs no cover",
-		in: Input{Previous: 10, Ranges: []Range{rg("a", "c"), rg("x", "z")}, Reports: []Report{
+		in: Input{Previous: 10, Ranges: []keyspace.Range{rg("a", "c"), rg("x", "z")}, Reports: []Report{
 			rep(1, 1, "a", "c", 70), rep(2, 1, "x", "z", 60),
 		}},
 		cp: 60, covered: true, used: 2, slowCause: []Cause{CauseLagging, CauseLagging},
 	}, {
 		name: "holes are clipped to the task ranges and merged",
-		in: Input{Previous: 10, Ranges: []Range{rg("a", "f"), rg("x", "")}, Reports: []Report{
+		in: Input{Previous: 10, Ranges: []keyspace.Range{rg("a", "f"), rg("x", "")}, Reports: []Report{
 			rep(1, 1, "", "b", 70), rep(2, 7, "y", "z", 60),
 		}},
 		cp: 10, holes: []string{"[b,f)", "[x,y)", "[z,)"}, used: 2,
@@ -189,14 +191,6 @@ func TestComputeSlowestDetail(t *testing.T) {
 	require.Equal(t, "lagging-store", CauseLagging.String())
 }
 
-func TestNormalizeRanges(t *testing.T) {
-	require.Equal(t, []string{"[,)"}, rangesStr(NormalizeRanges(nil)))
-	require.Equal(t, []string{"[a,d)", "[x,)"}, rangesStr(NormalizeRanges([]Range{
-		rg("x", ""), rg("c", "d"), rg("a", "b"), rg("b", "c"), rg("q", "q"), rg("y", "z"),
-	})))
-	require.Equal(t, []string{"[a,z)"}, rangesStr(NormalizeRanges([]Range{rg("a", "z"), rg("b", "c")})))
-}
-
 // TestComputeMatchesReference checks Compute against a direct, quadratic
 // reading of the rules on random overlapping reports over one-byte keys.
 func TestComputeMatchesReference(t *testing.T) {
@@ -208,7 +202,7 @@ func TestComputeMatchesReference(t *testing.T) {
 			s, e := keys[rnd.Intn(len(keys))], keys[rnd.Intn(len(keys))]
 			reps = append(reps, rep(uint64(n), uint64(rnd.Intn(3)), s, e, uint64(10+rnd.Intn(50))))
 		}
-		var task []Range
+		var task []keyspace.Range
 		for n := rnd.Intn(3); n > 0; n-- {
 			task = append(task, rg(keys[rnd.Intn(len(keys))], keys[rnd.Intn(len(keys))]))
 		}
@@ -223,7 +217,7 @@ func TestComputeMatchesReference(t *testing.T) {
 		for _, k := range samples() {
 			in := false
 			for _, h := range got.Uncovered {
-				in = in || contains(h, k)
+				in = in || h.Contains(k)
 			}
 			gotHoles = append(gotHoles, in)
 		}
@@ -241,10 +235,6 @@ func samples() [][]byte {
 		out = append(out, []byte{c}, []byte{c, 0})
 	}
 	return out
-}
-
-func contains(r Range, k []byte) bool {
-	return bytes.Compare(r.Start, k) <= 0 && (len(r.End) == 0 || bytes.Compare(k, r.End) < 0)
 }
 
 // reference evaluates the rules key by key; it returns the result and, per
@@ -270,18 +260,18 @@ func reference(in Input) (Result, []bool) {
 			live = append(live, r)
 		}
 	}
-	task := NormalizeRanges(in.Ranges)
+	task := keyspace.Normalize(in.Ranges)
 	first, covered := true, true
 	var cand uint64
 	var holes []bool
 	for _, k := range samples() {
 		inTask := false
 		for _, tr := range task {
-			inTask = inTask || contains(tr, k)
+			inTask = inTask || tr.Contains(k)
 		}
 		best, ok := uint64(0), false
 		for _, r := range live {
-			if contains(Range{r.Start, r.End}, k) && (!ok || r.Checkpoint < best) {
+			if (keyspace.Range{Start: r.Start, End: r.End}).Contains(k) && (!ok || r.Checkpoint < best) {
 				best, ok = r.Checkpoint, true
 			}
 		}

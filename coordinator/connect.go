@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"time"
 
 	pd "github.com/tikv/pd/client"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -78,17 +77,3 @@ func (c *Coordinator) connCfg() connector.Config {
 
 // GetTS returns a timestamp from PD (connector.GetTS).
 func GetTS(ctx context.Context, p PD) (uint64, error) { return connector.GetTS(ctx, p) }
-
-// logicalBits is the width of a TSO's logical part.
-const logicalBits = 18
-
-// ComposeTS builds a TSO from its physical (Unix ms) and logical parts.
-func ComposeTS(physical, logical int64) uint64 {
-	return uint64(physical)<<logicalBits | uint64(logical)
-}
-
-// TSTime returns the wall-clock time of a TSO.
-func TSTime(ts uint64) time.Time { return time.UnixMilli(int64(ts >> logicalBits)) }
-
-// TSFromTime returns the first TSO of a wall-clock time.
-func TSFromTime(t time.Time) uint64 { return ComposeTS(t.UnixMilli(), 0) }

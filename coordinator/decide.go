@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -31,8 +32,8 @@ type verdict struct {
 func decide(state pitrpb.TaskState, checkpoint, gcSafePoint uint64, gcKnown bool, changedAt, now time.Time, ttl time.Duration) verdict {
 	gcPassed := func() string {
 		if gcKnown && gcSafePoint > checkpoint {
-			return fmt.Sprintf("GC safepoint %d (%s) is above the checkpoint %d (%s): PD's GC may have removed versions the backup needs; stop this task and start a new one",
-				gcSafePoint, TSTime(gcSafePoint).UTC().Format(time.RFC3339), checkpoint, TSTime(checkpoint).UTC().Format(time.RFC3339))
+			return fmt.Sprintf("GC safepoint %s is above the checkpoint %s: PD's GC may have removed versions the backup needs; stop this task and start a new one",
+				keyspace.Format(gcSafePoint), keyspace.Format(checkpoint))
 		}
 		return ""
 	}

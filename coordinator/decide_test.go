@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -18,7 +19,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 func TestDecide(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	cp := TSFromTime(now.Add(-time.Minute))
+	cp := keyspace.FromTime(now.Add(-time.Minute))
 	const ttl = time.Hour
 	for _, tc := range []struct {
 		name    string
@@ -76,8 +77,8 @@ func TestConfigValidate(t *testing.T) {
 // rewrites testdata/status.golden).
 func TestRenderViews(t *testing.T) {
 	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-	start := TSFromTime(now.Add(-time.Hour))
-	cp := TSFromTime(now.Add(-3 * time.Second))
+	start := keyspace.FromTime(now.Add(-time.Hour))
+	cp := keyspace.FromTime(now.Add(-3 * time.Second))
 	rec := &pitrpb.TaskRecord{
 		Info: &pitrpb.TaskInfo{Name: "nightly", StartTs: start, Ranges: []*pitrpb.KeyRange{
 			{StartKey: []byte("t"), EndKey: []byte("u")}, {StartKey: []byte{'m', 0xff}},

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
@@ -138,7 +139,7 @@ func TestStartTask(t *testing.T) {
 	rootX := "file://" + t.TempDir()
 	rec := startTask(t, c, cli, "a", func(o *StartOptions) {
 		o.StorageURL = rootX
-		o.Ranges = []Range{rg("m", "n"), rg("a", "c"), rg("b", "d")}
+		o.Ranges = []keyspace.Range{rg("m", "n"), rg("a", "c"), rg("b", "d")}
 	})
 	require.Len(t, rec.GetInfo().GetRanges(), 2, "ranges are stored normalized")
 	require.Equal(t, []byte("d"), rec.GetInfo().GetRanges()[0].GetEndKey())
@@ -156,8 +157,8 @@ func TestStartTask(t *testing.T) {
 	require.ErrorIs(t, start(StartOptions{Name: "a"}), ErrTaskExists)
 	require.ErrorIs(t, start(StartOptions{Name: "bad/name"}), ErrInvalidRequest)
 	require.ErrorIs(t, start(StartOptions{Name: "c", StorageURL: "s3://b/p?secret_access_key=x"}), ErrInvalidRequest)
-	require.ErrorIs(t, start(StartOptions{Name: "c", Ranges: []Range{rg("b", "a")}}), ErrInvalidRequest)
-	require.ErrorIs(t, start(StartOptions{Name: "c", StartTS: TSFromTime(time.Now().Add(time.Hour))}), ErrStartTS)
+	require.ErrorIs(t, start(StartOptions{Name: "c", Ranges: []keyspace.Range{rg("b", "a")}}), ErrInvalidRequest)
+	require.ErrorIs(t, start(StartOptions{Name: "c", StartTS: keyspace.FromTime(time.Now().Add(time.Hour))}), ErrStartTS)
 
 	// Below the GC safepoint.
 	old, err := GetTS(ctx, c.pd)

@@ -21,6 +21,7 @@ import (
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
@@ -181,7 +182,7 @@ func (a *fakeAgent) GetProgress(_ context.Context, req *pitrpb.GetProgressReques
 	if !a.tasks[req.GetTask()] {
 		return nil, status.Errorf(codes.NotFound, "task %s not running here", req.GetTask())
 	}
-	cp := TSFromTime(time.Now().Add(-a.behind))
+	cp := keyspace.FromTime(time.Now().Add(-a.behind))
 	if a.frozen != 0 {
 		cp = a.frozen
 	}

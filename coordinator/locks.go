@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -12,6 +11,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/tikv/client-go/v2/tikv"
 	"github.com/tikv/client-go/v2/txnkv/txnlock"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Lock resolution (DESIGN I10, audit R2). TiKV never resolves a lock by
@@ -32,7 +33,7 @@ type LockResolver interface {
 	// ResolveLocks scans the locks with start_ts ≤ maxVersion in r and
 	// resolves those whose transaction committed, rolled back or expired;
 	// the locks of live transactions stay.
-	ResolveLocks(ctx context.Context, r Range, maxVersion uint64) (LockScan, error)
+	ResolveLocks(ctx context.Context, r keyspace.Range, maxVersion uint64) (LockScan, error)
 }
 
 // LockScan is what one ResolveLocks call found.
@@ -78,7 +79,7 @@ type kvLockResolver struct {
 	store *tikv.KVStore
 }
 
-func (k *kvLockResolver) ResolveLocks(ctx context.Context, r Range, maxVersion uint64) (LockScan, error) {
+func (k *kvLockResolver) ResolveLocks(ctx context.Context, r keyspace.Range, maxVersion uint64) (LockScan, error) {
 	rr := &regionResolver{BaseRegionLockResolver: tikv.NewRegionLockResolver("pitr coordinator", k.store)}
 	stat, err := tikv.ResolveLocksForRange(ctx, rr, maxVersion, r.Start, r.End, tikv.NewGcResolveLockMaxBackoffer, tikv.GCScanLockLimit)
 	scan := LockScan{Regions: stat.CompletedRegions, Locks: rr.locks, LiveMs: rr.liveMs}
@@ -176,7 +177,7 @@ func (t *term) lagBefore(now time.Time) uint64 {
 	if t.lockKeeper() == nil {
 		return 0
 	}
-	return TSFromTime(now.Add(-t.c.cfg.ResolveLocksAfter))
+	return keyspace.FromTime(now.Add(-t.c.cfg.ResolveLocksAfter))
 }
 
 // resolveLocks starts, in the background, one lock resolution over every
@@ -194,7 +195,7 @@ func (t *term) lagBefore(now time.Time) uint64 {
 // what holds a range this long. The bound limits the work, not the
 // safety: the resolver never rolls back a transaction whose TTL has not
 // expired.
-func (t *term) resolveLocks(name string, lagging []Range, lagBefore uint64, now time.Time) *LockStatus {
+func (t *term) resolveLocks(name string, lagging []keyspace.Range, lagBefore uint64, now time.Time) *LockStatus {
 	k := t.lockKeeper()
 	if k == nil {
 		return nil
@@ -207,7 +208,7 @@ func (t *term) resolveLocks(name string, lagging []Range, lagBefore uint64, now 
 
 // start runs one resolution of rs unless the task has one running or ran
 // one recently.
-func (k *lockKeeper) start(name string, rs []Range, maxVersion uint64, now time.Time) {
+func (k *lockKeeper) start(name string, rs []keyspace.Range, maxVersion uint64, now time.Time) {
 	k.mu.Lock()
 	if k.running[name] || now.Sub(k.last[name]) < k.every {
 		k.mu.Unlock()
@@ -255,7 +256,7 @@ func (k *lockKeeper) start(name string, rs []Range, maxVersion uint64, now time.
 }
 
 // finish records a resolution's outcome.
-func (k *lockKeeper) finish(name string, rs []Range, maxVersion uint64, scan LockScan, err error) {
+func (k *lockKeeper) finish(name string, rs []keyspace.Range, maxVersion uint64, scan LockScan, err error) {
 	end := time.Now()
 	first, last := rs[0], rs[len(rs)-1]
 	k.mu.Lock()
@@ -267,7 +268,7 @@ func (k *lockKeeper) finish(name string, rs []Range, maxVersion uint64, scan Loc
 	st.LastUnixMs, st.LastMaxVersion, st.LastLocks, st.LastLiveMs = end.UnixMilli(), maxVersion, scan.Locks, scan.LiveMs
 	st.LastError = ""
 	k.met.locksFound.WithLabelValues(name).Add(float64(scan.Locks))
-	k.met.setLastLockResolution(name, Range{Start: first.Start, End: last.End}, end)
+	k.met.setLastLockResolution(name, keyspace.Range{Start: first.Start, End: last.End}, end)
 	if err != nil {
 		st.Errors++
 		st.LastError = err.Error()
@@ -292,24 +293,4 @@ func (k *lockKeeper) status(name string) *LockStatus {
 	}
 	cp := *st
 	return &cp
-}
-
-// clipRange returns the parts of r inside the normalized task ranges.
-func clipRange(r Range, task []Range) []Range {
-	var out []Range
-	for _, t := range task {
-		start := r.Start
-		if bytes.Compare(t.Start, start) > 0 {
-			start = t.Start
-		}
-		end := r.End
-		if len(end) == 0 || (len(t.End) != 0 && bytes.Compare(t.End, end) < 0) {
-			end = t.End
-		}
-		if len(end) != 0 && bytes.Compare(start, end) >= 0 {
-			continue
-		}
-		out = append(out, Range{Start: start, End: end})
-	}
-	return out
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground/workload"
 )
 
@@ -277,10 +278,10 @@ func TestLockKeeper(t *testing.T) {
 	defer tm.wg.Wait()
 	defer close(tm.stop)
 
-	old := TSFromTime(now.Add(-time.Minute))
-	young := TSFromTime(now.Add(-2 * time.Second))
+	old := keyspace.FromTime(now.Add(-time.Minute))
+	young := keyspace.FromTime(now.Add(-2 * time.Second))
 	before := tm.lagBefore(now)
-	require.Equal(t, TSFromTime(now.Add(-10*time.Second)), before)
+	require.Equal(t, keyspace.FromTime(now.Add(-10*time.Second)), before)
 	// Seven regions tie at the oldest checkpoint (one TiKV resolved-ts
 	// batch), more than the status lists; one is young; a hole has no
 	// report. Every lagging one is resolved, clipped to the task.
@@ -290,10 +291,10 @@ func TestLockKeeper(t *testing.T) {
 	}
 	reps = append(reps, Report{Start: []byte("i"), End: []byte("j"), Checkpoint: young, RegionID: 8})
 	reps = append(reps, Report{Start: []byte("j"), End: nil, Checkpoint: old, RegionID: 9})
-	task := []Range{rg("c", "x")}
+	task := []keyspace.Range{rg("c", "x")}
 	res := Compute(Input{Ranges: task, Reports: reps, LagBefore: before})
 	require.Len(t, res.Slowest, DefaultMaxSlow)
-	require.Equal(t, []Range{rg("c", "i"), rg("j", "x")}, res.Lagging)
+	require.Equal(t, []keyspace.Range{rg("c", "i"), rg("j", "x")}, res.Lagging)
 
 	tm.resolveLocks("t", res.Lagging, before, now)
 	require.Equal(t, resolveCall{rg("c", "i"), before}, <-fr.calls)
@@ -322,7 +323,7 @@ func TestLockKeeper(t *testing.T) {
 }
 
 type resolveCall struct {
-	r          Range
+	r          keyspace.Range
 	maxVersion uint64
 }
 
@@ -331,23 +332,7 @@ type fakeResolver struct {
 	locks int
 }
 
-func (f *fakeResolver) ResolveLocks(_ context.Context, r Range, maxVersion uint64) (LockScan, error) {
+func (f *fakeResolver) ResolveLocks(_ context.Context, r keyspace.Range, maxVersion uint64) (LockScan, error) {
 	f.calls <- resolveCall{r, maxVersion}
 	return LockScan{Regions: 1, Locks: f.locks}, nil
-}
-
-func TestClipRange(t *testing.T) {
-	for _, tc := range []struct {
-		r    Range
-		task []Range
-		want []Range
-	}{
-		{rg("b", "d"), []Range{{}}, []Range{rg("b", "d")}},
-		{rg("b", "d"), []Range{rg("c", "x")}, []Range{rg("c", "d")}},
-		{rg("b", ""), []Range{rg("a", "c"), rg("e", "")}, []Range{rg("b", "c"), rg("e", "")}},
-		{rg("x", "z"), []Range{rg("a", "c")}, nil},
-		{rg("", ""), []Range{rg("a", "c")}, []Range{rg("a", "c")}},
-	} {
-		require.Equal(t, tc.want, clipRange(tc.r, NormalizeRanges(tc.task)), fmt.Sprintf("%q in %q", tc.r, tc.task))
-	}
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // metrics of one coordinator. Per-task gauges are exported by the leader
@@ -115,7 +117,7 @@ func (m *metrics) forget(name string) {
 
 // setLastLockResolution records the end of a task's last lock resolution,
 // keeping one series per task.
-func (m *metrics) setLastLockResolution(name string, r Range, end time.Time) {
+func (m *metrics) setLastLockResolution(name string, r keyspace.Range, end time.Time) {
 	m.lockResolutionLast.DeletePartialMatch(prometheus.Labels{"task": name})
 	m.lockResolutionLast.WithLabelValues(name, hex.EncodeToString(r.Start), hex.EncodeToString(r.End)).Set(float64(end.UnixMilli()) / 1000)
 }

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	protobuf "google.golang.org/protobuf/proto"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
 )
@@ -95,14 +96,16 @@ func slowStatuses(in []Slow) []SlowStatus {
 // TaskView is what `pitr task status` shows of one task: the task record,
 // the checkpoint and the coordinator's last status, read together.
 type TaskView struct {
-	Name       string     `json:"name"`
-	State      string     `json:"state"`
-	Error      string     `json:"error,omitempty"`
-	StorageURL string     `json:"storage_url"`
-	Ranges     []KeyRange `json:"ranges"`
-	StartTS    uint64     `json:"start_ts"`
-	StartTime  time.Time  `json:"start_time"`
-	Checkpoint uint64     `json:"checkpoint"`
+	Name       string `json:"name"`
+	State      string `json:"state"`
+	Error      string `json:"error,omitempty"`
+	StorageURL string `json:"storage_url"`
+	// Ranges are the task's ranges as given (JSON: hex start_key and
+	// end_key, empty end +inf).
+	Ranges     []keyspace.Range `json:"ranges"`
+	StartTS    uint64           `json:"start_ts"`
+	StartTime  time.Time        `json:"start_time"`
+	Checkpoint uint64           `json:"checkpoint"`
 	// CheckpointTime is the checkpoint's wall-clock time; LagSeconds is
 	// now minus it.
 	CheckpointTime time.Time `json:"checkpoint_time"`
@@ -114,12 +117,6 @@ type TaskView struct {
 	// Warnings are problems the reader should know about (a stale status,
 	// no coordinator).
 	Warnings []string `json:"warnings,omitempty"`
-}
-
-// KeyRange is a task range in a TaskView, keys in hex (empty end: +inf).
-type KeyRange struct {
-	StartKey string `json:"start_key"`
-	EndKey   string `json:"end_key"`
 }
 
 // stateName is the lower-case name of a task state.
@@ -199,12 +196,12 @@ func makeView(r *pitrpb.TaskRecord, cp uint64, st *Status, now time.Time) TaskVi
 	}
 	v := TaskView{
 		Name: info.GetName(), State: stateName(r.GetState()), Error: r.GetError(), StorageURL: r.GetStorageUrl(),
-		StartTS: info.GetStartTs(), StartTime: TSTime(info.GetStartTs()).UTC(),
-		Checkpoint: cp, CheckpointTime: TSTime(cp).UTC(),
+		StartTS: info.GetStartTs(), StartTime: keyspace.Time(info.GetStartTs()),
+		Checkpoint: cp, CheckpointTime: keyspace.Time(cp),
 		Status: st,
 	}
 	for _, kr := range info.GetRanges() {
-		v.Ranges = append(v.Ranges, KeyRange{StartKey: hex.EncodeToString(kr.GetStartKey()), EndKey: hex.EncodeToString(kr.GetEndKey())})
+		v.Ranges = append(v.Ranges, keyspace.Range{Start: kr.GetStartKey(), End: kr.GetEndKey()})
 	}
 	if r.GetState() == pitrpb.TaskState_TASK_STATE_STOPPED {
 		return v
@@ -286,10 +283,10 @@ func renderDetail(w io.Writer, v TaskView) error {
 		if i == 0 {
 			label = "Ranges:"
 		}
-		fmt.Fprintf(tw, "%s\t[%s, %s)\n", label, showHexKey(r.StartKey, false), showHexKey(r.EndKey, true))
+		fmt.Fprintf(tw, "%s\t%s\n", label, r)
 	}
-	fmt.Fprintf(tw, "Start ts:\t%d (%s)\n", v.StartTS, v.StartTime.Format(time.RFC3339Nano))
-	fmt.Fprintf(tw, "Checkpoint:\t%d (%s)\n", v.Checkpoint, v.CheckpointTime.Format(time.RFC3339Nano))
+	fmt.Fprintf(tw, "Start ts:\t%s\n", keyspace.Format(v.StartTS))
+	fmt.Fprintf(tw, "Checkpoint:\t%s\n", keyspace.Format(v.Checkpoint))
 	fmt.Fprintf(tw, "Lag:\t%s\n", lagString(v))
 	if st := v.Status; st != nil && v.State != "stopped" {
 		fmt.Fprintf(tw, "Coverage:\t%d regions, %d uncovered ranges, %d stale reports\n", st.Regions, st.UncoveredRanges, st.StaleReports)
@@ -325,7 +322,7 @@ func renderDetail(w io.Writer, v TaskView) error {
 			if s.RegionID != 0 {
 				region, store, cp = strconv.FormatUint(s.RegionID, 10), strconv.FormatUint(s.StoreID, 10), strconv.FormatUint(s.Checkpoint, 10)
 			}
-			fmt.Fprintf(tw, "  %s\t[%s, %s)\t%s\t%s\t%s\t%s\n", s.Cause, showHexKey(s.StartKey, false), showHexKey(s.EndKey, true),
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Cause, hexRange(s.StartKey, s.EndKey),
 				region, store, cp, s.Reason)
 		}
 		if err := tw.Flush(); err != nil {
@@ -361,7 +358,7 @@ func lockLine(l *LockStatus) string {
 	if l.LastRanges > 1 {
 		in = fmt.Sprintf(" (%d lagging ranges)", l.LastRanges)
 	}
-	fmt.Fprintf(&b, "; last [%s, %s)%s at %s, max_version %d: %d locks", showHexKey(l.LastStartKey, false), showHexKey(l.LastEndKey, true),
+	fmt.Fprintf(&b, "; last %s%s at %s, max_version %d: %d locks", hexRange(l.LastStartKey, l.LastEndKey),
 		in, time.UnixMilli(l.LastUnixMs).UTC().Format(time.RFC3339), l.LastMaxVersion, l.LastLocks)
 	if l.LastLiveMs > 0 {
 		fmt.Fprintf(&b, ", live ones left (TTL ends in %s)", (time.Duration(l.LastLiveMs) * time.Millisecond).Round(100*time.Millisecond))
@@ -372,25 +369,16 @@ func lockLine(l *LockStatus) string {
 	return b.String()
 }
 
-// showHexKey renders a hex key readably: printable keys quoted, others as
-// 0x-hex; empty is -inf or +inf.
-func showHexKey(h string, end bool) string {
-	if h == "" {
-		if end {
-			return "+inf"
-		}
-		return "-inf"
+// hexRange renders a range whose keys a status record holds in hex as
+// keyspace.Range.String does; a key that is not hex (a record from a newer
+// or broken writer) is shown as it is.
+func hexRange(start, end string) string {
+	s, err1 := hex.DecodeString(start)
+	e, err2 := hex.DecodeString(end)
+	if err1 != nil || err2 != nil {
+		return "[" + start + ", " + end + ")"
 	}
-	b, err := hex.DecodeString(h)
-	if err != nil {
-		return h
-	}
-	for _, c := range b {
-		if c < 0x20 || c > 0x7e {
-			return "0x" + h
-		}
-	}
-	return strconv.Quote(string(b))
+	return keyspace.Range{Start: s, End: e}.String()
 }
 
 // marshalStatus encodes a status record.

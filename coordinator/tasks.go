@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
@@ -38,7 +39,7 @@ type StartOptions struct {
 	// StartTS is the first ts the backup covers (0: PD's current ts).
 	StartTS uint64
 	// Ranges are the raw key ranges to back up (none: every key).
-	Ranges []Range
+	Ranges []keyspace.Range
 	// SafePointTTL is the TTL of the GC safepoint set at StartTS (0:
 	// DefaultSafePointTTL); the coordinator refreshes it.
 	SafePointTTL time.Duration
@@ -75,7 +76,7 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 				return nil, fmt.Errorf("%w: range [%q, %q) is empty", ErrInvalidRequest, r.Start, r.End)
 			}
 		}
-		for _, r := range NormalizeRanges(o.Ranges) {
+		for _, r := range keyspace.Normalize(o.Ranges) {
 			ranges = append(ranges, &pitrpb.KeyRange{StartKey: r.Start, EndKey: r.End})
 		}
 	}
@@ -112,11 +113,11 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 		startTS = nowTS
 	}
 	if startTS > nowTS {
-		return nil, fmt.Errorf("%w: start ts %d (%s) is in the future (PD's ts is %d)", ErrStartTS, startTS, fmtTS(startTS), nowTS)
+		return nil, fmt.Errorf("%w: start ts %s is in the future (PD's ts is %d)", ErrStartTS, keyspace.Format(startTS), nowTS)
 	}
 	if startTS <= gcSP {
-		return nil, fmt.Errorf("%w: start ts %d (%s) is not above the GC safepoint %d (%s): older versions may be gone; use a later --start-ts",
-			ErrStartTS, startTS, fmtTS(startTS), gcSP, fmtTS(gcSP))
+		return nil, fmt.Errorf("%w: start ts %s is not above the GC safepoint %s: older versions may be gone; use a later --start-ts",
+			ErrStartTS, keyspace.Format(startTS), keyspace.Format(gcSP))
 	}
 	clusterID := p.GetClusterID(ctx)
 
@@ -199,8 +200,6 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	}
 	return rec, nil
 }
-
-func fmtTS(ts uint64) string { return TSTime(ts).UTC().Format(time.RFC3339Nano) }
 
 // updateTask applies fn to a task record with compare-and-swap, retrying
 // when the record changes underneath. fn returns false to leave the record

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
 )
@@ -339,7 +340,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		}
 		t.c.met.uncovered.WithLabelValues(name).Set(float64(len(res.Uncovered)))
 		t.c.met.staleReports.WithLabelValues(name).Set(float64(res.Stale))
-		t.c.met.lag.WithLabelValues(name).Set(max(0, now.Sub(TSTime(cp)).Seconds()))
+		t.c.met.lag.WithLabelValues(name).Set(max(0, now.Sub(keyspace.Time(cp)).Seconds()))
 	} else {
 		st.Agents = registeredStatuses(agents)
 		t.c.met.lag.DeleteLabelValues(name)
@@ -381,8 +382,8 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 			}
 		case min > cp && !failed:
 			delete(t.holds, name)
-			return t.failTask(ctx, ti, fmt.Sprintf("PD cannot hold GC at the checkpoint %d (%s): its minimum service safepoint is %d; GC may have removed versions the backup needs; stop this task and start a new one",
-				cp, TSTime(cp).UTC().Format(time.RFC3339), min), now)
+			return t.failTask(ctx, ti, fmt.Sprintf("PD cannot hold GC at the checkpoint %s: its minimum service safepoint is %d; GC may have removed versions the backup needs; stop this task and start a new one",
+				keyspace.Format(cp), min), now)
 		default:
 			t.holds[name] = heldSafePoint{cp: cp, rev: ti.rev, at: now, held: min <= cp}
 			if min <= cp {
@@ -509,10 +510,10 @@ func (t *term) writer(name, url string) *cpWriter {
 }
 
 // taskRanges returns a task's key ranges.
-func taskRanges(rec *pitrpb.TaskRecord) []Range {
-	var out []Range
+func taskRanges(rec *pitrpb.TaskRecord) []keyspace.Range {
+	var out []keyspace.Range
 	for _, r := range rec.GetInfo().GetRanges() {
-		out = append(out, Range{Start: r.GetStartKey(), End: r.GetEndKey()})
+		out = append(out, keyspace.Range{Start: r.GetStartKey(), End: r.GetEndKey()})
 	}
 	return out
 }

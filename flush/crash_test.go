@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/storage/storagetest"
@@ -89,7 +90,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	pcfg.Storage = probe
 	pf := newFlusher(t, pcfg)
 	addAll(t, pf, clones(rows), 100)
-	m, err := pf.Flush(context.Background(), 1<<18, nil)
+	m, err := pf.Flush(context.Background(), keyspace.Compose(1, 0), nil)
 	require.NoError(t, err)
 	steps := probe.calls
 	require.Equal(t, len(m.Files)+1, steps)
@@ -116,7 +117,7 @@ func TestCrashAtEachStep(t *testing.T) {
 				addAll(t, f, clones(rows), 100)
 				require.NotEmpty(t, runFiles(t, c.Dir), "the flush reads spill runs too")
 
-				_, err = f.Flush(ctx, 10<<18, regions(10<<18))
+				_, err = f.Flush(ctx, keyspace.Compose(10, 0), regions(keyspace.Compose(10, 0)))
 				if step <= steps {
 					require.ErrorIs(t, err, errInjected)
 				} else {
@@ -136,13 +137,13 @@ func TestCrashAtEachStep(t *testing.T) {
 					if step <= steps {
 						addAll(t, f2, clones(rows), 100)
 					}
-					_, err = f2.Flush(ctx, 11<<18, regions(11<<18))
+					_, err = f2.Flush(ctx, keyspace.Compose(11, 0), regions(keyspace.Compose(11, 0)))
 					require.NoError(t, err)
 					require.NoError(t, f2.Close())
 				} else {
 					require.NotEmpty(t, runFiles(t, c.Dir), "a failed flush keeps its spill runs")
 					require.EqualValues(t, len(rows), f.Stats().BufferedRow, "the rows went back")
-					m2, err := f.Flush(ctx, 11<<18, regions(11<<18))
+					m2, err := f.Flush(ctx, keyspace.Compose(11, 0), regions(keyspace.Compose(11, 0)))
 					require.NoError(t, err)
 					require.Equal(t, all, readMeta(t, st, m2), "the retry writes every row")
 					require.Empty(t, runFiles(t, c.Dir))
@@ -175,13 +176,13 @@ func TestUploadFailsWithConcurrency(t *testing.T) {
 	f := newFlusher(t, Config{Storage: faulty, FileTarget: 64 << 10, UploadConcurrency: 4})
 	rows := genRows(rng, 2000, 1<<30, 300)
 	kept := addAll(t, f, rows, 100)
-	_, err := f.Flush(ctx, 20<<18, nil)
+	_, err := f.Flush(ctx, keyspace.Compose(20, 0), nil)
 	require.ErrorIs(t, err, errInjected)
 	require.Empty(t, metas(t, st))
-	m, err := f.Flush(ctx, 21<<18, nil)
+	m, err := f.Flush(ctx, keyspace.Compose(21, 0), nil)
 	if err != nil { // the second injected fault may hit this flush
 		require.ErrorIs(t, err, errInjected)
-		m, err = f.Flush(ctx, 22<<18, nil)
+		m, err = f.Flush(ctx, keyspace.Compose(22, 0), nil)
 	}
 	require.NoError(t, err)
 	require.Equal(t, want(kept), readMeta(t, st, m))
@@ -195,9 +196,9 @@ func TestFlushCancelled(t *testing.T) {
 	kept := addAll(t, f, genRows(rng, 500, 1<<30, 100), 50)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := f.Flush(ctx, 30<<18, nil)
+	_, err := f.Flush(ctx, keyspace.Compose(30, 0), nil)
 	require.ErrorIs(t, err, context.Canceled)
-	m, err := f.Flush(context.Background(), 31<<18, nil)
+	m, err := f.Flush(context.Background(), keyspace.Compose(31, 0), nil)
 	require.NoError(t, err)
 	require.Equal(t, want(kept), readMeta(t, st, m))
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
@@ -58,7 +59,7 @@ func TestFlush(t *testing.T) {
 			}
 			require.Equal(t, tc.wantSpill, len(runFiles(t, cfg.Dir)) > 0, "spill runs on disk")
 
-			const ts = 400 << 18
+			ts := keyspace.Compose(400, 0)
 			m, err := f.Flush(ctx, ts, regions(ts))
 			require.NoError(t, err)
 			require.Empty(t, runFiles(t, cfg.Dir), "spill runs are deleted after the flush")
@@ -99,7 +100,7 @@ func TestFileCut(t *testing.T) {
 			f := newFlusher(t, Config{Storage: st, FileTarget: target, Writer: logfile.WriterOptions{RowGroupBytes: rg}})
 			rows := genRows(rng, 5*1024, 1<<30, 1024) // ~5 MiB, incompressible
 			added := addAll(t, f, rows, 100)
-			m, err := f.Flush(context.Background(), 500<<18, nil)
+			m, err := f.Flush(context.Background(), keyspace.Compose(500, 0), nil)
 			require.NoError(t, err)
 			require.GreaterOrEqual(t, len(m.Files), 4)
 			for i, df := range m.Files {
@@ -125,7 +126,7 @@ func TestNoTailSliver(t *testing.T) {
 	f := newFlusher(t, Config{Storage: st, FileTarget: target, Writer: logfile.WriterOptions{RowGroupBytes: 32 << 10}})
 	rows := genRows(rng, 1024+200, 1<<30, 1024) // ~1.2 MiB, incompressible
 	added := addAll(t, f, rows, 100)
-	m, err := f.Flush(context.Background(), 500<<18, nil)
+	m, err := f.Flush(context.Background(), keyspace.Compose(500, 0), nil)
 	require.NoError(t, err)
 	require.Len(t, m.Files, 1, "one file, not one and a sliver")
 	require.Greater(t, m.Files[0].Size, int64(target), "the tail joined the file")
@@ -134,7 +135,7 @@ func TestNoTailSliver(t *testing.T) {
 	// Over 1.5 files: the remainder is big enough for a file of its own.
 	rows = genRows(rng, 1024+800, 1<<30, 1024)
 	added = addAll(t, f, rows, 100)
-	m, err = f.Flush(context.Background(), 501<<18, nil)
+	m, err = f.Flush(context.Background(), keyspace.Compose(501, 0), nil)
 	require.NoError(t, err)
 	require.Len(t, m.Files, 2)
 	require.GreaterOrEqual(t, m.Files[0].Size, int64(target))
@@ -168,7 +169,7 @@ func TestSpillKeepsMemoryInBudget(t *testing.T) {
 	require.EqualValues(t, len(runs), testutil.ToFloat64(f.m.spills))
 	require.Equal(t, float64(s.Spilled), testutil.ToFloat64(f.m.spilled))
 
-	m, err := f.Flush(context.Background(), 600<<18, nil)
+	m, err := f.Flush(context.Background(), keyspace.Compose(600, 0), nil)
 	require.NoError(t, err)
 	require.Equal(t, want(kept), readMeta(t, st, m))
 	require.Empty(t, runFiles(t, dir))
@@ -231,7 +232,7 @@ func TestBackpressure(t *testing.T) {
 			kept := clones(rows)
 			a := startAdder(t, f, rows, 20)
 			flushes, spilled := 0, false
-			ts := uint64(700 << 18)
+			ts := keyspace.Compose(700, 0)
 			for done := false; !done; {
 				select {
 				case err := <-a.done:
@@ -283,7 +284,7 @@ func TestBlockedAddCancelled(t *testing.T) {
 	<-blocked
 	cancel()
 	require.ErrorIs(t, <-errc, context.Canceled)
-	m, err := f.Flush(ctx, 800<<18, nil)
+	m, err := f.Flush(ctx, keyspace.Compose(800, 0), nil)
 	require.NoError(t, err)
 	require.Equal(t, want(kept), readMeta(t, st, m), "the cancelled batch was not taken")
 }
@@ -320,7 +321,7 @@ func TestAddDuringFlushGoesToNextFlush(t *testing.T) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		m, err := f.Flush(ctx, 900<<18, nil)
+		m, err := f.Flush(ctx, keyspace.Compose(900, 0), nil)
 		res <- result{m, err}
 	}()
 	<-g.entered // the first flush has cut and is uploading
@@ -335,7 +336,7 @@ func TestAddDuringFlushGoesToNextFlush(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Equal(t, want(a), readMeta(t, st, r.m))
 
-	m2, err := f.Flush(ctx, 901<<18, nil)
+	m2, err := f.Flush(ctx, keyspace.Compose(901, 0), nil)
 	require.NoError(t, err)
 	require.Equal(t, want(b), readMeta(t, st, m2))
 }
@@ -378,7 +379,7 @@ func TestConcurrentAddsAndFlushes(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	ts := uint64(1000 << 18)
+	ts := keyspace.Compose(1000, 0)
 	for stop := false; !stop; {
 		select {
 		case <-done:

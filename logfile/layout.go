@@ -5,7 +5,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Storage layout of one task (DESIGN §4). Paths are relative to the task's
@@ -21,14 +22,6 @@ const (
 	SnapshotPrefix  = "snapshot/"         // full backups
 )
 
-// physicalShift is the number of logical bits of a TSO: ts>>18 is Unix ms.
-const physicalShift = 18
-
-// TSTime returns the wall-clock time (UTC) of a TSO timestamp's physical part.
-func TSTime(ts uint64) time.Time {
-	return time.UnixMilli(int64(ts >> physicalShift)).UTC()
-}
-
 // DataPath is where a data file of one flush of one store lives:
 //
 //	log/<YYYYMMDD>/<HH>/<store_id>/<flush_ts:016x>-<id>.parquet
@@ -37,7 +30,7 @@ func TSTime(ts uint64) time.Time {
 // name unique (a uuid, or a counter within the flush); it must be a single
 // path element.
 func DataPath(storeID, flushTS uint64, id string) string {
-	t := TSTime(flushTS)
+	t := keyspace.Time(flushTS)
 	return fmt.Sprintf("%s%s/%02d/%d/%016x-%s.parquet", LogPrefix, t.Format("20060102"), t.Hour(), storeID, flushTS, id)
 }
 

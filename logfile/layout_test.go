@@ -5,12 +5,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 )
 
-func tso(t time.Time, logical uint64) uint64 { return uint64(t.UnixMilli())<<18 | logical }
+func tso(t time.Time, logical uint64) uint64 { return keyspace.Compose(t.UnixMilli(), int64(logical)) }
 
 func TestPaths(t *testing.T) {
 	ts := tso(time.Date(2026, 11, 22, 13, 45, 6, 0, time.UTC), 7)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Coverage proof (DESIGN §4): every RegionCoverage of every meta claims that
@@ -20,17 +22,17 @@ import (
 // Hole is a part of the key × time space that no meta covers: keys
 // [Start, End) × commit timestamps (From, To].
 type Hole struct {
-	Keys     KeyRange
+	Keys     keyspace.Range
 	From, To uint64
 }
 
 func (h *Hole) String() string {
-	return fmt.Sprintf("keys %s have no log for commit_ts (%s, %s]", h.Keys, FormatTS(h.From), FormatTS(h.To))
+	return fmt.Sprintf("keys %s have no log for commit_ts (%s, %s]", h.Keys, keyspace.Format(h.From), keyspace.Format(h.To))
 }
 
 // rect is one coverage rectangle.
 type rect struct {
-	keys     KeyRange
+	keys     keyspace.Range
 	from, to uint64
 }
 
@@ -39,7 +41,7 @@ func coverageRects(metas []MetaFile) []rect {
 	var rs []rect
 	for _, m := range metas {
 		for _, c := range m.Meta.GetRegions() {
-			rs = append(rs, rect{keys: KeyRange{Start: c.GetStartKey(), End: c.GetEndKey()}, from: c.GetFromTs(), to: c.GetToTs()})
+			rs = append(rs, rect{keys: keyspace.Range{Start: c.GetStartKey(), End: c.GetEndKey()}, from: c.GetFromTs(), to: c.GetToTs()})
 		}
 	}
 	return rs
@@ -48,35 +50,15 @@ func coverageRects(metas []MetaFile) []rect {
 // CheckCoverage returns an ErrMissing error naming the first hole (in key
 // order, then time order) of the metas' coverage over ranges × (from, to],
 // or nil when there is none.
-func CheckCoverage(ranges []KeyRange, metas []MetaFile, from, to uint64) error {
+func CheckCoverage(ranges []keyspace.Range, metas []MetaFile, from, to uint64) error {
 	if h := findHole(ranges, coverageRects(metas), from, to); h != nil {
 		return fmt.Errorf("%w: coverage hole: %s", ErrMissing, h)
 	}
 	return nil
 }
 
-// bound is a point of the key axis; inf is +inf.
-type bound struct {
-	key []byte
-	inf bool
-}
-
-func endBound(k []byte) bound { return bound{key: k, inf: len(k) == 0} }
-
-func cmpBound(a, b bound) int {
-	switch {
-	case a.inf && b.inf:
-		return 0
-	case a.inf:
-		return 1
-	case b.inf:
-		return -1
-	}
-	return bytes.Compare(a.key, b.key)
-}
-
 type edge struct {
-	at    bound
+	at    keyspace.Point
 	delta int
 	lo    int // first segment
 	hi    int // one past the last segment
@@ -84,7 +66,7 @@ type edge struct {
 
 // findHole returns the first hole of rects over ranges × (from, to].
 // ranges must be sorted and disjoint (taskRanges).
-func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
+func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
 	if from >= to || len(ranges) == 0 {
 		return nil
 	}
@@ -103,41 +85,41 @@ func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
 	nseg := len(cs) - 1
 
 	var edges []edge
-	points := make([]bound, 0, 2*len(ranges)+2*len(rects))
+	points := make([]keyspace.Point, 0, 2*len(ranges)+2*len(rects))
 	for _, r := range ranges {
-		points = append(points, bound{key: r.Start}, endBound(r.End))
+		points = append(points, keyspace.StartPoint(r.Start), keyspace.EndPoint(r.End))
 	}
 	for _, r := range rects {
 		if r.to <= from || r.from >= to || r.from >= r.to {
 			continue
 		}
-		if len(r.keys.End) > 0 && bytes.Compare(r.keys.Start, r.keys.End) >= 0 {
+		if r.keys.Empty() {
 			continue
 		}
 		lo, hi := seg(max(r.from, from)), seg(min(r.to, to))
-		start, end := bound{key: r.keys.Start}, endBound(r.keys.End)
+		start, end := keyspace.StartPoint(r.keys.Start), keyspace.EndPoint(r.keys.End)
 		edges = append(edges, edge{at: start, delta: 1, lo: lo, hi: hi})
-		if !end.inf {
+		if !end.Inf {
 			edges = append(edges, edge{at: end, delta: -1, lo: lo, hi: hi})
 		}
 		points = append(points, start, end)
 	}
-	slices.SortFunc(edges, func(a, b edge) int { return cmpBound(a.at, b.at) })
-	slices.SortFunc(points, cmpBound)
-	points = slices.CompactFunc(points, func(a, b bound) bool { return cmpBound(a, b) == 0 })
+	slices.SortFunc(edges, func(a, b edge) int { return keyspace.ComparePoints(a.at, b.at) })
+	slices.SortFunc(points, keyspace.ComparePoints)
+	points = slices.CompactFunc(points, func(a, b keyspace.Point) bool { return keyspace.ComparePoints(a, b) == 0 })
 
 	t := newSegTree(nseg)
 	e := 0
 	for i := 0; i+1 < len(points); i++ {
 		p := points[i]
-		if p.inf {
+		if p.Inf {
 			break
 		}
-		for e < len(edges) && cmpBound(edges[e].at, p) <= 0 {
+		for e < len(edges) && keyspace.ComparePoints(edges[e].at, p) <= 0 {
 			t.add(edges[e].lo, edges[e].hi, edges[e].delta)
 			e++
 		}
-		if !inRanges(ranges, p.key) || t.min() > 0 {
+		if !inRanges(ranges, p.Key) || t.min() > 0 {
 			continue
 		}
 		k := t.firstZero()
@@ -146,9 +128,9 @@ func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
 			k2++
 		}
 		next := points[i+1]
-		h := &Hole{Keys: KeyRange{Start: p.key}, From: cs[k], To: cs[k2+1]}
-		if !next.inf {
-			h.Keys.End = next.key
+		h := &Hole{Keys: keyspace.Range{Start: p.Key}, From: cs[k], To: cs[k2+1]}
+		if !next.Inf {
+			h.Keys.End = next.Key
 		}
 		return h
 	}
@@ -156,8 +138,8 @@ func findHole(ranges []KeyRange, rects []rect, from, to uint64) *Hole {
 }
 
 // inRanges reports whether key is inside one of the sorted, disjoint ranges.
-func inRanges(ranges []KeyRange, key []byte) bool {
-	i, _ := slices.BinarySearchFunc(ranges, key, func(r KeyRange, k []byte) int {
+func inRanges(ranges []keyspace.Range, key []byte) bool {
+	i, _ := slices.BinarySearchFunc(ranges, key, func(r keyspace.Range, k []byte) int {
 		if bytes.Compare(r.Start, k) > 0 {
 			return 1
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/tikv/client-go/v2/txnkv"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/mvcc"
@@ -221,7 +222,7 @@ func newSource(t *testing.T, ctx context.Context) *sourceFixture {
 		covByStore := map[uint64][]*pitrpb.RegionCoverage{}
 		for i, pc := range pieces {
 			store := uint64(1 + (i+w)%3)
-			kr := KeyRange{Start: pc.start, End: pc.end}
+			kr := keyspace.Range{Start: pc.start, End: pc.end}
 			for _, r := range hist {
 				if kr.Contains(r.Key) && r.CommitTS > cuts[w-1] && r.CommitTS <= cuts[w] {
 					byStore[store] = append(byStore[store], r)
@@ -408,7 +409,7 @@ func TestRestoreEndToEnd(t *testing.T) {
 		var units, ingests atomic.Int64
 		o.hooks = &hooks{
 			ingested: func(*chunk, []kv) { ingests.Add(1) },
-			unitsDone: func(us []KeyRange) {
+			unitsDone: func(us []keyspace.Range) {
 				if units.Add(int64(len(us))) >= 3 {
 					cancel()
 				}

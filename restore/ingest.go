@@ -13,11 +13,11 @@ import (
 	"github.com/pingcap/kvproto/pkg/import_sstpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
-	"github.com/tikv/client-go/v2/util/codec"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 )
 
@@ -220,7 +220,7 @@ func (t *target) writePeers(ctx context.Context, c *chunk, rows []kv) (*written,
 	if err != nil {
 		return nil, err
 	}
-	n := sort.Search(len(rows), func(i int) bool { return !beforeEnd(c.key(&rows[i]), reg.end) })
+	n := sort.Search(len(rows), func(i int) bool { return !keyspace.BeforeEnd(c.key(&rows[i]), reg.end) })
 	rows = rows[:n]
 	msgs := c.batches(rows)
 	id := uuid.New()
@@ -300,7 +300,7 @@ func (t *target) ingest(ctx context.Context, w *written) error {
 func sstMeta(id uuid.UUID, reg *region, first, last []byte) *import_sstpb.SSTMeta {
 	return &import_sstpb.SSTMeta{
 		Uuid: id[:], RegionId: reg.id, RegionEpoch: reg.epoch,
-		Range:      &import_sstpb.Range{Start: codec.EncodeBytes(nil, first), End: codec.EncodeBytes(nil, last)},
+		Range:      &import_sstpb.Range{Start: keyspace.EncodeBytes(first), End: keyspace.EncodeBytes(last)},
 		ApiVersion: kvrpcpb.APIVersion_V1,
 	}
 }

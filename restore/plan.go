@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -37,7 +38,7 @@ type Plan struct {
 	StartTS    uint64
 	Checkpoint uint64
 	// Ranges are the task ranges, sorted and merged.
-	Ranges []KeyRange
+	Ranges []keyspace.Range
 	// Files are the data files holding commits at or before RestoreTS that
 	// meet the ranges, in path order, each once.
 	Files []FileRef
@@ -45,7 +46,7 @@ type Plan struct {
 	Pruned int
 	// Units partition Ranges at the source regions' boundaries (from the
 	// metas' coverage); a unit is the grain of resume.
-	Units []KeyRange
+	Units []keyspace.Range
 	// Bytes, Rows and LogicalBytes sum Files' statistics. Rows and
 	// LogicalBytes are upper bounds of what is written: they include the
 	// files' rows committed after RestoreTS and duplicates.
@@ -64,14 +65,14 @@ func NewPlan(in PlanInput) (*Plan, error) {
 	t, start, cp := in.RestoreTS, in.Task.GetStartTs(), in.Checkpoint
 	if t < start || t > cp {
 		return nil, fmt.Errorf("%w: %s is outside the restorable range; restorable range is [%s, %s]",
-			ErrOutOfRange, FormatTS(t), FormatTS(start), FormatTS(cp))
+			ErrOutOfRange, keyspace.Format(t), keyspace.Format(start), keyspace.Format(cp))
 	}
 	if in.Snapshot != "" {
 		return nil, fmt.Errorf("%w: restoring from a base snapshot (--snapshot) is not available in this build", ErrNoBase)
 	}
 	if !in.Task.GetStartedEmpty() {
 		return nil, fmt.Errorf("%w: task %q did not start on empty ranges, so the log alone cannot rebuild the data that existed at its start ts %s; a base snapshot is needed and this build cannot restore one",
-			ErrNoBase, in.Task.GetName(), FormatTS(start))
+			ErrNoBase, in.Task.GetName(), keyspace.Format(start))
 	}
 	ranges := taskRanges(in.Task)
 	if err := CheckCoverage(ranges, in.Metas, start, t); err != nil {
@@ -100,7 +101,7 @@ func NewPlan(in PlanInput) (*Plan, error) {
 	return p, nil
 }
 
-func overlapsAny(ranges []KeyRange, minKey, maxKey []byte) bool {
+func overlapsAny(ranges []keyspace.Range, minKey, maxKey []byte) bool {
 	for _, r := range ranges {
 		if overlapsClosed(r, minKey, maxKey) {
 			return true
@@ -110,7 +111,7 @@ func overlapsAny(ranges []KeyRange, minKey, maxKey []byte) bool {
 }
 
 // splitUnits cuts the ranges at every coverage boundary inside them.
-func splitUnits(ranges []KeyRange, metas []MetaFile) []KeyRange {
+func splitUnits(ranges []keyspace.Range, metas []MetaFile) []keyspace.Range {
 	var cuts [][]byte
 	for _, m := range metas {
 		for _, c := range m.Meta.GetRegions() {
@@ -123,18 +124,18 @@ func splitUnits(ranges []KeyRange, metas []MetaFile) []KeyRange {
 	}
 	slices.SortFunc(cuts, bytes.Compare)
 	cuts = slices.CompactFunc(cuts, bytes.Equal)
-	var units []KeyRange
+	var units []keyspace.Range
 	for _, r := range ranges {
 		i, _ := slices.BinarySearchFunc(cuts, r.Start, bytes.Compare)
 		start := r.Start
-		for ; i < len(cuts) && beforeEnd(cuts[i], r.End); i++ {
+		for ; i < len(cuts) && keyspace.BeforeEnd(cuts[i], r.End); i++ {
 			if bytes.Compare(cuts[i], start) <= 0 {
 				continue
 			}
-			units = append(units, KeyRange{Start: start, End: cuts[i]})
+			units = append(units, keyspace.Range{Start: start, End: cuts[i]})
 			start = cuts[i]
 		}
-		units = append(units, KeyRange{Start: start, End: r.End})
+		units = append(units, keyspace.Range{Start: start, End: r.End})
 	}
 	return units
 }
@@ -151,7 +152,7 @@ type job struct {
 // A file's logical bytes are spread evenly over the units its key bounds
 // meet (a rough guess; it only balances the work). Jobs never span a gap
 // between units.
-func splitJobs(units []KeyRange, files []FileRef, target int64) []job {
+func splitJobs(units []keyspace.Range, files []FileRef, target int64) []job {
 	if len(units) == 0 {
 		return nil
 	}
@@ -183,16 +184,16 @@ func splitJobs(units []KeyRange, files []FileRef, target int64) []job {
 
 // unitSpan returns the indices of the first and last unit meeting the
 // closed key interval [minKey, maxKey] (lo > hi: none).
-func unitSpan(units []KeyRange, minKey, maxKey []byte) (lo, hi int) {
+func unitSpan(units []keyspace.Range, minKey, maxKey []byte) (lo, hi int) {
 	// First unit whose end is after minKey.
-	lo, _ = slices.BinarySearchFunc(units, minKey, func(u KeyRange, k []byte) int {
-		if beforeEnd(k, u.End) {
+	lo, _ = slices.BinarySearchFunc(units, minKey, func(u keyspace.Range, k []byte) int {
+		if keyspace.BeforeEnd(k, u.End) {
 			return 1
 		}
 		return -1
 	})
 	// Last unit starting at or before maxKey.
-	n, _ := slices.BinarySearchFunc(units, maxKey, func(u KeyRange, k []byte) int {
+	n, _ := slices.BinarySearchFunc(units, maxKey, func(u keyspace.Range, k []byte) int {
 		if bytes.Compare(u.Start, k) > 0 {
 			return 1
 		}
@@ -205,8 +206,8 @@ func unitSpan(units []KeyRange, minKey, maxKey []byte) (lo, hi int) {
 func (p *Plan) Print(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "restore plan for task %q\n", p.Task)
-	fmt.Fprintf(&b, "  restore to    %s\n", FormatTS(p.RestoreTS))
-	fmt.Fprintf(&b, "  restorable    [%s, %s]\n", FormatTS(p.StartTS), FormatTS(p.Checkpoint))
+	fmt.Fprintf(&b, "  restore to    %s\n", keyspace.Format(p.RestoreTS))
+	fmt.Fprintf(&b, "  restorable    [%s, %s]\n", keyspace.Format(p.StartTS), keyspace.Format(p.Checkpoint))
 	fmt.Fprintf(&b, "  base          none: the task started on empty ranges, the log alone rebuilds them\n")
 	fmt.Fprintf(&b, "  key ranges    %d:", len(p.Ranges))
 	for i, r := range p.Ranges {

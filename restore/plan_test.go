@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -23,37 +24,6 @@ func dfile(path, minKey, maxKey string, minTS, maxTS uint64) *pitrpb.DataFile {
 
 func meta(path string, files []*pitrpb.DataFile, regions ...*pitrpb.RegionCoverage) MetaFile {
 	return MetaFile{Path: path, Meta: &pitrpb.Meta{FormatVersion: 1, Files: files, Regions: regions}}
-}
-
-func TestParseTS(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		in   string
-		want uint64
-		err  bool
-	}{
-		{name: "tso", in: "463856812345678901", want: 463856812345678901},
-		{name: "zero", in: "0", want: 0},
-		{name: "rfc3339", in: "2026-01-02T03:04:05Z", want: uint64(1767323045000) << 18},
-		{name: "rfc3339 ms", in: "2026-01-02T03:04:05.123+00:00", want: uint64(1767323045123) << 18},
-		{name: "offset", in: "2026-01-02T04:04:05+01:00", want: uint64(1767323045000) << 18},
-		{name: "spaces", in: " 42 ", want: 42},
-		{name: "empty", in: "", err: true},
-		{name: "garbage", in: "yesterday", err: true},
-		{name: "negative", in: "-5", err: true},
-		{name: "too big", in: "18446744073709551615", err: true},
-		{name: "before epoch", in: "1960-01-01T00:00:00Z", err: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseTS(tc.in)
-			if tc.err {
-				require.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tc.want, got)
-		})
-	}
 }
 
 func TestPlan(t *testing.T) {
@@ -76,7 +46,7 @@ func TestPlan(t *testing.T) {
 		errText   string
 		files     []string
 		units     int
-		rangesOut []KeyRange
+		rangesOut []keyspace.Range
 	}{
 		{name: "T = start restores nothing yet needs no file after it", cp: 300, metas: full, ts: 100, files: []string{}, units: 2},
 		{name: "middle", cp: 300, metas: full, ts: 160, files: []string{"log/1", "log/2"}, units: 2},
@@ -87,14 +57,14 @@ func TestPlan(t *testing.T) {
 		{name: "snapshot flag", cp: 300, metas: full, ts: 200, snapshot: "s3://b/snap", err: ErrNoBase, errText: "not available in this build"},
 		{name: "not started empty", task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100}, cp: 300, metas: full, ts: 200, err: ErrNoBase},
 		{name: "coverage hole in time", cp: 300, metas: []MetaFile{full[0], full[2]}, ts: 250, err: ErrMissing,
-			errText: `keys ["", "m") have no log for commit_ts (150 (`},
+			errText: `keys [-inf, "m") have no log for commit_ts (150 (`},
 		{name: "hole after T does not matter", cp: 300, metas: []MetaFile{full[0], full[1]}, ts: 200, files: []string{"log/1", "log/2"}, units: 2},
 		{name: "no metas and T > start", cp: 300, ts: 101, err: ErrMissing},
 		{name: "task ranges prune files and units",
 			task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true, Ranges: []*pitrpb.KeyRange{
 				{StartKey: []byte("n"), EndKey: []byte("p")}, {StartKey: []byte("a"), EndKey: []byte("b")}, {StartKey: []byte("o"), EndKey: []byte("q")}}},
 			cp: 300, metas: full, ts: 300, files: []string{"log/1", "log/2", "log/3"}, units: 2,
-			rangesOut: []KeyRange{{Start: []byte("a"), End: []byte("b")}, {Start: []byte("n"), End: []byte("q")}}},
+			rangesOut: []keyspace.Range{{Start: []byte("a"), End: []byte("b")}, {Start: []byte("n"), End: []byte("q")}}},
 		{
 			name: "range outside every file",
 			task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true, Ranges: []*pitrpb.KeyRange{{StartKey: []byte("zz")}}},
@@ -125,23 +95,23 @@ func TestPlan(t *testing.T) {
 			}
 			var sb strings.Builder
 			require.NoError(t, p.Print(&sb))
-			require.Contains(t, sb.String(), FormatTS(tc.ts))
+			require.Contains(t, sb.String(), keyspace.Format(tc.ts))
 		})
 	}
 }
 
 func TestSplitUnits(t *testing.T) {
 	ms := []MetaFile{meta("m", nil, cov("", "c", 1, 2), cov("c", "f", 1, 2), cov("f", "", 1, 2), cov("b", "d", 2, 3))}
-	units := splitUnits([]KeyRange{{End: []byte("e")}, {Start: []byte("x")}}, ms)
+	units := splitUnits([]keyspace.Range{{End: []byte("e")}, {Start: []byte("x")}}, ms)
 	var got []string
 	for _, u := range units {
 		got = append(got, u.String())
 	}
-	require.Equal(t, []string{`["", "b")`, `["b", "c")`, `["c", "d")`, `["d", "e")`, `["x", +inf)`}, got)
+	require.Equal(t, []string{`[-inf, "b")`, `["b", "c")`, `["c", "d")`, `["d", "e")`, `["x", +inf)`}, got)
 }
 
 func TestSplitJobs(t *testing.T) {
-	units := []KeyRange{
+	units := []keyspace.Range{
 		{End: []byte("b")}, {Start: []byte("b"), End: []byte("c")}, {Start: []byte("c"), End: []byte("d")},
 		{Start: []byte("x"), End: []byte("y")}, {Start: []byte("y")},
 	}
@@ -173,39 +143,39 @@ func TestSplitJobs(t *testing.T) {
 }
 
 func TestCoverageCases(t *testing.T) {
-	all := []KeyRange{{}}
+	all := []keyspace.Range{{}}
 	for _, tc := range []struct {
 		name     string
-		ranges   []KeyRange
+		ranges   []keyspace.Range
 		rects    []rect
 		from, to uint64
 		hole     string // "" = none
 	}{
 		{name: "empty window", ranges: all, from: 5, to: 5},
-		{name: "no rects", ranges: all, from: 5, to: 9, hole: `keys ["", +inf) have no log for commit_ts (5 (`},
-		{name: "exact", ranges: all, rects: []rect{{keys: KeyRange{}, from: 5, to: 9}}, from: 5, to: 9},
+		{name: "no rects", ranges: all, from: 5, to: 9, hole: `keys [-inf, +inf) have no log for commit_ts (5 (`},
+		{name: "exact", ranges: all, rects: []rect{{keys: keyspace.Range{}, from: 5, to: 9}}, from: 5, to: 9},
 		{name: "two halves in time", ranges: all, rects: []rect{{from: 5, to: 7}, {from: 7, to: 9}}, from: 5, to: 9},
 		{name: "gap in time", ranges: all, rects: []rect{{from: 5, to: 6}, {from: 7, to: 9}}, from: 5, to: 9,
-			hole: `keys ["", +inf) have no log for commit_ts (6 (`},
+			hole: `keys [-inf, +inf) have no log for commit_ts (6 (`},
 		{name: "gap in keys", ranges: all, rects: []rect{
-			{keys: KeyRange{End: []byte("b")}, from: 5, to: 9}, {keys: KeyRange{Start: []byte("c")}, from: 5, to: 9}},
+			{keys: keyspace.Range{End: []byte("b")}, from: 5, to: 9}, {keys: keyspace.Range{Start: []byte("c")}, from: 5, to: 9}},
 			from: 5, to: 9, hole: `keys ["b", "c") have no log for commit_ts (5 (`},
 		{
 			name:   "gap outside the task ranges",
-			ranges: []KeyRange{{End: []byte("b")}, {Start: []byte("c"), End: []byte("d")}},
-			rects:  []rect{{keys: KeyRange{End: []byte("b")}, from: 5, to: 9}, {keys: KeyRange{Start: []byte("c")}, from: 5, to: 9}},
+			ranges: []keyspace.Range{{End: []byte("b")}, {Start: []byte("c"), End: []byte("d")}},
+			rects:  []rect{{keys: keyspace.Range{End: []byte("b")}, from: 5, to: 9}, {keys: keyspace.Range{Start: []byte("c")}, from: 5, to: 9}},
 			from:   5, to: 9,
 		},
 		{name: "split region, old epoch covers early, children later", ranges: all, rects: []rect{
 			{from: 1, to: 6},
-			{keys: KeyRange{End: []byte("m")}, from: 6, to: 9},
-			{keys: KeyRange{Start: []byte("m")}, from: 6, to: 8}},
+			{keys: keyspace.Range{End: []byte("m")}, from: 6, to: 9},
+			{keys: keyspace.Range{Start: []byte("m")}, from: 6, to: 8}},
 			from: 5, to: 9, hole: `keys ["m", +inf) have no log for commit_ts (8 (`},
 		{name: "overlaps beyond the window", ranges: all, rects: []rect{{from: 0, to: 100}}, from: 5, to: 9},
 		{name: "first hole by key then time", ranges: all, rects: []rect{
-			{keys: KeyRange{End: []byte("k")}, from: 5, to: 6}, {keys: KeyRange{End: []byte("k")}, from: 8, to: 9},
-			{keys: KeyRange{Start: []byte("k")}, from: 5, to: 7}},
-			from: 5, to: 9, hole: `keys ["", "k") have no log for commit_ts (6 (`},
+			{keys: keyspace.Range{End: []byte("k")}, from: 5, to: 6}, {keys: keyspace.Range{End: []byte("k")}, from: 8, to: 9},
+			{keys: keyspace.Range{Start: []byte("k")}, from: 5, to: 7}},
+			from: 5, to: 9, hole: `keys [-inf, "k") have no log for commit_ts (6 (`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := findHole(tc.ranges, tc.rects, tc.from, tc.to)
@@ -242,11 +212,11 @@ func TestCoverageRandom(t *testing.T) {
 				end = nil
 			}
 			f := uint64(rng.Intn(nt))
-			rects = append(rects, rect{keys: KeyRange{Start: key(a), End: end}, from: f, to: f + uint64(rng.Intn(nt-int(f))+1)})
+			rects = append(rects, rect{keys: keyspace.Range{Start: key(a), End: end}, from: f, to: f + uint64(rng.Intn(nt-int(f))+1)})
 		}
-		ranges := []KeyRange{{}}
+		ranges := []keyspace.Range{{}}
 		if rng.Intn(2) == 0 {
-			ranges = []KeyRange{{Start: key(1), End: key(3)}, {Start: key(5)}}
+			ranges = []keyspace.Range{{Start: key(1), End: key(3)}, {Start: key(5)}}
 		}
 		from := uint64(rng.Intn(nt))
 		to := from + uint64(rng.Intn(nt-int(from)))
@@ -267,7 +237,7 @@ func TestCoverageRandom(t *testing.T) {
 					}
 				}
 				if !covered {
-					want = &Hole{Keys: KeyRange{Start: k}, From: s, To: s + 1}
+					want = &Hole{Keys: keyspace.Range{Start: k}, From: s, To: s + 1}
 					break grid
 				}
 			}

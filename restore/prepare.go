@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -358,7 +359,7 @@ func splitTarget(ctx context.Context, log hclog.Logger, tgt *target, keys [][]by
 		batch := keys[i:min(i+splitBatch, len(keys))]
 		enc := make([][]byte, len(batch))
 		for j, k := range batch {
-			enc[j] = encodeKey(k)
+			enc[j] = keyspace.EncodeKey(k)
 		}
 		resp, err := splitRetry(ctx, func() (*splitResult, error) { return tgt.splitRegions(ctx, enc) })
 		if err != nil {

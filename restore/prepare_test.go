@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cluster"
 	"github.com/pitr-io/pitr/playground/pd"
@@ -265,7 +266,7 @@ func TestPauseKeepalive(t *testing.T) {
 }
 
 func TestSplitKeys(t *testing.T) {
-	p := &Plan{Units: []KeyRange{
+	p := &Plan{Units: []keyspace.Range{
 		{Start: nil, End: []byte("b")}, {Start: []byte("b"), End: []byte("d")}, {Start: []byte("d"), End: []byte("f")},
 		{Start: []byte("m"), End: []byte("p")}, {Start: []byte("p"), End: nil},
 	}}

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // The progress file (local, one per restore) lets a rerun after a crash or
@@ -68,7 +70,7 @@ type progress struct {
 
 	mu       sync.Mutex
 	st       progressState
-	done     []KeyRange // decoded st.Done
+	done     []keyspace.Range // decoded st.Done
 	lastSave time.Time
 	dirty    bool
 }
@@ -115,9 +117,9 @@ func openProgress(path string, want progressState) (*progress, error) {
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("progress file %s: bad range %q..%q; remove it to start over", path, d.Start, d.End)
 		}
-		p.done = append(p.done, KeyRange{Start: s, End: e})
+		p.done = append(p.done, keyspace.Range{Start: s, End: e})
 	}
-	p.done = mergeRanges(p.done)
+	p.done = keyspace.Merge(p.done)
 	st.Version = progressVersion
 	p.st = st
 	return p, nil
@@ -181,16 +183,16 @@ func (p *progress) finished() bool {
 }
 
 // isDone reports whether the whole unit is recorded as done.
-func (p *progress) isDone(u KeyRange) bool {
+func (p *progress) isDone(u keyspace.Range) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(p.done, u.Start, func(r KeyRange, k []byte) int {
+	i, _ := slices.BinarySearchFunc(p.done, u.Start, func(r keyspace.Range, k []byte) int {
 		if bytes.Compare(r.Start, k) > 0 {
 			return 1
 		}
 		return -1
 	})
-	return i > 0 && p.done[i-1].Contains(u.Start) && compareEnd(u.End, p.done[i-1].End) <= 0
+	return i > 0 && p.done[i-1].Contains(u.Start) && keyspace.CompareEnds(u.End, p.done[i-1].End) <= 0
 }
 
 // markStarted records, durably, that writing begins.
@@ -205,10 +207,10 @@ func (p *progress) markStarted() error {
 
 // markDone records units as done; the file is rewritten at most every
 // progressSaveInterval (flush writes the rest).
-func (p *progress) markDone(units ...KeyRange) error {
+func (p *progress) markDone(units ...keyspace.Range) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.done = mergeRanges(append(p.done, units...))
+	p.done = keyspace.Merge(append(p.done, units...))
 	p.dirty = true
 	if time.Since(p.lastSave) < progressSaveInterval {
 		return nil

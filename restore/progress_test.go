@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 func TestProgressFile(t *testing.T) {
@@ -14,7 +16,7 @@ func TestProgressFile(t *testing.T) {
 	p, err := openProgress(path, key)
 	require.NoError(t, err)
 	require.False(t, p.started())
-	u := func(s, e string) KeyRange { return KeyRange{Start: []byte(s), End: []byte(e)} }
+	u := func(s, e string) keyspace.Range { return keyspace.Range{Start: []byte(s), End: []byte(e)} }
 	require.False(t, p.isDone(u("a", "b")))
 	require.NoError(t, p.markStarted())
 	require.NoError(t, p.markDone(u("a", "b"), u("c", "d")))
@@ -25,9 +27,9 @@ func TestProgressFile(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, p.started())
 	require.False(t, p.finished())
-	require.Equal(t, []KeyRange{u("a", "d"), u("x", "")}, p.done)
+	require.Equal(t, []keyspace.Range{u("a", "d"), u("x", "")}, p.done)
 	for _, tc := range []struct {
-		u    KeyRange
+		u    keyspace.Range
 		done bool
 	}{
 		{u("a", "b"), true}, {u("b", "d"), true}, {u("a", "d"), true}, {u("a", "e"), false},

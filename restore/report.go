@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // Result is what a restore did.
@@ -42,10 +44,10 @@ func (r *Result) MBps() float64 {
 // Summary is the one-paragraph report printed at the end of a restore.
 func (r *Result) Summary() string {
 	if r.AlreadyDone {
-		return fmt.Sprintf("restore to %s had already finished (per the progress file); nothing written", FormatTS(r.RestoreTS))
+		return fmt.Sprintf("restore to %s had already finished (per the progress file); nothing written", keyspace.Format(r.RestoreTS))
 	}
 	s := fmt.Sprintf("restored to %s: %d rows, %s of keys and values, from %d files (%s) into %d regions in %s (%.1f MB/s)",
-		FormatTS(r.RestoreTS), r.Rows, fmtBytes(r.Bytes), r.Files, fmtBytes(r.FileBytes), r.Regions,
+		keyspace.Format(r.RestoreTS), r.Rows, fmtBytes(r.Bytes), r.Files, fmtBytes(r.FileBytes), r.Regions,
 		r.Duration.Round(time.Millisecond), r.MBps())
 	if r.UnitsSkipped > 0 {
 		s += fmt.Sprintf("; resumed: %d of %d key ranges were already done", r.UnitsSkipped, r.UnitsSkipped+r.Units)

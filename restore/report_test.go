@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 func TestMeterLine(t *testing.T) {
@@ -29,6 +31,6 @@ func TestMeterLine(t *testing.T) {
 	m.draw(ctx, &buf)
 	require.False(t, strings.Contains(buf.String(), "\r"))
 
-	r := &Result{RestoreTS: 1 << 18, Files: 3, FileBytes: 2e6, Rows: 10, Bytes: 5e6, Regions: 2, Duration: time.Second, UnitsSkipped: 1, Units: 3}
+	r := &Result{RestoreTS: keyspace.Compose(1, 0), Files: 3, FileBytes: 2e6, Rows: 10, Bytes: 5e6, Regions: 2, Duration: time.Second, UnitsSkipped: 1, Units: 3}
 	require.Contains(t, r.Summary(), "10 rows, 5.0 MB of keys and values, from 3 files (2.0 MB) into 2 regions in 1s (5.0 MB/s); resumed: 1 of 4 key ranges were already done")
 }

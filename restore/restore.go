@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/merge"
 )
@@ -90,7 +91,7 @@ type hooks struct {
 	// ingested is called after each ingest with the versions it wrote.
 	ingested func(c *chunk, rows []kv)
 	// unitsDone is called after units are recorded as done.
-	unitsDone func(units []KeyRange)
+	unitsDone func(units []keyspace.Range)
 }
 
 func (o *Options) setDefaults() {
@@ -255,7 +256,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	if now <= plan.RestoreTS {
 		return nil, fmt.Errorf("the target cluster's TSO %s is not past the restore point %s: restored versions would be in its future",
-			FormatTS(now), FormatTS(plan.RestoreTS))
+			keyspace.Format(now), keyspace.Format(plan.RestoreTS))
 	}
 	if !prog.started() && !o.Force {
 		if err := tgt.checkEmpty(ctx, plan.Ranges, now); err != nil {
@@ -499,7 +500,7 @@ type tracker struct {
 
 type pendingUnit struct {
 	seq int64
-	u   KeyRange
+	u   keyspace.Range
 }
 
 func newTracker(r *runner) *tracker {
@@ -534,7 +535,7 @@ func (t *tracker) seq() int64 {
 
 // attach makes u done once chunk seq (and every earlier one) is ingested;
 // seq < 0: no chunk holds any of its versions.
-func (t *tracker) attach(u KeyRange, seq int64) error {
+func (t *tracker) attach(u keyspace.Range, seq int64) error {
 	t.mu.Lock()
 	t.pending = append(t.pending, pendingUnit{seq: seq, u: u})
 	t.mu.Unlock()
@@ -561,7 +562,7 @@ func (t *tracker) complete(seq int64) error {
 // release marks the pending units whose chunks are all ingested.
 func (t *tracker) release() error {
 	t.mu.Lock()
-	var ready []KeyRange
+	var ready []keyspace.Range
 	keep := t.pending[:0]
 	for _, p := range t.pending {
 		if p.seq < t.watermark {
@@ -618,7 +619,7 @@ func (r *runner) job(ctx context.Context, j job) error {
 // once per window. The units count as done only after the last pass.
 func (r *runner) sweep(ctx context.Context, u, v int) error {
 	units, T := r.plan.Units, r.plan.RestoreTS
-	rng := KeyRange{Start: units[u].Start, End: units[v-1].End}
+	rng := keyspace.Range{Start: units[u].Start, End: units[v-1].End}
 	var fs []FileRef
 	for _, f := range r.files {
 		if overlapsClosed(rng, f.File.GetMinKey(), f.File.GetMaxKey()) {
@@ -778,7 +779,7 @@ func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi
 	for it.Next() {
 		row := it.Row()
 		r.meter.done.Add(row.LogicalSize())
-		for cu < v-1 && !beforeEnd(row.Key, units[cu].End) {
+		for cu < v-1 && !keyspace.BeforeEnd(row.Key, units[cu].End) {
 			if last {
 				if err := tr.attach(units[cu], lastSeq()); err != nil {
 					return err

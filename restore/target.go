@@ -16,13 +16,13 @@ import (
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/pingcap/kvproto/pkg/tikvpb"
-	"github.com/tikv/client-go/v2/util/codec"
 	pd "github.com/tikv/pd/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 )
 
 // ErrUnavailable: the target cluster (PD or a store) could not be reached.
@@ -73,7 +73,7 @@ type region struct {
 }
 
 func (r *region) contains(key []byte) bool {
-	return bytes.Compare(key, r.start) >= 0 && beforeEnd(key, r.end)
+	return bytes.Compare(key, r.start) >= 0 && keyspace.BeforeEnd(key, r.end)
 }
 
 func dialTarget(ctx context.Context, addrs []string, tls connector.TLS, log hclog.Logger) (*target, error) {
@@ -131,23 +131,8 @@ func pdRetry[T any](ctx context.Context, f func() (T, error)) (T, error) {
 func (t *target) ts(ctx context.Context) (uint64, error) {
 	return pdRetry(ctx, func() (uint64, error) {
 		p, l, err := t.pd.GetTS(ctx)
-		return uint64(p)<<physicalShift + uint64(l), err
+		return keyspace.Compose(p, l), err
 	})
-}
-
-func encodeKey(raw []byte) []byte {
-	if len(raw) == 0 {
-		return nil
-	}
-	return codec.EncodeBytes(nil, raw)
-}
-
-func decodeKey(enc []byte) ([]byte, error) {
-	if len(enc) == 0 {
-		return nil, nil
-	}
-	_, raw, err := codec.DecodeBytes(enc, nil)
-	return raw, err
 }
 
 // locate returns the cached region holding key, asking PD on a miss.
@@ -170,7 +155,7 @@ func (t *target) locate(ctx context.Context, key []byte) (*region, error) {
 	if r := t.cachedLocked(key); r != nil {
 		return r, nil
 	}
-	return nil, fmt.Errorf("no region with a leader holds key %s yet", fmtKey(key, false))
+	return nil, fmt.Errorf("no region with a leader holds key %s yet", keyspace.FormatKey(key))
 }
 
 // locateRetry is locate with the chunk retry policy (a region may have no
@@ -191,7 +176,7 @@ func (t *target) locateRetry(ctx context.Context, key []byte) (*region, error) {
 }
 
 func (t *target) scanRegions(ctx context.Context, key []byte) ([]*region, error) {
-	rs, err := t.pd.ScanRegions(ctx, encodeKey(key), nil, 64)
+	rs, err := t.pd.ScanRegions(ctx, keyspace.EncodeKey(key), nil, 64)
 	if err != nil {
 		return nil, err
 	}
@@ -200,13 +185,14 @@ func (t *target) scanRegions(ctx context.Context, key []byte) ([]*region, error)
 		if r.Meta == nil || r.Leader == nil || r.Leader.GetStoreId() == 0 {
 			continue // no leader yet: a later retry finds one
 		}
-		start, err1 := decodeKey(r.Meta.GetStartKey())
-		end, err2 := decodeKey(r.Meta.GetEndKey())
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("region %d: bad key encoding", r.Meta.GetId())
+		// Strict: a boundary with bytes after the key has no exact raw key,
+		// and writing by a guessed one would send keys to the wrong region.
+		raw, err := keyspace.DecodeRange(keyspace.Range{Start: r.Meta.GetStartKey(), End: r.Meta.GetEndKey()})
+		if err != nil {
+			return nil, fmt.Errorf("region %d: %w", r.Meta.GetId(), err)
 		}
 		out = append(out, &region{id: r.Meta.GetId(), epoch: r.Meta.GetRegionEpoch(), peers: r.Meta.GetPeers(),
-			leader: r.Leader, start: start, end: end})
+			leader: r.Leader, start: raw.Start, end: raw.End})
 	}
 	return out, nil
 }
@@ -228,7 +214,7 @@ func (t *target) cachedLocked(key []byte) *region {
 func (t *target) insertLocked(r *region) {
 	out := t.regions[:0:0]
 	for _, o := range t.regions {
-		if beforeEnd(o.start, r.end) && beforeEnd(r.start, o.end) {
+		if keyspace.BeforeEnd(o.start, r.end) && keyspace.BeforeEnd(r.start, o.end) {
 			continue
 		}
 		out = append(out, o)
@@ -348,14 +334,14 @@ func (t *target) sleep(ctx context.Context, d time.Duration) error {
 
 // checkEmpty returns ErrTargetNotEmpty when the target holds any key in
 // ranges visible at ts (a lock counts too: someone is writing there).
-func (t *target) checkEmpty(ctx context.Context, ranges []KeyRange, ts uint64) error {
+func (t *target) checkEmpty(ctx context.Context, ranges []keyspace.Range, ts uint64) error {
 	for _, rg := range ranges {
 		key := rg.Start
 		for attempt := 1; ; {
 			reg, err := t.locate(ctx, key)
 			if err == nil {
 				end := rg.End
-				if compareEnd(reg.end, end) < 0 {
+				if keyspace.CompareEnds(reg.end, end) < 0 {
 					end = reg.end
 				}
 				var found []byte
@@ -363,9 +349,9 @@ func (t *target) checkEmpty(ctx context.Context, ranges []KeyRange, ts uint64) e
 				if err == nil {
 					if found != nil {
 						return fmt.Errorf("%w: it holds key %s in the task range %s (use --force to write anyway)",
-							ErrTargetNotEmpty, fmtKey(found, false), rg)
+							ErrTargetNotEmpty, keyspace.FormatKey(found), rg)
 					}
-					if len(reg.end) == 0 || compareEnd(reg.end, rg.End) >= 0 {
+					if len(reg.end) == 0 || keyspace.CompareEnds(reg.end, rg.End) >= 0 {
 						break
 					}
 					key, attempt = reg.end, 1

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
@@ -25,7 +26,7 @@ type VerifyResult struct {
 	Files    int
 	Bytes    int64
 	From, To uint64
-	Ranges   []KeyRange
+	Ranges   []keyspace.Range
 	// Unchecksummed counts the objects (metas, task.pb, pitr.lock) of
 	// format version 1, written before objects carried a checksum: their
 	// content could not be verified byte for byte.
@@ -35,7 +36,7 @@ type VerifyResult struct {
 // Summary is the one line printed when verify succeeds.
 func (r *VerifyResult) Summary() string {
 	s := fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
-		r.Task, r.Metas, r.Files, fmtBytes(r.Bytes), len(r.Ranges), FormatTS(r.From), FormatTS(r.To))
+		r.Task, r.Metas, r.Files, fmtBytes(r.Bytes), len(r.Ranges), keyspace.Format(r.From), keyspace.Format(r.To))
 	if r.Unchecksummed > 0 {
 		s += fmt.Sprintf("; %d objects predate checksums (format 1) and were only parsed", r.Unchecksummed)
 	}
@@ -67,7 +68,7 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 	}
 	if to < start || to > cp {
 		return nil, fmt.Errorf("%w: %s is outside the restorable range; restorable range is [%s, %s]",
-			ErrOutOfRange, FormatTS(to), FormatTS(start), FormatTS(cp))
+			ErrOutOfRange, keyspace.Format(to), keyspace.Format(start), keyspace.Format(cp))
 	}
 	res := &VerifyResult{Task: b.Task.GetName(), Metas: len(b.Metas), From: start, To: to, Ranges: taskRanges(b.Task)}
 	legacy := uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 )
@@ -19,7 +20,7 @@ import (
 // owns ["", "k100"), store 2 ["k100", +inf). Returns the backup and the
 // flush timestamps.
 func smallBackup(t *testing.T) (*testBackup, []uint64) {
-	const start = uint64(1000) << 18
+	start := keyspace.Compose(1000, 0)
 	b := newTestBackup(t, &pitrpb.TaskInfo{Name: "small", StartTs: start, StartedEmpty: true})
 	rng := rand.New(rand.NewSource(2))
 	cuts := []uint64{start, start + 100, start + 200, start + 300}
@@ -74,7 +75,7 @@ func TestVerify(t *testing.T) {
 	t.Run("to past checkpoint", func(t *testing.T) {
 		_, err := Verify(ctx, b.st, VerifyOptions{RestoreTS: cuts[3] + 1})
 		require.ErrorIs(t, err, ErrOutOfRange)
-		require.Contains(t, err.Error(), "restorable range is ["+FormatTS(cuts[0]))
+		require.Contains(t, err.Error(), "restorable range is ["+keyspace.Format(cuts[0]))
 	})
 	t.Run("hole", func(t *testing.T) {
 		dir, st := b.copyTo(t)
@@ -82,7 +83,7 @@ func TestVerify(t *testing.T) {
 		require.NoError(t, os.Remove(filepath.Join(dir, filepath.FromSlash(logfile.MetaPath(cuts[2], 2)))))
 		_, err := Verify(ctx, st, VerifyOptions{})
 		require.ErrorIs(t, err, ErrMissing)
-		require.Contains(t, err.Error(), fmt.Sprintf(`coverage hole: keys ["k100", +inf) have no log for commit_ts (%s, %s]`, FormatTS(cuts[1]), FormatTS(cuts[2])))
+		require.Contains(t, err.Error(), fmt.Sprintf(`coverage hole: keys ["k100", +inf) have no log for commit_ts (%s, %s]`, keyspace.Format(cuts[1]), keyspace.Format(cuts[2])))
 		// Before the hole, the log is complete.
 		_, err = Verify(ctx, st, VerifyOptions{RestoreTS: cuts[1]})
 		require.NoError(t, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/importer"
@@ -27,7 +28,7 @@ import (
 // some deletes. It returns the backup, its history and its checkpoint.
 func writeBackup(t *testing.T) (*testBackup, history, uint64) {
 	t.Helper()
-	const start = uint64(1000) << 18
+	start := keyspace.Compose(1000, 0)
 	b := newTestBackup(t, &pitrpb.TaskInfo{Name: "write", StartTs: start, StartedEmpty: true})
 	rng := rand.New(rand.NewSource(11))
 	cuts := []uint64{start, start + 100, start + 200, start + 300}

@@ -15,6 +15,7 @@ import (
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
 	"github.com/pitr-io/pitr/task"
@@ -223,7 +224,7 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 		if err != nil {
 			return nil, err
 		}
-		lags = append(lags, time.Since(coordinator.TSTime(cp)).Seconds())
+		lags = append(lags, time.Since(keyspace.Time(cp)).Seconds())
 		select {
 		case <-time.After(200 * time.Millisecond):
 		case <-ctx.Done():

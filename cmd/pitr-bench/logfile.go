@@ -13,6 +13,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 )
 
@@ -172,7 +173,7 @@ func benchRows(size int64) ([]logfile.Row, []byte) {
 	words := []string{"alice", "bob", "transfer", "balance", "2026-11-22", "pending", "done", "EUR", "USD", "account", "note:", " ", "0", "1"}
 	arena := make([]byte, 0, size+1024)
 	var rows []logfile.Row
-	ts := uint64(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC).UnixMilli()) << 18
+	ts := keyspace.FromTime(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC))
 	table, handle := int64(100), int64(0)
 	for int64(len(arena)) < size {
 		// Key: t<table>_r<handle> in TiDB's memcomparable layout, padded

@@ -20,6 +20,7 @@ import (
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
 	"github.com/pitr-io/pitr/restore"
@@ -255,7 +256,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 		}
 		lag := time.Duration(0)
 		if cp > startTS {
-			lag = time.Since(coordinator.TSTime(cp))
+			lag = time.Since(keyspace.Time(cp))
 			lags = append(lags, lag)
 		}
 		run := time.Since(began)
@@ -264,7 +265,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 			if restoreTS, err = coordinator.GetTS(ctx, d.cl.PD); err != nil {
 				return err
 			}
-			d.say("  %s  restore point T = %d (%s)", d.elapsed(), restoreTS, coordinator.TSTime(restoreTS).UTC().Format(time.RFC3339Nano))
+			d.say("  %s  restore point T = %s", d.elapsed(), keyspace.Format(restoreTS))
 		}
 		// Kill the leading coordinator halfway through.
 		if killed < 0 && run >= o.duration/2 {
@@ -289,7 +290,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 			lastPrint = time.Now()
 			cpText := "not yet"
 			if cp > startTS {
-				cpText = fmt.Sprintf("%s, lag %.1fs", coordinator.TSTime(cp).UTC().Format("15:04:05.000"), lag.Seconds())
+				cpText = fmt.Sprintf("%s, lag %.1fs", keyspace.Time(cp).Format("15:04:05.000"), lag.Seconds())
 			}
 			d.say("  %s  %6d transfers, %4d retried conflicts, %3d regions; checkpoint %s",
 				d.elapsed(), st.Committed.Load(), st.Conflicts.Load(), len(d.src.Cluster.Regions()), cpText)

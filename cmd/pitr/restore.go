@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
 )
@@ -94,7 +95,7 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	case o.concurrency < 1:
 		return usageErrorf("pitr restore: --concurrency must be at least 1")
 	}
-	ts, err := restore.ParseTS(o.to)
+	ts, err := keyspace.Parse(o.to)
 	if err != nil {
 		return usageErrorf("pitr restore: --to: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/mvcc"
@@ -84,7 +85,7 @@ func cliBackup(t *testing.T) (url string, start, cp uint64, dataFile string) {
 	st, err := storage.Open(ctx, url)
 	require.NoError(t, err)
 	defer st.Close()
-	start = uint64(time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC).UnixMilli()) << 18
+	start = keyspace.FromTime(time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC))
 	put := func(key string) func([]byte, error) {
 		return func(b []byte, err error) {
 			require.NoError(t, err)

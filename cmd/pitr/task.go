@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -169,23 +169,11 @@ func (o *taskOptions) connect(ctx context.Context, cmd *cobra.Command, addrs []s
 	return &coordinator.Clients{Etcd: e}, nil
 }
 
-// parseTS reads a TSO or an RFC3339 time.
-func parseTS(s string) (uint64, error) {
-	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
-		return n, nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return 0, fmt.Errorf("%q is neither a TSO nor an RFC3339 time", s)
-	}
-	return coordinator.TSFromTime(t), nil
-}
-
 // parseRange reads START:END (0x-prefixed sides are hex).
-func parseRange(s string) (coordinator.Range, error) {
+func parseRange(s string) (keyspace.Range, error) {
 	a, b, ok := strings.Cut(s, ":")
 	if !ok {
-		return coordinator.Range{}, fmt.Errorf("range %q: want START:END", s)
+		return keyspace.Range{}, fmt.Errorf("range %q: want START:END", s)
 	}
 	key := func(k string) ([]byte, error) {
 		if h, ok := strings.CutPrefix(k, "0x"); ok {
@@ -199,16 +187,17 @@ func parseRange(s string) (coordinator.Range, error) {
 	}
 	start, err := key(a)
 	if err != nil {
-		return coordinator.Range{}, err
+		return keyspace.Range{}, err
 	}
 	end, err := key(b)
 	if err != nil {
-		return coordinator.Range{}, err
+		return keyspace.Range{}, err
 	}
-	if len(end) > 0 && string(start) >= string(end) {
-		return coordinator.Range{}, fmt.Errorf("range %q is empty (START must sort before END)", s)
+	r := keyspace.Range{Start: start, End: end}
+	if r.Empty() {
+		return keyspace.Range{}, fmt.Errorf("range %q is empty (START must sort before END)", s)
 	}
-	return coordinator.Range{Start: start, End: end}, nil
+	return r, nil
 }
 
 func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name string) error {
@@ -225,7 +214,7 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	}
 	opts := coordinator.StartOptions{Name: name, StorageURL: so.storage, SafePointTTL: o.gcTTL}
 	if so.startTS != "" {
-		if opts.StartTS, err = parseTS(so.startTS); err != nil {
+		if opts.StartTS, err = keyspace.Parse(so.startTS); err != nil {
 			return usageErrorf("%s: --start-ts: %v", path, err)
 		}
 	}
@@ -259,8 +248,8 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 		return taskErr(cmd, err)
 	}
 	ts := rec.GetInfo().GetStartTs()
-	fmt.Fprintf(cmd.OutOrStdout(), "task %s started at ts %d (%s); GC safepoint %s held; storage %s\n",
-		name, ts, coordinator.TSTime(ts).UTC().Format(time.RFC3339Nano), coordinator.SafePointID(name), rec.GetStorageUrl())
+	fmt.Fprintf(cmd.OutOrStdout(), "task %s started at ts %s; GC safepoint %s held; storage %s\n",
+		name, keyspace.Format(ts), coordinator.SafePointID(name), rec.GetStorageUrl())
 	if !rec.GetInfo().GetStartedEmpty() {
 		fmt.Fprintf(cmd.OutOrStdout(), "note: the task ranges held data at the start ts; a restore needs a base snapshot (pitr backup full) taken at or after it\n")
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 )
 
@@ -52,7 +53,7 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 	var ts uint64
 	if o.to != "" {
 		var err error
-		if ts, err = restore.ParseTS(o.to); err != nil {
+		if ts, err = keyspace.Parse(o.to); err != nil {
 			return usageErrorf("pitr verify: --to: %v", err)
 		}
 	}
