@@ -14,6 +14,7 @@ all: build
 
 build:
 	$(GO) build -o bin/pitr ./cmd/pitr
+	$(GO) build -o bin/pitr-playground ./cmd/pitr-playground
 
 tools:
 	bash scripts/tools.sh
@@ -38,7 +39,7 @@ bench: tools
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) run ./cmd/pitr-bench
 
 demo:
-	$(GO) run ./cmd/pitr demo
+	$(GO) run ./cmd/pitr-playground demo
 
 proto:
 	bash proto/gen.sh

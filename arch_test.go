@@ -20,8 +20,9 @@ const module = "github.com/pitr-io/pitr"
 //   - connector (the one way to a cluster) imports only keyspace;
 //   - restore never imports agent or coordinator (restore works with the
 //     source cluster gone);
-//   - playground is imported only by cmd/pitr, cmd/pitr-bench and the
-//     playground itself (tests may import it freely).
+//   - playground is imported only by cmd/pitr-playground, cmd/pitr-bench
+//     and the playground itself (tests may import it freely);
+//   - the pitr binary links no etcd server and no playground.
 func TestDependencyDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Deps", "./...").Output()
 	require.NoError(t, err, "go list")
@@ -38,6 +39,9 @@ func TestDependencyDirection(t *testing.T) {
 			require.NoError(t, err)
 		}
 		for _, d := range p.Deps {
+			if p.ImportPath == module+"/cmd/pitr" && strings.HasPrefix(d, "go.etcd.io/etcd/server/") {
+				t.Errorf("cmd/pitr links %s: the production binary links no etcd server", d)
+			}
 			if strings.HasPrefix(d, module+"/") {
 				deps[p.ImportPath] = append(deps[p.ImportPath], strings.TrimPrefix(d, module+"/"))
 			}
@@ -62,7 +66,9 @@ func TestDependencyDirection(t *testing.T) {
 				t.Errorf("%s imports %s: connector imports only keyspace", pkg, d)
 			case under(pkg, "restore") && (under(d, "agent") || under(d, "coordinator")):
 				t.Errorf("%s imports %s: restore must work with the cluster gone", pkg, d)
-			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr") && !under(pkg, "cmd/pitr-bench"):
+			case pkg == "cmd/pitr" && under(d, "playground"):
+				t.Errorf("%s imports %s: the pitr binary links no playground (pitr-playground does)", pkg, d)
+			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr-playground") && !under(pkg, "cmd/pitr-bench"):
 				t.Errorf("%s imports %s: playground is for tests, cmd/pitr and demo code only", pkg, d)
 			}
 		}

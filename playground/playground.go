@@ -10,7 +10,7 @@
 // cluster with security configured does; ClientTLS returns the files a
 // client needs. The control API stays plain HTTP.
 //
-// It is the test bed of pitr and the embedded default of `pitr demo`; see
+// It is the test bed of pitr and the embedded default of `pitr-playground demo`; see
 // DESIGN.md §8 for the rules it follows and TIKV-PROTOCOLS.md for the
 // protocol behaviour it reproduces. It is imported only by tests, cmd/pitr
 // and demo code.

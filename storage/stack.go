@@ -63,7 +63,9 @@ func OpenStack(ctx context.Context, rawURL string, o StackOptions) (*Stack, erro
 // NewSharedLimit is a rate limit of bytesPerSec (<= 0: none) with no
 // storage of its own, for StackOptions.SharedLimit; SetLimit on it (or on
 // any stack sharing it) changes it for all.
-func NewSharedLimit(bytesPerSec int64) *RateLimited { return WithRateLimit(nil, bytesPerSec, RateLimitOptions{}) }
+func NewSharedLimit(bytesPerSec int64) *RateLimited {
+	return WithRateLimit(nil, bytesPerSec, RateLimitOptions{})
+}
 
 // SetLimit changes the rate limit at run time (<= 0: none).
 func (s *Stack) SetLimit(bytesPerSec int64) { s.limit.SetLimit(bytesPerSec) }

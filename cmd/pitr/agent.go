@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 )
 
 // agentFile is the TOML config file of `pitr agent`. Every key is optional;
@@ -57,30 +57,9 @@ func (d *duration) UnmarshalText(b []byte) error {
 type size struct{ n int64 }
 
 func (s *size) UnmarshalText(b []byte) error {
-	v, err := parseSize(string(b))
+	v, err := cli.ParseSize(string(b))
 	s.n = v
 	return err
-}
-
-// parseSize parses "1048576", "512KiB", "256MiB", "8GiB" (also KB/MB/GB,
-// read as binary units too).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"TB", 1 << 40}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < -1 {
-		return 0, fmt.Errorf("size %q: want a number of bytes with an optional KiB/MiB/GiB suffix", s)
-	}
-	return n * mult, nil
 }
 
 // agentOptions is what `pitr agent` runs with, after defaults, the file and
@@ -163,9 +142,9 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 	}
 	cfg.TLS = o.tls.get(sec, changed)
 	if changed("upload-rate-limit") {
-		n, err := parseSize(o.uploadRate)
+		n, err := cli.ParseSize(o.uploadRate)
 		if err != nil || n < 0 {
-			return usageErrorf("--upload-rate-limit %q: want bytes per second, like 64MiB (0: none)", o.uploadRate)
+			return cli.Usagef("--upload-rate-limit %q: want bytes per second, like 64MiB (0: none)", o.uploadRate)
 		}
 		cfg.UploadRateLimit = n
 	}
@@ -185,11 +164,11 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 		cfg.DataDir = filepath.Join(os.TempDir(), "pitr-agent-"+strings.NewReplacer(":", "_", "/", "_").Replace(cfg.TiKVAddr))
 	}
 	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
-		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
+		return cli.Usagef("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return usageErrorf("%v", err)
+		return cli.Usagef("%v", err)
 	}
 	return nil
 }
@@ -201,14 +180,14 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", ";
 func decodeConfigFile(path string, v any) error {
 	md, err := toml.DecodeFile(path, v)
 	if err != nil {
-		return usageErrorf("--config %s: %v", path, oneLine(err))
+		return cli.Usagef("--config %s: %v", path, oneLine(err))
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		keys := make([]string, len(und))
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return usageErrorf("--config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+		return cli.Usagef("--config %s: unknown keys: %s", path, strings.Join(keys, ", "))
 	}
 	return nil
 }
@@ -218,17 +197,17 @@ func decodeConfigFile(path string, v any) error {
 func runAgent(ctx context.Context, stderr io.Writer, o *agentOptions) error {
 	level := hclog.LevelFromString(o.logLevel)
 	log := hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr})
-	routeClientLogs(stderr, level)
+	cli.RouteClientLogs(stderr, level)
 	cfg := o.cfg
 	cfg.Logger = log
 	a, err := agent.New(cfg)
 	switch {
 	case errors.Is(err, agent.ErrUnavailable):
-		return withExit(ExitUnavailable, err)
+		return cli.WithExit(cli.ExitUnavailable, err)
 	case errors.Is(err, agent.ErrStoreNotFound):
-		return withExit(ExitUsage, fmt.Errorf("%w; check --tikv", err))
+		return cli.WithExit(cli.ExitUsage, fmt.Errorf("%w; check --tikv", err))
 	case errors.Is(err, agent.ErrConfig):
-		return withExit(ExitUsage, err)
+		return cli.WithExit(cli.ExitUsage, err)
 	case err != nil:
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/playground/certs"
 )
@@ -74,7 +75,7 @@ func TestAgentUsageErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := run(tc.args...)
 			require.Error(t, err)
-			require.Equal(t, ExitUsage, exitCode(err), "%v", err)
+			require.Equal(t, cli.ExitUsage, cli.Code(err), "%v", err)
 			require.Contains(t, err.Error(), tc.msg)
 			require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
 		})
@@ -88,7 +89,7 @@ func TestAgentPDUnreachable(t *testing.T) {
 	_, err := run("agent", "--pd", "127.0.0.1:1", "--tikv", "127.0.0.1:2", "--data-dir", t.TempDir(), "--config", file,
 		"--listen", "127.0.0.1:0", "--http", "-", "--log-level", "error")
 	require.Error(t, err)
-	require.Equal(t, ExitUnavailable, exitCode(err), "%v", err)
+	require.Equal(t, cli.ExitUnavailable, cli.Code(err), "%v", err)
 	require.Contains(t, err.Error(), "connect to PD 127.0.0.1:1")
 	require.Less(t, time.Since(start), 10*time.Second)
 }
@@ -120,11 +121,11 @@ cert-allowed-cn = ["pitr-coordinator"]
 
 	o = agentOptions{logLevel: "info", tls: tlsFlags{cert: p.Cert}}
 	err = loadAgentOptions(&o, func(string) bool { return false }, "a:1", "b:2", "", "127.0.0.1:0", "-")
-	require.Equal(t, ExitUsage, exitCode(err))
+	require.Equal(t, cli.ExitUsage, cli.Code(err))
 	require.ErrorContains(t, err, "--ca is required")
 
 	co := coordinatorOptions{configPath: writeFile(t, "pd = [\"a:1\"]\n[security]\ncert-allowed-cn = [\"x\"]\n"), logLevel: "info"}
 	err = loadCoordinatorOptions(&co, func(string) bool { return false }, "", "-", "", time.Second, time.Hour)
-	require.Equal(t, ExitUsage, exitCode(err))
+	require.Equal(t, cli.ExitUsage, cli.Code(err))
 	require.ErrorContains(t, err, "agent setting")
 }

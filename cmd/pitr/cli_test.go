@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 )
 
 func run(args ...string) (string, error) {
@@ -26,7 +28,7 @@ func TestHelpListsContract(t *testing.T) {
 	out, err := run("--help")
 	require.NoError(t, err)
 	for _, want := range []string{
-		"pitr demo", "pitr playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR]",
+		"pitr-playground demo", "pitr-playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR] [--tls-dir D]",
 		"pitr agent --pd ADDRS --tikv ADDR [--config agent.toml]",
 		"pitr coordinator --pd ADDRS [--config coordinator.toml]",
 		"pitr task start NAME --storage URL [--start-ts TS] [--range START:END]",
@@ -46,21 +48,21 @@ func TestExitCodes(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{"unknown flag", []string{"playground", "--nope"}, ExitUsage, "unknown flag"},
-		{"bad store count", []string{"playground", "--stores", "0"}, ExitUsage, "--stores"},
-		{"bad log level", []string{"playground", "--log-level", "loud"}, ExitUsage, "--log-level"},
-		{"not built", []string{"backup", "full", "--storage", "mem://"}, ExitUsage, "not available in this build"},
-		{"extra args", []string{"compact", "x"}, ExitUsage, "unknown command"},
-		{"missing name", []string{"task", "pause"}, ExitUsage, "accepts 1 arg"},
-		{"unknown command", []string{"nope"}, ExitUsage, "unknown command"},
+		{"unknown flag", []string{"task", "status", "--nope"}, cli.ExitUsage, "unknown flag"},
+		{"moved: playground", []string{"playground", "--stores", "3"}, cli.ExitUsage, "moved to pitr-playground"},
+		{"moved: demo", []string{"demo"}, cli.ExitUsage, "moved to pitr-playground demo"},
+		{"not built", []string{"backup", "full", "--storage", "mem://"}, cli.ExitUsage, "not available in this build"},
+		{"extra args", []string{"compact", "x"}, cli.ExitUsage, "unknown command"},
+		{"missing name", []string{"task", "pause"}, cli.ExitUsage, "accepts 1 arg"},
+		{"unknown command", []string{"nope"}, cli.ExitUsage, "unknown command"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := run(tc.args...)
 			require.Error(t, err)
-			require.Equal(t, tc.code, exitCode(err), "%v", err)
+			require.Equal(t, tc.code, cli.Code(err), "%v", err)
 			require.Contains(t, err.Error(), tc.msg)
 			require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
 		})
 	}
-	require.Equal(t, ExitFailure, exitCode(errors.New("x")))
+	require.Equal(t, cli.ExitFailure, cli.Code(errors.New("x")))
 }

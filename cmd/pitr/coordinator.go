@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/coordinator"
 )
 
@@ -92,7 +93,7 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		}
 		sec = &file.Security
 		if len(file.Security.CertAllowedCN) > 0 {
-			return usageErrorf("--config %s: security.cert-allowed-cn is an agent setting (the coordinator serves no gRPC)", o.configPath)
+			return cli.Usagef("--config %s: security.cert-allowed-cn is an agent setting (the coordinator serves no gRPC)", o.configPath)
 		}
 		cfg.PDAddrs, cfg.ID, cfg.HTTPAddr = file.PD, file.ID, file.HTTP
 		cfg.TickInterval, cfg.PollTimeout = file.TickInterval.Duration, file.PollTimeout.Duration
@@ -120,11 +121,11 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		cfg.SafePointTTL = ttl
 	}
 	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
-		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
+		return cli.Usagef("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return usageErrorf("%v", err)
+		return cli.Usagef("%v", err)
 	}
 	return nil
 }
@@ -143,15 +144,15 @@ func splitAddrs(s string) []string {
 // resigns.
 func runCoordinator(ctx context.Context, stderr io.Writer, o *coordinatorOptions) error {
 	level := hclog.LevelFromString(o.logLevel)
-	routeClientLogs(stderr, level)
+	cli.RouteClientLogs(stderr, level)
 	cfg := o.cfg
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr})
 	co, err := coordinator.New(cfg)
 	switch {
 	case errors.Is(err, coordinator.ErrUnavailable):
-		return withExit(ExitUnavailable, err)
+		return cli.WithExit(cli.ExitUnavailable, err)
 	case errors.Is(err, coordinator.ErrConfig):
-		return withExit(ExitUsage, err)
+		return cli.WithExit(cli.ExitUsage, err)
 	case err != nil:
 		return fmt.Errorf("start coordinator: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
@@ -85,30 +86,30 @@ cluster.`,
 func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions) error {
 	switch {
 	case o.storage == "":
-		return usageErrorf("pitr restore: --storage is required")
+		return cli.Usagef("pitr restore: --storage is required")
 	case o.to == "":
-		return usageErrorf("pitr restore: --to is required")
+		return cli.Usagef("pitr restore: --to is required")
 	case o.snapshot != "":
-		return usageErrorf("pitr restore: --snapshot: restoring from a base snapshot is not available in this build")
+		return cli.Usagef("pitr restore: --snapshot: restoring from a base snapshot is not available in this build")
 	case o.pd == "" && !o.dryRun:
-		return usageErrorf("pitr restore: --pd is required (or --dry-run)")
+		return cli.Usagef("pitr restore: --pd is required (or --dry-run)")
 	case o.concurrency < 1:
-		return usageErrorf("pitr restore: --concurrency must be at least 1")
+		return cli.Usagef("pitr restore: --concurrency must be at least 1")
 	}
 	ts, err := keyspace.Parse(o.to)
 	if err != nil {
-		return usageErrorf("pitr restore: --to: %v", err)
+		return cli.Usagef("pitr restore: --to: %v", err)
 	}
-	mem, err := parseSize(o.memory)
+	mem, err := cli.ParseSize(o.memory)
 	if err != nil || mem < 64<<20 {
-		return usageErrorf("pitr restore: --memory %q: want a size of at least 64MiB, like 1GiB", o.memory)
+		return cli.Usagef("pitr restore: --memory %q: want a size of at least 64MiB, like 1GiB", o.memory)
 	}
 	if err := restore.CheckBudget(o.concurrency, mem); err != nil {
-		return usageErrorf("pitr restore: --memory %s is %v", o.memory, err)
+		return cli.Usagef("pitr restore: --memory %s is %v", o.memory, err)
 	}
 	level := hclog.LevelFromString(o.logLevel)
 	if level == hclog.NoLevel {
-		return usageErrorf("pitr restore: --log-level %q: want trace, debug, info, warn or error", o.logLevel)
+		return cli.Usagef("pitr restore: --log-level %q: want trace, debug, info, warn or error", o.logLevel)
 	}
 	// The clients' logs would tear the progress bar: errors only, unless
 	// debugging.
@@ -116,10 +117,10 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	if level <= hclog.Debug {
 		clientLevel = level
 	}
-	routeClientLogs(stderr, clientLevel)
+	cli.RouteClientLogs(stderr, clientLevel)
 	tlsCfg := o.tls.get(nil, func(string) bool { return true })
 	if err := tlsCfg.Validate(); err != nil {
-		return usageErrorf("pitr restore: %v", err)
+		return cli.Usagef("pitr restore: %v", err)
 	}
 	src, err := openBackupStorage(ctx, o.storage)
 	if err != nil {
@@ -161,7 +162,7 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 func openBackupStorage(ctx context.Context, url string) (storage.Storage, error) {
 	st, err := storage.Open(ctx, url)
 	if err != nil {
-		return nil, withExit(ExitUnavailable, err)
+		return nil, cli.WithExit(cli.ExitUnavailable, err)
 	}
 	return storage.WithRetry(st, storage.RetryOptions{}), nil
 }
@@ -170,24 +171,24 @@ func openBackupStorage(ctx context.Context, url string) (storage.Storage, error)
 // error says whether the target was written to (restore.WrittenError:
 // how far it got and how to resume) or not.
 func restoreError(cmd string, err error) error {
-	code := ExitFailure
+	code := cli.ExitFailure
 	switch {
 	case errors.Is(err, restore.ErrOutOfRange):
-		code = ExitOutOfRange
+		code = cli.ExitOutOfRange
 	case errors.Is(err, restore.ErrCorrupt):
-		code = ExitCorrupt
+		code = cli.ExitCorrupt
 	case errors.Is(err, restore.ErrMissing):
-		code = ExitMissing
+		code = cli.ExitMissing
 	case errors.Is(err, restore.ErrNotBackup):
-		code = ExitNotBackup
+		code = cli.ExitNotBackup
 	case errors.Is(err, restore.ErrTargetNotEmpty):
-		code = ExitTargetNotEmpty
+		code = cli.ExitTargetNotEmpty
 	case errors.Is(err, restore.ErrFormat):
-		code = ExitFormat
+		code = cli.ExitFormat
 	case errors.Is(err, restore.ErrNoBase):
-		code = ExitNoBase
+		code = cli.ExitNoBase
 	case errors.Is(err, restore.ErrUnavailable), storage.IsTransient(err):
-		code = ExitUnavailable
+		code = cli.ExitUnavailable
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
 	if cmd == "pitr restore" {
@@ -202,7 +203,7 @@ func restoreError(cmd string, err error) error {
 			msg += "; nothing was written to the target"
 		}
 	}
-	return withExit(code, fmt.Errorf("%s: %s", cmd, msg))
+	return cli.WithExit(code, fmt.Errorf("%s: %s", cmd, msg))
 }
 
 func restoreAddrs(s string) []string {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/flush"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
@@ -31,21 +32,21 @@ func TestRestoreExitCodes(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{"no storage", []string{"restore", "--to", "1", "--pd", "x"}, ExitUsage, "--storage is required"},
-		{"no to", []string{"restore", "--storage", empty, "--pd", "x"}, ExitUsage, "--to is required"},
-		{"no pd", []string{"restore", "--storage", empty, "--to", "1"}, ExitUsage, "--pd is required"},
-		{"bad to", []string{"restore", "--storage", empty, "--to", "yesterday", "--dry-run"}, ExitUsage, "RFC 3339"},
-		{"snapshot", []string{"restore", "--storage", empty, "--to", "1", "--snapshot", "s3://b/s", "--pd", "x"}, ExitUsage, "not available in this build"},
-		{"bad memory", []string{"restore", "--storage", empty, "--to", "1", "--dry-run", "--memory", "lots"}, ExitUsage, "--memory"},
-		{"wrong storage, dry run", []string{"restore", "--storage", empty, "--to", "2026-01-01T00:00:00Z", "--dry-run"}, ExitNotBackup, "has no pitr.lock"},
-		{"wrong storage", []string{"restore", "--storage", empty, "--to", "1", "--pd", "127.0.0.1:1"}, ExitNotBackup, "nothing was written to the target"},
-		{"verify wrong storage", []string{"verify", "--storage", empty}, ExitNotBackup, "pitr verify: not a pitr backup"},
-		{"verify bad to", []string{"verify", "--storage", empty, "--to", "soon"}, ExitUsage, "--to"},
+		{"no storage", []string{"restore", "--to", "1", "--pd", "x"}, cli.ExitUsage, "--storage is required"},
+		{"no to", []string{"restore", "--storage", empty, "--pd", "x"}, cli.ExitUsage, "--to is required"},
+		{"no pd", []string{"restore", "--storage", empty, "--to", "1"}, cli.ExitUsage, "--pd is required"},
+		{"bad to", []string{"restore", "--storage", empty, "--to", "yesterday", "--dry-run"}, cli.ExitUsage, "RFC 3339"},
+		{"snapshot", []string{"restore", "--storage", empty, "--to", "1", "--snapshot", "s3://b/s", "--pd", "x"}, cli.ExitUsage, "not available in this build"},
+		{"bad memory", []string{"restore", "--storage", empty, "--to", "1", "--dry-run", "--memory", "lots"}, cli.ExitUsage, "--memory"},
+		{"wrong storage, dry run", []string{"restore", "--storage", empty, "--to", "2026-01-01T00:00:00Z", "--dry-run"}, cli.ExitNotBackup, "has no pitr.lock"},
+		{"wrong storage", []string{"restore", "--storage", empty, "--to", "1", "--pd", "127.0.0.1:1"}, cli.ExitNotBackup, "nothing was written to the target"},
+		{"verify wrong storage", []string{"verify", "--storage", empty}, cli.ExitNotBackup, "pitr verify: not a pitr backup"},
+		{"verify bad to", []string{"verify", "--storage", empty, "--to", "soon"}, cli.ExitUsage, "--to"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := run(tc.args...)
 			require.Error(t, err)
-			require.Equal(t, tc.code, exitCode(err), "%v", err)
+			require.Equal(t, tc.code, cli.Code(err), "%v", err)
 			require.Contains(t, err.Error(), tc.msg)
 			require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
 		})
@@ -57,20 +58,20 @@ func TestRestoreErrorCodes(t *testing.T) {
 		err  error
 		code int
 	}{
-		{restore.ErrOutOfRange, ExitOutOfRange},
-		{restore.ErrCorrupt, ExitCorrupt},
-		{restore.ErrMissing, ExitMissing},
-		{restore.ErrNotBackup, ExitNotBackup},
-		{restore.ErrTargetNotEmpty, ExitTargetNotEmpty},
-		{restore.ErrTargetInUse, ExitTargetNotEmpty},
-		{restore.ErrFormat, ExitFormat},
-		{restore.ErrNoBase, ExitNoBase},
-		{restore.ErrUnavailable, ExitUnavailable},
-		{context.Canceled, ExitFailure},
-		{errors.New("boom"), ExitFailure},
+		{restore.ErrOutOfRange, cli.ExitOutOfRange},
+		{restore.ErrCorrupt, cli.ExitCorrupt},
+		{restore.ErrMissing, cli.ExitMissing},
+		{restore.ErrNotBackup, cli.ExitNotBackup},
+		{restore.ErrTargetNotEmpty, cli.ExitTargetNotEmpty},
+		{restore.ErrTargetInUse, cli.ExitTargetNotEmpty},
+		{restore.ErrFormat, cli.ExitFormat},
+		{restore.ErrNoBase, cli.ExitNoBase},
+		{restore.ErrUnavailable, cli.ExitUnavailable},
+		{context.Canceled, cli.ExitFailure},
+		{errors.New("boom"), cli.ExitFailure},
 	} {
 		err := restoreError("pitr restore", fmt.Errorf("wrapped: %w", tc.err))
-		require.Equal(t, tc.code, exitCode(err), "%v", tc.err)
+		require.Equal(t, tc.code, cli.Code(err), "%v", tc.err)
 		require.True(t, strings.HasPrefix(err.Error(), "pitr restore: "))
 	}
 }
@@ -131,7 +132,7 @@ func TestRestoreCLI(t *testing.T) {
 	require.Contains(t, out, "files         1 to read (1 pruned")
 
 	_, err = run("restore", "--storage", url, "--to", ts(cp+1), "--dry-run")
-	require.Equal(t, ExitOutOfRange, exitCode(err), "%v", err)
+	require.Equal(t, cli.ExitOutOfRange, cli.Code(err), "%v", err)
 	require.Contains(t, err.Error(), "restorable range is [")
 
 	p, err := playground.Start(context.Background(), playground.Config{Stores: 1, GCInterval: -1})
@@ -149,17 +150,17 @@ func TestRestoreCLI(t *testing.T) {
 
 	// Now the target holds data: another restore is refused.
 	_, err = run("restore", "--storage", url, "--to", ts(cp), "--pd", p.PDAddr(), "--progress-file", progress+"2", "--no-progress")
-	require.Equal(t, ExitTargetNotEmpty, exitCode(err), "%v", err)
+	require.Equal(t, cli.ExitTargetNotEmpty, cli.Code(err), "%v", err)
 
 	flip, err := os.ReadFile(dataFile)
 	require.NoError(t, err)
 	flip[len(flip)/2] ^= 1
 	require.NoError(t, os.WriteFile(dataFile, flip, 0o644))
 	_, err = run("verify", "--storage", url, "--no-progress")
-	require.Equal(t, ExitCorrupt, exitCode(err), "%v", err)
+	require.Equal(t, cli.ExitCorrupt, cli.Code(err), "%v", err)
 	require.NoError(t, os.Remove(dataFile))
 	_, err = run("verify", "--storage", url, "--no-progress")
-	require.Equal(t, ExitMissing, exitCode(err), "%v", err)
+	require.Equal(t, cli.ExitMissing, cli.Code(err), "%v", err)
 }
 
 // TestRestoreErrorAfterWrite (audit F5): an error once the target holds
@@ -185,7 +186,7 @@ func TestRestoreErrorAfterWrite(t *testing.T) {
 	require.NoError(t, os.WriteFile(dataFile, flip, 0o644))
 
 	_, err = run("restore", "--storage", url, "--to", strconv.FormatUint(cp, 10), "--pd", p.PDAddr(), "--progress-file", progress, "--no-progress")
-	require.Equal(t, ExitCorrupt, exitCode(err), "%v", err)
+	require.Equal(t, cli.ExitCorrupt, cli.Code(err), "%v", err)
 	msg := err.Error()
 	require.NotContains(t, msg, "nothing was written")
 	require.Contains(t, msg, "the target already holds part of this restore (0 of 1 key ranges done): rerun the same command to resume it (progress file "+progress+")")
@@ -199,17 +200,17 @@ func TestRestoreErrorWritten(t *testing.T) {
 		code int
 		want string
 	}{
-		{"refusal", fmt.Errorf("x: %w", restore.ErrCorrupt), ExitCorrupt, "; nothing was written to the target"},
-		{"unavailable before writing", fmt.Errorf("x: %w", restore.ErrUnavailable), ExitUnavailable, "; nothing was written to the target"},
-		{"corrupt after writing", &restore.WrittenError{Err: fmt.Errorf("x: %w", restore.ErrCorrupt), ProgressFile: "/p.json", UnitsDone: 3, Units: 7}, ExitCorrupt,
+		{"refusal", fmt.Errorf("x: %w", restore.ErrCorrupt), cli.ExitCorrupt, "; nothing was written to the target"},
+		{"unavailable before writing", fmt.Errorf("x: %w", restore.ErrUnavailable), cli.ExitUnavailable, "; nothing was written to the target"},
+		{"corrupt after writing", &restore.WrittenError{Err: fmt.Errorf("x: %w", restore.ErrCorrupt), ProgressFile: "/p.json", UnitsDone: 3, Units: 7}, cli.ExitCorrupt,
 			"; the target already holds part of this restore (3 of 7 key ranges done): rerun the same command to resume it (progress file /p.json)"},
-		{"cancelled after writing", &restore.WrittenError{Err: context.Canceled, ProgressFile: "/p.json", Units: 2}, ExitFailure, "(0 of 2 key ranges done)"},
-		{"finished, GC not set back", &restore.WrittenError{Err: fmt.Errorf("x: %w", restore.ErrGCNotRestored), Units: 2, Finished: true}, ExitFailure,
+		{"cancelled after writing", &restore.WrittenError{Err: context.Canceled, ProgressFile: "/p.json", Units: 2}, cli.ExitFailure, "(0 of 2 key ranges done)"},
+		{"finished, GC not set back", &restore.WrittenError{Err: fmt.Errorf("x: %w", restore.ErrGCNotRestored), Units: 2, Finished: true}, cli.ExitFailure,
 			"; the restore itself finished (all 2 key ranges are in the target)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := restoreError("pitr restore", tc.err)
-			require.Equal(t, tc.code, exitCode(err))
+			require.Equal(t, tc.code, cli.Code(err))
 			require.True(t, strings.HasSuffix(err.Error(), tc.want) || strings.Contains(err.Error(), tc.want), err.Error())
 			if _, ok := tc.err.(*restore.WrittenError); ok {
 				require.NotContains(t, err.Error(), "nothing was written")
@@ -228,16 +229,16 @@ func TestRestoreMemoryFlags(t *testing.T) {
 		code        int
 		msg         string
 	}{
-		{"64MiB, default concurrency", "64MiB", "8", ExitUsage, "--memory 64MiB is too small for concurrency 8: its 10 chunk buffers take 240MiB and its 2 readers need 16MiB each; use at least 272MiB, or a lower concurrency"},
-		{"1GiB, concurrency 64", "1GiB", "64", ExitUsage, "use at least 2176MiB"},
-		{"1GiB, concurrency 32", "1GiB", "32", ExitUsage, "too small for concurrency 32"},
-		{"64MiB, concurrency 1", "64MiB", "1", ExitNotBackup, "has no pitr.lock"},
-		{"1GiB, concurrency 8", "1GiB", "8", ExitNotBackup, "has no pitr.lock"},
-		{"272MiB, concurrency 8", "272MiB", "8", ExitNotBackup, "has no pitr.lock"},
+		{"64MiB, default concurrency", "64MiB", "8", cli.ExitUsage, "--memory 64MiB is too small for concurrency 8: its 10 chunk buffers take 240MiB and its 2 readers need 16MiB each; use at least 272MiB, or a lower concurrency"},
+		{"1GiB, concurrency 64", "1GiB", "64", cli.ExitUsage, "use at least 2176MiB"},
+		{"1GiB, concurrency 32", "1GiB", "32", cli.ExitUsage, "too small for concurrency 32"},
+		{"64MiB, concurrency 1", "64MiB", "1", cli.ExitNotBackup, "has no pitr.lock"},
+		{"1GiB, concurrency 8", "1GiB", "8", cli.ExitNotBackup, "has no pitr.lock"},
+		{"272MiB, concurrency 8", "272MiB", "8", cli.ExitNotBackup, "has no pitr.lock"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := run("restore", "--storage", empty, "--to", "2026-01-01T00:00:00Z", "--dry-run", "--memory", tc.memory, "--concurrency", tc.con)
-			require.Equal(t, tc.code, exitCode(err), "%v", err)
+			require.Equal(t, tc.code, cli.Code(err), "%v", err)
 			require.Contains(t, err.Error(), tc.msg)
 			require.NotContains(t, err.Error(), "\n")
 		})

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 )
 
 const rootLong = `pitr: continuous log backup and point-in-time restore for TiKV.
@@ -14,8 +16,6 @@ coordinator keeps the cluster-wide global checkpoint and holds the GC
 safepoint; "pitr restore --to T" rebuilds the cluster as it was at T.
 
 Commands:
-  pitr demo                                  embedded playground + agents + coordinator + workload + restore + check
-  pitr playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR]
   pitr agent --pd ADDRS --tikv ADDR [--config agent.toml]
   pitr coordinator --pd ADDRS [--config coordinator.toml]
   pitr task start NAME --storage URL [--start-ts TS] [--range START:END]
@@ -24,6 +24,10 @@ Commands:
   pitr verify --storage URL [--to TS]
   pitr backup full --storage URL --pd ADDRS
   pitr compact --storage URL | pitr truncate --storage URL --until TS
+
+The playground and the demo are a separate binary, pitr-playground:
+  pitr-playground demo                       embedded playground + agents + coordinator + workload + restore + check
+  pitr-playground [--stores 3] [--dir D] [--pd-addr ADDR] [--ctl-addr ADDR] [--tls-dir D]
 
 Exit status:
   0  success
@@ -54,12 +58,9 @@ func newRootCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageErrorf("%s: %v (see '%s --help')", c.CommandPath(), err, c.CommandPath())
-	})
 	root.AddCommand(
-		newDemoCmd(),
-		newPlaygroundCmd(),
+		movedCmd("demo", "pitr-playground demo (make demo)"),
+		movedCmd("playground", "pitr-playground"),
 		newAgentCmd(),
 		newCoordinatorCmd(),
 		newTaskCmd(),
@@ -69,22 +70,20 @@ func newRootCmd() *cobra.Command {
 		newCompactCmd(),
 		newTruncateCmd(),
 	)
-	usageArgs(root)
+	cli.Strict(root)
 	return root
 }
 
-// usageArgs makes argument-count mistakes usage errors (exit 2) everywhere.
-func usageArgs(c *cobra.Command) {
-	if args := c.Args; args != nil {
-		c.Args = func(cmd *cobra.Command, a []string) error {
-			if err := args(cmd, a); err != nil {
-				return usageErrorf("%s: %v (see '%s --help')", cmd.CommandPath(), err, cmd.CommandPath())
-			}
-			return nil
-		}
-	}
-	for _, sub := range c.Commands() {
-		usageArgs(sub)
+// movedCmd answers a command that moved to the pitr-playground binary,
+// which keeps the playground and its embedded etcd out of this one: one
+// line, exit 2.
+func movedCmd(name, where string) *cobra.Command {
+	return &cobra.Command{
+		Use: name, Short: "Moved to " + where, Hidden: true,
+		DisableFlagParsing: true,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return cli.WithExit(cli.ExitUsage, fmt.Errorf("%s: moved to %s", c.CommandPath(), where))
+		},
 	}
 }
 
@@ -92,7 +91,7 @@ func usageArgs(c *cobra.Command) {
 // one line, exit status 2, nothing else happens.
 func notBuilt(issue string) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, _ []string) error {
-		return withExit(ExitUsage, fmt.Errorf("%s is not available in this build yet (tracked in %s)", c.CommandPath(), issue))
+		return cli.WithExit(cli.ExitUsage, fmt.Errorf("%s is not available in this build yet (tracked in %s)", c.CommandPath(), issue))
 	}
 }
 

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"io"
-
-	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/pflag"
 
 	"github.com/pitr-io/pitr/connector"
@@ -45,11 +42,4 @@ func (t *tlsFlags) get(file *securityFile, changed func(string) bool) connector.
 		out.Key = t.key
 	}
 	return out
-}
-
-// routeClientLogs sends the PD client's and client-go's logs to stderr at
-// level (Off silences them: one-shot commands print one line), never to
-// stdout; see connector.RouteClientLogs.
-func routeClientLogs(stderr io.Writer, level hclog.Level) {
-	connector.RouteClientLogs(hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr}))
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/keyspace"
@@ -109,17 +110,17 @@ func taskErr(cmd *cobra.Command, err error) error {
 	if err == nil {
 		return nil
 	}
-	code := ExitFailure
+	code := cli.ExitFailure
 	switch {
 	case errors.Is(err, coordinator.ErrUnavailable):
-		code = ExitUnavailable
+		code = cli.ExitUnavailable
 	case errors.Is(err, coordinator.ErrInvalidRequest), errors.Is(err, task.ErrInvalidName):
-		code = ExitUsage
+		code = cli.ExitUsage
 	case errors.Is(err, coordinator.ErrTaskExists), errors.Is(err, coordinator.ErrStorageOwned),
 		errors.Is(err, coordinator.ErrStartTS), errors.Is(err, coordinator.ErrTaskState):
-		code = ExitConflict
+		code = cli.ExitConflict
 	}
-	return withExit(code, &lineError{msg: cmd.CommandPath() + ": " + oneLine(err), err: err})
+	return cli.WithExit(code, &lineError{msg: cmd.CommandPath() + ": " + oneLine(err), err: err})
 }
 
 // lineError is an error shown on one line that still unwraps to its cause.
@@ -134,13 +135,13 @@ func (e *lineError) Unwrap() error { return e.err }
 func (o *taskOptions) check(cmd *cobra.Command) ([]string, error) {
 	addrs := splitAddrs(o.pd)
 	if len(addrs) == 0 {
-		return nil, usageErrorf("%s: --pd is required (see '%s --help')", cmd.CommandPath(), cmd.CommandPath())
+		return nil, cli.Usagef("%s: --pd is required (see '%s --help')", cmd.CommandPath(), cmd.CommandPath())
 	}
 	if o.timeout <= 0 {
-		return nil, usageErrorf("%s: --timeout must be positive", cmd.CommandPath())
+		return nil, cli.Usagef("%s: --timeout must be positive", cmd.CommandPath())
 	}
 	if err := o.tls.get(nil, func(string) bool { return true }).Validate(); err != nil {
-		return nil, usageErrorf("%s: %v", cmd.CommandPath(), err)
+		return nil, cli.Usagef("%s: %v", cmd.CommandPath(), err)
 	}
 	return addrs, nil
 }
@@ -153,7 +154,7 @@ func (o *taskOptions) connCfg(addrs []string) connector.Config {
 // connect reaches PD and its etcd within the timeout (PD only when
 // withPD).
 func (o *taskOptions) connect(ctx context.Context, cmd *cobra.Command, addrs []string, withPD bool) (*coordinator.Clients, error) {
-	routeClientLogs(cmd.ErrOrStderr(), hclog.Off)
+	cli.RouteClientLogs(cmd.ErrOrStderr(), hclog.Off)
 	cc := o.connCfg(addrs)
 	if withPD {
 		cl, err := coordinator.Connect(ctx, cc)
@@ -207,26 +208,26 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	}
 	path := cmd.CommandPath()
 	if err := task.ValidateName(name); err != nil {
-		return usageErrorf("%s: %v", path, err)
+		return cli.Usagef("%s: %v", path, err)
 	}
 	if so.storage == "" {
-		return usageErrorf("%s: --storage is required (see '%s --help')", path, path)
+		return cli.Usagef("%s: --storage is required (see '%s --help')", path, path)
 	}
 	opts := coordinator.StartOptions{Name: name, StorageURL: so.storage, SafePointTTL: o.gcTTL}
 	if so.startTS != "" {
 		if opts.StartTS, err = keyspace.Parse(so.startTS); err != nil {
-			return usageErrorf("%s: --start-ts: %v", path, err)
+			return cli.Usagef("%s: --start-ts: %v", path, err)
 		}
 	}
 	for _, r := range so.ranges {
 		kr, err := parseRange(r)
 		if err != nil {
-			return usageErrorf("%s: --range: %v", path, err)
+			return cli.Usagef("%s: --range: %v", path, err)
 		}
 		opts.Ranges = append(opts.Ranges, kr)
 	}
 	if o.gcTTL < time.Second {
-		return usageErrorf("%s: --gc-ttl must be at least 1s", path)
+		return cli.Usagef("%s: --gc-ttl must be at least 1s", path)
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout+30*time.Second)
 	defer cancel()
@@ -239,7 +240,7 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	// a complete base for restores (TaskInfo.started_empty).
 	kv, err := connector.KV(ctx, o.connCfg(addrs))
 	if err != nil {
-		return withExit(ExitUnavailable, fmt.Errorf("%s: connect to TiKV: %v", path, err))
+		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("%s: connect to TiKV: %v", path, err))
 	}
 	defer kv.Close()
 	opts.EmptyAt = coordinator.EmptyAtTiKV(kv)
@@ -263,7 +264,7 @@ func runTaskStatus(cmd *cobra.Command, o *taskOptions, name string, asJSON bool)
 	}
 	if name != "" {
 		if err := task.ValidateName(name); err != nil {
-			return usageErrorf("%s: %v", cmd.CommandPath(), err)
+			return cli.Usagef("%s: %v", cmd.CommandPath(), err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 2*o.timeout)
@@ -298,7 +299,7 @@ func runTaskChange(cmd *cobra.Command, o *taskOptions, op, name string) error {
 		return err
 	}
 	if err := task.ValidateName(name); err != nil {
-		return usageErrorf("%s: %v", cmd.CommandPath(), err)
+		return cli.Usagef("%s: %v", cmd.CommandPath(), err)
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout+30*time.Second)
 	defer cancel()

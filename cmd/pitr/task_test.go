@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 )
@@ -29,7 +30,7 @@ func runCtx(ctx context.Context, args ...string) (string, error) {
 func requireExit(t *testing.T, err error, code int, msg string) {
 	t.Helper()
 	require.Error(t, err)
-	require.Equal(t, code, exitCode(err), "%v", err)
+	require.Equal(t, code, cli.Code(err), "%v", err)
 	require.Contains(t, err.Error(), msg)
 	require.NotContains(t, err.Error(), "\n", "one line")
 }
@@ -61,7 +62,7 @@ func TestTaskUsageErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := run(tc.args...)
-			requireExit(t, err, ExitUsage, tc.msg)
+			requireExit(t, err, cli.ExitUsage, tc.msg)
 		})
 	}
 }
@@ -114,7 +115,7 @@ func TestTaskUnreachablePD(t *testing.T) {
 	} {
 		began := time.Now()
 		_, err := run(args...)
-		requireExit(t, err, ExitUnavailable, "unavailable")
+		requireExit(t, err, cli.ExitUnavailable, "unavailable")
 		require.Less(t, time.Since(began), 8*time.Second, "%v", args)
 	}
 }
@@ -140,11 +141,11 @@ func TestTaskCommands(t *testing.T) {
 	require.Contains(t, sps, "pitr-nightly")
 
 	_, err = run("task", "start", "other", "--storage", root, "--pd", pd)
-	requireExit(t, err, ExitConflict, `belongs to task "nightly"`)
+	requireExit(t, err, cli.ExitConflict, `belongs to task "nightly"`)
 	_, err = run("task", "start", "nightly", "--storage", "file://"+t.TempDir(), "--pd", pd)
-	requireExit(t, err, ExitConflict, "already exists")
+	requireExit(t, err, cli.ExitConflict, "already exists")
 	_, err = run("task", "pause", "ghost", "--pd", pd)
-	requireExit(t, err, ExitFailure, "not found")
+	requireExit(t, err, cli.ExitFailure, "not found")
 
 	// A coordinator publishes the status.
 	cctx, ccancel := context.WithCancel(ctx)
@@ -197,7 +198,7 @@ func TestTaskCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, sps, "pitr-nightly")
 	_, err = run("task", "resume", "nightly", "--pd", pd)
-	requireExit(t, err, ExitConflict, "is stopped")
+	requireExit(t, err, cli.ExitConflict, "is stopped")
 
 	ccancel()
 	select {
@@ -236,10 +237,10 @@ func TestTaskTLS(t *testing.T) {
 
 	began := time.Now()
 	_, err = run("task", "status", "--pd", pd, "--timeout", "2s")
-	requireExit(t, err, ExitUnavailable, "unavailable")
+	requireExit(t, err, cli.ExitUnavailable, "unavailable")
 	require.Less(t, time.Since(began), 10*time.Second)
 	_, err = run("task", "status", "--pd", pd, "--cert", files.Cert, "--key", files.Key)
-	requireExit(t, err, ExitUsage, "--ca is required")
+	requireExit(t, err, cli.ExitUsage, "--ca is required")
 	_, err = run("task", "status", "--pd", pd, "--ca", files.CA, "--cert", files.Cert)
-	requireExit(t, err, ExitUsage, "go together")
+	requireExit(t, err, cli.ExitUsage, "go together")
 }

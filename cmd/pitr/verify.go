@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 )
@@ -45,16 +46,16 @@ file or hole, 13 not a pitr backup, 15 newer format).`,
 
 func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) error {
 	if o.storage == "" {
-		return usageErrorf("pitr verify: --storage is required")
+		return cli.Usagef("pitr verify: --storage is required")
 	}
 	if o.concurrency < 1 {
-		return usageErrorf("pitr verify: --concurrency must be at least 1")
+		return cli.Usagef("pitr verify: --concurrency must be at least 1")
 	}
 	var ts uint64
 	if o.to != "" {
 		var err error
 		if ts, err = keyspace.Parse(o.to); err != nil {
-			return usageErrorf("pitr verify: --to: %v", err)
+			return cli.Usagef("pitr verify: --to: %v", err)
 		}
 	}
 	src, err := openBackupStorage(ctx, o.storage)

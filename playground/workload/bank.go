@@ -1,5 +1,5 @@
 // Package workload drives client-go transactions against a cluster: the bank
-// transfer workload used by tests, `pitr demo` and `make bench`, and the
+// transfer workload used by tests, `pitr-playground demo` and `make bench`, and the
 // mixed workload (puts, overwrites and deletes of small, medium and large
 // values) for end-to-end tests. It talks to
 // any TiKV-compatible cluster through PD addresses; nothing in it knows about

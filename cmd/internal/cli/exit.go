@@ -1,6 +1,14 @@
-package main
+// Package cli holds what pitr's binaries share: the exit statuses of the
+// CLI contract, one-line errors, main's error handling, the client
+// libraries' log routing and size parsing.
+package cli
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
 
 // Exit statuses. They are part of the CLI contract: scripts branch on them,
 // so a number, once given a meaning, keeps it.
@@ -32,15 +40,27 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-func withExit(code int, err error) error {
+// WithExit gives err the exit status code (nil stays nil).
+func WithExit(code int, err error) error {
 	if err == nil {
 		return nil
 	}
 	return &exitError{code: code, err: err}
 }
 
-func usageErrorf(format string, args ...any) error {
-	return withExit(ExitUsage, fmt.Errorf(format, args...))
+// Usagef is a usage error (ExitUsage).
+func Usagef(format string, args ...any) error {
+	return WithExit(ExitUsage, fmt.Errorf(format, args...))
+}
+
+// Code maps an error to its exit status (ExitFailure unless WithExit gave
+// it one).
+func Code(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return ExitFailure
 }
 
 // Restore and verify refusals (DESIGN I7). Restore refuses before its
@@ -73,3 +93,26 @@ const (
 	// provide (the task did not start on empty ranges).
 	ExitNoBase = 16
 )
+
+// Strict makes flag and argument-count mistakes usage errors (exit 2) in
+// root and every command under it, on one line naming the command.
+func Strict(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return Usagef("%s: %v (see '%s --help')", c.CommandPath(), err, c.CommandPath())
+	})
+	strictArgs(root)
+}
+
+func strictArgs(c *cobra.Command) {
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return Usagef("%s: %v (see '%s --help')", cmd.CommandPath(), err, cmd.CommandPath())
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		strictArgs(sub)
+	}
+}

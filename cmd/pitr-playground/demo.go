@@ -18,6 +18,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/keyspace"
@@ -90,18 +91,18 @@ func (d *demoRun) elapsed() string {
 
 func runDemo(cmd *cobra.Command, o *demoOptions) error {
 	if o.duration < 10*time.Second {
-		return usageErrorf("pitr demo: --duration must be at least 10s")
+		return cli.Usagef("pitr-playground demo: --duration must be at least 10s")
 	}
 	if o.accounts < 10 || o.clients < 1 {
-		return usageErrorf("pitr demo: need at least 10 --accounts and 1 --clients")
+		return cli.Usagef("pitr-playground demo: need at least 10 --accounts and 1 --clients")
 	}
 	level := hclog.LevelFromString(o.logLevel)
 	if level == hclog.NoLevel {
-		return usageErrorf("pitr demo: --log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
+		return cli.Usagef("pitr-playground demo: --log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
 	// client-go and the PD client log through pingcap/log: to stderr at the
 	// demo's level, never on stdout (the demo's report).
-	routeClientLogs(cmd.ErrOrStderr(), level)
+	cli.RouteClientLogs(cmd.ErrOrStderr(), level)
 	d := &demoRun{
 		out:   cmd.OutOrStdout(),
 		log:   hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: cmd.ErrOrStderr()}),
@@ -164,13 +165,13 @@ func (d *demoRun) goRun(ctx context.Context, name string, fn func(context.Contex
 }
 
 func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
-	d.say("pitr demo: continuous log backup and point-in-time restore, end to end (working dir %s)", d.dir)
+	d.say("pitr-playground demo: continuous log backup and point-in-time restore, end to end (working dir %s)", d.dir)
 
 	// 1. Source cluster, task, agents, coordinators.
 	var err error
 	d.src, err = playground.Start(ctx, playground.Config{Stores: 3, Dir: filepath.Join(d.dir, "source"), Logger: d.log})
 	if err != nil {
-		return withExit(ExitUnavailable, fmt.Errorf("start source playground: %w", err))
+		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("start source playground: %w", err))
 	}
 	pdAddr := d.src.PDAddr()
 	d.say("[1/5] source cluster: 3 stores, PD %s", pdAddr)
@@ -325,7 +326,7 @@ func (d *demoRun) run(ctx context.Context, o *demoOptions) error {
 	d.say("[4/5] verify: %d metas, %d files (%.1f MB) intact; coverage has no hole up to T", vr.Metas, vr.Files, float64(vr.Bytes)/1e6)
 	d.dst, err = playground.Start(ctx, playground.Config{Stores: 3, Dir: filepath.Join(d.dir, "target"), Logger: d.log})
 	if err != nil {
-		return withExit(ExitUnavailable, fmt.Errorf("start target playground: %w", err))
+		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("start target playground: %w", err))
 	}
 	res, err := restore.Run(ctx, restore.Options{
 		Source: src, PDAddrs: []string{d.dst.PDAddr()}, RestoreTS: restoreTS,

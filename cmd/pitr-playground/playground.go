@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cdc"
 	"github.com/pitr-io/pitr/playground/certs"
@@ -79,21 +80,21 @@ stays plain HTTP on its loopback address.`,
 
 func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	if o.stores < 1 || o.stores > 32 {
-		return usageErrorf("--stores must be between 1 and 32, got %d", o.stores)
+		return cli.Usagef("--stores must be between 1 and 32, got %d", o.stores)
 	}
 	level := hclog.LevelFromString(o.logLevel)
 	if level == hclog.NoLevel {
-		return usageErrorf("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
+		return cli.Usagef("--log-level %q is not one of trace, debug, info, warn, error", o.logLevel)
 	}
 	if o.replicas < 0 || o.replicas > o.stores {
-		return usageErrorf("--replicas must be between 1 and --stores (%d), got %d", o.stores, o.replicas)
+		return cli.Usagef("--replicas must be between 1 and --stores (%d), got %d", o.stores, o.replicas)
 	}
 	ver, err := cdc.ParseVersion(o.tikvVer)
 	if err != nil {
-		return usageErrorf("--tikv-version %q: %v", o.tikvVer, err)
+		return cli.Usagef("--tikv-version %q: %v", o.tikvVer, err)
 	}
 	if o.gc < 0 {
-		return usageErrorf("--gc-interval %s: want a duration of 0 (off) or more", o.gc)
+		return cli.Usagef("--gc-interval %s: want a duration of 0 (off) or more", o.gc)
 	}
 	gcInterval := o.gc
 	if gcInterval == 0 {
@@ -108,10 +109,10 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	if errors.Is(err, certs.ErrIncomplete) {
 		// A --tls-dir holding part of a PKI is the user's to fix; nothing
 		// was written to it.
-		return withExit(ExitUsage, fmt.Errorf("--tls-dir: %w", err))
+		return cli.WithExit(cli.ExitUsage, fmt.Errorf("--tls-dir: %w", err))
 	}
 	if err != nil {
-		return withExit(ExitUnavailable, fmt.Errorf("start playground: %w", err))
+		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("start playground: %w", err))
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "pd:  %s\n", p.PDAddr())
