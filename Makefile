@@ -4,11 +4,15 @@
 
 GO       ?= go
 PKGS     ?= ./...
-# Packages whose tests run again under the race detector.
-RACE_PKGS ?= ./playground/cluster/... ./playground/mvcc/... ./storage/... ./flush/... ./merge/... ./agent/... ./coordinator/...
+# Packages whose tests run again under the race detector: all their tests
+# (integration ones included), and the -short ones of the rest.
+RACE_PKGS ?= ./flush/... ./merge/... ./agent/... ./coordinator/... ./restore/... ./connector/...
+RACE_SHORT_PKGS ?= ./playground/cluster/... ./playground/mvcc/... ./storage/... ./keyspace/...
+# How long make test fuzzes each decoder (make fuzz: FUZZTIME, default 10s).
+TEST_FUZZTIME ?= 5s
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build test test-short race bench demo lint fmt vet proto tools clean
+.PHONY: all build test test-short race fuzz bench demo lint fmt vet proto tools clean
 
 all: build
 
@@ -30,7 +34,15 @@ vet:
 
 test: tools lint
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -count=1 -race -short -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
+	$(MAKE) race
+	FUZZTIME=$(TEST_FUZZTIME) bash scripts/fuzz.sh
+
+race:
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -count=1 -race -short -timeout $(TEST_TIMEOUT) $(RACE_SHORT_PKGS)
+
+fuzz:
+	bash scripts/fuzz.sh
 
 test-short:
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -short $(PKGS)

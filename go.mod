@@ -17,6 +17,8 @@ require (
 	google.golang.org/grpc v1.63.2
 )
 
+require go.uber.org/goleak v1.3.0 // indirect
+
 require (
 	cloud.google.com/go v0.112.2 // indirect
 	cloud.google.com/go/auth v0.3.0 // indirect

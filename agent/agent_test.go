@@ -567,6 +567,7 @@ func TestNothingLostNothingExtra(t *testing.T) {
 	proc := e.agents[ids[0]]
 	delete(e.agents, ids[0])
 	e.mu.Unlock()
+	_ = proc.conn.Close()
 	require.NoError(t, proc.proc.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-proc.done:

@@ -78,6 +78,7 @@ func (s *fakeSink) keys() []string {
 type fakeStream struct {
 	grpc.ClientStream
 	in   chan *cdcpb.ChangeDataEvent
+	end  chan struct{} // closed at the test's end: the RPC's context is gone
 	mu   sync.Mutex
 	sent []*cdcpb.ChangeDataRequest
 }
@@ -90,11 +91,16 @@ func (f *fakeStream) Send(r *cdcpb.ChangeDataRequest) error {
 }
 
 func (f *fakeStream) Recv() (*cdcpb.ChangeDataEvent, error) {
-	ev, ok := <-f.in
-	if !ok {
-		return nil, errors.New("stream closed")
+	select {
+	case ev, ok := <-f.in:
+		if !ok {
+			return nil, errors.New("stream closed")
+		}
+		return ev, nil
+	case <-f.end:
+		// A gRPC stream's Recv returns once its context is cancelled.
+		return nil, context.Canceled
 	}
-	return ev, nil
 }
 
 func testCapture(t *testing.T) (*capture, *fakeSink, *fakeStream, *feed) {
@@ -108,7 +114,8 @@ func testCapture(t *testing.T) (*capture, *fakeSink, *fakeStream, *feed) {
 	c := newCapture(r, sink)
 	ts := uint64(1000)
 	c.tso = func(context.Context) (uint64, error) { ts++; return ts, nil }
-	fs := &fakeStream{in: make(chan *cdcpb.ChangeDataEvent)}
+	fs := &fakeStream{in: make(chan *cdcpb.ChangeDataEvent), end: make(chan struct{})}
+	t.Cleanup(func() { close(fs.end) })
 	f := &feed{stream: fs}
 	c.feed = f
 	c.deregister = true // TiKV ≥ 7.3

@@ -2,6 +2,10 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -74,17 +78,46 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
-// movedCmd answers a command that moved to the pitr-playground binary,
-// which keeps the playground and its embedded etcd out of this one: one
-// line, exit 2.
+// movedCmd runs a command that lives in the pitr-playground binary, which
+// keeps the playground and its embedded etcd out of this one: it runs
+// pitr-playground from this binary's directory or PATH with the same
+// arguments (DESIGN §7 keeps "pitr demo" and "pitr playground"), or says in
+// one line where the command went (exit 2).
 func movedCmd(name, where string) *cobra.Command {
 	return &cobra.Command{
-		Use: name, Short: "Moved to " + where, Hidden: true,
+		Use: name, Short: "Runs " + where, Hidden: true,
 		DisableFlagParsing: true,
-		RunE: func(c *cobra.Command, _ []string) error {
-			return cli.WithExit(cli.ExitUsage, fmt.Errorf("%s: moved to %s", c.CommandPath(), where))
+		RunE: func(c *cobra.Command, args []string) error {
+			bin := playgroundBinary()
+			if bin == "" {
+				return cli.WithExit(cli.ExitUsage, fmt.Errorf("%s: moved to %s; build it with make build (bin/pitr-playground)", c.CommandPath(), where))
+			}
+			argv := []string{bin}
+			if name == "demo" {
+				argv = append(argv, "demo")
+			}
+			argv = append(argv, args...)
+			if err := syscall.Exec(bin, argv, os.Environ()); err != nil {
+				return fmt.Errorf("%s: run %s: %w", c.CommandPath(), bin, err)
+			}
+			return nil
 		},
 	}
+}
+
+// playgroundBinary finds pitr-playground beside this binary or on PATH
+// ("" when there is none).
+func playgroundBinary() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "pitr-playground")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("pitr-playground"); err == nil {
+		return p
+	}
+	return ""
 }
 
 // notBuilt is the RunE of a subcommand whose implementation has not landed:
