@@ -124,19 +124,6 @@ func liveRows(cmd *mvcc.Command, sp span, filterLoop bool) ([]*cdcpb.Event_Row, 
 		}
 		return r
 	}
-	// Keys whose lock this command deletes: tells a commit that lands on
-	// another txn's rollback (flagged overlapped, with its unlock) from the
-	// rewrite of a commit record that folds a rollback into it.
-	var unlocked map[string]bool
-	for i := range cmd.Mods {
-		m := &cmd.Mods[i]
-		if m.CF == mvcc.CFLock && m.Delete {
-			if unlocked == nil {
-				unlocked = map[string]bool{}
-			}
-			unlocked[string(m.Key)] = true
-		}
-	}
 	for i := range cmd.Mods {
 		m := &cmd.Mods[i]
 		if !sp.contains(m.Key) {
@@ -172,10 +159,12 @@ func liveRows(cmd *mvcc.Command, sp span, filterLoop bool) ([]*cdcpb.Event_Row, 
 				continue
 			}
 			r := get(m.Key)
-			if w.OverlappedRollback && w.Type != mvcc.WriteRollback && !cmd.OnePC && !unlocked[string(m.Key)] {
-				// TiKV rewrites the commit record with a gc_fence; its
-				// observer reports only the rollback of the txn whose
-				// start ts is the record's ts (make_overlapped_rollback).
+			if w.GCFence && !cmd.OnePC {
+				// A commit record rewritten with a gc_fence to carry an
+				// overlapped rollback: TiKV's observer reports only the
+				// rollback of the txn whose start ts is the record's ts
+				// (delegate.rs decode_write, make_overlapped_rollback),
+				// whether or not the same command deletes that txn's lock.
 				r.typed = true
 				r.row.Type = cdcpb.Event_ROLLBACK
 				r.row.StartTs = m.TS

@@ -22,6 +22,13 @@ func TestLiveRowsTable(t *testing.T) {
 		return mvcc.Modify{CF: mvcc.CFWrite, Key: []byte(k), TS: commit, Write: &mvcc.Write{Type: typ, StartTS: start, OverlappedRollback: overlapped}}
 	}
 	unlock := func(k string) mvcc.Modify { return mvcc.Modify{CF: mvcc.CFLock, Delete: true, Key: []byte(k)} }
+	// rewrite is another txn's commit record at commit, rewritten to carry
+	// the overlapped rollback of the txn started there (TiKV sets gc_fence).
+	rewrite := func(k string, start, commit uint64) mvcc.Modify {
+		m := writePut(k, mvcc.WritePut, start, commit, true)
+		m.Write.GCFence = true
+		return m
+	}
 	def := func(k string, start uint64, v string) mvcc.Modify {
 		return mvcc.Modify{CF: mvcc.CFDefault, Key: []byte(k), TS: start, Value: []byte(v)}
 	}
@@ -45,7 +52,15 @@ func TestLiveRowsTable(t *testing.T) {
 		{"commit on another txn's rollback", mvcc.Command{Mods: []mvcc.Modify{writePut("k", mvcc.WritePut, 5, 6, true), unlock("k")}},
 			[]string{"COMMIT PUT k 5/6 "}, []lockOp{{"k", 5, opUntrack}}},
 		{"lock deleted without a write record", mvcc.Command{Mods: []mvcc.Modify{unlock("k")}}, nil, nil},
-		{"overlapped rollback rewrite", mvcc.Command{Mods: []mvcc.Modify{writePut("k", mvcc.WritePut, 3, 6, true)}},
+		{"overlapped rollback rewrite", mvcc.Command{Mods: []mvcc.Modify{rewrite("k", 3, 6)}},
+			[]string{"ROLLBACK UNKNOWN k 6/0 "}, []lockOp{{"k", 6, opUntrack}}},
+		// A txn started at 6 whose lock sits on a key another txn committed
+		// at 6, rolled back protected (a pessimistic primary, Cleanup,
+		// CheckSecondaryLocks): the commit record is rewritten with a
+		// gc_fence and the lock deleted in one command. TiKV reports the
+		// rollback of 6 and pops its lock (delegate.rs decode_write,
+		// make_overlapped_rollback), not a second commit of 3.
+		{"protected rollback of a lock over another txn's commit", mvcc.Command{Mods: []mvcc.Modify{rewrite("k", 3, 6), unlock("k")}},
 			[]string{"ROLLBACK UNKNOWN k 6/0 "}, []lockOp{{"k", 6, opUntrack}}},
 		{"rows in key order", mvcc.Command{Mods: []mvcc.Modify{lockPut("b", mvcc.LockPut, 5, []byte("1")), lockPut("a", mvcc.LockPut, 5, []byte("2"))}},
 			[]string{"PREWRITE PUT a 5/0 2", "PREWRITE PUT b 5/0 1"}, []lockOp{{"b", 5, opTrack}, {"a", 5, opTrack}}},

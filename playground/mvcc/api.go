@@ -81,6 +81,11 @@ type Write struct {
 	TxnSource     uint64
 	// OverlappedRollback marks a rollback folded into a commit record.
 	OverlappedRollback bool
+	// GCFence marks a record rewritten to carry the overlapped rollback of
+	// the txn started at its commit ts (TiKV sets gc_fence on it; a commit
+	// landing on a rollback sets OverlappedRollback without it). The CDC
+	// observer reports such a rewrite as that txn's rollback.
+	GCFence bool
 }
 
 // Modify is one column-family mutation of an applied command, in the form

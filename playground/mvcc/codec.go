@@ -23,6 +23,7 @@ const (
 const (
 	writeFlagHasShort   byte = 1 << 0
 	writeFlagOverlapped byte = 1 << 1
+	writeFlagGCFence    byte = 1 << 2
 )
 
 func appendBytes(b, v []byte) []byte {
@@ -87,6 +88,9 @@ func appendWrite(b []byte, w *Write) []byte {
 	}
 	if w.OverlappedRollback {
 		flags |= writeFlagOverlapped
+	}
+	if w.GCFence {
+		flags |= writeFlagGCFence
 	}
 	b = append(b, flags)
 	if w.HasShortValue {
@@ -208,6 +212,7 @@ func (d *decoder) write() *Write {
 	w.TxnSource = d.uvarint()
 	flags := d.byte()
 	w.OverlappedRollback = flags&writeFlagOverlapped != 0
+	w.GCFence = flags&writeFlagGCFence != 0
 	if flags&writeFlagHasShort != 0 {
 		w.HasShortValue = true
 		w.ShortValue = d.bytes()

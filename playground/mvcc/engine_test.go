@@ -365,3 +365,39 @@ func TestIngest(t *testing.T) {
 	require.Equal(t, string(long), v)
 	require.Equal(t, 1, e.Stats().Values)
 }
+
+// TestProtectedRollbackOverCommitSetsGCFence: a pessimistic txn started at
+// the commit ts of another txn's record on the same key, whose primary is
+// rolled back (protected),
+// rewrites that record with the overlapped-rollback flag and a gc_fence
+// (TiKV make_rollback with protected and an overlapped write), and the
+// fence survives a restart.
+func TestProtectedRollbackOverCommitSetsGCFence(t *testing.T) {
+	dir := t.TempDir()
+	e, err := Open(dir, nil)
+	require.NoError(t, err)
+	writeTxn(t, e, 10, 20, put("k", "b"))
+	// A pessimistic txn's primary: its rollback is protected.
+	res, err := e.Prewrite(PrewriteArgs{Mutations: []Mutation{put("k", "a")}, Primary: []byte("k"), StartTS: 20, ForUpdateTS: 20, LockTTL: 3000})
+	require.NoError(t, err)
+	require.Empty(t, res.Locked)
+	require.NoError(t, e.Cleanup([]byte("k"), 20, 0))
+	check := func(e *Engine) {
+		t.Helper()
+		w := e.v.writeAt([]byte("k"), 20)
+		require.NotNil(t, w)
+		require.Equal(t, uint64(10), w.StartTS, "still the other txn's record")
+		require.True(t, w.OverlappedRollback)
+		require.True(t, w.GCFence)
+		require.Nil(t, e.v.getLock([]byte("k")))
+		v, ok := mustGet(t, e, "k", 25)
+		require.True(t, ok)
+		require.Equal(t, "b", v)
+	}
+	check(e)
+	crash(e)
+	e, err = Open(dir, nil)
+	require.NoError(t, err)
+	check(e)
+	require.NoError(t, e.Close())
+}

@@ -348,7 +348,7 @@ func writeRollback(t *txn, key []byte, startTS uint64, protected bool, overlappe
 	if overlapped != nil {
 		if protected {
 			w := *overlapped
-			w.OverlappedRollback = true
+			w.OverlappedRollback, w.GCFence = true, true
 			t.putWrite(key, startTS, &w)
 		}
 		return
