@@ -131,46 +131,91 @@ func Compute(in Input) Result {
 	if maxSlow == 0 {
 		maxSlow = DefaultMaxSlow
 	}
-	task := keyspace.Normalize(in.Ranges)
 	res := Result{Checkpoint: in.Previous}
-	reps := in.Reports
+	s := newSweep(in.Reports, keyspace.Normalize(in.Ranges), &res)
+	s.bounds()
+	res.Stale = s.current()
+	s.lowest()
+	s.cover(&res)
+	s.slowest(&res, maxSlow)
+	if in.LagBefore > 0 {
+		res.Lagging = lagging(s.reps, s.order, s.survive, s.task, in.LagBefore)
+	}
+	return res
+}
 
-	// Valid reports, sorted by start key (ties in any order). The keys are
-	// copied beside the indices so the sort reads contiguous memory.
-	starts := make([]startIx, 0, len(reps))
+// sweep is one checkpoint computation, in phases: order the reports
+// (newSweep), cut the key space at every boundary (bounds), drop the
+// reports an overlapping newer epoch replaces (current), find the lowest
+// surviving report over each piece (lowest), then the cover and its holes
+// (cover) and the slowest (slowest).
+type sweep struct {
+	reps []Report
+	task []keyspace.Range
+
+	starts []startIx // valid reports by start key
+	order  []int32   // their indices, in that order
+	ends   []keyIx   // their ends, sorted
+
+	// The elementary intervals [bnd[j], bnd[j+1]), j < k; each report
+	// spans [lo[i], hi[i]) of them, each task range [tlo[t], thi[t]).
+	bnd      []keyspace.Point
+	k        int
+	lo, hi   []int32
+	tlo, thi []int32
+	// inTask[j]: interval j lies inside a task range; taskPrefix counts
+	// them.
+	inTask     []bool
+	taskPrefix []int32
+
+	disjoint bool    // no two valid reports overlap (the usual case)
+	survive  []bool  // the report is current
+	best     []int32 // the current report with the lowest checkpoint over interval j (-1: none)
+}
+
+// newSweep keeps the valid reports (counting the invalid ones in res)
+// sorted by start key (ties in any order), and their ends sorted. The keys
+// are copied beside the indices so the sort reads contiguous memory.
+func newSweep(reps []Report, task []keyspace.Range, res *Result) *sweep {
+	s := &sweep{reps: reps, task: task}
+	s.starts = make([]startIx, 0, len(reps))
 	for i := range reps {
 		r := &reps[i]
 		if (keyspace.Range{Start: r.Start, End: r.End}).Empty() {
 			res.Invalid++
 			continue
 		}
-		starts = append(starts, startIx{key: r.Start, i: int32(i)})
+		s.starts = append(s.starts, startIx{key: r.Start, i: int32(i)})
 	}
 	byStart := func(a, b startIx) int { return bytes.Compare(a.key, b.key) }
-	if !slices.IsSortedFunc(starts, byStart) {
-		slices.SortFunc(starts, byStart)
+	if !slices.IsSortedFunc(s.starts, byStart) {
+		slices.SortFunc(s.starts, byStart)
 	}
-	order := make([]int32, len(starts))
-	ends := make([]keyIx, len(starts))
-	for j, s := range starts {
-		order[j] = s.i
-		ends[j] = keyIx{p: keyspace.EndPoint(reps[s.i].End), i: s.i}
+	s.order = make([]int32, len(s.starts))
+	s.ends = make([]keyIx, len(s.starts))
+	for j, st := range s.starts {
+		s.order[j] = st.i
+		s.ends[j] = keyIx{p: keyspace.EndPoint(reps[st.i].End), i: st.i}
 	}
 	// Regions tile the key space, so in start order the ends are usually
 	// sorted too; sort them only when they are not.
 	byEnd := func(a, b keyIx) int { return keyspace.ComparePoints(a.p, b.p) }
-	if !slices.IsSortedFunc(ends, byEnd) {
-		slices.SortFunc(ends, byEnd)
+	if !slices.IsSortedFunc(s.ends, byEnd) {
+		slices.SortFunc(s.ends, byEnd)
 	}
+	return s
+}
 
-	// Merge the three sorted streams of boundaries (report starts, report
-	// ends, task range bounds) into the unique boundary list, recording the
-	// index of each report's and each task range's bounds.
-	lo := make([]int32, len(reps))
-	hi := make([]int32, len(reps))
-	tlo := make([]int32, len(task))
-	thi := make([]int32, len(task))
-	bnd := make([]keyspace.Point, 0, 2*len(order)+2*len(task))
+// bounds merges the three sorted streams of boundaries (report starts,
+// report ends, task range bounds) into the unique boundary list,
+// recording the index of each report's and each task range's bounds.
+func (s *sweep) bounds() {
+	starts, ends, task := s.starts, s.ends, s.task
+	s.lo = make([]int32, len(s.reps))
+	s.hi = make([]int32, len(s.reps))
+	s.tlo = make([]int32, len(task))
+	s.thi = make([]int32, len(task))
+	s.bnd = make([]keyspace.Point, 0, 2*len(s.order)+2*len(task))
 	var si, ei, ti int // ti counts task bounds: 2*range + (0 start, 1 end)
 	taskPoint := func(t int) keyspace.Point {
 		if t%2 == 0 {
@@ -195,103 +240,108 @@ func Compute(in Input) Result {
 				p = q
 			}
 		}
-		idx := int32(len(bnd))
-		bnd = append(bnd, p)
+		idx := int32(len(s.bnd))
+		s.bnd = append(s.bnd, p)
 		for si < len(starts) && keyspace.ComparePoints(keyspace.StartPoint(starts[si].key), p) == 0 {
-			lo[starts[si].i] = idx
+			s.lo[starts[si].i] = idx
 			si++
 		}
 		for ei < len(ends) && keyspace.ComparePoints(ends[ei].p, p) == 0 {
-			hi[ends[ei].i] = idx
+			s.hi[ends[ei].i] = idx
 			ei++
 		}
 		for ti < 2*len(task) && keyspace.ComparePoints(taskPoint(ti), p) == 0 {
 			if ti%2 == 0 {
-				tlo[ti/2] = idx
+				s.tlo[ti/2] = idx
 			} else {
-				thi[ti/2] = idx
+				s.thi[ti/2] = idx
 			}
 			ti++
 		}
 	}
-	k := len(bnd) - 1 // elementary intervals [bnd[j], bnd[j+1])
-	if k < 1 {
-		k = 0
-	}
-
-	// inTask[j]: interval j lies inside a task range; taskPrefix counts them.
-	inTask := make([]bool, k)
+	s.k = max(len(s.bnd)-1, 0)
+	s.inTask = make([]bool, s.k)
 	for t := range task {
-		for j := tlo[t]; j < thi[t]; j++ {
-			inTask[j] = true
+		for j := s.tlo[t]; j < s.thi[t]; j++ {
+			s.inTask[j] = true
 		}
 	}
-
-	// Reports that do not overlap (the usual case) are all current.
-	disjoint := true
-	for j := 1; j < len(order) && disjoint; j++ {
-		disjoint = lo[order[j]] >= hi[order[j-1]]
-	}
-	survive := make([]bool, len(reps))
-	if disjoint {
-		for _, i := range order {
-			survive[i] = true
+	s.taskPrefix = make([]int32, s.k+1)
+	for j := 0; j < s.k; j++ {
+		s.taskPrefix[j+1] = s.taskPrefix[j]
+		if s.inTask[j] {
+			s.taskPrefix[j+1]++
 		}
-	} else {
-		res.Stale = markCurrent(reps, order, lo, hi, k, survive)
 	}
+}
 
-	// Sweep the survivors: the lowest checkpoint over each interval, holes
-	// where none covers a task interval.
-	covered := true
+// current marks the reports no overlapping report with a newer epoch
+// replaces and returns how many it dropped. Reports that do not overlap
+// (the usual case) are all current.
+func (s *sweep) current() (stale int) {
+	s.disjoint = true
+	for j := 1; j < len(s.order) && s.disjoint; j++ {
+		s.disjoint = s.lo[s.order[j]] >= s.hi[s.order[j-1]]
+	}
+	s.survive = make([]bool, len(s.reps))
+	if s.disjoint {
+		for _, i := range s.order {
+			s.survive[i] = true
+		}
+		return 0
+	}
+	return markCurrent(s.reps, s.order, s.lo, s.hi, s.k, s.survive)
+}
+
+// lowest finds, for each interval, the current report with the lowest
+// checkpoint over it. Disjoint reports fill their own intervals;
+// overlapping ones need a heap sweep.
+func (s *sweep) lowest() {
+	s.best = make([]int32, s.k)
+	for j := range s.best {
+		s.best[j] = -1
+	}
+	if s.disjoint {
+		for _, i := range s.order {
+			for j := s.lo[i]; j < s.hi[i]; j++ {
+				s.best[j] = i
+			}
+		}
+		return
+	}
+	reps := s.reps
+	h := ixHeap{less: func(a, b int32) bool { return reps[a].Checkpoint < reps[b].Checkpoint }}
+	next := 0
+	for j := 0; j < s.k; j++ {
+		for next < len(s.order) && s.lo[s.order[next]] <= int32(j) {
+			if i := s.order[next]; s.survive[i] {
+				h.push(i)
+			}
+			next++
+		}
+		for h.len() > 0 && s.hi[h.top()] <= int32(j) {
+			h.pop()
+		}
+		if h.len() > 0 {
+			s.best[j] = h.top()
+		}
+	}
+}
+
+// cover sets the candidate and the checkpoint when the current reports
+// cover every task interval, and the holes (adjacent ones merged) where
+// they do not.
+func (s *sweep) cover(res *Result) {
+	covered, first := true, true
 	var candidate uint64
-	first := true
 	var holes []keyspace.Range
-	taskPrefix := make([]int32, k+1)
-	for j := 0; j < k; j++ {
-		taskPrefix[j+1] = taskPrefix[j]
-		if inTask[j] {
-			taskPrefix[j+1]++
-		}
-	}
-	// best[j]: the surviving report with the lowest checkpoint over
-	// interval j (-1: none). Disjoint reports fill their own intervals;
-	// overlapping ones need a heap sweep.
-	best := make([]int32, k)
-	for j := range best {
-		best[j] = -1
-	}
-	if disjoint {
-		for _, i := range order {
-			for j := lo[i]; j < hi[i]; j++ {
-				best[j] = i
-			}
-		}
-	} else {
-		h := ixHeap{less: func(a, b int32) bool { return reps[a].Checkpoint < reps[b].Checkpoint }}
-		next := 0
-		for j := 0; j < k; j++ {
-			for next < len(order) && lo[order[next]] <= int32(j) {
-				if i := order[next]; survive[i] {
-					h.push(i)
-				}
-				next++
-			}
-			for h.len() > 0 && hi[h.top()] <= int32(j) {
-				h.pop()
-			}
-			if h.len() > 0 {
-				best[j] = h.top()
-			}
-		}
-	}
-	for j := 0; j < k; j++ {
-		if !inTask[j] {
+	for j := 0; j < s.k; j++ {
+		if !s.inTask[j] {
 			continue
 		}
-		if best[j] < 0 {
+		if s.best[j] < 0 {
 			covered = false
-			hole := keyspace.Range{Start: bnd[j].Key, End: bnd[j+1].Key}
+			hole := keyspace.Range{Start: s.bnd[j].Key, End: s.bnd[j+1].Key}
 			if n := len(holes); n > 0 && bytes.Equal(holes[n-1].End, hole.Start) && len(hole.Start) > 0 {
 				holes[n-1].End = hole.End
 			} else {
@@ -299,7 +349,7 @@ func Compute(in Input) Result {
 			}
 			continue
 		}
-		if cp := reps[best[j]].Checkpoint; first || cp < candidate {
+		if cp := s.reps[s.best[j]].Checkpoint; first || cp < candidate {
 			candidate, first = cp, false
 		}
 	}
@@ -307,63 +357,64 @@ func Compute(in Input) Result {
 	res.Covered = covered
 	if covered {
 		res.Candidate = candidate
-		res.Checkpoint = max(in.Previous, candidate)
+		res.Checkpoint = max(res.Checkpoint, candidate)
 	}
+}
 
-	// The slowest: holes first, then the in-task survivors with the lowest
-	// checkpoints (a bounded insertion sort: O(n·maxSlow)).
-	if maxSlow > 0 {
-		for _, h := range holes {
-			if len(res.Slowest) == maxSlow {
-				break
-			}
-			res.Slowest = append(res.Slowest, Slow{
-				Cause: CauseUncovered, Range: h,
-				Reason: "no current region report covers this range (no leader reported it, or its agent is down)",
-			})
-		}
-		room := maxSlow - len(res.Slowest)
-		var worst []int32
-		slower := func(a, b int32) bool {
-			if reps[a].Checkpoint != reps[b].Checkpoint {
-				return reps[a].Checkpoint < reps[b].Checkpoint
-			}
-			return lo[a] < lo[b]
-		}
-		for _, i := range order {
-			if !survive[i] || taskPrefix[hi[i]]-taskPrefix[lo[i]] == 0 {
-				continue
-			}
-			res.Used++
-			if room <= 0 || (len(worst) == room && !slower(i, worst[room-1])) {
-				continue
-			}
-			p := len(worst)
-			if p < room {
-				worst = append(worst, i)
-			} else {
-				p = room - 1
-			}
-			for p > 0 && slower(i, worst[p-1]) {
-				worst[p] = worst[p-1]
-				p--
-			}
-			worst[p] = i
-		}
-		for _, i := range worst {
-			res.Slowest = append(res.Slowest, slowRegion(&reps[i]))
-		}
-	} else {
-		for _, i := range order {
-			if survive[i] && taskPrefix[hi[i]]-taskPrefix[lo[i]] > 0 {
+// slowest counts the current in-task reports (Used) and lists the holes
+// first, then the reports with the lowest checkpoints, at most maxSlow in
+// all (a bounded insertion sort: O(n·maxSlow)).
+func (s *sweep) slowest(res *Result, maxSlow int) {
+	reps, lo, hi := s.reps, s.lo, s.hi
+	inTask := func(i int32) bool { return s.survive[i] && s.taskPrefix[hi[i]]-s.taskPrefix[lo[i]] > 0 }
+	if maxSlow <= 0 {
+		for _, i := range s.order {
+			if inTask(i) {
 				res.Used++
 			}
 		}
+		return
 	}
-	if in.LagBefore > 0 {
-		res.Lagging = lagging(reps, order, survive, task, in.LagBefore)
+	for _, h := range res.Uncovered {
+		if len(res.Slowest) == maxSlow {
+			break
+		}
+		res.Slowest = append(res.Slowest, Slow{
+			Cause: CauseUncovered, Range: h,
+			Reason: "no current region report covers this range (no leader reported it, or its agent is down)",
+		})
 	}
-	return res
+	room := maxSlow - len(res.Slowest)
+	var worst []int32
+	slower := func(a, b int32) bool {
+		if reps[a].Checkpoint != reps[b].Checkpoint {
+			return reps[a].Checkpoint < reps[b].Checkpoint
+		}
+		return lo[a] < lo[b]
+	}
+	for _, i := range s.order {
+		if !inTask(i) {
+			continue
+		}
+		res.Used++
+		if room <= 0 || (len(worst) == room && !slower(i, worst[room-1])) {
+			continue
+		}
+		p := len(worst)
+		if p < room {
+			worst = append(worst, i)
+		} else {
+			p = room - 1
+		}
+		for p > 0 && slower(i, worst[p-1]) {
+			worst[p] = worst[p-1]
+			p--
+		}
+		worst[p] = i
+	}
+	for _, i := range worst {
+		res.Slowest = append(res.Slowest, slowRegion(&reps[i]))
+	}
 }
 
 // lagging returns the ranges of the surviving reports with a checkpoint
