@@ -383,8 +383,9 @@ func (f *faultyTarget) ingest(ctx context.Context, w *written) error {
 	case faultNotLeader:
 		return regErr(&errorpb.Error{Message: "not leader (injected)", NotLeader: &errorpb.NotLeader{RegionId: reg.id}})
 	case faultSplit:
-		// Split inside the SST's rows when they hold two keys, else at
-		// the middle of the region's first key's successor.
+		// Split inside the SST's rows when they hold two keys, else just
+		// after its one key; a split key outside the region injects
+		// nothing.
 		at := []byte(rows[len(rows)/2].key)
 		if at2 := []byte(rows[0].key); bytes.Equal(at, at2) {
 			at = append(slices.Clone(at2), 0)
