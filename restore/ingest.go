@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/errorpb"
 	"github.com/pingcap/kvproto/pkg/import_sstpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
@@ -109,12 +110,52 @@ func (c *chunk) batches(rows []kv) []*import_sstpb.WriteRequest {
 	return out
 }
 
+// writeTarget is what the runner needs of the target to restore chunks:
+// the region a key is in (where a chunk is cut) and the write of a chunk,
+// retried until it is ingested or cannot be. *target writes through PD and
+// import_sstpb; the tests' faultyTarget keeps the versions in memory and
+// injects faults. PD- and etcd-level preparation (prepareTarget, the GC
+// hold, import mode) stays on *target: the runner never does it.
+type writeTarget interface {
+	// locateRetry returns the region holding key, retrying while no region
+	// with a leader holds it (MaxAttempts).
+	locateRetry(ctx context.Context, key []byte) (*region, error)
+	// writeChunk writes and ingests every row of c, and calls onIngest
+	// once per region ingest with the rows it made visible, in order.
+	// Rows may reach the target more than once (a retry after an ingest
+	// whose answer was lost); a version written twice is harmless (I5).
+	writeChunk(ctx context.Context, c *chunk, onIngest func(regionID uint64, rows []kv)) error
+}
+
+var _ writeTarget = (*target)(nil)
+
+// regionOps is what the retry policy of writeRegion and locateRetry does
+// to a cluster, one region at a time: *target over PD and import_sstpb,
+// an in-memory cluster with faults in the tests.
+type regionOps interface {
+	// locate returns the (cached) region holding key.
+	locate(ctx context.Context, key []byte) (*region, error)
+	// invalidate drops a region from the cache: the next locate asks again.
+	invalidate(r *region)
+	// writePeers writes the rows of the region holding rows[0] to every
+	// peer, without making them visible.
+	writePeers(ctx context.Context, c *chunk, rows []kv) (*written, error)
+	// ingest makes written SSTs visible at the region's leader.
+	ingest(ctx context.Context, w *written) error
+}
+
+var _ regionOps = (*target)(nil)
+
 // writeChunk writes the rows of c to the target, region by region, with
 // retries (see writeRegion).
 func (t *target) writeChunk(ctx context.Context, c *chunk, onIngest func(regionID uint64, rows []kv)) error {
+	return writeChunk(ctx, t, &t.retryPolicy, t.log, c, onIngest)
+}
+
+func writeChunk(ctx context.Context, ops regionOps, p *retryPolicy, log hclog.Logger, c *chunk, onIngest func(regionID uint64, rows []kv)) error {
 	rows := c.rows
 	for len(rows) > 0 {
-		n, reg, err := t.writeRegion(ctx, c, rows)
+		n, reg, err := writeRegion(ctx, ops, p, log, c, rows)
 		if err != nil {
 			return err
 		}
@@ -148,17 +189,17 @@ type written struct {
 //     data and written again to every peer; these count against maxAttempts.
 //   - Errors retrying cannot fix (a malformed stream, an API version TiKV
 //     refuses, a full disk) end the restore.
-func (t *target) writeRegion(ctx context.Context, c *chunk, rows []kv) (int, *region, error) {
+func writeRegion(ctx context.Context, ops regionOps, p *retryPolicy, log hclog.Logger, c *chunk, rows []kv) (int, *region, error) {
 	var w *written
 	var busySince time.Time
 	busyTries := 0
 	for attempt := 1; ; {
 		var err error
 		if w == nil {
-			w, err = t.writePeers(ctx, c, rows)
+			w, err = ops.writePeers(ctx, c, rows)
 		}
 		if err == nil {
-			if err = t.ingest(ctx, w); err == nil {
+			if err = ops.ingest(ctx, w); err == nil {
 				return w.n, w.reg, nil
 			}
 			var busy *busyError
@@ -166,12 +207,12 @@ func (t *target) writeRegion(ctx context.Context, c *chunk, rows []kv) (int, *re
 				if busySince.IsZero() {
 					busySince = time.Now()
 				}
-				if time.Since(busySince) >= t.busyTimeout {
+				if time.Since(busySince) >= p.busyTimeout {
 					return 0, nil, fmt.Errorf("write to the target: %w (busy for %s)", err, time.Since(busySince).Round(time.Second))
 				}
 				busyTries++
-				t.log.Debug("target busy; retrying the ingest", "region", w.reg.id, "try", busyTries, "error", err)
-				if err := t.sleep(ctx, min(t.busyMinBackoff<<min(busyTries-1, 10), t.busyMaxBackoff)); err != nil {
+				log.Debug("target busy; retrying the ingest", "region", w.reg.id, "try", busyTries, "error", err)
+				if err := p.sleep(ctx, min(p.busyMinBackoff<<min(busyTries-1, 10), p.busyMaxBackoff)); err != nil {
 					return 0, nil, err
 				}
 				continue
@@ -184,15 +225,15 @@ func (t *target) writeRegion(ctx context.Context, c *chunk, rows []kv) (int, *re
 		if errors.As(err, &pe) {
 			return 0, nil, err
 		}
-		t.log.Debug("write to a region failed; refreshing it and writing again", "attempt", attempt, "error", err)
+		log.Debug("write to a region failed; refreshing it and writing again", "attempt", attempt, "error", err)
 		if w != nil {
-			t.invalidate(w.reg)
+			ops.invalidate(w.reg)
 			w = nil
 		}
-		if attempt >= t.maxAttempts {
+		if attempt >= p.maxAttempts {
 			return 0, nil, fmt.Errorf("write to the target: %w (gave up after %d attempts)", err, attempt)
 		}
-		if err := t.backoff(ctx, attempt); err != nil {
+		if err := p.backoff(ctx, attempt); err != nil {
 			return 0, nil, err
 		}
 		attempt++

@@ -194,15 +194,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 				err = fmt.Errorf("%w; %w", err, gerr)
 			}
 		}
-		if err != nil && prog.started() {
-			we := &WrittenError{Err: err, ProgressFile: path, Units: len(plan.Units), Finished: prog.finished()}
-			for _, u := range plan.Units {
-				if prog.isDone(u) {
-					we.UnitsDone++
-				}
-			}
-			err = we
-		}
+		err = writtenError(err, path, plan, prog)
 	}()
 	res = &Result{RestoreTS: plan.RestoreTS}
 	if prog.finished() {
@@ -210,24 +202,10 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return res, nil
 	}
 
-	// The work left: units not done, and the files that meet them.
-	notDone := make([]int, len(plan.Units)+1) // prefix counts of units not done
-	for i, u := range plan.Units {
-		notDone[i+1] = notDone[i]
-		if prog.isDone(u) {
-			res.UnitsSkipped++
-		} else {
-			notDone[i+1]++
-		}
-	}
-	var files []FileRef
-	for _, f := range plan.Files {
-		lo, hi := unitSpan(plan.Units, f.File.GetMinKey(), f.File.GetMaxKey())
-		if lo <= hi && notDone[hi+1]-notDone[lo] > 0 {
-			files = append(files, f)
-			res.Files++
-			res.FileBytes += f.File.GetSize()
-		}
+	files, skipped := filesLeft(plan, prog)
+	res.UnitsSkipped, res.Files = skipped, len(files)
+	for _, f := range files {
+		res.FileBytes += f.File.GetSize()
 	}
 	log.Info("plan", "restore_ts", plan.RestoreTS, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
 
@@ -304,6 +282,44 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	return res, nil
 }
 
+// writtenError wraps err in a *WrittenError once the target was written to
+// (prog started, by this run or an earlier one): how far the restore got
+// and where its progress is. Before that, err is a refusal and stays as
+// it is (the CLI then says that nothing was written).
+func writtenError(err error, path string, plan *Plan, prog *progress) error {
+	if err == nil || !prog.started() {
+		return err
+	}
+	we := &WrittenError{Err: err, ProgressFile: path, Units: len(plan.Units), Finished: prog.finished()}
+	for _, u := range plan.Units {
+		if prog.isDone(u) {
+			we.UnitsDone++
+		}
+	}
+	return we
+}
+
+// filesLeft returns the work left: the plan's files that meet a unit not
+// recorded done, in plan order, and how many units are done.
+func filesLeft(plan *Plan, prog *progress) (files []FileRef, unitsDone int) {
+	notDone := make([]int, len(plan.Units)+1) // prefix counts of units not done
+	for i, u := range plan.Units {
+		notDone[i+1] = notDone[i]
+		if prog.isDone(u) {
+			unitsDone++
+		} else {
+			notDone[i+1]++
+		}
+	}
+	for _, f := range plan.Files {
+		lo, hi := unitSpan(plan.Units, f.File.GetMinKey(), f.File.GetMaxKey())
+		if lo <= hi && notDone[hi+1]-notDone[lo] > 0 {
+			files = append(files, f)
+		}
+	}
+	return files, unitsDone
+}
+
 // The write pipeline: readers sweep jobs (a few at once: each decodes and
 // merges on one CPU), cutting chunks; writers (Concurrency of them) write
 // and ingest chunks, any region, in parallel. Chunks come from a free list
@@ -314,7 +330,7 @@ type runner struct {
 	log        hclog.Logger
 	plan       *Plan
 	files      []FileRef
-	tgt        *target
+	tgt        writeTarget
 	prog       *progress
 	meter      *meter
 	readers    int
@@ -391,7 +407,7 @@ func CheckBudget(concurrency int, memory int64) error {
 
 func fmtMiB(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
 
-func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt *target, prog *progress, m *meter) *runner {
+func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt writeTarget, prog *progress, m *meter) *runner {
 	readers, nChunks := readerCount(o.Concurrency)
 	readBudget := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes)
 	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, prog: prog, meter: m,

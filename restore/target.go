@@ -43,6 +43,15 @@ type target struct {
 	regions []*region // sorted by start, disjoint
 	conns   map[uint64]*grpc.ClientConn
 
+	retryPolicy
+	leaderOnly   bool          // write SSTs to the leader's store only
+	beforeIngest func(*region) // tests only
+}
+
+// retryPolicy is how the writes retry (writeRegion, locateRetry), apart
+// from the cluster they go to, so that the same policy runs over an
+// in-memory cluster in the tests.
+type retryPolicy struct {
 	// maxAttempts bounds the tries of one chunk; backoff starts at
 	// minBackoff and doubles up to maxBackoff.
 	maxAttempts            int
@@ -52,8 +61,6 @@ type target struct {
 	// busyMaxBackoff and are not attempts.
 	busyTimeout                    time.Duration
 	busyMinBackoff, busyMaxBackoff time.Duration
-	leaderOnly                     bool          // write SSTs to the leader's store only
-	beforeIngest                   func(*region) // tests only
 }
 
 // Defaults of the busy retries: BR's log restore retries for about 10 min.
@@ -90,9 +97,11 @@ func dialTarget(ctx context.Context, addrs []string, tls connector.TLS, log hclo
 	}
 	return &target{
 		pd: cli, clusterID: cli.GetClusterID(ctx), log: log, tls: tls, http: hc,
-		conns:       map[uint64]*grpc.ClientConn{},
-		maxAttempts: 30, minBackoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second,
-		busyTimeout: DefaultBusyTimeout, busyMinBackoff: busyMinBackoff, busyMaxBackoff: busyMaxBackoff,
+		conns: map[uint64]*grpc.ClientConn{},
+		retryPolicy: retryPolicy{
+			maxAttempts: 30, minBackoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second,
+			busyTimeout: DefaultBusyTimeout, busyMinBackoff: busyMinBackoff, busyMaxBackoff: busyMaxBackoff,
+		},
 	}, nil
 }
 
@@ -161,15 +170,19 @@ func (t *target) locate(ctx context.Context, key []byte) (*region, error) {
 // locateRetry is locate with the chunk retry policy (a region may have no
 // leader for a moment).
 func (t *target) locateRetry(ctx context.Context, key []byte) (*region, error) {
+	return locateRetry(ctx, t, &t.retryPolicy, key)
+}
+
+func locateRetry(ctx context.Context, ops regionOps, p *retryPolicy, key []byte) (*region, error) {
 	for attempt := 1; ; attempt++ {
-		r, err := t.locate(ctx, key)
+		r, err := ops.locate(ctx, key)
 		if err == nil || ctx.Err() != nil {
 			return r, err
 		}
-		if attempt >= t.maxAttempts {
+		if attempt >= p.maxAttempts {
 			return nil, err
 		}
-		if err := t.backoff(ctx, attempt); err != nil {
+		if err := p.backoff(ctx, attempt); err != nil {
 			return nil, err
 		}
 	}
@@ -318,12 +331,12 @@ func (e *regionError) Error() string {
 }
 
 // backoff sleeps before attempt n (n ≥ 1).
-func (t *target) backoff(ctx context.Context, n int) error {
-	return t.sleep(ctx, min(t.minBackoff<<min(n-1, 10), t.maxBackoff))
+func (p *retryPolicy) backoff(ctx context.Context, n int) error {
+	return p.sleep(ctx, min(p.minBackoff<<min(n-1, 10), p.maxBackoff))
 }
 
 // sleep waits d or until ctx ends.
-func (t *target) sleep(ctx context.Context, d time.Duration) error {
+func (p *retryPolicy) sleep(ctx context.Context, d time.Duration) error {
 	select {
 	case <-time.After(d):
 		return nil
