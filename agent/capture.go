@@ -16,6 +16,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/pd/client/clients/router"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pitr-io/pitr/flush"
@@ -121,10 +122,14 @@ type pdRegion struct {
 // capture is one run of a task's capture: one EventFeed stream at a time to
 // the local TiKV, the region subscriptions on it, and the flush loop.
 type capture struct {
-	r   *runner
-	a   *Agent
-	log hclog.Logger
-	fl  sink
+	cfg     captureConfig
+	cl      clusterAPI
+	health  healthReporter
+	task    taskView
+	met     *metrics
+	pending *pendingAcct // the agent's, over every task
+	log     hclog.Logger
+	fl      sink
 
 	mu        sync.Mutex
 	regions   map[uint64]*region // by region id
@@ -163,16 +168,81 @@ type flushResult struct {
 }
 
 func newCapture(r *runner, fl sink) *capture {
-	if r.a.wrapSink != nil {
-		fl = r.a.wrapSink(fl)
+	a := r.a
+	if a.wrapSink != nil {
+		fl = a.wrapSink(fl)
 	}
 	return &capture{
-		r: r, a: r.a, log: r.log, fl: fl, tso: r.a.tso,
+		cfg: captureConfig{
+			StoreID: a.storeID, ClusterID: a.clusterID, TiKVAddr: a.cfg.TiKVAddr,
+			FlushInterval: a.cfg.FlushInterval, RegionInterval: a.cfg.RegionInterval, BlockedGrace: a.cfg.BlockedGrace,
+			FileTarget: a.cfg.FileTarget, PrewriteBudget: a.cfg.PrewriteBudget,
+		},
+		cl: agentCluster{a}, health: a, task: r, met: a.met, pending: &a.pending,
+		log: r.log, fl: fl, tso: a.tso,
 		regions: map[uint64]*region{}, subs: map[uint64]*region{},
 		kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), full: make(chan struct{}, 1),
 		probe: make(chan []logfile.Row, 1), flushReq: make(chan chan flushResult),
 		stopped: make(chan struct{}),
 	}
+}
+
+// captureConfig is the part of the agent's settings and identity a capture
+// uses (see Config for each).
+type captureConfig struct {
+	StoreID, ClusterID                          uint64
+	TiKVAddr                                    string
+	FlushInterval, RegionInterval, BlockedGrace time.Duration
+	FileTarget, PrewriteBudget                  int64
+}
+
+// clusterAPI is what a capture asks of the cluster: the local store's
+// change stream, PD's regions and store record, and the task's global
+// checkpoint in etcd.
+type clusterAPI interface {
+	EventFeed(ctx context.Context) (cdcpb.ChangeData_EventFeedClient, error)
+	ScanRegions(ctx context.Context, key, endKey []byte, limit int) ([]*router.Region, error)
+	GetStore(ctx context.Context, storeID uint64) (*metapb.Store, error)
+	GlobalCheckpoint(ctx context.Context, task string) (uint64, error)
+}
+
+// healthReporter takes what a capture finds wrong with PD, etcd or the
+// task (nil: fine again); the agent's /healthz and Status show it.
+type healthReporter interface {
+	setPDErr(err error)
+	setEtcdErr(err error)
+	setLastErr(err error)
+}
+
+// taskView is the capture's task: its name, start ts and ranges, and the
+// flushed progress that outlives one capture (a runner's).
+type taskView interface {
+	taskName() string
+	startTS() uint64
+	taskRanges() []keyspace.Range
+	flushedMin(start, end []byte) uint64
+	recordFlushed(spans []span)
+	setMaxLag(v float64)
+}
+
+// agentCluster is the agent's PD, etcd and TiKV connections as a
+// clusterAPI.
+type agentCluster struct{ a *Agent }
+
+func (c agentCluster) EventFeed(ctx context.Context) (cdcpb.ChangeData_EventFeedClient, error) {
+	return c.a.cdc.EventFeed(ctx)
+}
+
+func (c agentCluster) ScanRegions(ctx context.Context, key, endKey []byte, limit int) ([]*router.Region, error) {
+	return c.a.pd.ScanRegions(ctx, key, endKey, limit)
+}
+
+func (c agentCluster) GetStore(ctx context.Context, storeID uint64) (*metapb.Store, error) {
+	return c.a.pd.GetStore(ctx, storeID)
+}
+
+func (c agentCluster) GlobalCheckpoint(ctx context.Context, name string) (uint64, error) {
+	return task.Checkpoint(ctx, c.a.etcd, name)
 }
 
 func (c *capture) run(ctx context.Context) error {
@@ -230,7 +300,7 @@ func (c *capture) streamLoop(ctx context.Context) error {
 	for ctx.Err() == nil {
 		c.readVersion(ctx)
 		sctx, cancel := context.WithCancel(ctx)
-		stream, err := c.a.cdc.EventFeed(sctx)
+		stream, err := c.cl.EventFeed(sctx)
 		if err == nil {
 			f := &feed{stream: stream}
 			c.mu.Lock()
@@ -277,7 +347,7 @@ var errReopen = errors.New("stream reopened to release regions")
 func (c *capture) readVersion(ctx context.Context) {
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	st, err := c.a.pd.GetStore(gctx, c.a.storeID)
+	st, err := c.cl.GetStore(gctx, c.cfg.StoreID)
 	if err != nil || st == nil {
 		if ctx.Err() == nil {
 			c.log.Debug("read the store's version from PD", "error", err)
@@ -320,7 +390,7 @@ func (c *capture) streamBroken(err error) {
 		err = errors.New("stream ended by tikv")
 	}
 	c.log.Warn("change stream broken; subscribing again", "error", err)
-	c.a.met.streamErrors.Inc()
+	c.met.streamErrors.Inc()
 	c.endStream("stream broken: "+err.Error(), true)
 }
 
@@ -392,7 +462,7 @@ func (c *capture) recv(ctx context.Context, f *feed, bo *backoff) error {
 			}
 		}
 		if rts := ev.ResolvedTs; rts != nil {
-			c.a.met.events[evResolved].Inc()
+			c.met.events[evResolved].Inc()
 			c.handleResolved(rts)
 		}
 		c.mu.Lock()
@@ -411,7 +481,7 @@ func (c *capture) add(ctx context.Context, f *feed, batch []logfile.Row, from []
 	c.mu.Lock()
 	blocked := c.blocked
 	c.mu.Unlock()
-	actx, cancel := context.WithTimeout(ctx, c.a.cfg.BlockedGrace)
+	actx, cancel := context.WithTimeout(ctx, c.cfg.BlockedGrace)
 	if blocked {
 		cancel() // try without waiting
 	}
@@ -431,9 +501,9 @@ func (c *capture) add(ctx context.Context, f *feed, batch []logfile.Row, from []
 	for i := range batch {
 		n += batch[i].LogicalSize()
 	}
-	c.a.met.capturedRows.Add(float64(len(batch)))
-	c.a.met.capturedBytes.Add(float64(n))
-	if c.fl.Buffered() >= cutAt(c.a.cfg.FileTarget, c.fl.Stats().FileRatio) {
+	c.met.capturedRows.Add(float64(len(batch)))
+	c.met.capturedBytes.Add(float64(n))
+	if c.fl.Buffered() >= cutAt(c.cfg.FileTarget, c.fl.Stats().FileRatio) {
 		signal(c.full)
 	}
 	return nil
@@ -446,7 +516,7 @@ func (c *capture) releaseFull(f *feed, batch []logfile.Row, from []*region) {
 	var reqs []*cdcpb.ChangeDataRequest
 	c.mu.Lock()
 	if !c.blocked {
-		c.log.Warn("flusher full; releasing the regions whose rows wait until there is room", "grace", c.a.cfg.BlockedGrace)
+		c.log.Warn("flusher full; releasing the regions whose rows wait until there is room", "grace", c.cfg.BlockedGrace)
 		c.blocked = true
 	}
 	for _, r := range from {
@@ -526,7 +596,7 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 		switch e := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
 			for _, row := range e.Entries.GetEntries() {
-				c.a.met.countRow(row)
+				c.met.countRow(row)
 				if r.state != statePending && r.state != stateNormal {
 					continue
 				}
@@ -535,7 +605,7 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 				out, err = r.m.handle(row, out)
 				if err != nil {
 					c.log.Error("protocol error; subscribing the region again", "region", r.id, "error", err)
-					c.a.met.protocolErrors.Inc()
+					c.met.protocolErrors.Inc()
 					if req := c.releaseLocked(r, "protocol error: "+err.Error(), now); req != nil {
 						deregister = append(deregister, req)
 					}
@@ -549,7 +619,7 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 					r.busy, r.failures = 0, 0
 					if n := r.m.droppedCommits; n > 0 {
 						c.log.Warn("unmatched commits dropped at initialized", "region", r.id, "count", n)
-						c.a.met.droppedCommits.Add(float64(n))
+						c.met.droppedCommits.Add(float64(n))
 					}
 				}
 				if row.Type == cdcpb.Event_PREWRITE {
@@ -558,11 +628,11 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 			}
 			if r.m != nil && r.m.lateRows > 0 {
 				c.log.Error("rows at or below the resolved ts", "region", r.id, "count", r.m.lateRows)
-				c.a.met.protocolErrors.Add(float64(r.m.lateRows))
+				c.met.protocolErrors.Add(float64(r.m.lateRows))
 				r.m.lateRows = 0
 			}
 		case *cdcpb.Event_Error:
-			c.a.met.events[evError].Inc()
+			c.met.events[evError].Inc()
 			delete(c.subs, ev.RequestId)
 			if r.state == stateStopping && e.Error.RegionNotFound != nil {
 				// TiKV's answer to our Deregister: nothing changed. A
@@ -573,12 +643,12 @@ func (c *capture) handleEvents(f *feed, events []*cdcpb.Event, out []logfile.Row
 				break
 			}
 			reason, delay, fatal := c.classify(r, e.Error)
-			c.a.met.resubscribes.WithLabelValues(errorKind(e.Error)).Inc()
+			c.met.resubscribes.WithLabelValues(errorKind(e.Error)).Inc()
 			c.idleLocked(r, reason, now, delay)
 			switch {
 			case fatal != nil:
 				c.log.Error("subscription refused", "region", r.id, "error", fatal)
-				c.r.a.setLastErr(fmt.Errorf("task %s: %w", c.r.name, fatal))
+				c.health.setLastErr(fmt.Errorf("task %s: %w", c.task.taskName(), fatal))
 			case e.Error.DuplicateRequest != nil && !c.deregister:
 				// TiKV < 7.3 still holds a subscription of the region on
 				// this stream; only a new stream ends it.
@@ -648,10 +718,10 @@ func (c *capture) classify(r *region, e *cdcpb.Error) (string, time.Duration, er
 	case e.DuplicateRequest != nil:
 		return "resubscribing after DuplicateRequest", time.Second, nil
 	case e.ClusterIdMismatch != nil:
-		err := fmt.Errorf("tikv %s belongs to cluster %d, PD to %d", c.a.cfg.TiKVAddr, e.ClusterIdMismatch.Current, e.ClusterIdMismatch.Request)
+		err := fmt.Errorf("tikv %s belongs to cluster %d, PD to %d", c.cfg.TiKVAddr, e.ClusterIdMismatch.Current, e.ClusterIdMismatch.Request)
 		return err.Error(), 30 * time.Second, err
 	case e.Compatibility != nil:
-		err := fmt.Errorf("tikv %s requires version %s", c.a.cfg.TiKVAddr, e.Compatibility.RequiredVersion)
+		err := fmt.Errorf("tikv %s requires version %s", c.cfg.TiKVAddr, e.Compatibility.RequiredVersion)
 		return err.Error(), 30 * time.Second, err
 	}
 	return "resubscribing after an unknown error", time.Second, nil
@@ -712,7 +782,7 @@ func (c *capture) stopLocked(r *region, reason string, now time.Time) *cdcpb.Cha
 }
 
 func (c *capture) header() *cdcpb.Header {
-	return &cdcpb.Header{ClusterId: c.a.clusterID, TicdcVersion: ticdcVersion}
+	return &cdcpb.Header{ClusterId: c.cfg.ClusterID, TicdcVersion: ticdcVersion}
 }
 
 // minScanGap spaces PD scans that change signals ask for.
@@ -728,7 +798,7 @@ func (c *capture) regionLoop(ctx context.Context) error {
 	retryT := time.NewTimer(time.Hour)
 	defer scanT.Stop()
 	defer retryT.Stop()
-	bo := newBackoff(500*time.Millisecond, c.a.cfg.RegionInterval)
+	bo := newBackoff(500*time.Millisecond, c.cfg.RegionInterval)
 	var lastScan time.Time
 	for {
 		scan := false
@@ -759,7 +829,7 @@ func (c *capture) regionLoop(ctx context.Context) error {
 			c.log.Warn("read regions from PD", "error", err)
 		}
 		if scan {
-			next := c.a.cfg.RegionInterval
+			next := c.cfg.RegionInterval
 			if err != nil {
 				next = min(bo.cur, next)
 				bo.cur = min(bo.cur*2, bo.max)
@@ -813,13 +883,13 @@ func (c *capture) nextRetry() (time.Duration, bool) {
 func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
 	const page = 1024
 	var out []*pdRegion
-	for _, kr := range c.r.ranges {
+	for _, kr := range c.task.taskRanges() {
 		enc := kr.Encode()
 		key := enc.Start
 		for {
-			rs, err := c.a.pd.ScanRegions(ctx, key, enc.End, page)
+			rs, err := c.cl.ScanRegions(ctx, key, enc.End, page)
 			if err != nil {
-				c.a.setPDErr(fmt.Errorf("pd: scan regions: %w", err))
+				c.health.setPDErr(fmt.Errorf("pd: scan regions: %w", err))
 				return nil, fmt.Errorf("scan regions: %w", err)
 			}
 			if len(rs) == 0 {
@@ -827,7 +897,7 @@ func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
 			}
 			for _, pr := range rs {
 				meta := pr.Meta
-				if pr.Leader == nil || pr.Leader.GetStoreId() != c.a.storeID {
+				if pr.Leader == nil || pr.Leader.GetStoreId() != c.cfg.StoreID {
 					continue
 				}
 				clipped, ok := keyspace.Range{Start: meta.GetStartKey(), End: meta.GetEndKey()}.Intersect(enc)
@@ -854,7 +924,7 @@ func (c *capture) scanRegions(ctx context.Context) ([]*pdRegion, error) {
 			key = last
 		}
 	}
-	c.a.setPDErr(nil)
+	c.health.setPDErr(nil)
 	return out, nil
 }
 
@@ -917,12 +987,12 @@ func (c *capture) reconcile(ctx context.Context, scan bool) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	global, err := task.Checkpoint(ctx, c.a.etcd, c.r.name)
+	global, err := c.cl.GlobalCheckpoint(ctx, c.task.taskName())
 	if err != nil {
-		c.a.setEtcdErr(err)
+		c.health.setEtcdErr(err)
 		return fmt.Errorf("read global checkpoint: %w", err)
 	}
-	floor := max(global, c.r.rec.GetInfo().GetStartTs())
+	floor := max(global, c.task.startTS())
 	var reqs []*cdcpb.ChangeDataRequest
 	c.mu.Lock()
 	if c.feed == f && !c.blocked {
@@ -970,7 +1040,7 @@ func (c *capture) overlapsActiveLocked(idx []*region, p *pdRegion) bool {
 // (from, resolved] stays honest; rows already buffered come again, which
 // is fine (duplicates are allowed, I5).
 func (c *capture) subscribeLocked(r *region, floor uint64, now time.Time) *cdcpb.ChangeDataRequest {
-	cp := max(floor, r.from, c.r.flushedMin(r.start, r.end))
+	cp := max(floor, r.from, c.task.flushedMin(r.start, r.end))
 	c.nextReqID++
 	r.requestID = c.nextReqID
 	r.from = cp
@@ -978,7 +1048,7 @@ func (c *capture) subscribeLocked(r *region, floor uint64, now time.Time) *cdcpb
 	r.reason = ""
 	r.setState(statePending, now)
 	c.subs[r.requestID] = r
-	c.a.met.subscribes.Inc()
+	c.met.subscribes.Inc()
 	return &cdcpb.ChangeDataRequest{
 		Header:       c.header(),
 		RegionId:     r.id,

@@ -205,7 +205,7 @@ func TestCaptureCut(t *testing.T) {
 	require.Len(t, p, 1)
 	require.Equal(t, uint64(130), p[0].Checkpoint)
 	require.Empty(t, p[0].Reason)
-	require.Equal(t, uint64(130), c.r.flushedMin([]byte("a"), []byte("m")))
+	require.Equal(t, uint64(130), c.task.flushedMin([]byte("a"), []byte("m")))
 
 	// A long transaction keeps a pending prewrite across flushes.
 	send(entries(5, req, prewrite("d", 140, "vd")))

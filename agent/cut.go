@@ -18,7 +18,7 @@ import (
 // capture (a fatalError) and the runner starts a fresh one with a fresh
 // flusher, whose regions subscribe again from their flushed checkpoints.
 func (c *capture) flushLoop(ctx context.Context) error {
-	t := time.NewTicker(c.a.cfg.FlushInterval)
+	t := time.NewTicker(c.cfg.FlushInterval)
 	defer t.Stop()
 	for {
 		var reply chan flushResult
@@ -106,14 +106,14 @@ func (c *capture) cut(ctx context.Context, force bool) (*pitrpb.Meta, error) {
 	// The flush ts comes after the freeze, so it is above every to_ts.
 	ts, err := c.tso(ctx)
 	if err != nil {
-		c.a.setPDErr(fmt.Errorf("pd: %w", err))
+		c.health.setPDErr(fmt.Errorf("pd: %w", err))
 		return nil, err
 	}
 	start := time.Now()
 	meta, err := c.fl.Flush(ctx, ts, covs)
-	c.a.met.flushDuration.Observe(time.Since(start).Seconds())
+	c.met.flushDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
-		c.a.met.flushes.WithLabelValues("error").Inc()
+		c.met.flushes.WithLabelValues("error").Inc()
 		c.mu.Lock()
 		c.flushErr = err.Error()
 		c.mu.Unlock()
@@ -125,13 +125,13 @@ func (c *capture) cut(ctx context.Context, force bool) (*pitrpb.Meta, error) {
 		}
 		return nil, err
 	}
-	c.a.met.flushes.WithLabelValues("ok").Inc()
+	c.met.flushes.WithLabelValues("ok").Inc()
 
 	spans := make([]span, len(covs))
 	for i, cov := range covs {
 		spans[i] = span{start: cov.StartKey, end: cov.EndKey, ts: cov.ToTs}
 	}
-	c.r.recordFlushed(spans)
+	c.task.recordFlushed(spans)
 	now := time.Now()
 	c.mu.Lock()
 	for _, f := range fr {
@@ -161,10 +161,10 @@ func (c *capture) observeLagLocked(now time.Time) {
 		if lag < 0 {
 			lag = 0
 		}
-		c.a.met.regionLag.Observe(lag)
+		c.met.regionLag.Observe(lag)
 		worst = max(worst, lag)
 	}
-	c.r.setMaxLag(worst)
+	c.task.setMaxLag(worst)
 }
 
 // progress reports every region this capture knows, by start key.
@@ -193,7 +193,7 @@ func (c *capture) progress() []*pitrpb.RegionProgress {
 func (c *capture) reasonLocked(r *region, oldest uint64, now time.Time) string {
 	if r.m != nil && r.m.exempt {
 		return fmt.Sprintf("pending prewrites of %s kept over the prewrite budget of %s (open transactions larger than the budget)",
-			mib(r.m.bytes), mib(c.a.cfg.PrewriteBudget))
+			mib(r.m.bytes), mib(c.cfg.PrewriteBudget))
 	}
 	switch r.state {
 	case stateIdle:
@@ -209,7 +209,7 @@ func (c *capture) reasonLocked(r *region, oldest uint64, now time.Time) string {
 	if c.flushErr != "" {
 		return "flush failing: " + c.flushErr
 	}
-	if oldest != 0 && now.Sub(keyspace.Time(oldest)) > 2*c.a.cfg.FlushInterval {
+	if oldest != 0 && now.Sub(keyspace.Time(oldest)) > 2*c.cfg.FlushInterval {
 		return fmt.Sprintf("long transaction start_ts=%d", oldest)
 	}
 	return ""

@@ -292,7 +292,7 @@ type budgetState struct {
 // newMatcherLocked makes the matcher of a new subscription of r.
 func (c *capture) newMatcherLocked(r *region, cp uint64) *matcher {
 	m := newMatcher(cp)
-	m.acct = &c.a.pending
+	m.acct = c.pending
 	m.rescan = r.budget.stopped
 	r.budget.stopped = false
 	return m
@@ -334,8 +334,8 @@ func (c *capture) releaseAll() {
 // The budget is shared by the agent's tasks; a capture releases only its
 // own regions.
 func (c *capture) enforcePrewriteBudgetLocked(now time.Time) []*cdcpb.ChangeDataRequest {
-	budget := c.a.cfg.PrewriteBudget
-	acct := &c.a.pending
+	budget := c.cfg.PrewriteBudget
+	acct := c.pending
 	var out []*cdcpb.ChangeDataRequest
 	for budget > 0 && acct.counted.Load() > budget {
 		var big *region
@@ -356,7 +356,7 @@ func (c *capture) enforcePrewriteBudgetLocked(now time.Time) []*cdcpb.ChangeData
 			raise(&acct.exemptPeak, acct.exempt.Add(m.bytes))
 			acct.counted.Add(-m.bytes)
 			m.exempt = true
-			c.a.met.prewriteKept.Inc()
+			c.met.prewriteKept.Inc()
 			c.log.Warn("open transactions of a region exceed the prewrite budget; keeping them over it",
 				"region", big.id, "pending_bytes", m.bytes, "budget", budget)
 			continue
@@ -366,7 +366,7 @@ func (c *capture) enforcePrewriteBudgetLocked(now time.Time) []*cdcpb.ChangeData
 		big.budget.stopped = true
 		big.budget.drops++
 		big.failures = big.budget.drops
-		c.a.met.prewriteReleases.Inc()
+		c.met.prewriteReleases.Inc()
 		c.log.Warn("pending prewrites over the budget; subscribing the region again from its checkpoint",
 			"region", big.id, "pending_bytes", n, "budget", budget, "releases", big.budget.drops)
 		// Deregister on TiKV ≥ 7.3; below it, a new stream (releaseLocked).

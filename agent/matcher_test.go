@@ -250,13 +250,13 @@ func TestMatcherOldValue(t *testing.T) {
 // region's slot frees once its transactions end.
 func TestPrewriteBudgetRelease(t *testing.T) {
 	c, _, fs, f := testCapture(t)
-	c.a.cfg.PrewriteBudget = 1000
+	c.cfg.PrewriteBudget = 1000
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = c.recv(ctx, f, newBackoff(time.Millisecond, time.Millisecond)) }()
 	handled := func() { fs.in <- &cdcpb.ChangeDataEvent{} } // the previous message is handled
 	big := strings.Repeat("v", 600)
-	acct := &c.a.pending
+	acct := c.pending
 	deregistered := func() int {
 		fs.mu.Lock()
 		defer fs.mu.Unlock()

@@ -225,3 +225,9 @@ func (r *runner) lag() float64 {
 	defer r.mu.Unlock()
 	return r.maxLag
 }
+
+// taskName, startTS and taskRanges make a runner the taskView of its
+// captures.
+func (r *runner) taskName() string             { return r.name }
+func (r *runner) startTS() uint64              { return r.rec.GetInfo().GetStartTs() }
+func (r *runner) taskRanges() []keyspace.Range { return r.ranges }
