@@ -7,7 +7,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand"
 	"path/filepath"
@@ -147,7 +146,7 @@ func (r *part) stop(tb testkit.TB) {
 	r.cancel()
 	select {
 	case err := <-r.done:
-		if err != nil && !errors.Is(err, context.Canceled) {
+		if err != nil {
 			tb.Errorf("%s stopped with: %v", r.name, err)
 		}
 	case <-time.After(15 * time.Second):
