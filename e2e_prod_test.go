@@ -3,7 +3,6 @@ package pitr_test
 import (
 	"context"
 	"math/rand"
-	"os"
 	"sort"
 	"testing"
 	"time"
@@ -51,21 +50,15 @@ type restorePoint struct {
 }
 
 func runProduction(t *testing.T, tikvVersion string) {
-	runFor := 20 * time.Second
-	if os.Getenv("PITR_LONG") == "1" {
-		runFor = 60 * time.Second
-	}
+	runFor := runLength()
 	const wantPoints = 12
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := pipeline.Start(t, ctx, pipeline.Options{Task: "prod", Cluster: testkit.Options{Playground: playground.Config{
+	ctx, p, rng := startE2E(t, pipeline.Options{Task: "prod", Cluster: testkit.Options{Playground: playground.Config{
 		Stores: 3, Replicas: 2, TiKVVersion: tikvVersion, GCInterval: time.Second, GCLifeTime: time.Second,
 		// PD's balance-leader runs too (merges wait PD's 1h split-merge
 		// interval, as in PD).
 		BalanceInterval: 2 * time.Second,
 		MinTSInterval:   200 * time.Millisecond}}})
 	kv := p.KV
-	rng := testkit.Rand(t)
 
 	// Two workloads: bank transfers (a total that never changes) and a
 	// mixed one with deletes, values over 255 B and a few over 1 MiB.

@@ -2,9 +2,6 @@ package pitr_test
 
 import (
 	"context"
-	"math/rand"
-	"os"
-	"sort"
 	"testing"
 	"time"
 
@@ -25,18 +22,9 @@ import (
 // T, key for key. Nothing here resolves the locks the cut-off transfers
 // leave: the coordinator does.
 func TestExactRestoreEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end restore test skipped in -short mode")
-	}
-	runFor := 20 * time.Second
-	if os.Getenv("PITR_LONG") == "1" {
-		runFor = 60 * time.Second
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := pipeline.Start(t, ctx, pipeline.Options{Task: "e2e",
+	runFor := runLength()
+	ctx, p, rng := startE2E(t, pipeline.Options{Task: "e2e",
 		Cluster: testkit.Options{Playground: playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond}}})
-	rng := testkit.Rand(t)
 
 	// The workload, with splits and leader moves all along.
 	bank := &workload.Bank{Client: p.KV, Prefix: "e2e/", Accounts: 300, Initial: 1000}
@@ -73,20 +61,4 @@ func TestExactRestoreEndToEnd(t *testing.T) {
 		testkit.RequireSame(t, p.ReadAll(T), r.Read, T)
 		t.Logf("T #%2d = %d: %d keys equal (%d versions restored)", i, T, len(r.Read), r.Result.Rows)
 	}
-}
-
-// bankKey picks a random account's key, to split at.
-func bankKey(b *workload.Bank) func(*rand.Rand) []byte {
-	return func(rng *rand.Rand) []byte { return b.Key(rng.Intn(b.Accounts)) }
-}
-
-// randomPoints is n restore points in [from, to], sorted: both ends and
-// n-2 random ones in between.
-func randomPoints(rng *rand.Rand, from, to uint64, n int) []uint64 {
-	points := []uint64{from, to}
-	for len(points) < n {
-		points = append(points, from+uint64(rng.Int63n(int64(to-from))))
-	}
-	sort.Slice(points, func(i, j int) bool { return points[i] < points[j] })
-	return points
 }

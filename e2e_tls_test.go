@@ -22,15 +22,9 @@ import (
 // and status ports). Restores at four points must read exactly what the
 // source reads there.
 func TestTLSEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test skipped in -short mode")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := pipeline.Start(t, ctx, pipeline.Options{Task: "tls", Cluster: testkit.Options{
+	ctx, p, rng := startE2E(t, pipeline.Options{Task: "tls", Cluster: testkit.Options{
 		Playground: playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond, TLSDir: t.TempDir()}}})
 	require.True(t, p.TLS.Enabled())
-	rng := testkit.Rand(t)
 
 	bank := &workload.Bank{Client: p.KV, Prefix: "tls/", Accounts: 100, Initial: 1000}
 	require.NoError(t, bank.Init(ctx))
