@@ -126,6 +126,7 @@ func (p *Pipeline) run(name string, run func(context.Context) error, closeFn fun
 		err := run(ctx)
 		if err != nil && ctx.Err() == nil {
 			p.TB.Errorf("%s: %v", name, err)
+			err = nil // reported; stop need not report it again
 		}
 		r.done <- err
 	}()
