@@ -20,8 +20,12 @@ const module = "github.com/pitr-io/pitr"
 //   - connector (the one way to a cluster) imports only keyspace;
 //   - restore never imports agent or coordinator (restore works with the
 //     source cluster gone);
-//   - playground is imported only by cmd/pitr-playground, cmd/pitr-bench
-//     and the playground itself (tests may import it freely);
+//   - playground is imported only by cmd/pitr-playground, cmd/pitr-bench,
+//     testkit and the playground itself (tests may import it freely);
+//   - testkit (the harness) is imported only by tests, cmd/pitr-playground
+//     (the demo) and cmd/pitr-bench, and its cluster layer (testkit
+//     itself) imports neither agent nor coordinator, so that their own
+//     internal tests can use it;
 //   - the pitr binary links no etcd server and no playground.
 func TestDependencyDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Deps", "./...").Output()
@@ -68,8 +72,12 @@ func TestDependencyDirection(t *testing.T) {
 				t.Errorf("%s imports %s: restore must work with the cluster gone", pkg, d)
 			case pkg == "cmd/pitr" && under(d, "playground"):
 				t.Errorf("%s imports %s: the pitr binary links no playground (pitr-playground does)", pkg, d)
-			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr-playground") && !under(pkg, "cmd/pitr-bench"):
+			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr-playground") && !under(pkg, "cmd/pitr-bench") && !under(pkg, "testkit"):
 				t.Errorf("%s imports %s: playground is for tests, cmd/pitr and demo code only", pkg, d)
+			case under(d, "testkit") && !under(pkg, "testkit") && !under(pkg, "cmd/pitr-playground") && !under(pkg, "cmd/pitr-bench"):
+				t.Errorf("%s imports %s: testkit is for tests, the demo and the bench only", pkg, d)
+			case pkg == "testkit" && (under(d, "agent") || under(d, "coordinator")):
+				t.Errorf("%s imports %s: testkit's cluster layer imports neither agent nor coordinator (testkit/pipeline does)", pkg, d)
 			}
 		}
 	}

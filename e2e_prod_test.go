@@ -3,16 +3,16 @@ package pitr_test
 import (
 	"context"
 	"math/rand"
-	"os"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
+	"github.com/pitr-io/pitr/testkit"
+	"github.com/pitr-io/pitr/testkit/pipeline"
 )
 
 // TestProductionEndToEnd is I4 on the whole pipeline against a playground
@@ -50,20 +50,15 @@ type restorePoint struct {
 }
 
 func runProduction(t *testing.T, tikvVersion string) {
-	runFor := 20 * time.Second
-	if os.Getenv("PITR_LONG") == "1" {
-		runFor = 60 * time.Second
-	}
+	runFor := runLength()
 	const wantPoints = 12
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := startPipeline(t, ctx, "prod", playground.Config{Stores: 3, Replicas: 2,
-		TiKVVersion: tikvVersion, GCInterval: time.Second, GCLifeTime: time.Second,
+	ctx, p, rng := startE2E(t, pipeline.Options{Task: "prod", Cluster: testkit.Options{Playground: playground.Config{
+		Stores: 3, Replicas: 2, TiKVVersion: tikvVersion, GCInterval: time.Second, GCLifeTime: time.Second,
 		// PD's balance-leader runs too (merges wait PD's 1h split-merge
 		// interval, as in PD).
 		BalanceInterval: 2 * time.Second,
-		MinTSInterval:   200 * time.Millisecond})
-	src, kv := p.src, p.kv
+		MinTSInterval:   200 * time.Millisecond}}})
+	kv := p.KV
 
 	// Two workloads: bank transfers (a total that never changes) and a
 	// mixed one with deletes, values over 255 B and a few over 1 MiB.
@@ -72,75 +67,56 @@ func runProduction(t *testing.T, tikvVersion string) {
 	mixed := &workload.Mixed{Client: kv, Prefix: "m/", Keys: 300, LargeRatio: 0.02}
 	var st workload.Stats
 	var mst workload.MixedStats
-	wctx, stopWork := context.WithCancel(ctx)
-	workErr := make(chan error, 2)
-	go func() { workErr <- bank.Run(wctx, 4, &st) }()
-	go func() { workErr <- mixed.Run(wctx, 2, &mst) }()
+	works := []*testkit.Workload{
+		p.StartWorkload(func(ctx context.Context) error { return bank.Run(ctx, 4, &st) }),
+		p.StartWorkload(func(ctx context.Context) error { return mixed.Run(ctx, 2, &mst) }),
+	}
 
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	var points []restorePoint
 	sample := func() {
-		ts, err := coordinator.GetTS(ctx, p.cl.PD)
-		require.NoError(t, err)
+		ts := p.TS()
 		total, _, err := bank.Sum(ctx, ts)
 		require.NoError(t, err)
 		require.Equal(t, bank.Total(), total, "bank total at %d", ts)
 		// The source is read around the leaked lock, never across it: a
 		// reader would resolve it.
-		points = append(points, restorePoint{ts: ts, want: readAll(t, kv, ts, "b/", "b0", "m/", "m0")})
+		points = append(points, restorePoint{ts: ts, want: p.ReadAll(ts, "b/", "b0", "m/", "m0")})
 	}
 
 	t.Logf("TiKV %q: workload runs for %s", tikvVersion, runFor)
-	began := time.Now()
-	step := time.NewTicker(500 * time.Millisecond)
-	defer step.Stop()
-	stores := src.StoreIDs()
-	var leaked, moved, pdRestarted, coordKilled bool
 	var leakedTS uint64
+	leak := testkit.Fault{Name: "leaked lock", At: 0.15, Inject: func(ctx context.Context, _ *rand.Rand) (bool, error) {
+		// A client dies between prewrite and commit, on a key nobody
+		// reads again.
+		var err error
+		leakedTS, err = workload.LeakLock(ctx, kv, []byte("leak/orphan"), time.Second)
+		return err == nil, err
+	}}
 	// One restore point in each twelfth of the run, at a random moment.
-	nextPoint := func(k int) time.Time {
-		return began.Add(time.Duration((float64(k) + rng.Float64()) * float64(runFor) / wantPoints))
+	nextPoint := func(k int) time.Duration {
+		return time.Duration((float64(k) + rng.Float64()) * float64(runFor) / wantPoints)
 	}
 	sampleAt := nextPoint(0)
-	// The run lasts runFor, and longer if a fault could not be injected
-	// yet (no free store for a peer, no leader to kill at that moment).
-	for i := 0; time.Since(began) < runFor || !(leaked && moved && pdRestarted && coordKilled); i++ {
-		require.Less(t, time.Since(began), runFor+30*time.Second, "faults injected: leak %v, move %v, pd restart %v, coordinator kill %v",
-			leaked, moved, pdRestarted, coordKilled)
-		<-step.C
-		frac := float64(time.Since(began)) / float64(runFor)
-		switch {
-		case i%3 == 0 && len(src.Cluster.Regions()) < 16:
-			_, _ = src.Cluster.Split(bank.Key(rng.Intn(bank.Accounts)))
-		case i%3 == 1:
-			rs := src.Cluster.Regions()
-			_ = src.Cluster.TransferLeader(rs[rng.Intn(len(rs))].ID, stores[rng.Intn(len(stores))])
-		}
-		switch {
-		case !leaked && frac > 0.15:
-			// A client dies between prewrite and commit, on a key nobody
-			// reads again.
-			var err error
-			leakedTS, err = workload.LeakLock(ctx, kv, []byte("leak/orphan"), time.Second)
-			require.NoError(t, err)
-			leaked = true
-		case !moved && frac > 0.3:
-			moved = movePeer(t, src)
-		case !pdRestarted && frac > 0.5:
-			require.NoError(t, src.RestartPD(ctx))
-			pdRestarted = true
-		case !coordKilled && frac > 0.7:
-			coordKilled = p.killLeader()
-		}
-		if len(points) < wantPoints-1 && time.Now().After(sampleAt) {
-			sample()
-			sampleAt = nextPoint(len(points))
-		}
+	chaos := &testkit.Chaos{Rand: rng, Step: 500 * time.Millisecond, For: runFor,
+		// The run lasts runFor, and longer if a fault could not be
+		// injected yet (no free store for a peer, no leader to kill at
+		// that moment).
+		Grace:   30 * time.Second,
+		Routine: []testkit.Action{p.Split(16, bankKey(bank)), p.MoveLeader(), nil},
+		Faults:  []testkit.Fault{leak, p.MovePeer(0.3), p.RestartPD(0.5), p.LeaderKill(0.7)},
+		OnStep: func(_ int, elapsed time.Duration) error {
+			if len(points) < wantPoints-1 && elapsed >= sampleAt {
+				sample()
+				sampleAt = nextPoint(len(points))
+			}
+			return nil
+		},
+		Watch: works,
 	}
-	stopWork()
-	require.NoError(t, <-workErr)
-	require.NoError(t, <-workErr)
-	require.True(t, leaked && moved && pdRestarted && coordKilled, "every fault was injected")
+	require.NoError(t, chaos.Run(ctx), "every fault was injected")
+	for _, w := range works {
+		require.NoError(t, w.Stop())
+	}
 	require.Positive(t, mst.Deletes.Load(), "the mixed workload deleted keys")
 	require.Positive(t, mst.Medium.Load(), "the mixed workload wrote values over 255 B")
 	require.Positive(t, mst.Large.Load(), "the mixed workload wrote values over 1 MiB")
@@ -152,37 +128,17 @@ func runProduction(t *testing.T, tikvVersion string) {
 	// Nobody resolves locks here: the leaked lock and whatever the cut-off
 	// transactions left must be resolved by the coordinator.
 	t.Logf("leaked lock at start_ts %d; waiting for the checkpoint to pass it and the last restore point", leakedTS)
-	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "prod", last, 120*time.Second, p.src)
-	t.Logf("%d transfers, %d mixed txns; checkpoint %d; %d regions", st.Committed.Load(), mst.Committed.Load(), cp, len(src.Cluster.Regions()))
+	cp := p.WaitCheckpoint(last, 120*time.Second)
+	t.Logf("%d transfers, %d mixed txns; checkpoint %d; %d regions", st.Committed.Load(), mst.Committed.Load(), cp, len(p.P.Cluster.Regions()))
 
-	p.verify(cp)
+	p.Verify(cp)
 
 	sort.Slice(points, func(i, j int) bool { return points[i].ts < points[j].ts })
 	for i, pt := range points {
 		// A target already split into several regions.
-		got, rows := p.restoreInto(i, pt.ts, "b/account/00000050", "b/account/00000150", "m/", "m/key/00000200")
-		requireSame(t, pt.want, got, pt.ts)
-		t.Logf("T #%2d = %d: %d keys equal (%d versions restored)", i, pt.ts, len(got), rows)
+		r := p.RestoreInto(i, pt.ts, pipeline.RestoreOptions{
+			SplitAt: []string{"b/account/00000050", "b/account/00000150", "m/", "m/key/00000200"}})
+		testkit.RequireSame(t, pt.want, r.Read, pt.ts)
+		t.Logf("T #%2d = %d: %d keys equal (%d versions restored)", i, pt.ts, len(r.Read), r.Result.Rows)
 	}
-}
-
-// movePeer moves one peer of a region whose leader stays put to the store
-// that has none, so the region's ConfVer changes and nothing else.
-func movePeer(t *testing.T, p *playground.Playground) bool {
-	t.Helper()
-	for _, r := range p.Cluster.Regions() {
-		for _, to := range p.StoreIDs() {
-			if r.PeerOn(to) != nil {
-				continue
-			}
-			for _, from := range p.StoreIDs() {
-				if from == r.Leader || r.PeerOn(from) == nil {
-					continue
-				}
-				require.NoError(t, p.Cluster.MovePeer(r.ID, from, to))
-				return true
-			}
-		}
-	}
-	return false
 }

@@ -2,16 +2,15 @@ package pitr_test
 
 import (
 	"context"
-	"math/rand"
-	"sort"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
+	"github.com/pitr-io/pitr/testkit"
+	"github.com/pitr-io/pitr/testkit/pipeline"
 )
 
 // TestTLSEndToEnd runs the whole pipeline once over TLS with client
@@ -23,47 +22,25 @@ import (
 // and status ports). Restores at four points must read exactly what the
 // source reads there.
 func TestTLSEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test skipped in -short mode")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := startPipeline(t, ctx, "tls", playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond, TLSDir: t.TempDir()})
-	require.True(t, p.tls.Enabled())
+	ctx, p, rng := startE2E(t, pipeline.Options{Task: "tls", Cluster: testkit.Options{
+		Playground: playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond, TLSDir: t.TempDir()}}})
+	require.True(t, p.TLS.Enabled())
 
-	bank := &workload.Bank{Client: p.kv, Prefix: "tls/", Accounts: 100, Initial: 1000}
+	bank := &workload.Bank{Client: p.KV, Prefix: "tls/", Accounts: 100, Initial: 1000}
 	require.NoError(t, bank.Init(ctx))
 	var st workload.Stats
-	wctx, stopWork := context.WithCancel(ctx)
-	workErr := make(chan error, 1)
-	go func() { workErr <- bank.Run(wctx, 4, &st) }()
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	stores := p.src.StoreIDs()
-	for i := 0; i < 12; i++ {
-		time.Sleep(500 * time.Millisecond)
-		if i%2 == 0 {
-			_, _ = p.src.Cluster.Split(bank.Key(rng.Intn(bank.Accounts)))
-		} else {
-			rs := p.src.Cluster.Regions()
-			_ = p.src.Cluster.TransferLeader(rs[rng.Intn(len(rs))].ID, stores[rng.Intn(len(stores))])
-		}
-	}
-	stopWork()
-	require.NoError(t, <-workErr)
+	work := p.StartWorkload(func(ctx context.Context) error { return bank.Run(ctx, 4, &st) })
+	chaos := &testkit.Chaos{Rand: rng, Step: 500 * time.Millisecond, For: 6 * time.Second,
+		Routine: []testkit.Action{p.Split(1<<30, bankKey(bank)), p.MoveLeader()}, Watch: []*testkit.Workload{work}}
+	require.NoError(t, chaos.Run(ctx))
+	require.NoError(t, work.Stop())
 	require.NotZero(t, st.Committed.Load())
 
-	endTS, err := coordinator.GetTS(ctx, p.cl.PD)
-	require.NoError(t, err)
-	cp := waitCheckpoint(t, ctx, p.cl.Etcd, "tls", endTS, 90*time.Second, p.src)
-	p.verify(cp)
-	points := []uint64{p.startTS, cp}
-	for len(points) < 4 {
-		points = append(points, p.startTS+uint64(rng.Int63n(int64(cp-p.startTS))))
-	}
-	sort.Slice(points, func(i, j int) bool { return points[i] < points[j] })
-	for i, T := range points {
-		got, rows := p.restoreInto(i, T)
-		requireSame(t, readAll(t, p.kv, T), got, T)
-		t.Logf("T #%d = %d: %d keys equal over TLS (%d versions restored)", i, T, len(got), rows)
+	cp := p.WaitCheckpoint(p.TS(), 90*time.Second)
+	p.Verify(cp)
+	for i, T := range randomPoints(rng, p.StartTS, cp, 4) {
+		r := p.RestoreInto(i, T, pipeline.RestoreOptions{})
+		testkit.RequireSame(t, p.ReadAll(T), r.Read, T)
+		t.Logf("T #%d = %d: %d keys equal over TLS (%d versions restored)", i, T, len(r.Read), r.Result.Rows)
 	}
 }

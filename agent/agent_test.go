@@ -21,7 +21,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	protobuf "google.golang.org/protobuf/proto"
@@ -35,6 +34,7 @@ import (
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
+	"github.com/pitr-io/pitr/testkit"
 )
 
 // env is a playground with a task and one in-process agent per store.
@@ -84,18 +84,18 @@ func newEnv(t *testing.T, ranges []*pitrpb.KeyRange, flushInterval time.Duration
 }
 
 // newEnvWith is newEnv on a playground configured by pc (GC off, 200ms
-// resolved ts and the test logger are set here).
+// resolved ts and the test logger are set here), started by testkit's
+// cluster layer. The task and the agents are this package's own: the task
+// has key ranges and no coordinator, and the agents run in-process or as
+// processes, each with a gRPC client.
 func newEnvWith(t *testing.T, pc playground.Config, ranges []*pitrpb.KeyRange, flushInterval time.Duration) *env {
 	t.Helper()
 	ctx := context.Background()
 	log := testLogger(t)
 	pc.GCInterval, pc.MinTSInterval, pc.Logger = -1, 200*time.Millisecond, log
-	p, err := playground.Start(ctx, pc)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.Close() })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.PDAddr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cli.Close() })
+	// No client-go client here: the tests make theirs.
+	kc := testkit.StartCluster(t, ctx, testkit.Options{Playground: pc, Component: "pitr-agent-test", WithoutKV: true})
+	p, cli := kc.P, kc.Clients.Etcd
 
 	startTS, err := p.PD.TS(ctx)
 	require.NoError(t, err)

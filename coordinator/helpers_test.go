@@ -12,6 +12,7 @@ import (
 	"github.com/pingcap/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"github.com/tikv/client-go/v2/txnkv"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -20,11 +21,11 @@ import (
 	"google.golang.org/grpc/status"
 	protobuf "google.golang.org/protobuf/proto"
 
-	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
+	"github.com/pitr-io/pitr/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -35,36 +36,29 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// cluster is a playground (PD + etcd on one address) and a PD client.
+// cluster is a playground (PD + etcd on one address), a PD client and,
+// when asked for, a client-go client: testkit's cluster layer (which
+// imports no coordinator, so this package's own tests can use it).
 type cluster struct {
 	p  *playground.Playground
 	pd PD
+	kv *txnkv.Client
 }
 
 func startCluster(t *testing.T, gcLifeTime time.Duration) *cluster {
 	t.Helper()
-	return startClusterStores(t, 1, gcLifeTime, nil)
+	return startClusterStores(t, 1, gcLifeTime, false)
 }
 
-// startClusterStores starts a playground; first, when set, runs before any
-// PD client is made (client-go's NewClient writes the PD client's global
-// metrics, racing with PD clients already running).
-func startClusterStores(t *testing.T, stores int, gcLifeTime time.Duration, first func(pdAddr string)) *cluster {
+// startClusterStores starts a playground with GC off; withKV adds a
+// client-go client (made before any PD client: see testkit.Options).
+func startClusterStores(t *testing.T, stores int, gcLifeTime time.Duration, withKV bool) *cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := playground.Start(ctx, playground.Config{Stores: stores, GCInterval: -1, GCLifeTime: gcLifeTime})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.Close() })
-	if first != nil {
-		first(p.PDAddr())
-	}
-	pdc, err := connector.PD(ctx, connector.Config{PDAddrs: []string{p.PDAddr()}, Timeout: 10 * time.Second, Component: "pitr-coordinator-test"})
-	require.NoError(t, err)
-	t.Cleanup(pdc.Close)
-	_, err = GetTS(ctx, pdc) // the pinned client's first GetTS may fail once
-	require.NoError(t, err)
-	return &cluster{p: p, pd: pdc}
+	kc := testkit.StartCluster(t, ctx, testkit.Options{Component: "pitr-coordinator-test", WithoutKV: !withKV,
+		Playground: playground.Config{Stores: stores, GCInterval: -1, GCLifeTime: gcLifeTime}})
+	return &cluster{p: kc.P, pd: kc.Clients.PD, kv: kc.KV}
 }
 
 // etcd opens a new etcd client on the playground (one per coordinator, so

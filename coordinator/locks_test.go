@@ -40,14 +40,8 @@ func startLockEnv(t *testing.T) *lockEnv {
 	// coordinator ticked again. client-go judges TTLs with its
 	// low-resolution ts, refreshed every 2 s.
 	e.limit = e.threshold + 2*e.tick + e.flush + time.Second + 2*time.Second
-	e.c = startClusterStores(t, 1, 0, func(pdAddr string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		var err error
-		e.kv, err = workload.Connect(ctx, []string{pdAddr})
-		require.NoError(t, err)
-	})
-	t.Cleanup(func() { _ = e.kv.Close() })
+	e.c = startClusterStores(t, 1, 0, true)
+	e.kv = e.c.kv
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	a, err := agent.New(agent.Config{PDAddrs: []string{e.c.p.PDAddr()}, TiKVAddr: e.c.p.StoreAddrs()[e.c.p.StoreIDs()[0]],

@@ -8,17 +8,18 @@ import (
 	"math/rand"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pitr-io/pitr/agent"
-	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
-	"github.com/pitr-io/pitr/task"
+	"github.com/pitr-io/pitr/testkit"
+	"github.com/pitr-io/pitr/testkit/pipeline"
 )
 
 func init() {
@@ -127,8 +128,26 @@ func syntheticRegions(n, stores int) []coordinator.Report {
 // one tick to see it, the resolved-ts interval (1 s) for TiKV to move, one
 // flush for the agent and one tick for the coordinator; client-go judges
 // TTLs with a low-resolution ts (up to 2 s old).
-func benchLag(ctx context.Context, env *Env) ([]Row, error) {
+func benchLag(ctx context.Context, env *Env) (rows []Row, err error) {
 	quietClientGo()
+	// The pipeline is the tests' harness; its TB logs to the bench's log and
+	// turns a failure into this section's error.
+	err = testkit.Run(testkit.RunOptions{Log: logWriter{env}, Dir: env.Tmp}, func(tb testkit.TB) error {
+		rows, err = measureLag(tb, ctx, env)
+		return err
+	})
+	return rows, err
+}
+
+// logWriter sends the harness's lines to the bench's log.
+type logWriter struct{ env *Env }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.env.Logf("%s", strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func measureLag(tb testkit.TB, ctx context.Context, env *Env) ([]Row, error) {
 	const (
 		flushInterval = agent.DefaultFlushInterval
 		tick          = coordinator.DefaultTickInterval
@@ -141,75 +160,42 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 		resolvedTS   = time.Second
 		ttlClock     = 2 * time.Second
 	)
-	p, err := playground.Start(ctx, playground.Config{Stores: 3, GCInterval: -1})
-	if err != nil {
-		return nil, err
-	}
-	defer p.Close()
-	pdAddrs := []string{p.PDAddr()}
-	cl, err := coordinator.Connect(ctx, connector.Config{PDAddrs: pdAddrs, Timeout: 10 * time.Second, Component: "pitr-bench"})
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
-	if _, err := coordinator.GetTS(ctx, cl.PD); err != nil {
-		return nil, err
-	}
-
-	cli, err := workload.Connect(ctx, pdAddrs)
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	bank := &workload.Bank{Client: cli, Prefix: "lag/", Accounts: 1000, Initial: 1000}
-	if err := bank.Init(ctx); err != nil {
-		return nil, err
-	}
-	for _, k := range []int{250, 500, 750} {
-		if _, err := p.Cluster.Split(bank.Key(k)); err != nil {
-			return nil, err
-		}
-	}
-
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 8)
-	running := 0
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: hclog.DefaultOutput})
-	addrs := p.StoreAddrs()
-	for _, id := range p.StoreIDs() {
-		a, err := agent.New(agent.Config{PDAddrs: pdAddrs, TiKVAddr: addrs[id], DataDir: fmt.Sprintf("%s/agent-%d", env.Tmp, id),
-			ListenAddr: "127.0.0.1:0", HTTPAddr: "-", FlushInterval: flushInterval, Logger: log.Named(fmt.Sprintf("agent-%d", id))})
-		if err != nil {
-			return nil, err
-		}
-		defer a.Close()
-		running++
-		go func() { done <- a.Run(runCtx) }()
-	}
-	co, err := coordinator.New(coordinator.Config{Etcd: cl.Etcd, PD: cl.PD, HTTPAddr: "-", TickInterval: tick, Logger: log,
-		ResolveLocksAfter: resolveAfter, Locks: coordinator.NewLockResolver(cli.KVStore)})
-	if err != nil {
-		return nil, err
-	}
-	defer co.Close()
-	running++
-	go func() { done <- co.Run(runCtx) }()
-	defer func() {
-		stop()
-		for ; running > 0; running-- {
-			<-done
-		}
-	}()
-
-	if _, err := coordinator.StartTask(ctx, cl.Etcd, cl.PD, coordinator.StartOptions{Name: "lag", StorageURL: "file://" + env.Tmp + "/backup"}); err != nil {
-		return nil, err
+	bank := &workload.Bank{Prefix: "lag/", Accounts: 1000, Initial: 1000}
+	p := pipeline.Start(tb, ctx, pipeline.Options{Task: "lag",
+		Cluster: testkit.Options{Component: "pitr-bench", Playground: playground.Config{Stores: 3, GCInterval: -1, Logger: log}},
+		// Four regions for the accounts, before the agents start.
+		Setup: func(c *testkit.Cluster) {
+			for _, k := range []int{250, 500, 750} {
+				if _, err := c.P.Cluster.Split(bank.Key(k)); err != nil {
+					tb.Fatalf("split: %v", err)
+				}
+			}
+		},
+		Agent: func(id uint64, cfg *agent.Config) {
+			cfg.FlushInterval, cfg.Logger = flushInterval, log.Named(fmt.Sprintf("agent-%d", id))
+		},
+		Coordinators: 1,
+		Coordinator: func(_ int, cfg *coordinator.Config) {
+			cfg.TickInterval, cfg.ResolveLocksAfter, cfg.SessionTTL, cfg.ID = tick, resolveAfter, 0, ""
+		},
+	})
+	bank.Client = p.KV
+	if err := bank.Init(ctx); err != nil {
+		return nil, fmt.Errorf("load accounts: %w", err)
 	}
 	var st workload.Stats
-	wctx, wcancel := context.WithCancel(runCtx)
-	defer wcancel()
-	go func() { done <- ignoreCanceled(bank.Run(wctx, 4, &st)) }()
-	running++
+	work := p.StartWorkload(func(ctx context.Context) error { return ignoreCanceled(bank.Run(ctx, 4, &st)) })
+	// stopped reports a part of the pipeline or the workload that stopped.
+	stopped := func() error {
+		if ended, err := work.Ended(); ended {
+			return fmt.Errorf("the workload stopped: %v", err)
+		}
+		if tb.Failed() {
+			return errors.New("a part of the pipeline stopped")
+		}
+		return nil
+	}
 
 	// Warm up (initial scans, first flushes), then sample every 200 ms.
 	select {
@@ -220,18 +206,18 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 	var lags []float64
 	end := time.Now().Add(measure)
 	for time.Now().Before(end) {
-		cp, err := task.Checkpoint(ctx, cl.Etcd, "lag")
+		cp, err := p.Checkpoint()
 		if err != nil {
 			return nil, err
 		}
 		lags = append(lags, time.Since(keyspace.Time(cp)).Seconds())
+		if err := stopped(); err != nil {
+			return nil, err
+		}
 		select {
 		case <-time.After(200 * time.Millisecond):
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case err := <-done:
-			running--
-			return nil, fmt.Errorf("a part stopped: %v", err)
 		}
 	}
 	committed := st.Committed.Load()
@@ -250,12 +236,12 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 	// The 3 s: the resolved-ts interval and client-go's TTL clock.
 	limit := resolveAfter + 2*tick + flushInterval + resolvedTS + ttlClock
 	created := time.Now()
-	leakTS, err := workload.LeakLock(ctx, cli, []byte("lag/orphan"), leakTTL)
+	leakTS, err := workload.LeakLock(ctx, p.KV, []byte("lag/orphan"), leakTTL)
 	if err != nil {
 		return nil, err
 	}
 	for {
-		cp, err := task.Checkpoint(ctx, cl.Etcd, "lag")
+		cp, err := p.Checkpoint()
 		if err != nil {
 			return nil, err
 		}
@@ -265,13 +251,13 @@ func benchLag(ctx context.Context, env *Env) ([]Row, error) {
 		if time.Since(created) > 3*limit {
 			return nil, fmt.Errorf("lock liveness: the checkpoint is still held at %d by the leaked lock %d after %s", cp, leakTS, time.Since(created).Round(time.Second))
 		}
+		if err := stopped(); err != nil {
+			return nil, err
+		}
 		select {
 		case <-time.After(100 * time.Millisecond):
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case err := <-done:
-			running--
-			return nil, fmt.Errorf("a part stopped: %v", err)
 		}
 	}
 	held := time.Since(created).Seconds()
