@@ -26,6 +26,7 @@ import (
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/flush"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cluster"
@@ -120,8 +121,7 @@ func newEnvWith(t *testing.T, pc playground.Config, ranges []*pitrpb.KeyRange, f
 		FlushInterval:  flushInterval,
 		RegionInterval: 300 * time.Millisecond,
 		ConnectTimeout: 5 * time.Second,
-		MemoryBudget:   16 << 20,
-		FileTarget:     4 << 20,
+		Settings:       flush.Settings{MemoryBudget: 16 << 20, FileTarget: 4 << 20},
 		Logger:         log,
 	}
 	t.Cleanup(e.stopAll)

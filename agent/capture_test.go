@@ -105,7 +105,7 @@ func (f *fakeStream) Recv() (*cdcpb.ChangeDataEvent, error) {
 
 func testCapture(t *testing.T) (*capture, *fakeSink, *fakeStream, *feed) {
 	t.Helper()
-	a := &Agent{cfg: Config{FileTarget: 1 << 30, FlushInterval: time.Second, BlockedGrace: 100 * time.Millisecond}, log: hclog.NewNullLogger(), tasks: map[string]*runner{}}
+	a := &Agent{cfg: Config{Settings: flush.Settings{FileTarget: 1 << 30}, FlushInterval: time.Second, BlockedGrace: 100 * time.Millisecond}, log: hclog.NewNullLogger(), tasks: map[string]*runner{}}
 	met, err := newMetrics(prometheus.NewRegistry(), a)
 	require.NoError(t, err)
 	a.met = met

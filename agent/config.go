@@ -11,17 +11,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/flush"
 )
 
-// Defaults of the zero fields of Config.
+// Defaults of the zero fields of Config (flush.Settings has its own).
 const (
 	DefaultListenAddr     = "127.0.0.1:9595"
 	DefaultHTTPAddr       = "127.0.0.1:9596"
 	DefaultFlushInterval  = 5 * time.Second
-	DefaultMemoryBudget   = 256 << 20
-	DefaultSpillBudget    = 8 << 30
-	DefaultFileTarget     = 128 << 20
-	DefaultUploads        = 4
 	DefaultRegionInterval = 10 * time.Second
 	DefaultBlockedGrace   = time.Second
 	DefaultConnectTimeout = 10 * time.Second
@@ -59,10 +56,9 @@ type Config struct {
 	// FlushInterval is the time between flush cuts; a cut also happens when
 	// a task's buffer reaches FileTarget.
 	FlushInterval time.Duration
-	// MemoryBudget and SpillBudget bound each task's buffer in memory and
-	// on disk (see package flush). SpillBudget < 0: never spill.
-	MemoryBudget int64
-	SpillBudget  int64
+	// Settings bound each task's buffer in memory and on disk, size its
+	// data files and its concurrent uploads (package flush's knobs).
+	flush.Settings
 	// PrewriteBudget bounds the pending prewrites (key, value and old value
 	// of transactions not yet committed) the agent holds for all its tasks.
 	// Above it the region holding the most is subscribed again from its
@@ -70,10 +66,6 @@ type Config struct {
 	// whose open transactions alone exceed it after that is kept and
 	// reported as over the budget (one region at a time). < 0: no limit.
 	PrewriteBudget int64
-	// FileTarget is the data file size flush aims for.
-	FileTarget int64
-	// UploadConcurrency bounds concurrent data file uploads per task.
-	UploadConcurrency int
 	// UploadRateLimit bounds the bytes per second the agent sends to (and
 	// reads from) storage, over every task together (0: none), so a
 	// backlog after an outage does not saturate the store's network.
@@ -114,20 +106,9 @@ func (c *Config) SetDefaults() {
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultFlushInterval
 	}
-	if c.MemoryBudget == 0 {
-		c.MemoryBudget = DefaultMemoryBudget
-	}
-	if c.SpillBudget == 0 {
-		c.SpillBudget = DefaultSpillBudget
-	}
-	if c.FileTarget == 0 {
-		c.FileTarget = DefaultFileTarget
-	}
+	c.Settings.SetDefaults()
 	if c.PrewriteBudget == 0 {
 		c.PrewriteBudget = DefaultPrewriteBudget
-	}
-	if c.UploadConcurrency == 0 {
-		c.UploadConcurrency = DefaultUploads
 	}
 	if c.RegionInterval == 0 {
 		c.RegionInterval = DefaultRegionInterval

@@ -101,16 +101,13 @@ func (r *runner) runOnce() error {
 	reg := &trackingRegisterer{Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"task": r.name}, r.a.reg)}
 	defer reg.unregisterAll()
 	fl, err := flush.New(flush.Config{
-		StoreID:           r.a.storeID,
-		Task:              r.name,
-		Dir:               filepath.Join(r.a.cfg.DataDir, r.name, "spill"),
-		MemoryBudget:      r.a.cfg.MemoryBudget,
-		SpillBudget:       r.a.cfg.SpillBudget,
-		FileTarget:        r.a.cfg.FileTarget,
-		UploadConcurrency: r.a.cfg.UploadConcurrency,
-		Storage:           st,
-		Logger:            r.log,
-		Registerer:        reg,
+		StoreID:    r.a.storeID,
+		Task:       r.name,
+		Dir:        filepath.Join(r.a.cfg.DataDir, r.name, "spill"),
+		Settings:   r.a.cfg.Settings,
+		Storage:    st,
+		Logger:     r.log,
+		Registerer: reg,
 	})
 	if err != nil {
 		return fmt.Errorf("create flusher: %w", err)

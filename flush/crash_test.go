@@ -83,7 +83,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	rows := genRows(rng, 3000, 1<<30, 300) // ~1 MiB: 4 files of 256 KiB
 	all := want(rows)
 
-	cfg := Config{MemoryBudget: 256 << 10, FileTarget: 256 << 10, UploadConcurrency: 1}
+	cfg := Config{Settings: Settings{MemoryBudget: 256 << 10, FileTarget: 256 << 10, UploadConcurrency: 1}}
 	// Count the steps of a clean flush.
 	probe := &faultUploader{st: memStorage(t), t: t, stored: map[string]bool{}}
 	pcfg := cfg
@@ -173,7 +173,7 @@ func TestUploadFailsWithConcurrency(t *testing.T) {
 	faulty := storagetest.NewFaulty(st)
 	// Every data file upload fails after 10 KiB, twice.
 	faulty.Inject(storagetest.Fault{Op: storagetest.OpPut, Times: 2, Err: errInjected, After: 10 << 10})
-	f := newFlusher(t, Config{Storage: faulty, FileTarget: 64 << 10, UploadConcurrency: 4})
+	f := newFlusher(t, Config{Storage: faulty, Settings: Settings{FileTarget: 64 << 10, UploadConcurrency: 4}})
 	rows := genRows(rng, 2000, 1<<30, 300)
 	kept := addAll(t, f, rows, 100)
 	_, err := f.Flush(ctx, keyspace.Compose(20, 0), nil)

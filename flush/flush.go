@@ -35,13 +35,10 @@ const (
 // ErrClosed: the Flusher was closed.
 var ErrClosed = errors.New("flush: closed")
 
-// Config configures a Flusher. Zero numeric fields take the defaults above.
-type Config struct {
-	StoreID uint64
-	Task    string
-	// Dir is the local spill directory, used by this Flusher only. New
-	// creates it and deletes spill runs left in it by an earlier process.
-	Dir string
+// Settings are the knobs of a Flusher its owner exposes to users: the
+// agent's config embeds them rather than declaring its own. Zero fields
+// take the defaults above.
+type Settings struct {
 	// MemoryBudget bounds the accounted size of rows held in memory (see
 	// the package doc). Half of it is the spill threshold.
 	MemoryBudget int64
@@ -55,6 +52,32 @@ type Config struct {
 	FileTarget int64
 	// UploadConcurrency bounds the data files being uploaded at once.
 	UploadConcurrency int
+}
+
+// SetDefaults fills the zero fields with the defaults.
+func (s *Settings) SetDefaults() {
+	if s.MemoryBudget == 0 {
+		s.MemoryBudget = DefaultMemoryBudget
+	}
+	if s.SpillBudget == 0 {
+		s.SpillBudget = DefaultSpillBudget
+	}
+	if s.FileTarget == 0 {
+		s.FileTarget = DefaultFileTarget
+	}
+	if s.UploadConcurrency == 0 {
+		s.UploadConcurrency = DefaultUploadConcurrency
+	}
+}
+
+// Config configures a Flusher. Zero numeric fields take the defaults above.
+type Config struct {
+	StoreID uint64
+	Task    string
+	// Dir is the local spill directory, used by this Flusher only. New
+	// creates it and deletes spill runs left in it by an earlier process.
+	Dir string
+	Settings
 	// Writer is passed to logfile.NewWriter for every data file, with
 	// RowGroupBytes capped at FileTarget/8.
 	Writer logfile.WriterOptions
@@ -65,18 +88,7 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.MemoryBudget == 0 {
-		c.MemoryBudget = DefaultMemoryBudget
-	}
-	if c.SpillBudget == 0 {
-		c.SpillBudget = DefaultSpillBudget
-	}
-	if c.FileTarget == 0 {
-		c.FileTarget = DefaultFileTarget
-	}
-	if c.UploadConcurrency == 0 {
-		c.UploadConcurrency = DefaultUploadConcurrency
-	}
+	c.Settings.SetDefaults()
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}

@@ -39,8 +39,8 @@ func TestFlush(t *testing.T) {
 	}{
 		{name: "empty"},
 		{name: "memory only", rows: genRows(rng, 2000, 500, 100)},
-		{name: "spilled", cfg: Config{MemoryBudget: 64 << 10}, rows: genRows(rng, 3000, 1000, 100), wantSpill: true},
-		{name: "duplicates across memory and spill", cfg: Config{MemoryBudget: 64 << 10}, rows: genRows(rng, 1000, 300, 50), twice: true, wantSpill: true},
+		{name: "spilled", cfg: Config{Settings: Settings{MemoryBudget: 64 << 10}}, rows: genRows(rng, 3000, 1000, 100), wantSpill: true},
+		{name: "duplicates across memory and spill", cfg: Config{Settings: Settings{MemoryBudget: 64 << 10}}, rows: genRows(rng, 1000, 300, 50), twice: true, wantSpill: true},
 		{name: "duplicates in memory", rows: genRows(rng, 1000, 300, 50), twice: true},
 	}
 	for _, tc := range tests {
@@ -97,7 +97,7 @@ func TestFileCut(t *testing.T) {
 			rng := rand.New(rand.NewPCG(3, 4))
 			st := memStorage(t)
 			const target = 1 << 20
-			f := newFlusher(t, Config{Storage: st, FileTarget: target, Writer: logfile.WriterOptions{RowGroupBytes: rg}})
+			f := newFlusher(t, Config{Storage: st, Writer: logfile.WriterOptions{RowGroupBytes: rg}, Settings: Settings{FileTarget: target}})
 			rows := genRows(rng, 5*1024, 1<<30, 1024) // ~5 MiB, incompressible
 			added := addAll(t, f, rows, 100)
 			m, err := f.Flush(context.Background(), keyspace.Compose(500, 0), nil)
@@ -123,7 +123,7 @@ func TestNoTailSliver(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	st := memStorage(t)
 	const target = 1 << 20
-	f := newFlusher(t, Config{Storage: st, FileTarget: target, Writer: logfile.WriterOptions{RowGroupBytes: 32 << 10}})
+	f := newFlusher(t, Config{Storage: st, Writer: logfile.WriterOptions{RowGroupBytes: 32 << 10}, Settings: Settings{FileTarget: target}})
 	rows := genRows(rng, 1024+200, 1<<30, 1024) // ~1.2 MiB, incompressible
 	added := addAll(t, f, rows, 100)
 	m, err := f.Flush(context.Background(), keyspace.Compose(500, 0), nil)
@@ -149,7 +149,7 @@ func TestSpillKeepsMemoryInBudget(t *testing.T) {
 	dir := t.TempDir()
 	st := memStorage(t)
 	const budget = 256 << 10
-	f := newFlusher(t, Config{Storage: st, Dir: dir, MemoryBudget: budget, Registerer: reg})
+	f := newFlusher(t, Config{Storage: st, Dir: dir, Registerer: reg, Settings: Settings{MemoryBudget: budget}})
 	rows := genRows(rng, 20000, 5000, 100) // ~2.5 MiB
 	kept := clones(rows)
 	for i := 0; i < len(rows); i += 50 {
@@ -227,7 +227,7 @@ func TestBackpressure(t *testing.T) {
 			rng := rand.New(rand.NewPCG(7, 8))
 			st := memStorage(t)
 			const budget = 64 << 10
-			f := newFlusher(t, Config{Storage: st, MemoryBudget: budget, SpillBudget: tc.spillBudget})
+			f := newFlusher(t, Config{Storage: st, Settings: Settings{MemoryBudget: budget, SpillBudget: tc.spillBudget}})
 			rows := genRows(rng, 3000, 1<<30, 100)
 			kept := clones(rows)
 			a := startAdder(t, f, rows, 20)
@@ -273,7 +273,7 @@ func TestBlockedAddCancelled(t *testing.T) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(9, 10))
 	st := memStorage(t)
-	f := newFlusher(t, Config{Storage: st, MemoryBudget: 64 << 10, SpillBudget: -1})
+	f := newFlusher(t, Config{Storage: st, Settings: Settings{MemoryBudget: 64 << 10, SpillBudget: -1}})
 	first := genRows(rng, 100, 1<<30, 100)
 	kept := addAll(t, f, first, 100) // fills the memory side
 	blocked := make(chan struct{}, 1)
@@ -344,7 +344,7 @@ func TestAddDuringFlushGoesToNextFlush(t *testing.T) {
 func TestConcurrentAddsAndFlushes(t *testing.T) {
 	ctx := context.Background()
 	st := memStorage(t)
-	f := newFlusher(t, Config{Storage: st, MemoryBudget: 128 << 10, SpillBudget: 1 << 20, FileTarget: 64 << 10, UploadConcurrency: 3})
+	f := newFlusher(t, Config{Storage: st, Settings: Settings{MemoryBudget: 128 << 10, SpillBudget: 1 << 20, FileTarget: 64 << 10, UploadConcurrency: 3}})
 	const adders, batches, batch = 4, 40, 25
 	var mu sync.Mutex
 	var all []logfile.Row
@@ -418,7 +418,7 @@ func TestClose(t *testing.T) {
 	rng := rand.New(rand.NewPCG(14, 15))
 	dir := t.TempDir()
 	reg := prometheus.NewRegistry()
-	f, err := New(Config{StoreID: 1, Task: "t", Dir: dir, Storage: memStorage(t), MemoryBudget: 32 << 10, SpillBudget: 64 << 10, Registerer: reg})
+	f, err := New(Config{StoreID: 1, Task: "t", Dir: dir, Storage: memStorage(t), Registerer: reg, Settings: Settings{MemoryBudget: 32 << 10, SpillBudget: 64 << 10}})
 	require.NoError(t, err)
 	_, err = New(Config{StoreID: 1, Task: "t", Dir: t.TempDir(), Storage: memStorage(t), Registerer: reg})
 	require.Error(t, err, "metrics are registered once per registerer")
@@ -460,7 +460,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no task", Config{StoreID: 1, Dir: "d", Storage: st}},
 		{"no dir", Config{StoreID: 1, Task: "t", Storage: st}},
 		{"no storage", Config{StoreID: 1, Task: "t", Dir: "d"}},
-		{"negative memory", Config{StoreID: 1, Task: "t", Dir: "d", Storage: st, MemoryBudget: -1}},
+		{"negative memory", Config{StoreID: 1, Task: "t", Dir: "d", Storage: st, Settings: Settings{MemoryBudget: -1}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -61,7 +61,7 @@ func (b *testBackup) flush(store, flushTS uint64, rows []logfile.Row, regions ..
 	if f == nil {
 		var err error
 		f, err = flush.New(flush.Config{StoreID: store, Task: b.task.GetName(), Dir: filepath.Join(b.t.TempDir(), "spill"),
-			Storage: b.st, Writer: b.writer, FileTarget: b.fileTarget})
+			Storage: b.st, Writer: b.writer, Settings: flush.Settings{FileTarget: b.fileTarget}})
 		require.NoError(b.t, err)
 		b.t.Cleanup(func() { _ = f.Close() })
 		b.flushers[store] = f

@@ -21,6 +21,7 @@ import (
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/pitr-io/pitr/agent"
+	"github.com/pitr-io/pitr/flush"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/cdc"
@@ -44,7 +45,7 @@ func benchCapture(ctx context.Context, env *Env) ([]Row, error) {
 	// Three file targets' worth: flushes of earlier data overlap the scan
 	// of later data, as under sustained load (one file target would time a
 	// scan and then a flush, one after the other).
-	capMBs, discardMBs, err := captureThroughput(ctx, env, 3*agent.DefaultFileTarget)
+	capMBs, discardMBs, err := captureThroughput(ctx, env, 3*flush.DefaultFileTarget)
 	if err != nil {
 		return nil, err
 	}
