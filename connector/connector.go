@@ -5,9 +5,9 @@
 //
 // TLS follows BR and TiCDC: --ca, --cert and --key name PEM files, the same
 // on every connection (TiKV and PD with security configured require a
-// client certificate signed by the cluster's CA). The certificate files
-// are read again when they change (see TLS.ClientConfig); the PD client
-// reads them when it connects.
+// client certificate signed by the cluster's CA). A rotated certificate
+// and key are used without a restart (see TLS.ClientConfig and
+// ServerConfig); the PD client reads them when it connects.
 package connector
 
 import (

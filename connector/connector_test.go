@@ -194,7 +194,7 @@ func TestServerAllowedCN(t *testing.T) {
 }
 
 // TestClientVerifiesServer: the client checks the server's chain and name
-// against the CA it was given (InsecureSkipVerify only moves the check).
+// against the CA it was given.
 func TestClientVerifiesServer(t *testing.T) {
 	ctx := context.Background()
 	a, err := certs.Ensure(t.TempDir())
@@ -205,6 +205,12 @@ func TestClientVerifiesServer(t *testing.T) {
 	require.NoError(t, check(ctx, addr, TLS{CA: a.CA, Cert: a.ClientCert, Key: a.ClientKey}))
 	err = check(ctx, addr, TLS{CA: b.CA, Cert: a.ClientCert, Key: a.ClientKey})
 	require.ErrorContains(t, err, "unknown authority", "a server signed by another CA")
+	// 127.0.0.1 is in the server certificate's IP SANs; another address is
+	// not (TLS sends no SNI for an IP, the check still happens).
+	cfg0, err := TLS{CA: a.CA, Cert: a.ClientCert, Key: a.ClientKey}.ClientConfig()
+	require.NoError(t, err)
+	cfg0.ServerName = "10.0.0.1"
+	require.ErrorContains(t, checkWith(ctx, addr, cfg0), "10.0.0.1", "an IP the certificate does not carry")
 
 	cfg, err := TLS{CA: a.CA, Cert: a.ClientCert, Key: a.ClientKey}.ClientConfig()
 	require.NoError(t, err)

@@ -56,10 +56,12 @@ func (t TLS) Scheme() string {
 }
 
 // ClientConfig returns a client TLS config (nil when TLS is off) that
-// presents the certificate and verifies the server against the CA. Both
-// are read again when their files change (checked at most once a second,
-// at handshakes), so a rotated certificate is used by the next connection
-// without a restart.
+// presents the certificate and verifies the server, chain and name (IP
+// SANs included), against the CA as crypto/tls does. The certificate and
+// key are read again when their files change (checked at most once a
+// second, at handshakes), so a rotated client certificate is used by the
+// next connection without a restart; the CA is read when the config is
+// made (a new CA takes a new connection set-up, e.g. a restart).
 func (t TLS) ClientConfig() (*tls.Config, error) {
 	if !t.Enabled() {
 		return nil, nil
@@ -73,6 +75,7 @@ func (t TLS) ClientConfig() (*tls.Config, error) {
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
+		RootCAs:    r.cur.pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			s, err := r.get()
 			if err != nil {
@@ -83,25 +86,14 @@ func (t TLS) ClientConfig() (*tls.Config, error) {
 			}
 			return s.cert, nil
 		},
-		// The CA may rotate too, and tls.Config's RootCAs is fixed, so
-		// the chain and the name are checked here against the current
-		// CA instead of by the handshake's own verification (which this
-		// replaces exactly: same roots, same host name check).
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			s, err := r.get()
-			if err != nil {
-				return err
-			}
-			return verifyChain(cs.PeerCertificates, s.pool, x509.ExtKeyUsageServerAuth, cs.ServerName)
-		},
 	}, nil
 }
 
 // ServerConfig returns a server TLS config (nil when TLS is off) that
 // requires a client certificate signed by the CA and, when allowedCN is
 // not empty, whose subject common name is in it (TiKV's
-// security.cert-allowed-cn). Files are reloaded as in ClientConfig.
+// security.cert-allowed-cn). The certificate, key and CA are read again
+// when their files change (checked at most once a second, at handshakes).
 func (t TLS) ServerConfig(allowedCN []string) (*tls.Config, error) {
 	if !t.Enabled() {
 		return nil, nil
@@ -192,26 +184,6 @@ func canServe(c *tls.Certificate) error {
 		return nil
 	}
 	return fmt.Errorf("tls: certificate %q is for clients only (no server authentication usage) and cannot serve", leaf.Subject.CommonName)
-}
-
-// verifyChain checks a peer's chain against roots for usage and, when
-// name is set, the leaf's host name, as crypto/tls does by default.
-func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtKeyUsage, name string) error {
-	if len(certs) == 0 {
-		return errors.New("tls: the server sent no certificate")
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	_, err := certs[0].Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: inter, DNSName: name,
-		KeyUsages: []x509.ExtKeyUsage{usage},
-	})
-	if err != nil {
-		return fmt.Errorf("tls: %w", err)
-	}
-	return nil
 }
 
 // reloadEvery bounds how often the files are checked for changes.
