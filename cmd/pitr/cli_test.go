@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -12,15 +10,7 @@ import (
 	"github.com/pitr-io/pitr/cmd/internal/cli"
 )
 
-func run(args ...string) (string, error) {
-	root := newRootCmd()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.ExecuteContext(context.Background())
-	return out.String(), err
-}
+func run(args ...string) (string, error) { return cli.Execute(newRootCmd(), args...) }
 
 // TestHelpListsContract checks that `pitr --help` shows every command line
 // of DESIGN.md §7.

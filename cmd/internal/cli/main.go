@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -65,4 +66,15 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: want a number of bytes with an optional KiB/MiB/GiB suffix", s)
 	}
 	return n * mult, nil
+}
+
+// Execute runs root with args in this process, its output and errors
+// into one buffer, and returns both: how the binaries' tests drive them.
+func Execute(root *cobra.Command, args ...string) (string, error) {
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
 }
