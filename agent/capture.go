@@ -31,22 +31,11 @@ import (
 // (TIKV-PROTOCOLS §1.1).
 const ticdcVersion = "8.5.0"
 
-// cutAt is the buffered logical size at which a flush makes files of about
-// the target size: the buffer is counted in key+value bytes, files in stored
-// (compressed) bytes, so the cut waits for target/ratio logical bytes, with
-// the ratio measured by the flushes so far (before any, the cut is at the
-// target itself, making the first file smaller).
-func cutAt(target int64, ratio float64) int64 {
-	if ratio <= 0 || ratio > 1 {
-		return target
-	}
-	return int64(float64(target) / max(ratio, 0.05))
-}
-
 // sink is what a capture needs of flush.Flusher.
 type sink interface {
 	Add(ctx context.Context, rows []logfile.Row) error
 	Buffered() int64
+	CutDue() bool
 	Flush(ctx context.Context, flushTS uint64, regions []*pitrpb.RegionCoverage) (*pitrpb.Meta, error)
 	Stats() flush.Stats
 }
@@ -157,7 +146,7 @@ type capture struct {
 	stopped  chan struct{} // closed when run returns
 	kick     chan struct{} // re-read regions from PD now (a change signal)
 	wake     chan struct{} // subscribe due idle regions now (no PD scan)
-	full     chan struct{} // the buffer reached FileTarget
+	full     chan struct{} // the flusher's size policy wants a cut (CutDue)
 	probe    chan []logfile.Row
 	flushReq chan chan flushResult
 }
@@ -176,7 +165,7 @@ func newCapture(r *runner, fl sink) *capture {
 		cfg: captureConfig{
 			StoreID: a.storeID, ClusterID: a.clusterID, TiKVAddr: a.cfg.TiKVAddr,
 			FlushInterval: a.cfg.FlushInterval, RegionInterval: a.cfg.RegionInterval, BlockedGrace: a.cfg.BlockedGrace,
-			FileTarget: a.cfg.FileTarget, PrewriteBudget: a.cfg.PrewriteBudget,
+			PrewriteBudget: a.cfg.PrewriteBudget,
 		},
 		cl: agentCluster{a}, health: a, task: r, met: a.met, pending: &a.pending,
 		log: r.log, fl: fl, tso: a.tso,
@@ -193,7 +182,7 @@ type captureConfig struct {
 	StoreID, ClusterID                          uint64
 	TiKVAddr                                    string
 	FlushInterval, RegionInterval, BlockedGrace time.Duration
-	FileTarget, PrewriteBudget                  int64
+	PrewriteBudget                              int64
 }
 
 // clusterAPI is what a capture asks of the cluster: the local store's
@@ -503,7 +492,7 @@ func (c *capture) add(ctx context.Context, f *feed, batch []logfile.Row, from []
 	}
 	c.met.capturedRows.Add(float64(len(batch)))
 	c.met.capturedBytes.Add(float64(n))
-	if c.fl.Buffered() >= cutAt(c.cfg.FileTarget, c.fl.Stats().FileRatio) {
+	if c.fl.CutDue() {
 		signal(c.full)
 	}
 	return nil

@@ -62,6 +62,8 @@ func (s *fakeSink) Flush(_ context.Context, ts uint64, regions []*pitrpb.RegionC
 
 func (s *fakeSink) Stats() flush.Stats { return flush.Stats{} }
 
+func (s *fakeSink) CutDue() bool { return false }
+
 func (s *fakeSink) keys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

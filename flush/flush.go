@@ -334,12 +334,31 @@ func sortChunks(chunks [][]logfile.Row) []*logfile.Row {
 }
 
 // Buffered returns the logical bytes (key+value) added and not yet taken by
-// a Flush, in memory and spilled. An agent can cut a flush early once it
-// reaches Config.FileTarget.
+// a Flush, in memory and spilled (CutDue says when that makes a file).
 func (f *Flusher) Buffered() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.cur.logical
+}
+
+// CutDue reports whether the buffer holds enough for a flush to make files
+// of about FileTarget: the flush's size policy (the agent adds its time
+// policy, FlushInterval, on top).
+func (f *Flusher) CutDue() bool {
+	st := f.Stats()
+	return st.Buffered >= cutAt(f.cfg.FileTarget, st.FileRatio)
+}
+
+// cutAt is the buffered logical size at which a flush makes files of about
+// the target size: the buffer is counted in key+value bytes, files in stored
+// (compressed) bytes, so the cut waits for target/ratio logical bytes, with
+// the ratio measured by the flushes so far (before any, the cut is at the
+// target itself, making the first file smaller).
+func cutAt(target int64, ratio float64) int64 {
+	if ratio <= 0 || ratio > 1 {
+		return target
+	}
+	return int64(float64(target) / max(ratio, 0.05))
 }
 
 // Stats is a snapshot of the Flusher's buffers.
