@@ -94,10 +94,10 @@ func (p *agentPool) close() {
 // and the state of every agent.
 // poll asks every agent for its progress on a task; rescan asks each to
 // re-read the task's regions from PD first (there are holes in the cover).
-func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, taskName string, timeout time.Duration, rescan bool) ([]Report, []AgentStatus) {
+func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, taskName string, timeout time.Duration, rescan bool) ([]Report, []task.AgentStatus) {
 	type answer struct {
 		reports []Report
-		st      AgentStatus
+		st      task.AgentStatus
 	}
 	answers := make([]answer, len(agents))
 	var wg sync.WaitGroup
@@ -105,22 +105,22 @@ func (p *agentPool) poll(ctx context.Context, agents []*pitrpb.AgentRecord, task
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st := AgentStatus{StoreID: a.GetStoreId(), Addr: a.GetAddr()}
+			st := task.AgentStatus{StoreID: a.GetStoreId(), Addr: a.GetAddr()}
 			reports, err := p.progress(ctx, a, taskName, timeout, rescan)
 			switch code := status.Code(err); {
 			case err == nil:
-				st.State, st.Regions = AgentUp, len(reports)
+				st.State, st.Regions = task.AgentUp, len(reports)
 			case code == codes.NotFound:
-				st.State, st.Error = AgentNoTask, status.Convert(err).Message()
+				st.State, st.Error = task.AgentNoTask, status.Convert(err).Message()
 			default:
-				st.State, st.Error = AgentDown, err.Error()
+				st.State, st.Error = task.AgentDown, err.Error()
 			}
 			answers[i] = answer{reports, st}
 		}()
 	}
 	wg.Wait()
 	var reports []Report
-	sts := make([]AgentStatus, 0, len(agents))
+	sts := make([]task.AgentStatus, 0, len(agents))
 	for _, a := range answers {
 		reports = append(reports, a.reports...)
 		sts = append(sts, a.st)
@@ -155,10 +155,10 @@ func (p *agentPool) progress(ctx context.Context, a *pitrpb.AgentRecord, taskNam
 }
 
 // registeredStatuses lists agents that were not polled.
-func registeredStatuses(agents []*pitrpb.AgentRecord) []AgentStatus {
-	out := make([]AgentStatus, 0, len(agents))
+func registeredStatuses(agents []*pitrpb.AgentRecord) []task.AgentStatus {
+	out := make([]task.AgentStatus, 0, len(agents))
 	for _, a := range agents {
-		out = append(out, AgentStatus{StoreID: a.GetStoreId(), Addr: a.GetAddr(), State: AgentRegistered})
+		out = append(out, task.AgentStatus{StoreID: a.GetStoreId(), Addr: a.GetAddr(), State: task.AgentRegistered})
 	}
 	return out
 }

@@ -13,13 +13,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/task"
 )
 
 // Defaults of the zero fields of Config.
 const (
 	DefaultTickInterval   = time.Second
 	DefaultPollTimeout    = 2 * time.Second
-	DefaultSafePointTTL   = 24 * time.Hour
+	DefaultSafePointTTL   = task.DefaultSafePointTTL
 	DefaultSessionTTL     = 10 * time.Second
 	DefaultHTTPAddr       = "127.0.0.1:9597"
 	DefaultConnectTimeout = 10 * time.Second

@@ -95,9 +95,9 @@ func TestEndToEndWithAgents(t *testing.T) {
 	require.Eventually(t, func() bool { return checkpointOf(t, p) >= lastTS }, 30*time.Second, 100*time.Millisecond,
 		"the checkpoint passes the last commit")
 
-	var v coordinator.TaskView
+	var v task.TaskView
 	require.Eventually(t, func() bool {
-		views, err := coordinator.ReadViews(ctx, cli, "e2e", time.Now())
+		views, err := task.ReadViews(ctx, cli, "e2e", time.Now())
 		require.NoError(t, err)
 		v = views[0]
 		return v.Status != nil && v.Status.Checkpoint >= lastTS
@@ -106,7 +106,7 @@ func TestEndToEndWithAgents(t *testing.T) {
 	require.Zero(t, v.Status.UncoveredRanges)
 	require.Len(t, v.Status.Agents, len(p.P.StoreAddrs()))
 	for _, a := range v.Status.Agents {
-		require.Equal(t, coordinator.AgentUp, a.State, "%+v", a)
+		require.Equal(t, task.AgentUp, a.State, "%+v", a)
 		require.Positive(t, a.Regions, "each store leads a region: %+v", a)
 	}
 	require.GreaterOrEqual(t, v.Status.Regions, 2)

@@ -145,16 +145,16 @@ func TestFailover(t *testing.T) {
 
 	// The storage checkpoint follows (never lower than etcd's last value
 	// before the kill).
-	var v TaskView
+	var v task.TaskView
 	require.Eventually(t, func() bool {
-		views, err := ReadViews(context.Background(), cli, "fo", time.Now())
+		views, err := task.ReadViews(context.Background(), cli, "fo", time.Now())
 		require.NoError(t, err)
 		require.Len(t, views, 1)
 		v = views[0]
 		return v.Status != nil && v.Status.Leader == standby.ID()
 	}, 5*time.Second, 50*time.Millisecond, "the new leader publishes the status")
 	require.Len(t, v.Status.Agents, 2)
-	require.Equal(t, AgentUp, v.Status.Agents[0].State)
+	require.Equal(t, task.AgentUp, v.Status.Agents[0].State)
 	require.True(t, v.Status.Covered)
 	require.Less(t, v.LagSeconds, 10.0)
 }

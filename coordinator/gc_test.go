@@ -12,6 +12,7 @@ import (
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/task"
 )
 
 // TestGCSafePointLifecycle: start holds GC at start_ts; running moves the
@@ -56,7 +57,7 @@ func TestGCSafePointLifecycle(t *testing.T) {
 	}, 10*time.Second, 50*time.Millisecond)
 	require.Contains(t, taskState(t, cli, "gc").GetError(), "longer than the GC safepoint TTL")
 	require.Equal(t, paused, safePoints(t, c)["pitr-gc"])
-	views, err := ReadViews(ctx, cli, "gc", time.Now())
+	views, err := task.ReadViews(ctx, cli, "gc", time.Now())
 	require.NoError(t, err)
 	require.Equal(t, "failed", views[0].State)
 

@@ -13,6 +13,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv/txnlock"
 
 	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/task"
 )
 
 // Lock resolution (DESIGN I10, audit R2). TiKV never resolves a lock by
@@ -112,28 +113,6 @@ func (r *regionResolver) ResolveLocksInOneRegion(bo *tikv.Backoffer, locks []*tx
 	return loc, nil
 }
 
-// LockStatus is a task's lock resolutions in this term, in a Status. Keys
-// are hex.
-type LockStatus struct {
-	// Runs counts the resolutions started; Errors those that failed; Locks
-	// the locks they found (resolved or left alive).
-	Runs   int64 `json:"runs"`
-	Errors int64 `json:"errors,omitempty"`
-	Locks  int64 `json:"locks"`
-	// The last finished resolution: the start of its first range and the
-	// end of its last, how many ranges it covered, when it ended, its
-	// maxVersion, the locks it found, how long the longest live lock it
-	// left has to live (0: none), its error.
-	LastStartKey   string `json:"last_start_key"`
-	LastEndKey     string `json:"last_end_key"`
-	LastRanges     int    `json:"last_ranges,omitempty"`
-	LastUnixMs     int64  `json:"last_unix_ms"`
-	LastMaxVersion uint64 `json:"last_max_version"`
-	LastLocks      int    `json:"last_locks"`
-	LastLiveMs     int64  `json:"last_live_ms,omitempty"`
-	LastError      string `json:"last_error,omitempty"`
-}
-
 // resolveTimeout bounds one resolution of one range.
 const resolveTimeout = 5 * time.Minute
 
@@ -151,7 +130,7 @@ type lockKeeper struct {
 	mu      sync.Mutex
 	last    map[string]time.Time // task → start of its last resolution
 	running map[string]bool      // task → a resolution is running
-	tasks   map[string]*LockStatus
+	tasks   map[string]*task.LockStatus
 }
 
 // lockKeeper returns the term's lock keeper (nil when lock resolution is
@@ -165,7 +144,7 @@ func (t *term) lockKeeper() *lockKeeper {
 		t.locks = &lockKeeper{
 			res: c.cfg.Locks, after: c.cfg.ResolveLocksAfter, every: max(c.cfg.ResolveLocksAfter/2, c.cfg.TickInterval),
 			log: t.log.Named("locks"), met: c.met, stop: t.stop, wg: &t.wg,
-			last: map[string]time.Time{}, running: map[string]bool{}, tasks: map[string]*LockStatus{},
+			last: map[string]time.Time{}, running: map[string]bool{}, tasks: map[string]*task.LockStatus{},
 		}
 	}
 	return t.locks
@@ -195,7 +174,7 @@ func (t *term) lagBefore(now time.Time) uint64 {
 // what holds a range this long. The bound limits the work, not the
 // safety: the resolver never rolls back a transaction whose TTL has not
 // expired.
-func (t *term) resolveLocks(name string, lagging []keyspace.Range, lagBefore uint64, now time.Time) *LockStatus {
+func (t *term) resolveLocks(name string, lagging []keyspace.Range, lagBefore uint64, now time.Time) *task.LockStatus {
 	k := t.lockKeeper()
 	if k == nil {
 		return nil
@@ -217,7 +196,7 @@ func (k *lockKeeper) start(name string, rs []keyspace.Range, maxVersion uint64, 
 	k.running[name], k.last[name] = true, now
 	st := k.tasks[name]
 	if st == nil {
-		st = &LockStatus{}
+		st = &task.LockStatus{}
 		k.tasks[name] = st
 	}
 	st.Runs++
@@ -284,7 +263,7 @@ func (k *lockKeeper) finish(name string, rs []keyspace.Range, maxVersion uint64,
 }
 
 // status returns a copy of a task's resolutions (nil: none yet).
-func (k *lockKeeper) status(name string) *LockStatus {
+func (k *lockKeeper) status(name string) *task.LockStatus {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	st := k.tasks[name]

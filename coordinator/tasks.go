@@ -253,7 +253,7 @@ func PauseTask(ctx context.Context, etcd *clientv3.Client, p PD, name string, tt
 			return false, nil
 		case pitrpb.TaskState_TASK_STATE_RUNNING:
 		default:
-			return false, fmt.Errorf("%w: task %s is %s; only a running task can be paused", ErrTaskState, name, stateName(rec.GetState()))
+			return false, fmt.Errorf("%w: task %s is %s; only a running task can be paused", ErrTaskState, name, task.StateName(rec.GetState()))
 		}
 		if _, err := p.UpdateServiceGCSafePoint(ctx, SafePointID(name), int64(ttl/time.Second), cp); err != nil {
 			return false, fmt.Errorf("%w: hold GC safepoint %s: %v", ErrUnavailable, SafePointID(name), err)
@@ -277,7 +277,7 @@ func ResumeTask(ctx context.Context, etcd *clientv3.Client, p PD, name string, t
 			return false, nil
 		case pitrpb.TaskState_TASK_STATE_PAUSED, pitrpb.TaskState_TASK_STATE_FAILED:
 		default:
-			return false, fmt.Errorf("%w: task %s is %s; start a new task instead", ErrTaskState, name, stateName(rec.GetState()))
+			return false, fmt.Errorf("%w: task %s is %s; start a new task instead", ErrTaskState, name, task.StateName(rec.GetState()))
 		}
 		gcSP, err := p.UpdateGCSafePoint(ctx, 0)
 		if err != nil {

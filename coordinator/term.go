@@ -302,8 +302,8 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		return t.failTask(ctx, ti, v.fail, now)
 	}
 
-	st := &Status{
-		Task: name, State: stateName(rec.GetState()), Checkpoint: ti.cp,
+	st := &task.Status{
+		Task: name, State: task.StateName(rec.GetState()), Checkpoint: ti.cp,
 		SafePointTTLSeconds: int64(ttl / time.Second), GCSafePoint: gcSP,
 		Leader: t.c.cfg.ID, Term: t.rev, UpdatedUnixMs: now.UnixMilli(),
 	}
@@ -315,10 +315,10 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 	if v.advance {
 		reports, agentSts := t.pool.poll(ctx, agents, name, t.c.cfg.PollTimeout, t.rescanDue(name, now))
 		for _, a := range agentSts {
-			if a.State == AgentUp || a.State == AgentNoTask {
+			if a.State == task.AgentUp || a.State == task.AgentNoTask {
 				up[a.StoreID] = true
 			}
-			if a.State == AgentDown {
+			if a.State == task.AgentDown {
 				problems = append(problems, fmt.Sprintf("agent of store %d at %s: %s", a.StoreID, a.Addr, a.Error))
 			}
 		}

@@ -9,7 +9,7 @@
 //	/pitr/v1/agent/<store_id>     pitrpb.AgentRecord, under the agent's lease
 //	/pitr/v1/election             coordinator election prefix (concurrency.Election)
 //	/pitr/v1/status/<name>        JSON status the elected coordinator publishes
-//	                              each tick (coordinator.Status); fenced like
+//	                              each tick (Status); fenced like
 //	                              the checkpoint
 //
 // Task names match ^[0-9A-Za-z_-]{1,64}$ (BR's rule, plus '-').

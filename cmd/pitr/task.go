@@ -274,7 +274,7 @@ func runTaskStatus(cmd *cobra.Command, o *taskOptions, name string, asJSON bool)
 		return err
 	}
 	defer cl.Close()
-	views, err := coordinator.ReadViews(ctx, cl.Etcd, name, time.Now())
+	views, err := task.ReadViews(ctx, cl.Etcd, name, time.Now())
 	if err != nil {
 		return taskErr(cmd, err)
 	}
@@ -286,11 +286,11 @@ func runTaskStatus(cmd *cobra.Command, o *taskOptions, name string, asJSON bool)
 			return enc.Encode(views[0])
 		}
 		if views == nil {
-			views = []coordinator.TaskView{}
+			views = []task.TaskView{}
 		}
 		return enc.Encode(views)
 	}
-	return coordinator.RenderViews(out, views, name != "")
+	return renderViews(out, views, name != "")
 }
 
 func runTaskChange(cmd *cobra.Command, o *taskOptions, op, name string) error {

@@ -14,6 +14,7 @@ import (
 	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/playground"
+	"github.com/pitr-io/pitr/task"
 )
 
 // runCtx runs the CLI with a context.
@@ -154,11 +155,11 @@ func TestTaskCommands(t *testing.T) {
 		_, err := runCtx(cctx, "coordinator", "--pd", pd, "--http", "127.0.0.1:0", "--tick", "100ms", "--id", "cli-test", "--log-level", "error")
 		done <- err
 	}()
-	var view coordinator.TaskView
+	var view task.TaskView
 	require.Eventually(t, func() bool {
 		out, err := run("task", "status", "nightly", "--pd", pd, "--json")
 		require.NoError(t, err)
-		view = coordinator.TaskView{}
+		view = task.TaskView{}
 		require.NoError(t, json.Unmarshal([]byte(out), &view))
 		return view.Status != nil
 	}, 20*time.Second, 100*time.Millisecond)
@@ -178,7 +179,7 @@ func TestTaskCommands(t *testing.T) {
 	require.Contains(t, out, `["m", "n")`)
 	out, err = run("task", "status", "--pd", pd, "--json")
 	require.NoError(t, err)
-	var all []coordinator.TaskView
+	var all []task.TaskView
 	require.NoError(t, json.Unmarshal([]byte(out), &all))
 	require.Len(t, all, 1)
 

@@ -7,6 +7,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"path/filepath"
@@ -259,8 +260,11 @@ func (p *Pipeline) WaitCheckpoint(ts uint64, limit time.Duration) uint64 {
 		}
 		if time.Now().After(deadline) {
 			var b strings.Builder
-			if views, verr := coordinator.ReadViews(p.Ctx, p.Clients.Etcd, p.Task, time.Now()); verr == nil {
-				_ = coordinator.RenderViews(&b, views, true)
+			if views, verr := task.ReadViews(p.Ctx, p.Clients.Etcd, p.Task, time.Now()); verr == nil {
+				// The views as JSON: the slowest ranges and why, the
+				// agents, the lock resolutions (pitr task status --json).
+				js, _ := json.MarshalIndent(views, "", "  ")
+				b.Write(js)
 			}
 			b.WriteString("\nLocks the source's CDC trackers hold at or below the checkpoint:\n")
 			p.P.DumpTrackedLocks(&b, cp+1)
