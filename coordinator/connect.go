@@ -10,29 +10,14 @@ import (
 	"github.com/pitr-io/pitr/task"
 )
 
-// PD is what the coordinator and the task commands need of PD. A
-// github.com/tikv/pd/client Client is one.
-type PD interface {
-	// UpdateServiceGCSafePoint sets (ttl > 0) or removes (ttl <= 0) a
-	// service safepoint and returns the minimum service safepoint after the
-	// update; a safepoint below that minimum is not stored.
-	UpdateServiceGCSafePoint(ctx context.Context, serviceID string, ttl int64, safePoint uint64) (uint64, error)
-	// UpdateGCSafePoint with 0 reads the GC safepoint (it only moves forward).
-	UpdateGCSafePoint(ctx context.Context, safePoint uint64) (uint64, error)
-	// GetTS allocates a timestamp.
-	GetTS(ctx context.Context) (physical, logical int64, err error)
-	// GetClusterID returns the cluster id.
-	GetClusterID(ctx context.Context) uint64
-}
+// PD is what the coordinator needs of PD (task.PD).
+type PD = task.PD
 
 var _ PD = (pd.Client)(nil)
 
 // ErrUnavailable marks a PD or etcd that could not be reached in time
 // (connector.ErrUnavailable: the same error everywhere).
 var ErrUnavailable = connector.ErrUnavailable
-
-// SafePointID is the PD service safepoint id of a task.
-func SafePointID(taskName string) string { return "pitr-" + taskName }
 
 // Clients are the connections to one cluster's PD and its etcd.
 type Clients = connector.Clients

@@ -36,8 +36,9 @@
 // GC safepoint is read every 10 ticks and whenever a task has no hold of
 // this term yet.
 //
-// The task lifecycle the CLI drives (StartTask, PauseTask, ResumeTask,
-// StopTask, ReadViews) lives here too, so commands and tests share it.
+// The task lifecycle the CLI drives (start, pause, resume, stop) and the
+// views `pitr task status` reads are in package task; the coordinator only
+// advances and publishes.
 //
 // checkpoint/global is written with a read-compare-conditional-write
 // (storage.PutIfMatch on the version read): a leader deposed between its

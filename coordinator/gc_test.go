@@ -28,7 +28,7 @@ func TestGCSafePointLifecycle(t *testing.T) {
 	a := startFakeAgent(t, cli, 1, region(1, 1, "", ""))
 	a.serve("gc")
 	root := t.TempDir()
-	rec := startTask(t, c, cli, "gc", func(o *StartOptions) { o.StorageURL = "file://" + root })
+	rec := startTask(t, c, cli, "gc", func(o *task.StartOptions) { o.StorageURL = "file://" + root })
 	start := rec.GetInfo().GetStartTs()
 	require.Equal(t, start, safePoints(t, c)["pitr-gc"], "start holds GC at start_ts before it returns")
 
@@ -41,7 +41,7 @@ func TestGCSafePointLifecycle(t *testing.T) {
 	}, 5*time.Second, 20*time.Millisecond, "the safepoint follows the checkpoint")
 
 	// Pause: GC stays held, the checkpoint stops.
-	changed, err := PauseTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	changed, err := task.PauseTask(ctx, cli, c.pd, "gc", ttl, time.Now())
 	require.NoError(t, err)
 	require.True(t, changed)
 	time.Sleep(300 * time.Millisecond) // a tick in flight may still land
@@ -62,26 +62,26 @@ func TestGCSafePointLifecycle(t *testing.T) {
 	require.Equal(t, "failed", views[0].State)
 
 	// Resume (GC has not passed): it advances again.
-	changed, err = ResumeTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	changed, err = task.ResumeTask(ctx, cli, c.pd, "gc", ttl, time.Now())
 	require.NoError(t, err)
 	require.True(t, changed)
 	require.Empty(t, taskState(t, cli, "gc").GetError())
 	require.Eventually(t, func() bool { return checkpoint(t, cli, "gc") > paused }, 10*time.Second, 50*time.Millisecond)
 
 	// Stop: nothing left in PD, and it stays that way.
-	changed, err = StopTask(ctx, cli, c.pd, "gc", time.Now())
+	changed, err = task.StopTask(ctx, cli, c.pd, "gc", time.Now())
 	require.NoError(t, err)
 	require.True(t, changed)
 	require.NotContains(t, safePoints(t, c), "pitr-gc")
 	time.Sleep(500 * time.Millisecond)
 	require.NotContains(t, safePoints(t, c), "pitr-gc", "the coordinator does not bring it back")
-	changed, err = StopTask(ctx, cli, c.pd, "gc", time.Now())
+	changed, err = task.StopTask(ctx, cli, c.pd, "gc", time.Now())
 	require.NoError(t, err)
 	require.False(t, changed, "stop is idempotent")
-	_, err = PauseTask(ctx, cli, c.pd, "gc", ttl, time.Now())
-	require.ErrorIs(t, err, ErrTaskState)
-	_, err = ResumeTask(ctx, cli, c.pd, "gc", ttl, time.Now())
-	require.ErrorIs(t, err, ErrTaskState)
+	_, err = task.PauseTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	require.ErrorIs(t, err, task.ErrTaskState)
+	_, err = task.ResumeTask(ctx, cli, c.pd, "gc", ttl, time.Now())
+	require.ErrorIs(t, err, task.ErrTaskState)
 
 	// Metadata in storage is kept; its checkpoint went forward.
 	s, err := storage.Open(ctx, "file://"+root)
@@ -108,7 +108,7 @@ func TestGCPassedFailsTask(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cli := c.etcd(t)
-	rec := startTask(t, c, cli, "lost", func(o *StartOptions) { o.SafePointTTL = time.Second })
+	rec := startTask(t, c, cli, "lost", func(o *task.StartOptions) { o.SafePointTTL = time.Second })
 	start := rec.GetInfo().GetStartTs()
 	// No coordinator refreshes it: wait for it to expire, then GC.
 	require.Eventually(t, func() bool {
@@ -124,9 +124,9 @@ func TestGCPassedFailsTask(t *testing.T) {
 		return taskState(t, cli, "lost").GetState() == pitrpb.TaskState_TASK_STATE_FAILED
 	}, 10*time.Second, 50*time.Millisecond)
 	require.Contains(t, taskState(t, cli, "lost").GetError(), "is above the checkpoint")
-	_, err = ResumeTask(ctx, cli, c.pd, "lost", time.Hour, time.Now())
-	require.ErrorIs(t, err, ErrTaskState)
-	_, err = StopTask(ctx, cli, c.pd, "lost", time.Now())
+	_, err = task.ResumeTask(ctx, cli, c.pd, "lost", time.Hour, time.Now())
+	require.ErrorIs(t, err, task.ErrTaskState)
+	_, err = task.StopTask(ctx, cli, c.pd, "lost", time.Now())
 	require.NoError(t, err)
 	require.NotContains(t, safePoints(t, c), "pitr-lost")
 }
@@ -138,40 +138,40 @@ func TestStartTask(t *testing.T) {
 	defer cancel()
 	cli := c.etcd(t)
 	rootX := "file://" + t.TempDir()
-	rec := startTask(t, c, cli, "a", func(o *StartOptions) {
+	rec := startTask(t, c, cli, "a", func(o *task.StartOptions) {
 		o.StorageURL = rootX
 		o.Ranges = []keyspace.Range{rg("m", "n"), rg("a", "c"), rg("b", "d")}
 	})
 	require.Len(t, rec.GetInfo().GetRanges(), 2, "ranges are stored normalized")
 	require.Equal(t, []byte("d"), rec.GetInfo().GetRanges()[0].GetEndKey())
 
-	start := func(o StartOptions) error {
+	start := func(o task.StartOptions) error {
 		if o.StorageURL == "" {
 			o.StorageURL = "file://" + t.TempDir()
 		}
-		_, err := StartTask(ctx, cli, c.pd, o)
+		_, err := task.StartTask(ctx, cli, c.pd, o)
 		return err
 	}
-	err := start(StartOptions{Name: "b", StorageURL: rootX})
-	require.ErrorIs(t, err, ErrStorageOwned)
+	err := start(task.StartOptions{Name: "b", StorageURL: rootX})
+	require.ErrorIs(t, err, task.ErrStorageOwned)
 	require.Contains(t, err.Error(), `belongs to task "a"`)
-	require.ErrorIs(t, start(StartOptions{Name: "a"}), ErrTaskExists)
-	require.ErrorIs(t, start(StartOptions{Name: "bad/name"}), ErrInvalidRequest)
-	require.ErrorIs(t, start(StartOptions{Name: "c", StorageURL: "s3://b/p?secret_access_key=x"}), ErrInvalidRequest)
-	require.ErrorIs(t, start(StartOptions{Name: "c", Ranges: []keyspace.Range{rg("b", "a")}}), ErrInvalidRequest)
-	require.ErrorIs(t, start(StartOptions{Name: "c", StartTS: keyspace.FromTime(time.Now().Add(time.Hour))}), ErrStartTS)
+	require.ErrorIs(t, start(task.StartOptions{Name: "a"}), task.ErrTaskExists)
+	require.ErrorIs(t, start(task.StartOptions{Name: "bad/name"}), task.ErrInvalidRequest)
+	require.ErrorIs(t, start(task.StartOptions{Name: "c", StorageURL: "s3://b/p?secret_access_key=x"}), task.ErrInvalidRequest)
+	require.ErrorIs(t, start(task.StartOptions{Name: "c", Ranges: []keyspace.Range{rg("b", "a")}}), task.ErrInvalidRequest)
+	require.ErrorIs(t, start(task.StartOptions{Name: "c", StartTS: keyspace.FromTime(time.Now().Add(time.Hour))}), task.ErrStartTS)
 
 	// Below the GC safepoint.
 	old, err := GetTS(ctx, c.pd)
 	require.NoError(t, err)
 	time.Sleep(10 * time.Millisecond)
-	_, err = StopTask(ctx, cli, c.pd, "a", time.Now()) // release the hold so GC can pass
+	_, err = task.StopTask(ctx, cli, c.pd, "a", time.Now()) // release the hold so GC can pass
 	require.NoError(t, err)
 	gcSP, err := c.p.RunGC(ctx)
 	require.NoError(t, err)
 	require.Greater(t, gcSP, old)
-	err = start(StartOptions{Name: "c", StartTS: old})
-	require.ErrorIs(t, err, ErrStartTS)
+	err = start(task.StartOptions{Name: "c", StartTS: old})
+	require.ErrorIs(t, err, task.ErrStartTS)
 	require.Contains(t, err.Error(), "not above the GC safepoint")
 
 	// A root already claimed by the same task and cluster (a retried start)
@@ -183,7 +183,7 @@ func TestStartTask(t *testing.T) {
 	lock, err := logfile.EncodeLock(&pitrpb.Lock{Task: "d", ClusterId: c.p.PD.ClusterID()})
 	require.NoError(t, err)
 	require.NoError(t, s.Put(ctx, logfile.LockPath, lock))
-	require.NoError(t, start(StartOptions{Name: "d", StorageURL: rootY}))
+	require.NoError(t, start(task.StartOptions{Name: "d", StorageURL: rootY}))
 	// ... but not by another cluster.
 	rootZ := "file://" + t.TempDir()
 	sz, err := storage.Open(ctx, rootZ)
@@ -192,7 +192,7 @@ func TestStartTask(t *testing.T) {
 	lock, err = logfile.EncodeLock(&pitrpb.Lock{Task: "e", ClusterId: 12345})
 	require.NoError(t, err)
 	require.NoError(t, sz.Put(ctx, logfile.LockPath, lock))
-	require.ErrorIs(t, start(StartOptions{Name: "e", StorageURL: rootZ}), ErrStorageOwned)
+	require.ErrorIs(t, start(task.StartOptions{Name: "e", StorageURL: rootZ}), task.ErrStorageOwned)
 }
 
 // countingPD counts the GC calls a coordinator makes to PD.
@@ -269,7 +269,7 @@ func TestGCPassedWhileRunning(t *testing.T) {
 	a.freeze(cp) // the checkpoint stops: no hold is due for an hour
 	require.Eventually(t, func() bool { return safePoints(t, c)["pitr-passed"] == cp }, 10*time.Second, 20*time.Millisecond)
 
-	_, err := c.pd.UpdateServiceGCSafePoint(ctx, SafePointID("passed"), 0, 0)
+	_, err := c.pd.UpdateServiceGCSafePoint(ctx, task.SafePointID("passed"), 0, 0)
 	require.NoError(t, err)
 	gcSP, err := c.p.RunGC(ctx)
 	require.NoError(t, err)

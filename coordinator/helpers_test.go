@@ -231,15 +231,15 @@ func safePoints(t *testing.T, c *cluster) map[string]uint64 {
 	return sps
 }
 
-func startTask(t *testing.T, c *cluster, cli *clientv3.Client, name string, mod func(*StartOptions)) *pitrpb.TaskRecord {
+func startTask(t *testing.T, c *cluster, cli *clientv3.Client, name string, mod func(*task.StartOptions)) *pitrpb.TaskRecord {
 	t.Helper()
-	o := StartOptions{Name: name, StorageURL: "file://" + t.TempDir()}
+	o := task.StartOptions{Name: name, StorageURL: "file://" + t.TempDir()}
 	if mod != nil {
 		mod(&o)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rec, err := StartTask(ctx, cli, c.pd, o)
+	rec, err := task.StartTask(ctx, cli, c.pd, o)
 	require.NoError(t, err)
 	return rec
 }

@@ -4,8 +4,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 
-	protobuf "google.golang.org/protobuf/proto"
-
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/task"
 )
@@ -27,11 +25,5 @@ func marshalStatus(st *task.Status) ([]byte, error) {
 	return json.Marshal(st)
 }
 
-// encodeRecord is task.EncodeRecord on a copy.
-func encodeRecord(r *pitrpb.TaskRecord) ([]byte, error) {
-	return task.EncodeRecord(protobuf.Clone(r).(*pitrpb.TaskRecord))
-}
-
-func cloneRecord(r *pitrpb.TaskRecord) *pitrpb.TaskRecord {
-	return protobuf.Clone(r).(*pitrpb.TaskRecord)
-}
+// encodeCopy is task.EncodeRecord on a copy.
+func encodeCopy(r *pitrpb.TaskRecord) ([]byte, error) { return task.EncodeRecord(task.CloneRecord(r)) }

@@ -372,7 +372,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 			st.SafePoint = h.cp
 		}
 	} else if v.hold {
-		min, err := t.c.pd.UpdateServiceGCSafePoint(ctx, SafePointID(name), int64(ttl/time.Second), cp)
+		min, err := t.c.pd.UpdateServiceGCSafePoint(ctx, task.SafePointID(name), int64(ttl/time.Second), cp)
 		switch {
 		case err != nil:
 			// The last hold stays valid until its TTL; due again next tick.
@@ -465,8 +465,8 @@ func (t *term) recheck(ctx context.Context, name string) error {
 // release removes a task's PD service safepoint.
 func (t *term) release(ctx context.Context, name string) error {
 	delete(t.holds, name)
-	if _, err := t.c.pd.UpdateServiceGCSafePoint(ctx, SafePointID(name), 0, 0); err != nil {
-		return fmt.Errorf("remove GC safepoint %s: %w", SafePointID(name), err)
+	if _, err := t.c.pd.UpdateServiceGCSafePoint(ctx, task.SafePointID(name), 0, 0); err != nil {
+		return fmt.Errorf("remove GC safepoint %s: %w", task.SafePointID(name), err)
 	}
 	t.log.Info("released GC safepoint", "task", name)
 	return nil
@@ -475,9 +475,9 @@ func (t *term) release(ctx context.Context, name string) error {
 // failTask moves a task to failed (fenced, and only if it did not change
 // since the tick read it).
 func (t *term) failTask(ctx context.Context, ti *taskInfo, msg string, now time.Time) error {
-	rec := cloneRecord(ti.rec)
+	rec := task.CloneRecord(ti.rec)
 	rec.State, rec.Error, rec.UpdatedUnixMs = pitrpb.TaskState_TASK_STATE_FAILED, msg, now.UnixMilli()
-	b, err := encodeRecord(rec)
+	b, err := encodeCopy(rec)
 	if err != nil {
 		return err
 	}

@@ -1,5 +1,9 @@
-// Package task is the etcd side of a log backup task: the key layout shared
-// by the CLI, the agents and the coordinators, and small typed accessors.
+// Package task is a log backup task outside the elected loop: the etcd key
+// layout shared by the CLI, the agents and the coordinators with small
+// typed accessors, the lifecycle the CLI drives (StartTask, PauseTask,
+// ResumeTask, StopTask: storage root, GC safepoint, record) and the views
+// `pitr task status` reads (ReadViews: record, checkpoint and the elected
+// coordinator's Status).
 //
 // Keys (in PD's etcd in production, the playground's embedded etcd in tests):
 //

@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/task"
 )
@@ -77,7 +76,7 @@ func renderDetail(w io.Writer, v task.TaskView) error {
 		fmt.Fprintf(tw, "Coverage:\t%d regions, %d uncovered ranges, %d stale reports\n", st.Regions, st.UncoveredRanges, st.StaleReports)
 		if st.SafePoint != 0 {
 			fmt.Fprintf(tw, "GC safepoint:\t%s held at %d (TTL %s); cluster GC safepoint %d\n",
-				coordinator.SafePointID(v.Name), st.SafePoint, time.Duration(st.SafePointTTLSeconds)*time.Second, st.GCSafePoint)
+				task.SafePointID(v.Name), st.SafePoint, time.Duration(st.SafePointTTLSeconds)*time.Second, st.GCSafePoint)
 		}
 		if l := st.Locks; l != nil {
 			fmt.Fprintf(tw, "Lock resolution:\t%s\n", lockLine(l))

@@ -114,10 +114,10 @@ func taskErr(cmd *cobra.Command, err error) error {
 	switch {
 	case errors.Is(err, coordinator.ErrUnavailable):
 		code = cli.ExitUnavailable
-	case errors.Is(err, coordinator.ErrInvalidRequest), errors.Is(err, task.ErrInvalidName):
+	case errors.Is(err, task.ErrInvalidRequest), errors.Is(err, task.ErrInvalidName):
 		code = cli.ExitUsage
-	case errors.Is(err, coordinator.ErrTaskExists), errors.Is(err, coordinator.ErrStorageOwned),
-		errors.Is(err, coordinator.ErrStartTS), errors.Is(err, coordinator.ErrTaskState):
+	case errors.Is(err, task.ErrTaskExists), errors.Is(err, task.ErrStorageOwned),
+		errors.Is(err, task.ErrStartTS), errors.Is(err, task.ErrTaskState):
 		code = cli.ExitConflict
 	}
 	return cli.WithExit(code, &lineError{msg: cmd.CommandPath() + ": " + oneLine(err), err: err})
@@ -213,7 +213,7 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	if so.storage == "" {
 		return cli.Usagef("%s: --storage is required (see '%s --help')", path, path)
 	}
-	opts := coordinator.StartOptions{Name: name, StorageURL: so.storage, SafePointTTL: o.gcTTL}
+	opts := task.StartOptions{Name: name, StorageURL: so.storage, SafePointTTL: o.gcTTL}
 	if so.startTS != "" {
 		if opts.StartTS, err = keyspace.Parse(so.startTS); err != nil {
 			return cli.Usagef("%s: --start-ts: %v", path, err)
@@ -243,14 +243,14 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("%s: connect to TiKV: %v", path, err))
 	}
 	defer kv.Close()
-	opts.EmptyAt = coordinator.EmptyAtTiKV(kv)
-	rec, err := coordinator.StartTask(ctx, cl.Etcd, cl.PD, opts)
+	opts.EmptyAt = task.EmptyAtTiKV(kv)
+	rec, err := task.StartTask(ctx, cl.Etcd, cl.PD, opts)
 	if err != nil {
 		return taskErr(cmd, err)
 	}
 	ts := rec.GetInfo().GetStartTs()
 	fmt.Fprintf(cmd.OutOrStdout(), "task %s started at ts %s; GC safepoint %s held; storage %s\n",
-		name, keyspace.Format(ts), coordinator.SafePointID(name), rec.GetStorageUrl())
+		name, keyspace.Format(ts), task.SafePointID(name), rec.GetStorageUrl())
 	if !rec.GetInfo().GetStartedEmpty() {
 		fmt.Fprintf(cmd.OutOrStdout(), "note: the task ranges held data at the start ts; a restore needs a base snapshot (pitr backup full) taken at or after it\n")
 	}
@@ -312,15 +312,15 @@ func runTaskChange(cmd *cobra.Command, o *taskOptions, op, name string) error {
 	var done, already string
 	switch op {
 	case "pause":
-		changed, err = coordinator.PauseTask(ctx, cl.Etcd, cl.PD, name, o.gcTTL, time.Now())
-		done, already = "paused; GC safepoint "+coordinator.SafePointID(name)+" stays held", "already paused"
+		changed, err = task.PauseTask(ctx, cl.Etcd, cl.PD, name, o.gcTTL, time.Now())
+		done, already = "paused; GC safepoint "+task.SafePointID(name)+" stays held", "already paused"
 	case "resume":
-		changed, err = coordinator.ResumeTask(ctx, cl.Etcd, cl.PD, name, o.gcTTL, time.Now())
+		changed, err = task.ResumeTask(ctx, cl.Etcd, cl.PD, name, o.gcTTL, time.Now())
 		done, already = "resumed", "already running"
 	case "stop":
-		changed, err = coordinator.StopTask(ctx, cl.Etcd, cl.PD, name, time.Now())
-		done, already = "stopped; GC safepoint "+coordinator.SafePointID(name)+" removed; the backup in storage is kept",
-			"already stopped; GC safepoint "+coordinator.SafePointID(name)+" removed"
+		changed, err = task.StopTask(ctx, cl.Etcd, cl.PD, name, time.Now())
+		done, already = "stopped; GC safepoint "+task.SafePointID(name)+" removed; the backup in storage is kept",
+			"already stopped; GC safepoint "+task.SafePointID(name)+" removed"
 	}
 	if err != nil {
 		return taskErr(cmd, err)

@@ -86,8 +86,8 @@ func Start(tb testkit.TB, ctx context.Context, o Options) *Pipeline {
 		o.Setup(p.Cluster)
 	}
 	p.StorageURL = "file://" + filepath.Join(p.dir, "backup")
-	rec, err := coordinator.StartTask(ctx, p.Clients.Etcd, p.Clients.PD, coordinator.StartOptions{
-		Name: o.Task, StorageURL: p.StorageURL, EmptyAt: coordinator.EmptyAtTiKV(p.KV),
+	rec, err := task.StartTask(ctx, p.Clients.Etcd, p.Clients.PD, task.StartOptions{
+		Name: o.Task, StorageURL: p.StorageURL, EmptyAt: task.EmptyAtTiKV(p.KV),
 	})
 	if err != nil {
 		tb.Fatalf("start task: %v", err)

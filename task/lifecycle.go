@@ -1,4 +1,4 @@
-package coordinator
+package task
 
 import (
 	"context"
@@ -9,12 +9,13 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	protobuf "google.golang.org/protobuf/proto"
 
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/storage"
-	"github.com/pitr-io/pitr/task"
 )
 
 // Errors of the task operations, for callers that map them to exit
@@ -32,7 +33,7 @@ var (
 	ErrTaskState = errors.New("task state does not allow this")
 )
 
-// StartOptions describe a new task.
+// StartOptions describe a new
 type StartOptions struct {
 	Name       string
 	StorageURL string
@@ -54,12 +55,12 @@ type StartOptions struct {
 
 // StartTask starts a task: it checks the name is free and the start ts is
 // above PD's GC safepoint, claims the storage root (pitr.lock; a root owned
-// by another task or cluster is refused), writes task.pb and the initial
+// by another task or cluster is refused), writes pb and the initial
 // checkpoint/global, holds the GC safepoint at the start ts, and records the
 // task in etcd (create-only). A start that failed midway can be retried
 // with the same arguments.
 func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions) (*pitrpb.TaskRecord, error) {
-	if err := task.ValidateName(o.Name); err != nil {
+	if err := ValidateName(o.Name); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
 	if o.StorageURL == "" {
@@ -93,20 +94,20 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	}
 
 	// The name must be free before anything else is touched.
-	if _, _, err := task.Get(ctx, etcd, o.Name); err == nil {
+	if _, _, err := Get(ctx, etcd, o.Name); err == nil {
 		return nil, fmt.Errorf("%w: task %s (pick another name; `pitr task status %s` shows it)", ErrTaskExists, o.Name, o.Name)
-	} else if !errors.Is(err, task.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: %v", connector.ErrUnavailable, err)
 	}
 
 	// The start ts: at most now, above the GC safepoint.
-	nowTS, err := GetTS(ctx, p)
+	nowTS, err := connector.GetTS(ctx, p)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", connector.ErrUnavailable, err)
 	}
 	gcSP, err := p.UpdateGCSafePoint(ctx, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%w: read GC safepoint: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: read GC safepoint: %v", connector.ErrUnavailable, err)
 	}
 	startTS := o.StartTS
 	if startTS == 0 {
@@ -154,7 +155,7 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	if o.EmptyAt != nil {
 		empty, err := o.EmptyAt(ctx, ranges, startTS)
 		if err != nil {
-			return nil, fmt.Errorf("%w: check whether the ranges are empty at the start ts: %v", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: check whether the ranges are empty at the start ts: %v", connector.ErrUnavailable, err)
 		}
 		info.StartedEmpty = empty
 	}
@@ -175,7 +176,7 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	// Hold GC at the start ts before the task exists (I3).
 	min, err := p.UpdateServiceGCSafePoint(ctx, SafePointID(o.Name), int64(ttl/time.Second), startTS)
 	if err != nil {
-		return nil, fmt.Errorf("%w: set GC safepoint %s: %v", ErrUnavailable, SafePointID(o.Name), err)
+		return nil, fmt.Errorf("%w: set GC safepoint %s: %v", connector.ErrUnavailable, SafePointID(o.Name), err)
 	}
 	if min > startTS {
 		return nil, fmt.Errorf("%w: PD will not hold GC at start ts %d: its minimum service safepoint is already %d; use a later --start-ts",
@@ -183,17 +184,17 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	}
 
 	rec := &pitrpb.TaskRecord{Info: info, StorageUrl: o.StorageURL, State: pitrpb.TaskState_TASK_STATE_RUNNING, UpdatedUnixMs: now.UnixMilli()}
-	rb, err := encodeRecord(rec)
+	rb, err := encodeCopy(rec)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(task.Key(o.Name)), "=", 0)).Then(
-		clientv3.OpPut(task.Key(o.Name), string(rb)),
-		clientv3.OpPut(task.CheckpointKey(o.Name), string(task.EncodeTS(startTS))),
-		clientv3.OpDelete(task.StatusKey(o.Name)),
+	resp, err := etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(Key(o.Name)), "=", 0)).Then(
+		clientv3.OpPut(Key(o.Name), string(rb)),
+		clientv3.OpPut(CheckpointKey(o.Name), string(EncodeTS(startTS))),
+		clientv3.OpDelete(StatusKey(o.Name)),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("%w: record task: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: record task: %v", connector.ErrUnavailable, err)
 	}
 	if !resp.Succeeded {
 		return nil, fmt.Errorf("%w: task %s was created concurrently", ErrTaskExists, o.Name)
@@ -206,11 +207,11 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 // as it is.
 func updateTask(ctx context.Context, etcd *clientv3.Client, name string, fn func(rec *pitrpb.TaskRecord, cp uint64) (bool, error)) (*pitrpb.TaskRecord, bool, error) {
 	for attempt := 0; ; attempt++ {
-		rec, rev, err := task.Get(ctx, etcd, name)
+		rec, rev, err := Get(ctx, etcd, name)
 		if err != nil {
 			return nil, false, err
 		}
-		cp, err := task.Checkpoint(ctx, etcd, name)
+		cp, err := Checkpoint(ctx, etcd, name)
 		if err != nil {
 			return nil, false, err
 		}
@@ -221,14 +222,14 @@ func updateTask(ctx context.Context, etcd *clientv3.Client, name string, fn func
 		if err != nil || !change {
 			return rec, false, err
 		}
-		b, err := encodeRecord(rec)
+		b, err := encodeCopy(rec)
 		if err != nil {
 			return nil, false, err
 		}
-		resp, err := etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(task.Key(name)), "=", rev)).
-			Then(clientv3.OpPut(task.Key(name), string(b))).Commit()
+		resp, err := etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(Key(name)), "=", rev)).
+			Then(clientv3.OpPut(Key(name), string(b))).Commit()
 		if err != nil {
-			return nil, false, fmt.Errorf("%w: update task %s: %v", ErrUnavailable, name, err)
+			return nil, false, fmt.Errorf("%w: update task %s: %v", connector.ErrUnavailable, name, err)
 		}
 		if resp.Succeeded {
 			return rec, true, nil
@@ -253,10 +254,10 @@ func PauseTask(ctx context.Context, etcd *clientv3.Client, p PD, name string, tt
 			return false, nil
 		case pitrpb.TaskState_TASK_STATE_RUNNING:
 		default:
-			return false, fmt.Errorf("%w: task %s is %s; only a running task can be paused", ErrTaskState, name, task.StateName(rec.GetState()))
+			return false, fmt.Errorf("%w: task %s is %s; only a running task can be paused", ErrTaskState, name, StateName(rec.GetState()))
 		}
 		if _, err := p.UpdateServiceGCSafePoint(ctx, SafePointID(name), int64(ttl/time.Second), cp); err != nil {
-			return false, fmt.Errorf("%w: hold GC safepoint %s: %v", ErrUnavailable, SafePointID(name), err)
+			return false, fmt.Errorf("%w: hold GC safepoint %s: %v", connector.ErrUnavailable, SafePointID(name), err)
 		}
 		rec.State, rec.UpdatedUnixMs = pitrpb.TaskState_TASK_STATE_PAUSED, now.UnixMilli()
 		return true, nil
@@ -277,15 +278,15 @@ func ResumeTask(ctx context.Context, etcd *clientv3.Client, p PD, name string, t
 			return false, nil
 		case pitrpb.TaskState_TASK_STATE_PAUSED, pitrpb.TaskState_TASK_STATE_FAILED:
 		default:
-			return false, fmt.Errorf("%w: task %s is %s; start a new task instead", ErrTaskState, name, task.StateName(rec.GetState()))
+			return false, fmt.Errorf("%w: task %s is %s; start a new task instead", ErrTaskState, name, StateName(rec.GetState()))
 		}
 		gcSP, err := p.UpdateGCSafePoint(ctx, 0)
 		if err != nil {
-			return false, fmt.Errorf("%w: read GC safepoint: %v", ErrUnavailable, err)
+			return false, fmt.Errorf("%w: read GC safepoint: %v", connector.ErrUnavailable, err)
 		}
 		min, err := p.UpdateServiceGCSafePoint(ctx, SafePointID(name), int64(ttl/time.Second), cp)
 		if err != nil {
-			return false, fmt.Errorf("%w: hold GC safepoint %s: %v", ErrUnavailable, SafePointID(name), err)
+			return false, fmt.Errorf("%w: hold GC safepoint %s: %v", connector.ErrUnavailable, SafePointID(name), err)
 		}
 		if gcSP > cp || min > cp {
 			return false, fmt.Errorf("%w: cannot resume %s: GC has moved past its checkpoint %d (GC safepoint %d, minimum service safepoint %d); stop it and start a new task",
@@ -314,7 +315,33 @@ func StopTask(ctx context.Context, etcd *clientv3.Client, p PD, name string, now
 	// After the state change, so a coordinator that refreshed the safepoint
 	// concurrently sees the stop and releases it too.
 	if _, err := p.UpdateServiceGCSafePoint(ctx, SafePointID(name), 0, 0); err != nil {
-		return changed, fmt.Errorf("%w: remove GC safepoint %s (run stop again): %v", ErrUnavailable, SafePointID(name), err)
+		return changed, fmt.Errorf("%w: remove GC safepoint %s (run stop again): %v", connector.ErrUnavailable, SafePointID(name), err)
 	}
 	return changed, nil
+}
+
+// PD is what the task operations and the coordinator need of PD. A
+// github.com/tikv/pd/client Client is one.
+type PD interface {
+	// UpdateServiceGCSafePoint sets (ttl > 0) or removes (ttl <= 0) a
+	// service safepoint and returns the minimum service safepoint after the
+	// update; a safepoint below that minimum is not stored.
+	UpdateServiceGCSafePoint(ctx context.Context, serviceID string, ttl int64, safePoint uint64) (uint64, error)
+	// UpdateGCSafePoint with 0 reads the GC safepoint (it only moves forward).
+	UpdateGCSafePoint(ctx context.Context, safePoint uint64) (uint64, error)
+	// GetTS allocates a timestamp.
+	GetTS(ctx context.Context) (physical, logical int64, err error)
+	// GetClusterID returns the cluster id.
+	GetClusterID(ctx context.Context) uint64
+}
+
+// SafePointID is the PD service safepoint id of a task.
+func SafePointID(taskName string) string { return "pitr-" + taskName }
+
+// encodeCopy is EncodeRecord on a copy.
+func encodeCopy(r *pitrpb.TaskRecord) ([]byte, error) { return EncodeRecord(CloneRecord(r)) }
+
+// CloneRecord returns a deep copy of a task record.
+func CloneRecord(r *pitrpb.TaskRecord) *pitrpb.TaskRecord {
+	return protobuf.Clone(r).(*pitrpb.TaskRecord)
 }
