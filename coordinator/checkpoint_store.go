@@ -34,7 +34,7 @@ type cpWriter struct {
 	stop      <-chan struct{}
 	now       func() time.Time
 	kick      chan struct{}
-	// open opens the task's storage (storage.Open; tests wrap it).
+	// open opens the task's storage (storage.OpenStack; tests wrap it).
 	open func(ctx context.Context, url string) (storage.Storage, error)
 
 	mu      sync.Mutex
@@ -45,10 +45,12 @@ type cpWriter struct {
 	busy    bool // a write round is under way
 }
 
-func newCPWriter(taskName, url string, term int64, log hclog.Logger, stop <-chan struct{}, now func() time.Time) *cpWriter {
+// newCPWriter writes a task's checkpoint/global through the storage stack
+// (retries; pitr_storage_* into met when set).
+func newCPWriter(taskName, url string, term int64, log hclog.Logger, stop <-chan struct{}, now func() time.Time, met *storage.MetricsSet) *cpWriter {
 	return &cpWriter{task: taskName, url: url, term: term, log: log, stop: stop, now: now, kick: make(chan struct{}, 1),
 		open: func(ctx context.Context, url string) (storage.Storage, error) {
-			return storage.Open(ctx, url, storage.Logger(log.Named("storage")))
+			return storage.OpenStack(ctx, url, storage.StackOptions{Logger: log.Named("storage"), Metrics: met})
 		}}
 }
 

@@ -35,7 +35,7 @@ func TestCheckpointWriter(t *testing.T) {
 	require.NoError(t, s.Put(ctx, logfile.CheckpointPath, b))
 
 	stop := make(chan struct{})
-	w := newCPWriter("w", url, 7, hclog.NewNullLogger(), stop, time.Now)
+	w := newCPWriter("w", url, 7, hclog.NewNullLogger(), stop, time.Now, nil)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); w.run() }()
@@ -59,7 +59,7 @@ func TestCheckpointWriter(t *testing.T) {
 	require.Equal(t, uint64(150), read(), "nothing after the term stops")
 
 	stop2 := make(chan struct{})
-	bad := newCPWriter("w", "bogus://x", 8, hclog.NewNullLogger(), stop2, time.Now)
+	bad := newCPWriter("w", "bogus://x", 8, hclog.NewNullLogger(), stop2, time.Now, nil)
 	wg.Add(1)
 	go func() { defer wg.Done(); bad.run() }()
 	bad.set(1)
@@ -129,9 +129,9 @@ func checkDeposedTerm(t *testing.T, s storage.Storage) {
 
 	g := &gatedStorage{Storage: s, entered: make(chan struct{}, 1), release: make(chan struct{})}
 	stop1, stop2 := make(chan struct{}), make(chan struct{})
-	w1 := newCPWriter("w", "test://", 1, hclog.NewNullLogger(), stop1, time.Now)
+	w1 := newCPWriter("w", "test://", 1, hclog.NewNullLogger(), stop1, time.Now, nil)
 	w1.open = func(context.Context, string) (storage.Storage, error) { return g, nil }
-	w2 := newCPWriter("w", "test://", 2, hclog.NewNullLogger(), stop2, time.Now)
+	w2 := newCPWriter("w", "test://", 2, hclog.NewNullLogger(), stop2, time.Now, nil)
 	w2.open = func(context.Context, string) (storage.Storage, error) {
 		return &gatedStorage{Storage: s, release: closed()}, nil
 	}

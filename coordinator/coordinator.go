@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -33,8 +34,9 @@ type Coordinator struct {
 	log      hclog.Logger
 	etcd     *clientv3.Client
 	pd       PD
-	own      *Clients      // connections New made (closed by Close)
-	kv       *txnkv.Client // the lock resolver's client, when New made it
+	storMet  *storage.MetricsSet // pitr_storage_* of every task's checkpoint writes
+	own      *Clients            // connections New made (closed by Close)
+	kv       *txnkv.Client       // the lock resolver's client, when New made it
 	met      *metrics
 	gatherer prometheus.Gatherer
 
@@ -80,6 +82,9 @@ func New(cfg Config) (c *Coordinator, err error) {
 	}()
 	if c.met, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	if c.storMet, err = storage.NewMetricsSet(reg, storage.MetricsOptions{}); err != nil {
+		return nil, fmt.Errorf("register storage metrics: %w", err)
 	}
 	if err := c.connectLocks(); err != nil {
 		return nil, err

@@ -499,7 +499,7 @@ func (t *term) writer(name, url string) *cpWriter {
 	if w, ok := t.writers[name]; ok {
 		return w
 	}
-	w := newCPWriter(name, url, t.rev, t.log, t.stop, t.c.now)
+	w := newCPWriter(name, url, t.rev, t.log, t.stop, t.c.now, t.c.storMet)
 	t.writers[name] = w
 	t.wg.Add(1)
 	go func() {

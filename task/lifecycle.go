@@ -123,7 +123,7 @@ func StartTask(ctx context.Context, etcd *clientv3.Client, p PD, o StartOptions)
 	clusterID := p.GetClusterID(ctx)
 
 	// Claim the storage root.
-	s, err := storage.Open(ctx, o.StorageURL)
+	s, err := storage.OpenStack(ctx, o.StorageURL, storage.StackOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}

@@ -160,11 +160,11 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 // openBackupStorage opens a backup root for reading, with retries of
 // transient failures.
 func openBackupStorage(ctx context.Context, url string) (storage.Storage, error) {
-	st, err := storage.Open(ctx, url)
+	st, err := storage.OpenStack(ctx, url, storage.StackOptions{})
 	if err != nil {
 		return nil, cli.WithExit(cli.ExitUnavailable, err)
 	}
-	return storage.WithRetry(st, storage.RetryOptions{}), nil
+	return st, nil
 }
 
 // restoreError gives a restore or verify error its exit status. A restore
