@@ -239,3 +239,18 @@ func copyFile(t *testing.T, from, to string) {
 	require.NoError(t, os.WriteFile(tmp, b, 0o600))
 	require.NoError(t, os.Rename(tmp, to))
 }
+
+// TestServerALPN: the agent's gRPC service negotiates "h2" (gRPC clients
+// from 1.67 on refuse a server without it).
+func TestServerALPN(t *testing.T) {
+	p, err := certs.Ensure(t.TempDir())
+	require.NoError(t, err)
+	addr := serve(t, TLS{CA: p.CA, Cert: p.Cert, Key: p.Key}, nil)
+	cfg, err := TLS{CA: p.CA, Cert: p.ClientCert, Key: p.ClientKey}.ClientConfig()
+	require.NoError(t, err)
+	cfg.NextProtos, cfg.ServerName = []string{"h2"}, "127.0.0.1"
+	conn, err := tls.Dial("tcp", addr, cfg)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.Equal(t, "h2", conn.ConnectionState().NegotiatedProtocol)
+}

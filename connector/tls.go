@@ -119,7 +119,11 @@ func (t TLS) ServerConfig(allowedCN []string) (*tls.Config, error) {
 				return nil, err
 			}
 			return &tls.Config{
-				MinVersion:   tls.VersionTLS12,
+				MinVersion: tls.VersionTLS12,
+				// The config returned here replaces the one gRPC's
+				// credentials added "h2" to: offer it again (ALPN; newer
+				// gRPC clients require it), and HTTP/1.1 for HTTP clients.
+				NextProtos:   []string{"h2", "http/1.1"},
 				Certificates: []tls.Certificate{*s.cert},
 				ClientAuth:   tls.RequireAndVerifyClientCert,
 				ClientCAs:    s.pool,
