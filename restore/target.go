@@ -137,12 +137,7 @@ func pdRetry[T any](ctx context.Context, f func() (T, error)) (T, error) {
 }
 
 // ts returns a fresh timestamp from the target's TSO.
-func (t *target) ts(ctx context.Context) (uint64, error) {
-	return pdRetry(ctx, func() (uint64, error) {
-		p, l, err := t.pd.GetTS(ctx)
-		return keyspace.Compose(p, l), err
-	})
-}
+func (t *target) ts(ctx context.Context) (uint64, error) { return connector.GetTS(ctx, t.pd) }
 
 // locate returns the cached region holding key, asking PD on a miss.
 func (t *target) locate(ctx context.Context, key []byte) (*region, error) {
