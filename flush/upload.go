@@ -103,12 +103,42 @@ func (f *Flusher) writerOpts() logfile.WriterOptions {
 }
 
 // writeFiles writes the sorted rows of src (about total logical bytes) as
-// data files of at least FileTarget bytes (the last one may be smaller),
-// each streamed to storage
-// through a pipe while it is written. At most UploadConcurrency files are in
-// flight. It returns once every upload it started has ended, with the files
-// in key order, or the first error (the others follow from it).
+// the flush's data files (WriteFiles).
 func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.Iterator, total int64) ([]*pitrpb.DataFile, error) {
+	return WriteFiles(ctx, f.cfg.Storage, src, FileOptions{
+		FileTarget:        f.cfg.FileTarget,
+		UploadConcurrency: f.cfg.UploadConcurrency,
+		Writer:            f.writerOpts(),
+		Total:             total,
+		Path:              func(id string) string { return logfile.DataPath(f.cfg.StoreID, flushTS, id) },
+		OnUploadError:     f.m.uploadErrors.Inc,
+	})
+}
+
+// FileOptions configure WriteFiles.
+type FileOptions struct {
+	// FileTarget: a file is cut once its bytes written reach it.
+	FileTarget int64
+	// UploadConcurrency bounds the files being uploaded at once (≥ 1).
+	UploadConcurrency int
+	Writer            logfile.WriterOptions
+	// Total is about how many logical bytes src holds (0: unknown), so the
+	// last file is not a sliver.
+	Total int64
+	// Path names a file from a random id.
+	Path func(id string) string
+	// OnUploadError, when set, is called for every failed upload.
+	OnUploadError func()
+}
+
+// WriteFiles writes the sorted rows of src as data files of at least
+// FileTarget bytes (the last one may be smaller), each streamed to up
+// through a pipe while it is written. At most UploadConcurrency files are
+// in flight. It returns once every upload it started has ended, with the
+// files in key order, or the first error (the others follow from it).
+// Files stored before an error are orphans no meta references (I5).
+func WriteFiles(ctx context.Context, up Uploader, src logfile.Iterator, o FileOptions) ([]*pitrpb.DataFile, error) {
+	total := o.Total
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -119,7 +149,7 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 	fail := func(err error) {
 		once.Do(func() { first = err; cancel(err) })
 	}
-	sem := make(chan struct{}, f.cfg.UploadConcurrency)
+	sem := make(chan struct{}, max(o.UploadConcurrency, 1))
 	var uploads []*fileUpload
 
 	start := func() (*fileUpload, error) {
@@ -134,16 +164,18 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			return nil, err
 		}
 		pr, pw := io.Pipe()
-		u := &fileUpload{path: logfile.DataPath(f.cfg.StoreID, flushTS, id), pw: pw}
+		u := &fileUpload{path: o.Path(id), pw: pw}
 		u.out.w = pw
 		uploads = append(uploads, u)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := f.cfg.Storage.PutReader(ctx, u.path, pr, -1)
+			err := up.PutReader(ctx, u.path, pr, -1)
 			if err != nil {
-				f.m.uploadErrors.Inc()
+				if o.OnUploadError != nil {
+					o.OnUploadError()
+				}
 				fail(fmt.Errorf("upload %s: %w", u.path, err))
 				pr.CloseWithError(err)
 				return
@@ -151,7 +183,7 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			pr.CloseWithError(errShortUpload) // harmless after EOF
 		}()
 		// The writer writes the Parquet magic at once: the upload must run.
-		if u.w, err = logfile.NewWriter(&u.out, f.writerOpts()); err != nil {
+		if u.w, err = logfile.NewWriter(&u.out, o.Writer); err != nil {
 			err = fmt.Errorf("new data file writer: %w", err)
 			fail(err)
 			pw.CloseWithError(err)
@@ -202,9 +234,9 @@ func (f *Flusher) writeFiles(ctx context.Context, flushTS uint64, src logfile.It
 			// the target: the tail joins this file instead, so every file
 			// of a flush but the last is ≥ FileTarget and the last is not
 			// a sliver.
-			if cur.out.n >= f.cfg.FileTarget {
+			if cur.out.n >= o.FileTarget {
 				left := float64(total-done) * float64(cur.out.n) / float64(max(inFile, 1))
-				if left >= float64(f.cfg.FileTarget)/2 || total <= done {
+				if left >= float64(o.FileTarget)/2 || total <= done {
 					if err := finish(cur); err != nil {
 						return abort(err)
 					}
