@@ -29,6 +29,7 @@ const (
 	Agent_GetProgress_FullMethodName = "/pitr.v1.Agent/GetProgress"
 	Agent_FlushNow_FullMethodName    = "/pitr.v1.Agent/FlushNow"
 	Agent_Status_FullMethodName      = "/pitr.v1.Agent/Status"
+	Agent_BackupRange_FullMethodName = "/pitr.v1.Agent/BackupRange"
 )
 
 // AgentClient is the client API for Agent service.
@@ -38,6 +39,9 @@ type AgentClient interface {
 	GetProgress(ctx context.Context, in *GetProgressRequest, opts ...grpc.CallOption) (*GetProgressResponse, error)
 	FlushNow(ctx context.Context, in *FlushNowRequest, opts ...grpc.CallOption) (*FlushNowResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// BackupRange scans one key range at a backup ts from the agent's side of
+	// the cluster and stores it as snapshot data files (package snapshot).
+	BackupRange(ctx context.Context, in *BackupRangeRequest, opts ...grpc.CallOption) (*BackupRangeResponse, error)
 }
 
 type agentClient struct {
@@ -75,6 +79,15 @@ func (c *agentClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *agentClient) BackupRange(ctx context.Context, in *BackupRangeRequest, opts ...grpc.CallOption) (*BackupRangeResponse, error) {
+	out := new(BackupRangeResponse)
+	err := c.cc.Invoke(ctx, Agent_BackupRange_FullMethodName, in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility
@@ -82,6 +95,9 @@ type AgentServer interface {
 	GetProgress(context.Context, *GetProgressRequest) (*GetProgressResponse, error)
 	FlushNow(context.Context, *FlushNowRequest) (*FlushNowResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// BackupRange scans one key range at a backup ts from the agent's side of
+	// the cluster and stores it as snapshot data files (package snapshot).
+	BackupRange(context.Context, *BackupRangeRequest) (*BackupRangeResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -97,6 +113,9 @@ func (UnimplementedAgentServer) FlushNow(context.Context, *FlushNowRequest) (*Fl
 }
 func (UnimplementedAgentServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAgentServer) BackupRange(context.Context, *BackupRangeRequest) (*BackupRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BackupRange not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 
@@ -165,6 +184,24 @@ func _Agent_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_BackupRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackupRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).BackupRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_BackupRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).BackupRange(ctx, req.(*BackupRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -183,6 +220,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Agent_Status_Handler,
+		},
+		{
+			MethodName: "BackupRange",
+			Handler:    _Agent_BackupRange_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
