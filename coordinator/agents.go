@@ -3,11 +3,9 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,24 +28,6 @@ type agentPool struct {
 
 func newAgentPool(t connector.TLS) *agentPool {
 	return &agentPool{tls: t, conns: map[string]*grpc.ClientConn{}}
-}
-
-// listAgents reads the registered agents, by store id.
-func listAgents(ctx context.Context, cli *clientv3.Client) ([]*pitrpb.AgentRecord, error) {
-	resp, err := cli.Get(ctx, task.AgentPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("list agents: %w", err)
-	}
-	var out []*pitrpb.AgentRecord
-	for _, kv := range resp.Kvs {
-		r := &pitrpb.AgentRecord{}
-		if err := protobuf.Unmarshal(kv.Value, r); err != nil {
-			return nil, fmt.Errorf("decode agent %s: %w", kv.Key, err)
-		}
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetStoreId() < out[j].GetStoreId() })
-	return out, nil
 }
 
 // keep closes the connections of addresses no longer registered.

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -156,4 +157,22 @@ func Checkpoint(ctx context.Context, cli *clientv3.Client, name string) (uint64,
 		return 0, nil
 	}
 	return DecodeTS(resp.Kvs[0].Value)
+}
+
+// ListAgents reads the registered agents, by store id.
+func ListAgents(ctx context.Context, cli *clientv3.Client) ([]*pitrpb.AgentRecord, error) {
+	resp, err := cli.Get(ctx, AgentPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list agents: %w", err)
+	}
+	var out []*pitrpb.AgentRecord
+	for _, kv := range resp.Kvs {
+		r := &pitrpb.AgentRecord{}
+		if err := protobuf.Unmarshal(kv.Value, r); err != nil {
+			return nil, fmt.Errorf("decode agent %s: %w", kv.Key, err)
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetStoreId() < out[j].GetStoreId() })
+	return out, nil
 }
