@@ -137,12 +137,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if taskInfo != nil && taskInfo.GetClusterId() != 0 && taskInfo.GetClusterId() != clusterID {
 		return nil, fmt.Errorf("%w: the storage root belongs to task %q of cluster %d, not to this cluster (%d)", ErrConflict, taskInfo.GetName(), taskInfo.GetClusterId(), clusterID)
 	}
-	ranges := keyspace.Normalize(o.Ranges)
-	if len(ranges) == 0 && taskInfo != nil {
+	ranges := keyspace.Normalize(o.Ranges) // none: every key
+	if len(o.Ranges) == 0 && taskInfo != nil {
 		ranges = keyspace.Normalize(fromPB(taskInfo.GetRanges()))
 	}
 	if len(ranges) == 0 {
-		ranges = []keyspace.Range{{}}
+		return nil, fmt.Errorf("%w: the ranges are empty", ErrInvalid)
 	}
 	root, ts, resumed, err := pickRoot(ctx, o.Storage, taskInfo != nil, o.BackupTS, ranges)
 	if err != nil {
@@ -371,7 +371,7 @@ func doneRanges(done []*pitrpb.SnapshotRange) []keyspace.Range {
 
 // subtract returns the parts of ranges (sorted, merged) outside done.
 func subtract(ranges, done []keyspace.Range) []keyspace.Range {
-	done = keyspace.Normalize(done)
+	done = keyspace.Merge(done)
 	var out []keyspace.Range
 	for _, r := range ranges {
 		cur := r

@@ -209,4 +209,3 @@ func tiles(parts, want []keyspace.Range) error {
 	}
 	return nil
 }
-

@@ -76,7 +76,7 @@ func ScanRange(ctx context.Context, store *tikv.KVStore, up flush.Uploader, o Sc
 		Writer:            logfile.WriterOptions{RowGroupBytes: max(min(logfile.DefaultRowGroupBytes, o.FileTarget/8), 1)},
 		Path:              FilePath,
 	})
-	_ = it.Close() // the reader has ended once Close returns
+	_ = it.Close()     // the reader has ended once Close returns
 	if it.err != nil { // the scan's own error says more than the writer's echo of it
 		return nil, it.err
 	}
