@@ -20,6 +20,9 @@ const module = "github.com/pitr-io/pitr"
 //   - connector (the one way to a cluster) imports only keyspace;
 //   - restore never imports agent or coordinator (restore works with the
 //     source cluster gone);
+//   - checksum (TiKV's range checksum) imports only keyspace and proto;
+//   - snapshot (the full backup) imports neither agent, coordinator nor
+//     restore: the agent and the command both run its scans;
 //   - playground is imported only by cmd/pitr-playground, cmd/pitr-bench,
 //     testkit and the playground itself (tests may import it freely);
 //   - testkit (the harness) is imported only by tests, cmd/pitr-playground
@@ -70,6 +73,10 @@ func TestDependencyDirection(t *testing.T) {
 				t.Errorf("%s imports %s: connector imports only keyspace", pkg, d)
 			case under(pkg, "restore") && (under(d, "agent") || under(d, "coordinator")):
 				t.Errorf("%s imports %s: restore must work with the cluster gone", pkg, d)
+			case under(pkg, "checksum") && !under(d, "keyspace") && !under(d, "proto"):
+				t.Errorf("%s imports %s: checksum imports only keyspace and proto", pkg, d)
+			case under(pkg, "snapshot") && (under(d, "agent") || under(d, "coordinator") || under(d, "restore")):
+				t.Errorf("%s imports %s: snapshot imports neither agent, coordinator nor restore", pkg, d)
 			case pkg == "cmd/pitr" && under(d, "playground"):
 				t.Errorf("%s imports %s: the pitr binary links no playground (pitr-playground does)", pkg, d)
 			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr-playground") && !under(pkg, "cmd/pitr-bench") && !under(pkg, "testkit"):

@@ -16,6 +16,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tikv/client-go/v2/txnkv"
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/opt"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -88,6 +89,11 @@ type Agent struct {
 
 	closeOnce sync.Once
 
+	// Snapshot backup scans (backup.go).
+	backupSem chan struct{}
+	kvMu      sync.Mutex
+	kv        *txnkv.Client
+
 	wrapSink func(sink) sink // tests: wraps each capture's flusher
 }
 
@@ -137,7 +143,7 @@ func New(cfg Config) (*Agent, error) {
 			gath = prometheus.NewRegistry()
 		}
 	}
-	a := &Agent{cfg: cfg, log: log, reg: reg, gatherer: gath, tasks: map[string]*runner{}, started: time.Now(),
+	a := &Agent{cfg: cfg, log: log, reg: reg, gatherer: gath, tasks: map[string]*runner{}, backupSem: make(chan struct{}, DefaultBackupConcurrency), started: time.Now(),
 		upLimit: storage.NewSharedLimit(cfg.UploadRateLimit)}
 	if err := a.connect(); err != nil {
 		a.closeClients()
@@ -358,6 +364,12 @@ func (a *Agent) Close() error {
 }
 
 func (a *Agent) closeClients() {
+	a.kvMu.Lock()
+	if a.kv != nil {
+		_ = a.kv.Close()
+		a.kv = nil
+	}
+	a.kvMu.Unlock()
 	if a.tikv != nil {
 		_ = a.tikv.Close()
 	}

@@ -39,6 +39,8 @@ type metrics struct {
 	protocolErrors  prometheus.Counter
 	droppedCommits  prometheus.Counter
 	captureRestarts prometheus.Counter
+	backupRanges    *prometheus.CounterVec
+	backupBytes     prometheus.Counter
 
 	prewriteReleases prometheus.Counter
 	prewriteKept     prometheus.Counter
@@ -100,6 +102,14 @@ func newMetrics(reg prometheus.Registerer, a *Agent) (*metrics, error) {
 			Name: "pitr_agent_capture_restarts_total",
 			Help: "Task captures started again after a failure.",
 		}),
+		backupRanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_agent_backup_ranges_total",
+			Help: "Snapshot backup ranges this agent scanned, by result (ok, error).",
+		}, []string{"result"}),
+		backupBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pitr_agent_backup_scanned_bytes_total",
+			Help: "Key and value bytes read by snapshot backup scans.",
+		}),
 		prewriteReleases: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pitr_agent_prewrite_budget_releases_total",
 			Help: "Regions whose pending prewrites were dropped over the prewrite budget and subscribed again.",
@@ -150,7 +160,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) (*metrics, error) {
 	)
 	cs := append([]prometheus.Collector{events, m.receivedBytes, m.capturedRows, m.capturedBytes, m.flushDuration,
 		m.flushes, m.regionLag, m.resubscribes, m.subscribes, m.streamErrors, m.protocolErrors, m.droppedCommits,
-		m.captureRestarts, m.prewriteReleases, m.prewriteKept}, gauges...)
+		m.captureRestarts, m.prewriteReleases, m.prewriteKept, m.backupRanges, m.backupBytes}, gauges...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register agent metrics: %w", err)

@@ -26,7 +26,8 @@ Commands:
   pitr task status [NAME] [--json] | pause NAME | resume NAME | stop NAME
   pitr restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]
   pitr verify --storage URL [--to TS]
-  pitr backup full --storage URL --pd ADDRS
+  pitr backup full --storage URL --pd ADDRS [--ts TS] [--range START:END]
+  pitr backup status --storage URL [--json]
   pitr compact --storage URL | pitr truncate --storage URL --until TS
 
 The playground and the demo are a separate binary, pitr-playground:
@@ -126,20 +127,6 @@ func notBuilt(issue string) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, _ []string) error {
 		return cli.WithExit(cli.ExitUsage, fmt.Errorf("%s is not available in this build yet (tracked in %s)", c.CommandPath(), issue))
 	}
-}
-
-func newBackupCmd() *cobra.Command {
-	b := &cobra.Command{Use: "backup", Short: "Snapshot backups (the base of a point-in-time restore)"}
-	full := &cobra.Command{
-		Use:   "full --storage URL --pd ADDRS",
-		Short: "Take a full snapshot backup at one timestamp",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("the snapshot issue (not filed yet)"),
-	}
-	full.Flags().String("storage", "", "storage URL")
-	full.Flags().String("pd", "", "PD addresses")
-	b.AddCommand(full)
-	return b
 }
 
 func newCompactCmd() *cobra.Command {

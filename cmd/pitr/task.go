@@ -16,6 +16,7 @@ import (
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -29,9 +30,10 @@ type taskOptions struct {
 
 // taskStartOptions are the flags of `pitr task start`.
 type taskStartOptions struct {
-	storage string
-	startTS string
-	ranges  []string
+	storage      string
+	startTS      string
+	ranges       []string
+	withSnapshot bool
 }
 
 func newTaskCmd() *cobra.Command {
@@ -53,7 +55,13 @@ in etcd, where agents and coordinators pick it up.
 --start-ts is a TSO or an RFC3339 time (default: now); it must be above
 PD's GC safepoint. --range START:END limits the backup to raw keys
 [START, END) (repeatable; empty START or END is unbounded; a 0x prefix
-gives a key in hex, e.g. --range 0x7480:0x7481). Default: every key.`,
+gives a key in hex, e.g. --range 0x7480:0x7481). Default: every key.
+
+A task on ranges that already hold data needs a base snapshot before any
+point can be restored: --with-snapshot takes it at the start ts right
+away (as pitr backup full --ts START would; its progress is on stderr).
+If the snapshot fails, the task keeps running and the error says how to
+take it again.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTaskStart(cmd, o, so, args[0])
@@ -62,6 +70,7 @@ gives a key in hex, e.g. --range 0x7480:0x7481). Default: every key.`,
 	start.Flags().StringVar(&so.storage, "storage", "", "storage URL (s3://, gs://, azblob://, file://)")
 	start.Flags().StringVar(&so.startTS, "start-ts", "", "start timestamp (TSO or RFC3339); default now")
 	start.Flags().StringSliceVar(&so.ranges, "range", nil, "key range START:END to back up (repeatable); default all")
+	start.Flags().BoolVar(&so.withSnapshot, "with-snapshot", false, "also take the base snapshot at the start ts (pitr backup full), so that any point after it can be restored")
 	status := &cobra.Command{
 		Use:   "status [NAME] [--json]",
 		Short: "Show task state, checkpoint, lag and the slowest regions",
@@ -251,8 +260,19 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	ts := rec.GetInfo().GetStartTs()
 	fmt.Fprintf(cmd.OutOrStdout(), "task %s started at ts %s; GC safepoint %s held; storage %s\n",
 		name, keyspace.Format(ts), task.SafePointID(name), rec.GetStorageUrl())
+	if so.withSnapshot {
+		res, err := takeSnapshot(cmd.Context(), cmd, o, addrs, snapshot.Options{
+			StorageURL: so.storage, BackupTS: ts, Progress: cmd.ErrOrStderr(), Logger: cliLogger(cmd.ErrOrStderr()),
+		})
+		if err != nil {
+			return cli.WithExit(cli.Code(err), fmt.Errorf("%w; the task is running: take the snapshot with pitr backup full --storage %s --pd %s --ts %d",
+				err, so.storage, o.pd, ts))
+		}
+		printBackup(cmd.OutOrStdout(), so.storage, res)
+		return nil
+	}
 	if !rec.GetInfo().GetStartedEmpty() {
-		fmt.Fprintf(cmd.OutOrStdout(), "note: the task ranges held data at the start ts; a restore needs a base snapshot (pitr backup full) taken at or after it\n")
+		fmt.Fprintf(cmd.OutOrStdout(), "note: the task ranges held data at the start ts; a restore needs a base snapshot (pitr backup full, or task start --with-snapshot) taken at or after it\n")
 	}
 	return nil
 }
