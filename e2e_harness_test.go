@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 		level = hclog.Debug
 	}
 	connector.RouteClientLogs(hclog.New(&hclog.LoggerOptions{Name: "client", Level: level, Output: os.Stderr}))
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild(os.Getenv(childEnv)))
+	}
 	os.Exit(m.Run())
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
 	"github.com/pitr-io/pitr/testkit"
@@ -29,11 +30,16 @@ import (
 type Options struct {
 	// Task names the backup task (default "e2e").
 	Task string
-	// Cluster is the source (see testkit.Options); it must start empty.
+	// Cluster is the source (see testkit.Options); it must start empty
+	// unless HoldsData.
 	Cluster testkit.Options
 	// Setup, when set, runs on the source before the task, the agents and
-	// the coordinators start (a split the agents should find at start).
+	// the coordinators start (a split the agents should find at start, or
+	// the data a real cluster holds when its backup starts).
 	Setup func(c *testkit.Cluster)
+	// HoldsData: the task ranges hold data when the task starts (Setup
+	// wrote it), so restores need a snapshot (Snapshot).
+	HoldsData bool
 	// Agent adjusts the configuration of a store's agent.
 	Agent func(store uint64, cfg *agent.Config)
 	// Coordinators is how many coordinators run (0: two).
@@ -92,8 +98,8 @@ func Start(tb testkit.TB, ctx context.Context, o Options) *Pipeline {
 	if err != nil {
 		tb.Fatalf("start task: %v", err)
 	}
-	if !rec.GetInfo().GetStartedEmpty() {
-		tb.Fatalf("task %s did not start empty", o.Task)
+	if rec.GetInfo().GetStartedEmpty() == o.HoldsData {
+		tb.Fatalf("task %s: started empty %v, want %v", o.Task, rec.GetInfo().GetStartedEmpty(), !o.HoldsData)
 	}
 	p.StartTS = rec.GetInfo().GetStartTs()
 
@@ -237,6 +243,27 @@ func (p *Pipeline) LeaderKill(at float64) testkit.Fault {
 		_, ok := p.KillLeader()
 		return ok, nil
 	}}
+}
+
+// Snapshot takes a snapshot backup into the task's root at ts (0: now),
+// through the agents that run (snapshot.EtcdAgents), as pitr backup full
+// does; o's Storage, StorageURL, PD, KV and Agents are filled in.
+func (p *Pipeline) Snapshot(ts uint64, o snapshot.Options) *snapshot.Result {
+	p.TB.Helper()
+	agents, err := snapshot.NewEtcdAgents(p.Ctx, p.Clients.Etcd, p.TLS)
+	if err != nil {
+		p.TB.Fatalf("agents: %v", err)
+	}
+	defer agents.Close()
+	o.Storage, o.StorageURL, o.PD, o.KV, o.Agents, o.BackupTS = p.Backup(), p.StorageURL, p.Clients.PD, p.KV.KVStore, agents, ts
+	if o.Logger == nil {
+		o.Logger = p.Log
+	}
+	res, err := snapshot.Run(p.Ctx, o)
+	if err != nil {
+		p.TB.Fatalf("snapshot at %d: %v", ts, err)
+	}
+	return res
 }
 
 // Checkpoint is the task's checkpoint in etcd.
