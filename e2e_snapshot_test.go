@@ -18,6 +18,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/connector"
+	"github.com/pitr-io/pitr/coordinator"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
@@ -65,15 +66,18 @@ func loadBefore(ctx context.Context, kv *txnkv.Client, prefix string, n int, rng
 // TestSnapshotEndToEnd is the path of every real user: the cluster holds
 // data before the log task starts, so a restore needs a base snapshot. A
 // snapshot is taken through the agents while a bank workload runs with
-// splits, leader moves and an agent kill (GC running on the source); then
-// restores at 10 random T in [B, checkpoint] into fresh targets (GC on)
-// must read what the source reads at T, key for key.
+// splits, leader moves and an agent kill (GC running on the source), and
+// the leading coordinator takes more on its schedule; then restores at 10
+// random T in [first B, checkpoint] into fresh targets (GC on), each from
+// the newest snapshot at or before T, must read what the source reads at
+// T, key for key.
 func TestSnapshotEndToEnd(t *testing.T) {
 	runFor := runLength()
 	rng0 := rand.New(rand.NewSource(1))
 	bank := &workload.Bank{Prefix: "snap/", Accounts: 300, Initial: 1000}
 	ctx, p, rng := startE2E(t, pipeline.Options{Task: "snap", HoldsData: true,
 		Cluster: testkit.Options{Playground: playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond}},
+		Coordinator: func(_ int, cfg *coordinator.Config) { cfg.SnapshotInterval = runFor / 3 },
 		Setup: func(c *testkit.Cluster) {
 			bank.Client = c.KV
 			require.NoError(t, bank.Init(c.Ctx))
@@ -113,8 +117,21 @@ func TestSnapshotEndToEnd(t *testing.T) {
 	cp := p.WaitCheckpoint(endTS, 90*time.Second)
 	require.Greater(t, cp, snap.BackupTS)
 	p.Verify(cp)
+	infos, err := snapshot.List(ctx, p.Backup())
+	require.NoError(t, err)
+	first := uint64(0)
+	finished := 0
+	for _, in := range infos {
+		if in.Finished() {
+			finished++
+			if first == 0 {
+				first = in.BackupTS
+			}
+		}
+	}
+	require.GreaterOrEqual(t, finished, 2, "the coordinator's scheduled snapshots and ours")
 
-	points := randomPoints(rng, snap.BackupTS, cp, 10)
+	points := randomPoints(rng, first, cp, 10)
 	for i, T := range points {
 		r := p.RestoreInto(i, T, pipeline.RestoreOptions{})
 		testkit.RequireSame(t, p.ReadAll(T), r.Read, T)
@@ -136,6 +153,7 @@ func runChild(what string) int {
 	ctx := context.Background()
 	rate, _ := strconv.ParseInt(os.Getenv("PITR_CHILD_RATE"), 10, 64)
 	ttl, _ := strconv.Atoi(os.Getenv("PITR_CHILD_TTL"))
+	leaseTTL, _ := strconv.Atoi(os.Getenv("PITR_CHILD_LEASE"))
 	cfg := connector.Config{PDAddrs: []string{os.Getenv("PITR_CHILD_PD")}, Timeout: 10 * time.Second}
 	kv, err := connector.KV(ctx, cfg)
 	if err != nil {
@@ -153,7 +171,7 @@ func runChild(what string) int {
 		return 2
 	}
 	_, err = snapshot.Run(ctx, snapshot.Options{Storage: st, PD: pd, KV: kv.KVStore, RangeRegions: 1, Concurrency: 1,
-		SafePointTTL: time.Duration(ttl) * time.Second})
+		SafePointTTL: time.Duration(ttl) * time.Second, LeaseTTL: time.Duration(leaseTTL) * time.Second})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -163,7 +181,8 @@ func runChild(what string) int {
 
 // TestSnapshotKilledAndResumed kills a backup with SIGKILL after its first
 // range is recorded: its GC safepoint is still held then (for at most its
-// TTL), and rerunning the backup resumes it — same ts, the finished range
+// TTL), its lease keeps another process from taking the backup over until
+// it expires, and then rerunning the backup resumes it — same ts, the finished range
 // skipped — ends with the source's data at B, and leaves no safepoint.
 func TestSnapshotKilledAndResumed(t *testing.T) {
 	if testing.Short() {
@@ -180,7 +199,7 @@ func TestSnapshotKilledAndResumed(t *testing.T) {
 	url := "file://" + t.TempDir()
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childEnv+"=backup", "PITR_CHILD_PD="+c.P.PDAddr(), "PITR_CHILD_STORAGE="+url,
-		"PITR_CHILD_RATE="+strconv.Itoa(1<<20), "PITR_CHILD_TTL=30")
+		"PITR_CHILD_RATE="+strconv.Itoa(1<<20), "PITR_CHILD_TTL=30", "PITR_CHILD_LEASE=3")
 	var stderr strings.Builder
 	child.Stderr = &stderr
 	require.NoError(t, child.Start())
@@ -204,6 +223,12 @@ func TestSnapshotKilledAndResumed(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, sps, snapshot.SafePointID(info.BackupTS), "the killed backup's safepoint lives until its TTL")
 
+	// The dead backup's lease has not expired yet: nobody else may take
+	// it over. Once it has, the rerun resumes.
+	_, err = snapshot.Run(ctx, snapshot.Options{Storage: st, PD: c.Clients.PD, KV: c.KV.KVStore, RangeRegions: 1})
+	require.ErrorIs(t, err, snapshot.ErrConflict)
+	require.Contains(t, err.Error(), "is being taken by")
+	time.Sleep(3 * time.Second)
 	res, err := snapshot.Run(ctx, snapshot.Options{Storage: st, PD: c.Clients.PD, KV: c.KV.KVStore, RangeRegions: 1})
 	require.NoError(t, err)
 	require.True(t, res.Resumed)

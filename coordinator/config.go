@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tikv/client-go/v2/tikv"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pitr-io/pitr/connector"
@@ -67,6 +68,14 @@ type Config struct {
 	// transaction client); with neither, lock resolution is off and New
 	// logs a warning.
 	Locks LockResolver
+	// SnapshotInterval: the leader takes a snapshot backup of every running
+	// task (package snapshot, into the task's root, through the agents)
+	// when its newest one is older than this, so that a restore never
+	// replays more than about this much log. 0 turns it off.
+	SnapshotInterval time.Duration
+	// KV is the client-go store of scheduled snapshots (nil: New makes
+	// one on PDAddrs when SnapshotInterval is set).
+	KV *tikv.KVStore
 
 	// Etcd and PD, when set, are used instead of connecting to PDAddrs (the
 	// Coordinator does not close them).

@@ -37,11 +37,13 @@ func ConnectEtcd(ctx context.Context, c connector.Config) (*clientv3.Client, err
 // connectLocks makes the lock resolver on PDAddrs when lock resolution is
 // on and none was given (first: see connector.KV).
 func (c *Coordinator) connectLocks() error {
-	if c.cfg.ResolveLocksAfter <= 0 || c.cfg.Locks != nil {
+	needLocks := c.cfg.ResolveLocksAfter > 0 && c.cfg.Locks == nil
+	needSnap := c.cfg.SnapshotInterval > 0 && c.cfg.KV == nil
+	if !needLocks && !needSnap {
 		return nil
 	}
 	if len(c.cfg.PDAddrs) == 0 {
-		c.log.Warn("lock resolution is off: no lock resolver and no PD addresses to make one")
+		c.log.Warn("lock resolution and scheduled snapshots are off: no client-go client given and no PD addresses to make one")
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ConnectTimeout)
@@ -51,7 +53,12 @@ func (c *Coordinator) connectLocks() error {
 		return err
 	}
 	c.kv = kv
-	c.cfg.Locks = NewLockResolver(kv.KVStore)
+	if needLocks {
+		c.cfg.Locks = NewLockResolver(kv.KVStore)
+	}
+	if needSnap {
+		c.cfg.KV = kv.KVStore
+	}
 	return nil
 }
 

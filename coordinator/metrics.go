@@ -15,6 +15,8 @@ type metrics struct {
 	isLeader     prometheus.Gauge
 	tickDuration prometheus.Histogram
 	tickErrors   prometheus.Counter
+	snapshots    *prometheus.CounterVec
+	snapshotTS   *prometheus.GaugeVec
 	terms        prometheus.Counter
 	agentsUp     prometheus.Gauge
 	agentsReg    prometheus.Gauge
@@ -41,6 +43,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Duration of one leader tick over every task (poll, compute, persist, GC hold).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}),
+		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_coordinator_snapshots_total",
+			Help: "Scheduled snapshot backups taken by the leader, by result (ok, error, cancelled).",
+		}, []string{"result"}),
+		snapshotTS: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pitr_coordinator_snapshot_backup_time_seconds",
+			Help: "Backup time (unix seconds of its ts) of each task's newest snapshot known to the leader.",
+		}, []string{"task"}),
 		tickErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pitr_coordinator_tick_errors_total",
 			Help: "Ticks that failed (etcd, PD or storage errors).",
@@ -94,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Unix time the task's last lock resolution ended, labelled with its range (hex raw keys; one series per task).",
 		}, []string{"task", "start_key", "end_key"}),
 	}
-	for _, c := range []prometheus.Collector{m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
+	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
 		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed,
 		m.lockResolutions, m.lockResolutionErrors, m.locksFound, m.lockResolutionLast} {
 		if err := reg.Register(c); err != nil {

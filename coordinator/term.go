@@ -45,6 +45,8 @@ type term struct {
 	// covers asks its agents to re-read regions from PD (see rescanDue).
 	holes    map[string]bool
 	rescanAt map[string]time.Time
+
+	snaps *snapshots // scheduled snapshot backups (snapshots.go)
 }
 
 // heldSafePoint is one UpdateServiceGCSafePoint this term made.
@@ -98,6 +100,8 @@ func (t *term) tickTimeout() time.Duration {
 // run ticks until the parent session ends, ctx ends or the term is deposed;
 // then it halts the term and waits for its goroutines.
 func (t *term) run(ctx context.Context) error {
+	sctx, scancel := context.WithCancel(context.Background())
+	t.snaps = newSnapshots(t, sctx)
 	defer t.close()
 	go func() {
 		select {
@@ -106,6 +110,7 @@ func (t *term) run(ctx context.Context) error {
 		case <-t.stop:
 		}
 		t.halt()
+		scancel() // a deposed term takes no more backups
 	}()
 	tk := time.NewTicker(t.c.cfg.TickInterval)
 	defer tk.Stop()
@@ -255,6 +260,9 @@ func (t *term) tick(ctx context.Context) error {
 		err := t.tickTask(ctx, ti, agents, gcSP, gcErr, now, up)
 		if errors.Is(err, ErrNotLeader) {
 			return err
+		}
+		if t.snaps != nil {
+			t.snaps.maybe(ti.rec, now)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("task %s: %w", ti.name(), err))

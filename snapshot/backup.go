@@ -82,6 +82,9 @@ type Options struct {
 	// command's own uploads are limited through Storage.
 	RateLimit    int64
 	SafePointTTL time.Duration
+	// LeaseTTL is the TTL of the root's lease (DefaultLeaseTTL): a backup
+	// killed with -9 can be resumed that long after it died.
+	LeaseTTL time.Duration
 	// Agents, when set, scan the ranges their stores lead.
 	Agents Agents
 	// Progress, when set, receives a progress line every second.
@@ -116,7 +119,8 @@ func SafePointID(ts uint64) string { return fmt.Sprintf("pitr-backup-%016x", ts)
 //     resumed (same ts and ranges), a finished one or a different one is
 //     ErrConflict; the ts must be at or above PD's GC safepoint and not in
 //     the future;
-//  2. hold a service GC safepoint at the ts (refreshed; released on every
+//  2. take the root's lease (renewed; a live holder is ErrConflict), then
+//     hold a service GC safepoint at the ts (refreshed; released on every
 //     return; a killed backup's expires with its TTL);
 //  3. claim the root (backup.lock, create-if-absent);
 //  4. split what is left to do at the current regions into ranges of at
@@ -165,6 +169,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if taskInfo != nil && ts < taskInfo.GetStartTs() {
 		log.Warn("the backup ts is before the task's start ts: a restore does not use this snapshot", "backup_ts", ts, "task_start_ts", taskInfo.GetStartTs())
 	}
+	// The lease first: a process refused here must not touch the GC
+	// safepoint of the one that holds it (same id).
+	ls, err := takeLease(ctx, o.Storage, root, o.LeaseTTL, log)
+	if err != nil {
+		return nil, err
+	}
+	defer ls.release()
 	hold, err := holdGC(ctx, o.PD, ts, o.SafePointTTL, log)
 	if err != nil {
 		return nil, err
@@ -177,6 +188,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := claim(ctx, o.Storage, root, lock); err != nil {
 		return nil, err
 	}
+
 	done, err := readDone(ctx, o.Storage, root, ts)
 	if err != nil {
 		return nil, err
@@ -184,7 +196,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res := &Result{Root: root, BackupTS: ts, Resumed: resumed || len(done) > 0, RangesSkipped: len(done)}
 	log.Info("backup", "root", o.Storage.URL()+"/"+root, "backup_ts", ts, "ranges", len(ranges), "resumed", res.Resumed, "ranges_done", len(done))
 
-	b := &backup{o: o, log: log, root: root, ts: ts, hold: hold}
+	b := &backup{o: o, log: log, root: root, ts: ts, hold: hold, lease: ls}
 	todo := subtract(ranges, doneRanges(done))
 	if err := b.scanAll(ctx, todo, res); err != nil {
 		return nil, err
@@ -197,7 +209,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := hold.err(); err != nil {
+	if err := errors.Join(hold.err(), ls.err()); err != nil {
 		return nil, err
 	}
 	mb, err := logfile.EncodeBackupMeta(meta)
@@ -229,6 +241,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.SafePointTTL <= 0 {
 		o.SafePointTTL = DefaultSafePointTTL
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = DefaultLeaseTTL
 	}
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
@@ -423,11 +438,12 @@ func buildMeta(ts, clusterID uint64, taskName string, ranges []keyspace.Range, d
 
 // backup is one run's scanning state.
 type backup struct {
-	o    Options
-	log  hclog.Logger
-	root string
-	ts   uint64
-	hold *gcHold
+	o     Options
+	log   hclog.Logger
+	root  string
+	ts    uint64
+	hold  *gcHold
+	lease *lease
 
 	scanned atomic.Int64 // logical bytes scanned by this process
 	stored  atomic.Int64 // bytes stored, by anyone
@@ -559,7 +575,7 @@ func (b *backup) backupRange(ctx context.Context, j job) error {
 			}
 			backoff *= 2
 		}
-		if err = b.hold.err(); err != nil {
+		if err = errors.Join(b.hold.err(), b.lease.err()); err != nil {
 			return err
 		}
 		err = b.tryRange(ctx, j, attempt)

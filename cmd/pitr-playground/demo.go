@@ -20,6 +20,7 @@ import (
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/workload"
+	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/testkit"
 	"github.com/pitr-io/pitr/testkit/pipeline"
 )
@@ -127,8 +128,15 @@ func runDemo(cmd *cobra.Command, o *demoOptions) error {
 }
 
 func (d *demoRun) run(tb testkit.TB, ctx context.Context, o *demoOptions, started *bool) error {
-	// 1. Source cluster, task, agents, coordinators.
-	p := pipeline.Start(tb, ctx, pipeline.Options{Task: "demo",
+	// 1. Source cluster that already holds data (as every real one does),
+	// task, agents, coordinators.
+	bank := &workload.Bank{Prefix: "demo/", Accounts: o.accounts, Initial: 1000}
+	var setupErr error
+	p := pipeline.Start(tb, ctx, pipeline.Options{Task: "demo", HoldsData: true,
+		Setup: func(c *testkit.Cluster) {
+			bank.Client = c.KV
+			setupErr = bank.Init(ctx)
+		},
 		Cluster: testkit.Options{Component: "pitr-demo",
 			Playground: playground.Config{Stores: 3, Dir: filepath.Join(d.dir, "source"), Logger: d.log}},
 		Agent: func(_ uint64, cfg *agent.Config) { cfg.FlushInterval = agent.DefaultFlushInterval },
@@ -141,15 +149,19 @@ func (d *demoRun) run(tb testkit.TB, ctx context.Context, o *demoOptions, starte
 		},
 	})
 	*started = true
-	d.say("[1/5] source cluster: 3 stores, PD %s", p.P.PDAddr())
+	if setupErr != nil {
+		return fmt.Errorf("load accounts: %w", setupErr)
+	}
+	d.say("[1/5] source cluster: 3 stores, PD %s, already holding %d bank accounts", p.P.PDAddr(), o.accounts)
 	d.say("[2/5] task %q started at ts %d; storage %s; 3 agents, 2 coordinators", p.Task, p.StartTS, p.StorageURL)
+	// The data that existed before the task needs a base: a snapshot at the
+	// start ts, scanned by the agents (pitr task start --with-snapshot).
+	snap := p.Snapshot(p.StartTS, snapshot.Options{})
+	d.say("  %s  base snapshot at the start ts: %d ranges (%d scanned by agents), %d files, %d keys, in %.2fs",
+		d.elapsed(), snap.Ranges, snap.ByAgents, snap.Files, snap.Kvs, snap.Duration.Seconds())
 	rng := testkit.Rand(tb)
 
 	// 2. Workload with chaos; the checkpoint as it moves.
-	bank := &workload.Bank{Client: p.KV, Prefix: "demo/", Accounts: o.accounts, Initial: 1000}
-	if err := bank.Init(ctx); err != nil {
-		return fmt.Errorf("load accounts: %w", err)
-	}
 	d.say("[3/5] bank workload: %d clients, %d accounts, for %s; regions split and leaders move meanwhile",
 		o.clients, o.accounts, o.duration)
 	var st workload.Stats

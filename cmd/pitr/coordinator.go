@@ -31,6 +31,9 @@ type coordinatorFile struct {
 	// ResolveLocksAfter: resolve dead transactions' locks in ranges whose
 	// checkpoint lags more than this ("60s" by default; negative: off).
 	ResolveLocksAfter duration `toml:"resolve-locks-after"`
+	// SnapshotInterval: take a snapshot backup of each running task when
+	// its newest one is older than this ("0s", the default: off).
+	SnapshotInterval duration `toml:"snapshot-interval"`
 	// Security: TLS to the cluster and to the agents.
 	Security securityFile `toml:"security"`
 }
@@ -100,6 +103,10 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		cfg.SafePointTTL, cfg.SessionTTL = file.SafePointTTL.Duration, file.SessionTTL.Duration
 		cfg.MaxSlow, cfg.ConnectTimeout = file.MaxSlow, file.ConnectTimeout.Duration
 		cfg.ResolveLocksAfter = file.ResolveLocksAfter.Duration
+		cfg.SnapshotInterval = file.SnapshotInterval.Duration
+		if cfg.SnapshotInterval < 0 {
+			return cli.Usagef("--config %s: snapshot-interval must not be negative", o.configPath)
+		}
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel
 		}

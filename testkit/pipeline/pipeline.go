@@ -110,7 +110,7 @@ func Start(tb testkit.TB, ctx context.Context, o Options) *Pipeline {
 	for i := 0; i < o.Coordinators; i++ {
 		cfg := coordinator.Config{PDAddrs: []string{p.P.PDAddr()}, TLS: p.TLS, ID: fmt.Sprintf("c%d", i),
 			HTTPAddr: "-", SessionTTL: 2 * time.Second, TickInterval: 500 * time.Millisecond, Logger: p.Log,
-			ResolveLocksAfter: 3 * time.Second, Locks: coordinator.NewLockResolver(p.KV.KVStore)}
+			ResolveLocksAfter: 3 * time.Second, Locks: coordinator.NewLockResolver(p.KV.KVStore), KV: p.KV.KVStore}
 		if o.Coordinator != nil {
 			o.Coordinator(i, &cfg)
 		}
