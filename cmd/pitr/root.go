@@ -22,7 +22,7 @@ safepoint; "pitr restore --to T" rebuilds the cluster as it was at T.
 Commands:
   pitr agent --pd ADDRS --tikv ADDR [--config agent.toml]
   pitr coordinator --pd ADDRS [--config coordinator.toml]
-  pitr task start NAME --storage URL [--start-ts TS] [--range START:END]
+  pitr task start NAME --storage URL [--start-ts TS] [--range START:END] [--with-snapshot]
   pitr task status [NAME] [--json] | pause NAME | resume NAME | stop NAME
   pitr restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]
   pitr verify --storage URL [--to TS]
@@ -40,14 +40,17 @@ Exit status:
   2  usage error, or a subcommand this build does not provide yet
   3  a required service (PD, etcd, storage) is unreachable
   4  conflict with existing state (storage root owned by another task or
-     cluster, task name taken, wrong task state, start ts already GC'd)
+     cluster, task name taken, wrong task state, start or backup ts
+     already GC'd, a snapshot root holding another backup)
   10 restore point outside the restorable range (the message names it)
-  11 corrupt backup: a file's size or sha256, or a meta, is wrong
+  11 corrupt backup: a file's size or sha256, or a meta, is wrong, or a
+     checksum does not match (a snapshot range, a restored range)
   12 incomplete backup: a referenced file is missing, or the log has a hole
   13 not a pitr backup (no pitr.lock or task.pb), or another task's root
   14 the restore target holds data in the task ranges
   15 the backup was written by a newer pitr
-  16 the restore needs a base snapshot this build cannot provide
+  16 the restore needs a base snapshot and the backup has none
+     (pitr backup full, or task start --with-snapshot)
   restore errors say whether anything was written to the target; after a
   write began, rerun the same command to resume (the progress file)`
 

@@ -74,7 +74,9 @@ const (
 	// [task start ts, global checkpoint]; the message names the range.
 	ExitOutOfRange = 10
 	// ExitCorrupt: a data file's size or sha256, or a meta or root object,
-	// is not what was written.
+	// is not what was written; or a checksum does not match: a snapshot
+	// range against TiKV's checksum at the backup ts, a restored range
+	// against what the backup says a read at T returns.
 	ExitCorrupt = 11
 	// ExitMissing: a file a meta references is missing, or the log's
 	// coverage has a hole (the message names the keys and timestamps).
@@ -89,8 +91,8 @@ const (
 	ExitTargetNotEmpty = 14
 	// ExitFormat: the backup was written by a newer pitr.
 	ExitFormat = 15
-	// ExitNoBase: restoring needs a base snapshot this build cannot
-	// provide (the task did not start on empty ranges).
+	// ExitNoBase: restoring needs a base snapshot and the backup holds no
+	// finished one (the task did not start on empty ranges).
 	ExitNoBase = 16
 )
 
