@@ -90,9 +90,10 @@ type Agent struct {
 	closeOnce sync.Once
 
 	// Snapshot backup scans (backup.go).
-	backupSem chan struct{}
-	kvMu      sync.Mutex
-	kv        *txnkv.Client
+	backupSem   chan struct{}
+	kvMu        sync.Mutex
+	kv          *txnkv.Client
+	backupLimit *storage.RateLimited // the snapshot scans' upload limit
 
 	wrapSink func(sink) sink // tests: wraps each capture's flusher
 }

@@ -57,8 +57,18 @@ func (a *Agent) backupRange(ctx context.Context, req *pitrpb.BackupRangeRequest)
 	if err != nil {
 		return nil, err
 	}
+	// One bucket for every range the agent scans at once: the limit is
+	// per agent, as the backup command documents it.
+	a.kvMu.Lock()
+	if a.backupLimit == nil {
+		a.backupLimit = storage.NewSharedLimit(req.GetRateLimit())
+	} else if a.backupLimit.Limit() != req.GetRateLimit() {
+		a.backupLimit.SetLimit(req.GetRateLimit())
+	}
+	limit := a.backupLimit
+	a.kvMu.Unlock()
 	st, err := storage.OpenStack(ctx, req.GetStorageUrl(), storage.StackOptions{
-		Logger: a.log, Metrics: a.storMet, RateLimit: req.GetRateLimit(),
+		Logger: a.log, Metrics: a.storMet, SharedLimit: limit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
