@@ -66,7 +66,8 @@ func loadBefore(ctx context.Context, kv *txnkv.Client, prefix string, n int, rng
 // TestSnapshotEndToEnd is the path of every real user: the cluster holds
 // data before the log task starts, so a restore needs a base snapshot. A
 // snapshot is taken through the agents while a bank workload runs with
-// splits, leader moves and an agent kill (GC running on the source), and
+// splits, leader moves, an agent kill and a store restart while it runs
+// (GC running on the source), and
 // the leading coordinator takes more on its schedule; then restores at 10
 // random T in [first B, checkpoint] into fresh targets (GC on), each from
 // the newest snapshot at or before T, must read what the source reads at
@@ -95,14 +96,17 @@ func TestSnapshotEndToEnd(t *testing.T) {
 	chaos := &testkit.Chaos{Rand: rng, Step: 500 * time.Millisecond, For: runFor,
 		Routine: []testkit.Action{p.Split(16, bankKey(bank)), p.MoveLeader(), nil},
 		Faults: []testkit.Fault{
-			{At: 0.2, Name: "snapshot while the workload runs", Inject: func(context.Context, *rand.Rand) (bool, error) {
+			// Slowed down (the agents' uploads at 512 KiB/s each) so that
+			// an agent kill and a store restart land while it runs.
+			{At: 0.15, Name: "snapshot while the workload runs", Inject: func(context.Context, *rand.Rand) (bool, error) {
 				go func() {
 					defer close(snapped)
-					snap = p.Snapshot(0, snapshot.Options{RangeRegions: 1})
+					snap = p.Snapshot(0, snapshot.Options{RangeRegions: 1, RateLimit: 512 << 10})
 				}()
 				return true, nil
 			}},
-			p.AgentKill(0.5),
+			p.AgentKill(0.3),
+			p.RestartStore(0.4, 2*time.Second),
 		},
 		Watch: []*testkit.Workload{work},
 	}
@@ -111,7 +115,7 @@ func TestSnapshotEndToEnd(t *testing.T) {
 	require.NoError(t, work.Stop())
 	require.NotNil(t, snap)
 	require.Greater(t, snap.ByAgents, 0, "agents scanned ranges")
-	t.Logf("snapshot at %d: %d ranges (%d by agents), %d files, %d keys", snap.BackupTS, snap.Ranges, snap.ByAgents, snap.Files, snap.Kvs)
+	t.Logf("snapshot at %d: %d ranges (%d by agents), %d files, %d keys, %d bytes, in %s", snap.BackupTS, snap.Ranges, snap.ByAgents, snap.Files, snap.Kvs, snap.Bytes, snap.Duration)
 
 	endTS := p.TS()
 	cp := p.WaitCheckpoint(endTS, 90*time.Second)
