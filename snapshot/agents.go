@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -19,24 +20,56 @@ import (
 // sends them ranges. An agent that is not registered, or cannot be
 // reached, is not there (ok false): the command scans the range itself.
 type EtcdAgents struct {
-	tls connector.TLS
+	tls  connector.TLS
+	etcd *clientv3.Client
 
-	mu    sync.Mutex
-	addrs map[uint64]string
-	conns map[string]*grpc.ClientConn
+	mu     sync.Mutex
+	addrs  map[uint64]string
+	conns  map[string]*grpc.ClientConn
+	readAt time.Time // when addrs were read
 }
+
+// refreshEvery bounds how often the agents are read again after one could
+// not be reached (a restarted agent registers a new address).
+const refreshEvery = 2 * time.Second
 
 // NewEtcdAgents reads the registered agents once.
 func NewEtcdAgents(ctx context.Context, etcd *clientv3.Client, tls connector.TLS) (*EtcdAgents, error) {
-	recs, err := task.ListAgents(ctx, etcd)
-	if err != nil {
+	a := &EtcdAgents{tls: tls, etcd: etcd, conns: map[string]*grpc.ClientConn{}}
+	if err := a.read(ctx); err != nil {
 		return nil, fmt.Errorf("%w: %v", connector.ErrUnavailable, err)
 	}
-	a := &EtcdAgents{tls: tls, addrs: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}}
-	for _, r := range recs {
-		a.addrs[r.GetStoreId()] = r.GetAddr()
-	}
 	return a, nil
+}
+
+func (a *EtcdAgents) read(ctx context.Context) error {
+	recs, err := task.ListAgents(ctx, a.etcd)
+	if err != nil {
+		return err
+	}
+	addrs := map[uint64]string{}
+	for _, r := range recs {
+		addrs[r.GetStoreId()] = r.GetAddr()
+	}
+	a.mu.Lock()
+	a.addrs, a.readAt = addrs, time.Now()
+	a.mu.Unlock()
+	return nil
+}
+
+// refresh reads the agents again unless that was done recently; it
+// reports whether storeID's address changed.
+func (a *EtcdAgents) refresh(ctx context.Context, storeID uint64, old string) bool {
+	a.mu.Lock()
+	recent := time.Since(a.readAt) < refreshEvery
+	a.mu.Unlock()
+	if !recent {
+		_ = a.read(ctx) // unreachable etcd: keep what we have
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	addr, ok := a.addrs[storeID]
+	return ok && addr != old
 }
 
 // Stores is how many stores have an agent.
@@ -46,29 +79,44 @@ func (a *EtcdAgents) Stores() int {
 	return len(a.addrs)
 }
 
-// BackupRange implements Agents.
+// BackupRange implements Agents. An agent that cannot be reached is looked
+// up again (a restarted one has a new address) and tried once more.
 func (a *EtcdAgents) BackupRange(ctx context.Context, storeID uint64, req *pitrpb.BackupRangeRequest) (*pitrpb.BackupRangeResponse, bool, error) {
-	a.mu.Lock()
-	addr, ok := a.addrs[storeID]
-	var c *grpc.ClientConn
-	var err error
-	if ok {
-		if c = a.conns[addr]; c == nil {
-			if c, err = connector.Dial(addr, a.tls); err == nil {
-				a.conns[addr] = c
-			}
+	for try := 0; ; try++ {
+		c, addr, ok := a.conn(storeID)
+		if !ok {
+			return nil, false, nil
 		}
+		resp, err := pitrpb.NewAgentClient(c).BackupRange(ctx, req)
+		switch status.Code(err) {
+		case codes.Unavailable:
+			if try == 0 && a.refresh(ctx, storeID, addr) {
+				continue
+			}
+			return nil, false, nil // gone: this process scans instead
+		case codes.Unimplemented:
+			return nil, false, nil // an older agent
+		}
+		return resp, true, err
 	}
-	a.mu.Unlock()
-	if !ok || err != nil {
-		return nil, false, nil
+}
+
+func (a *EtcdAgents) conn(storeID uint64) (*grpc.ClientConn, string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	addr, ok := a.addrs[storeID]
+	if !ok {
+		return nil, "", false
 	}
-	resp, err := pitrpb.NewAgentClient(c).BackupRange(ctx, req)
-	if code := status.Code(err); code == codes.Unavailable || code == codes.Unimplemented {
-		// Gone, or an older agent: this process scans instead.
-		return nil, false, nil
+	if c := a.conns[addr]; c != nil {
+		return c, addr, true
 	}
-	return resp, true, err
+	c, err := connector.Dial(addr, a.tls)
+	if err != nil {
+		return nil, "", false
+	}
+	a.conns[addr] = c
+	return c, addr, true
 }
 
 // Close closes the connections.
