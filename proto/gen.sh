@@ -13,3 +13,6 @@ cd "$root/proto"
 protoc --go_out="$out" --go_opt=paths=source_relative \
   --go-grpc_out="$out" --go-grpc_opt=paths=source_relative \
   -I . pitr.proto
+# tipb: TiDB's coprocessor messages pitr speaks (no gRPC services).
+protoc --go_out="$out" --go_opt=paths=source_relative \
+  -I . tipb/checksum.proto

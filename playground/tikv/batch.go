@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pingcap/kvproto/pkg/coprocessor"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/pingcap/kvproto/pkg/tikvpb"
 	"google.golang.org/grpc/codes"
@@ -145,6 +144,8 @@ func (s *Server) handleBatch(ctx context.Context, r *tikvpb.BatchCommandsRequest
 		return &R{Cmd: &tikvpb.BatchCommandsResponse_Response_TxnHeartBeat{TxnHeartBeat: s.kvTxnHeartBeat(c.TxnHeartBeat)}}, false, nil
 	case *tikvpb.BatchCommandsRequest_Request_CheckSecondaryLocks:
 		return &R{Cmd: &tikvpb.BatchCommandsResponse_Response_CheckSecondaryLocks{CheckSecondaryLocks: s.kvCheckSecondaryLocks(c.CheckSecondaryLocks)}}, false, nil
+	case *tikvpb.BatchCommandsRequest_Request_Coprocessor:
+		return &R{Cmd: &tikvpb.BatchCommandsResponse_Response_Coprocessor{Coprocessor: s.coprocessor(c.Coprocessor)}}, false, nil
 	case *tikvpb.BatchCommandsRequest_Request_GetHealthFeedback:
 		return &R{Cmd: &tikvpb.BatchCommandsResponse_Response_GetHealthFeedback{
 			GetHealthFeedback: &kvrpcpb.GetHealthFeedbackResponse{HealthFeedback: s.healthFeedback()},
@@ -171,10 +172,6 @@ func (s *Server) handleBatch(ctx context.Context, r *tikvpb.BatchCommandsRequest
 	case *tikvpb.BatchCommandsRequest_Request_DeleteRange:
 		return &R{Cmd: &tikvpb.BatchCommandsResponse_Response_DeleteRange{DeleteRange: &kvrpcpb.DeleteRangeResponse{
 			Error: unsupported("DeleteRange"),
-		}}}, false, nil
-	case *tikvpb.BatchCommandsRequest_Request_Coprocessor:
-		return &R{Cmd: &tikvpb.BatchCommandsResponse_Response_Coprocessor{Coprocessor: &coprocessor.Response{
-			OtherError: unsupported("Coprocessor"),
 		}}}, false, nil
 	}
 	return nil, false, fmt.Errorf("unsupported batch command %T", r.Cmd)
