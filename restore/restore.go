@@ -38,8 +38,10 @@ type Options struct {
 	TLS connector.TLS
 	// RestoreTS is T.
 	RestoreTS uint64
-	// Snapshot is a base snapshot URL; not supported by this build.
-	Snapshot string
+	// Snapshot, when set, is the storage of the base snapshot to use
+	// (--snapshot: a snapshot root of its own); nil: the newest fitting
+	// snapshot under the task root (snapshot/<ts>/), if any.
+	Snapshot Source
 	// Force writes into a target that already holds data in the task
 	// ranges.
 	Force bool
@@ -115,14 +117,30 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// PlanRestore reads the backup's metadata and plans a restore to ts
-// without touching the data files or any cluster (pitr restore --dry-run).
-func PlanRestore(ctx context.Context, src Source, ts uint64, snapshot string) (*Plan, error) {
+// PlanRestore reads the backup's metadata (and its snapshots', or snap's
+// when set) and plans a restore to ts without touching the data files or
+// any cluster (pitr restore --dry-run).
+func PlanRestore(ctx context.Context, src Source, ts uint64, snap Source) (*Plan, error) {
+	_, p, err := loadPlan(ctx, src, snap, ts)
+	return p, err
+}
+
+func loadPlan(ctx context.Context, src, snap Source, ts uint64) (*Backup, *Plan, error) {
 	b, err := Load(ctx, src)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: ts, Snapshot: snapshot})
+	snaps, explicit, err := loadSnapshots(ctx, src, snap)
+	if err != nil {
+		return nil, nil, err
+	}
+	url := b.URL
+	if snap != nil {
+		url = snap.URL()
+	}
+	p, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: ts,
+		Snapshots: snaps, Explicit: explicit, SnapshotURL: url})
+	return b, p, err
 }
 
 // Run restores the backup to RestoreTS into the target cluster:
@@ -155,14 +173,11 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if rb := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes); rb <= 0 {
 		return nil, fmt.Errorf("memory budget %d bytes is too small for concurrency %d: the chunk buffers alone need more (see CheckBudget)", o.MemoryBudget, o.Concurrency)
 	}
-	b, err := Load(ctx, o.Source)
+	b, plan, err := loadPlan(ctx, o.Source, o.Snapshot, o.RestoreTS)
 	if err != nil {
 		return nil, err
 	}
-	plan, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: o.RestoreTS, Snapshot: o.Snapshot})
-	if err != nil {
-		return nil, err
-	}
+	srcs := sources{log: o.Source, base: o.Snapshot}
 	tgt, err := dialTarget(ctx, o.PDAddrs, o.TLS, log)
 	if err != nil {
 		return nil, err
@@ -207,7 +222,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	for _, f := range files {
 		res.FileBytes += f.File.GetSize()
 	}
-	log.Info("plan", "restore_ts", plan.RestoreTS, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
+	log.Info("plan", "restore_ts", plan.RestoreTS, "base", baseRoot(plan), "log_from", plan.LogFrom, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
 
 	m := newMeter()
 	if o.Progress != nil {
@@ -224,7 +239,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		verifyBytes += f.File.GetSize()
 	}
 	m.setPhase("verify", verifyBytes)
-	if err := checkFiles(ctx, o.Source, files, o.Concurrency, func(n int64) { m.done.Add(n) }); err != nil {
+	if err := checkFiles(ctx, srcs, files, o.Concurrency, func(n int64) { m.done.Add(n) }); err != nil {
 		return nil, err
 	}
 
@@ -331,6 +346,7 @@ type runner struct {
 	plan       *Plan
 	files      []FileRef
 	tgt        writeTarget
+	src        sources
 	prog       *progress
 	meter      *meter
 	readers    int
@@ -410,7 +426,7 @@ func fmtMiB(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
 func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt writeTarget, prog *progress, m *meter) *runner {
 	readers, nChunks := readerCount(o.Concurrency)
 	readBudget := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes)
-	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, prog: prog, meter: m,
+	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, src: sources{log: o.Source, base: o.Snapshot}, prog: prog, meter: m,
 		readers: readers, readBudget: readBudget,
 		free: make(chan *chunk, nChunks), writes: make(chan writeReq)}
 	for i := 0; i < nChunks; i++ {
@@ -676,7 +692,7 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 				rd, held = held.rd, nil
 			} else {
 				var err error
-				if rd, err = openFile(ctx, r.o.Source, f); err != nil {
+				if rd, err = openFile(ctx, r.src.of(f), f); err != nil {
 					return err
 				}
 			}
