@@ -14,6 +14,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tikv/client-go/v2/txnkv"
+
+	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
@@ -42,6 +45,9 @@ type Options struct {
 	// (--snapshot: a snapshot root of its own); nil: the newest fitting
 	// snapshot under the task root (snapshot/<ts>/), if any.
 	Snapshot Source
+	// SkipChecksum skips the post-restore checksum, for a target that
+	// legitimately holds other keys in the task ranges.
+	SkipChecksum bool
 	// Force writes into a target that already holds data in the task
 	// ranges.
 	Force bool
@@ -178,6 +184,14 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	srcs := sources{log: o.Source, base: o.Snapshot}
+	var sumKV *txnkv.Client
+	if !o.SkipChecksum {
+		// Before the target's other PD clients (connector.KV).
+		if sumKV, err = connector.KV(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Component: "pitr-restore"}); err != nil {
+			return nil, fmt.Errorf("%w: connect to the target for its checksum: %v", ErrUnavailable, err)
+		}
+		defer sumKV.Close()
+	}
 	tgt, err := dialTarget(ctx, o.PDAddrs, o.TLS, log)
 	if err != nil {
 		return nil, err
@@ -222,6 +236,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	for _, f := range files {
 		res.FileBytes += f.File.GetSize()
 	}
+	earlier := unitsDoneBefore(plan, prog)
 	log.Info("plan", "restore_ts", plan.RestoreTS, "base", baseRoot(plan), "log_from", plan.LogFrom, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
 
 	m := newMeter()
@@ -282,6 +297,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		err = ctx.Err()
 	}
 	_ = im.Close() // logged; each store also returns to normal mode by itself
+	if err == nil && !o.SkipChecksum {
+		err = r.verifyChecksums(ctx, sumKV.KVStore, tgt.ts, earlier, res)
+	}
 	if perr := prog.flush(err == nil); perr != nil && err == nil {
 		err = perr
 	}
@@ -355,6 +373,9 @@ type runner struct {
 	free      chan *chunk
 	writes    chan writeReq
 	unitsDone atomic.Int64
+	// multiPass counts the sweeps that took several passes: not
+	// checksummed.
+	multiPass atomic.Int64
 }
 
 type writeReq struct {
@@ -679,6 +700,7 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 	var lo uint64      // the window of this pass is (lo, hi]
 	var held *open     // fs[next], opened, but it did not fit the last pass
 	warned := false    // about a pass over the budget
+	var sum *checksum.Sum
 	for pass := 0; ; pass++ {
 		set := carried
 		var mem int64
@@ -724,11 +746,18 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 		for _, o := range set {
 			its = append(its, &fileIter{Iterator: o.rd.Iter(rng.Start, rng.End), f: o.f})
 		}
-		if err := r.pass(ctx, merge.Merge(its...), u, v, lo, hi, last, tr); err != nil {
+		if pass == 0 && last && !r.o.SkipChecksum {
+			sum = &checksum.Sum{}
+		}
+		if err := r.pass(ctx, merge.Merge(its...), u, v, lo, hi, last, tr, sum); err != nil {
 			return err
 		}
 		if last {
-			return nil
+			if sum == nil {
+				r.multiPass.Add(1)
+				return nil
+			}
+			return r.prog.recordSum(rng, *sum)
 		}
 		// Every version up to hi is ingested before any newer one is.
 		if err := tr.drained(ctx); err != nil {
@@ -768,8 +797,11 @@ func (it *fileIter) Err() error {
 // writers. A chunk is cut only between two keys, never between versions of
 // one key, so each key's versions of the pass are ingested at once (a chunk
 // can grow past ChunkBytes by one key's versions). When last, each unit is
-// attached to the chunk holding its last version.
-func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi uint64, last bool, tr *tracker) (err error) {
+// attached to the chunk holding its last version. When sum is set (a
+// single pass over (0, T]), it receives the checksum of what a read at T
+// returns from units [u, v): per key its newest version, if a Put, for the
+// keys checksum.InBounds counts.
+func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi uint64, last bool, tr *tracker, sum *checksum.Sum) (err error) {
 	defer func() {
 		if cerr := it.Close(); err == nil && cerr != nil {
 			err = cerr
@@ -808,8 +840,17 @@ func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi
 		}
 	}()
 	cu := u
+	rng := keyspace.Range{Start: units[u].Start, End: units[v-1].End}
+	var sumKey []byte // the key whose visible version is counted
+	sumStarted := false
 	for it.Next() {
 		row := it.Row()
+		if sum != nil && row.CommitTS <= hi && len(row.Key) > 0 && (!sumStarted || !bytes.Equal(row.Key, sumKey)) {
+			sumKey, sumStarted = append(sumKey[:0], row.Key...), true
+			if row.Op == logfile.OpPut && checksum.InBounds(rng, row.Key) {
+				sum.Add(row.Key, row.Value)
+			}
+		}
 		r.meter.done.Add(row.LogicalSize())
 		for cu < v-1 && !keyspace.BeforeEnd(row.Key, units[cu].End) {
 			if last {

@@ -24,6 +24,7 @@ type restoreOptions struct {
 	snapshot     string
 	dryRun       bool
 	force        bool
+	noChecksum   bool
 	progressFile string
 	concurrency  int
 	memory       string
@@ -66,6 +67,11 @@ backup ts B <= --to, or the one --snapshot names; the log then replays
 (B, --to]. A task that started on empty ranges needs none; any other task
 without one is exit 16, and a --to before its first snapshot exit 10.
 
+After the writes, every key range is checksummed on the target (TiKV's
+coprocessor checksum) and compared with what the backup holds; a mismatch
+is exit 11. --no-checksum skips it, for a target that legitimately holds
+other keys in the task ranges.
+
 --dry-run prints the plan (base, log window, files, bytes, rows, ranges)
 and touches no cluster.`,
 		Args: cobra.NoArgs,
@@ -80,6 +86,7 @@ and touches no cluster.`,
 	f.StringVar(&o.snapshot, "snapshot", "", "base snapshot root URL (default: the newest fitting snapshot under the task root)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and write nothing")
 	f.BoolVar(&o.force, "force", false, "write even if the target holds data in the task ranges")
+	f.BoolVar(&o.noChecksum, "no-checksum", false, "skip the post-restore checksum of the target (for a target that holds other keys in the task ranges)")
 	f.StringVar(&o.progressFile, "progress-file", "", "where finished ranges are recorded (default: under the user cache dir)")
 	f.IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "key ranges restored at once")
 	f.StringVar(&o.memory, "memory", "1GiB", "memory budget for reading and writing")
@@ -154,6 +161,7 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 		TLS:          tlsCfg,
 		RestoreTS:    ts,
 		Snapshot:     snap,
+		SkipChecksum: o.noChecksum,
 		Force:        o.force,
 		ProgressFile: o.progressFile,
 		Concurrency:  o.concurrency,
@@ -189,7 +197,7 @@ func restoreError(cmd string, err error) error {
 	switch {
 	case errors.Is(err, restore.ErrOutOfRange):
 		code = cli.ExitOutOfRange
-	case errors.Is(err, restore.ErrCorrupt):
+	case errors.Is(err, restore.ErrCorrupt), errors.Is(err, restore.ErrChecksum):
 		code = cli.ExitCorrupt
 	case errors.Is(err, restore.ErrMissing):
 		code = cli.ExitMissing

@@ -60,6 +60,7 @@ func TestRestoreErrorCodes(t *testing.T) {
 	}{
 		{restore.ErrOutOfRange, cli.ExitOutOfRange},
 		{restore.ErrCorrupt, cli.ExitCorrupt},
+		{restore.ErrChecksum, cli.ExitCorrupt},
 		{restore.ErrMissing, cli.ExitMissing},
 		{restore.ErrNotBackup, cli.ExitNotBackup},
 		{restore.ErrTargetNotEmpty, cli.ExitTargetNotEmpty},
