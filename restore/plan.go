@@ -83,7 +83,8 @@ type Plan struct {
 //     (ErrMissing), B being the task's start ts without a base;
 //   - the files are the base's and the log's with a commit in (B, T]
 //     that meet the ranges (min_commit_ts ≤ T, max_commit_ts > B, key
-//     bounds overlap).
+//     bounds overlap); the log files' rows at or before B that survive
+//     this are dropped when read (fileIter).
 func NewPlan(in PlanInput) (*Plan, error) {
 	t, start, cp := in.RestoreTS, in.Task.GetStartTs(), in.Checkpoint
 	if t < start || t > cp {

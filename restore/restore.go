@@ -744,7 +744,11 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 		}
 		its := make([]logfile.Iterator, 0, len(set))
 		for _, o := range set {
-			its = append(its, &fileIter{Iterator: o.rd.Iter(rng.Start, rng.End), f: o.f})
+			it := &fileIter{Iterator: o.rd.Iter(rng.Start, rng.End), f: o.f}
+			if r.plan.Base != nil && !o.f.Base {
+				it.floor = r.plan.LogFrom
+			}
+			its = append(its, it)
 		}
 		if pass == 0 && last && !r.o.SkipChecksum {
 			sum = &checksum.Sum{}
@@ -779,10 +783,25 @@ func closeAll(its []logfile.Iterator) {
 	}
 }
 
-// fileIter names the file in its errors.
+// fileIter names the file in its errors. Over a base, it drops a log
+// file's rows at or before floor (the base's backup ts): the base holds
+// what a read at B returns, and a log version at or before B may be
+// shadowed by a newer one the pruning removed (a Put re-captured in a
+// later file whose Delete, also before B, is in a pruned file would
+// otherwise come back).
 type fileIter struct {
 	logfile.Iterator
-	f FileRef
+	f     FileRef
+	floor uint64
+}
+
+func (it *fileIter) Next() bool {
+	for it.Iterator.Next() {
+		if it.floor == 0 || it.Iterator.Row().CommitTS > it.floor {
+			return true
+		}
+	}
+	return false
 }
 
 func (it *fileIter) Err() error {

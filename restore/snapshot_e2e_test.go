@@ -35,6 +35,13 @@ func snapshotTask(t *testing.T, s *sourceFixture) (b *testBackup, S, B uint64) {
 			late = append(late, r)
 		}
 	}
+	// A key put and deleted before B, whose Put a later flush captured
+	// again (after a leader change): the later file survives pruning, the
+	// Delete's does not, so restore must not write log versions ≤ B.
+	put := logfile.Row{Key: []byte("recaptured"), CommitTS: S + 1, StartTS: S, Op: logfile.OpPut, Value: []byte("gone at B")}
+	del := logfile.Row{Key: []byte("recaptured"), CommitTS: S + 3, StartTS: S + 2, Op: logfile.OpDelete}
+	early = append(early, put, del)
+	late = append(late, put)
 	b.flush(1, mid, early, cov("", "", S, mid))
 	b.flush(2, s.cp, late, cov("", "", mid, s.cp))
 	b.checkpoint(s.cp)
