@@ -142,6 +142,10 @@ func chooseBase(in PlanInput, ranges []keyspace.Range) (*Base, error) {
 	if task.GetStartedEmpty() {
 		return nil, nil
 	}
+	if first != nil && first.BackupTS > in.Checkpoint {
+		return nil, fmt.Errorf("%w: task %q did not start on empty ranges and its first snapshot, at %s, is after the global checkpoint %s: nothing is restorable until the checkpoint passes it",
+			ErrOutOfRange, task.GetName(), keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
+	}
 	if first != nil {
 		return nil, fmt.Errorf("%w: %s is before the task's first snapshot; task %q did not start on empty ranges, so its restorable range is [%s, %s]",
 			ErrOutOfRange, keyspace.Format(t), task.GetName(), keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
