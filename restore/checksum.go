@@ -13,9 +13,6 @@ import (
 	"github.com/pitr-io/pitr/keyspace"
 )
 
-// clusterChecksum asks the target for a range's checksum; tests replace it.
-var clusterChecksum = checksum.Cluster
-
 // openChecksumKV opens the client-go client the target's checksum is asked
 // through. client-go's NewClient sometimes fails at once (a cancelled RPC
 // while its PD client starts, seen in the package's tests with several
@@ -61,9 +58,9 @@ func (r *runner) verifyChecksums(ctx context.Context, store *tikv.KVStore, now f
 		return fmt.Errorf("%w: get a timestamp from the target's PD for its checksum: %v", ErrUnavailable, err)
 	}
 	for _, s := range sums {
-		got, err := clusterChecksum(ctx, store, s.Range, ts)
+		got, err := checksum.Cluster(ctx, store, s.Range, ts)
 		if err != nil {
-			return fmt.Errorf("%w: checksum the target: %v", ErrUnavailable, err)
+			return fmt.Errorf("checksum the target: %w", err)
 		}
 		if got != s.Sum {
 			return fmt.Errorf("%w: range %s of the target: expected %s, got %s", ErrChecksum, s.Range, s.Sum, got)
