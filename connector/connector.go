@@ -129,14 +129,27 @@ func KV(ctx context.Context, c Config) (*txnkv.Client, error) {
 	}
 	timeout := c.timeout()
 	return openWithin(ctx, timeout, "connect client-go to PD "+c.addrs(), func() (*txnkv.Client, error) {
-		kvMu.Lock()
-		config.UpdateGlobal(func(g *config.Config) {
-			g.Security = config.NewSecurity(c.TLS.CA, c.TLS.Cert, c.TLS.Key, nil)
-		})
-		kv, err := txnkv.NewClient(c.pdAddrs())
-		kvMu.Unlock()
-		if err != nil {
-			return nil, err
+		// NewClient sometimes fails at once (a cancelled RPC while its PD
+		// client starts, seen with several clusters in one process): a
+		// failure that comes quickly is retried twice; one that took its
+		// time (PD does not answer) is not.
+		var kv *txnkv.Client
+		var err error
+		for attempt := 0; ; attempt++ {
+			began := time.Now()
+			kvMu.Lock()
+			config.UpdateGlobal(func(g *config.Config) {
+				g.Security = config.NewSecurity(c.TLS.CA, c.TLS.Cert, c.TLS.Key, nil)
+			})
+			kv, err = txnkv.NewClient(c.pdAddrs())
+			kvMu.Unlock()
+			if err == nil {
+				break
+			}
+			if attempt == 2 || time.Since(began) > 2*time.Second {
+				return nil, err
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		// The first TSO: client-go's PD client may fail it while its
 		// service discovery settles.

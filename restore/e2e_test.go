@@ -24,6 +24,7 @@ import (
 	"github.com/pitr-io/pitr/playground/mvcc"
 	"github.com/pitr-io/pitr/playground/workload"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
 )
 
 func TestMain(m *testing.M) {
@@ -299,7 +300,7 @@ func TestRestoreEndToEnd(t *testing.T) {
 	s := newSource(t, ctx)
 	res, err := Verify(ctx, s.b.st, VerifyOptions{})
 	require.NoError(t, err)
-	t.Logf("backup: %d versions, %d metas, %d files, %s", len(s.hist), res.Metas, res.Files, fmtBytes(res.Bytes))
+	t.Logf("backup: %d versions, %d metas, %d files, %s", len(s.hist), res.Metas, res.Files, storage.FormatBytes(res.Bytes))
 	opts := func(ts uint64, pd string) Options {
 		return Options{Source: s.b.st, PDAddrs: []string{pd}, RestoreTS: ts, Concurrency: 3, ChunkBytes: 16 << 10,
 			ProgressFile: filepath.Join(t.TempDir(), "progress.json")}

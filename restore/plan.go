@@ -10,6 +10,7 @@ import (
 	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/snapshot"
+	"github.com/pitr-io/pitr/storage"
 )
 
 // PlanInput is everything a restore plan depends on. Planning is pure: it
@@ -271,7 +272,7 @@ func (p *Plan) Print(w io.Writer) error {
 	fmt.Fprintf(&b, "  restore to    %s\n", keyspace.Format(p.RestoreTS))
 	fmt.Fprintf(&b, "  restorable    [%s, %s]\n", keyspace.Format(p.StartTS), keyspace.Format(p.Checkpoint))
 	if p.Base != nil {
-		fmt.Fprintf(&b, "  base          snapshot %s at %s: %d files, %s\n", strings.TrimSuffix(p.Base.URL, "/")+"/"+p.Base.Root, keyspace.Format(p.Base.BackupTS), p.BaseFiles, fmtBytes(p.BaseBytes))
+		fmt.Fprintf(&b, "  base          snapshot %s at %s: %d files, %s\n", strings.TrimSuffix(p.Base.URL, "/")+"/"+p.Base.Root, keyspace.Format(p.Base.BackupTS), p.BaseFiles, storage.FormatBytes(p.BaseBytes))
 	} else {
 		fmt.Fprintf(&b, "  base          none: log only (the task started on empty ranges, the log alone rebuilds them)\n")
 	}
@@ -285,29 +286,15 @@ func (p *Plan) Print(w io.Writer) error {
 		fmt.Fprintf(&b, " %s", r)
 	}
 	fmt.Fprintf(&b, "\n  units         %d (source region ranges; the grain of resume)\n", len(p.Units))
-	fmt.Fprintf(&b, "  files         %d to read (%d pruned by their statistics), %s in storage\n", len(p.Files), p.Pruned, fmtBytes(p.Bytes))
-	fmt.Fprintf(&b, "  rows          at most %d, %s of keys and values (including commits after the restore point and duplicates)\n", p.Rows, fmtBytes(p.LogicalBytes))
+	fmt.Fprintf(&b, "  files         %d to read (%d pruned by their statistics), %s in storage\n", len(p.Files), p.Pruned, storage.FormatBytes(p.Bytes))
+	fmt.Fprintf(&b, "  rows          at most %d, %s of keys and values (including commits after the restore point and duplicates)\n", p.Rows, storage.FormatBytes(p.LogicalBytes))
 	for i, f := range p.Files {
 		if i == 20 {
 			fmt.Fprintf(&b, "    ... (%d more)\n", len(p.Files)-i)
 			break
 		}
-		fmt.Fprintf(&b, "    %s  %s  %d rows  commit_ts [%d, %d]\n", f.Key(), fmtBytes(f.File.GetSize()), f.File.GetRows(), f.File.GetMinCommitTs(), f.File.GetMaxCommitTs())
+		fmt.Fprintf(&b, "    %s  %s  %d rows  commit_ts [%d, %d]\n", f.Key(), storage.FormatBytes(f.File.GetSize()), f.File.GetRows(), f.File.GetMinCommitTs(), f.File.GetMaxCommitTs())
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-// fmtBytes renders a byte count in decimal units (MB = 10^6 bytes, as the
-// throughput figures are).
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }

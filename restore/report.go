@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/storage"
 )
 
 // Result is what a restore did.
@@ -52,7 +53,7 @@ func (r *Result) Summary() string {
 		return fmt.Sprintf("restore to %s had already finished (per the progress file); nothing written", keyspace.Format(r.RestoreTS))
 	}
 	s := fmt.Sprintf("restored to %s: %d rows, %s of keys and values, from %d files (%s) into %d regions in %s (%.1f MB/s)",
-		keyspace.Format(r.RestoreTS), r.Rows, fmtBytes(r.Bytes), r.Files, fmtBytes(r.FileBytes), r.Regions,
+		keyspace.Format(r.RestoreTS), r.Rows, storage.FormatBytes(r.Bytes), r.Files, storage.FormatBytes(r.FileBytes), r.Regions,
 		r.Duration.Round(time.Millisecond), r.MBps())
 	if r.UnitsSkipped > 0 {
 		s += fmt.Sprintf("; resumed: %d of %d key ranges were already done", r.UnitsSkipped, r.UnitsSkipped+r.Units)
@@ -133,7 +134,7 @@ func (m *meter) line() string {
 		rate = float64(done) / 1e6 / max(el, 1e-3)
 	}
 	return fmt.Sprintf("%-7s [%s] %3.0f%%  %s of %s  %d rows / %s written  %.1f MB/s  ETA %s",
-		phase, bar, 100*frac, fmtBytes(done), fmtBytes(total), m.rows.Load(), fmtBytes(m.bytes.Load()), rate, eta)
+		phase, bar, 100*frac, storage.FormatBytes(done), storage.FormatBytes(total), m.rows.Load(), storage.FormatBytes(m.bytes.Load()), rate, eta)
 }
 
 // draw redraws the bar on w until ctx ends: in place every 500 ms on a

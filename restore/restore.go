@@ -191,7 +191,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	var sumKV *txnkv.Client
 	if !o.SkipChecksum {
 		// Before the target's other PD clients (connector.KV).
-		if sumKV, err = openChecksumKV(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Component: "pitr-restore"}); err != nil {
+		if sumKV, err = connector.KV(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Component: "pitr-restore"}); err != nil {
 			return nil, fmt.Errorf("connect to the target for its checksum: %w", err)
 		}
 		defer sumKV.Close()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
 )
 
 // VerifyOptions configures Verify.
@@ -46,10 +47,10 @@ type VerifyResult struct {
 // Summary is the one line printed when verify succeeds.
 func (r *VerifyResult) Summary() string {
 	s := fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
-		r.Task, r.Metas, r.Files, fmtBytes(r.Bytes), len(r.Ranges), keyspace.Format(r.From), keyspace.Format(r.To))
+		r.Task, r.Metas, r.Files, storage.FormatBytes(r.Bytes), len(r.Ranges), keyspace.Format(r.From), keyspace.Format(r.To))
 	if r.Base != nil {
 		s += fmt.Sprintf("; base snapshot %s at %s: %d files (%s) intact, its checksums tile its ranges and match its rows, its ranges cover the task ranges",
-			strings.TrimSuffix(r.Base.URL, "/")+"/"+r.Base.Root, keyspace.Format(r.Base.BackupTS), r.BaseFiles, fmtBytes(r.BaseBytes))
+			strings.TrimSuffix(r.Base.URL, "/")+"/"+r.Base.Root, keyspace.Format(r.Base.BackupTS), r.BaseFiles, storage.FormatBytes(r.BaseBytes))
 	} else {
 		s += "; no base snapshot: the task started on empty ranges"
 	}

@@ -669,7 +669,7 @@ func (b *backup) draw(ctx context.Context, total int) (stop func()) {
 			if done > 0 {
 				eta = (time.Duration(float64(el) * float64(int64(total)-done) / float64(done))).Round(time.Second).String()
 			}
-			fmt.Fprintf(b.o.Progress, "backup %d/%d ranges  %s stored  %s/s  ETA %s\n", done, total, fmtBytes(stored), fmtBytes(int64(rate)), eta)
+			fmt.Fprintf(b.o.Progress, "backup %d/%d ranges  %s stored  %s/s  ETA %s\n", done, total, storage.FormatBytes(stored), storage.FormatBytes(int64(rate)), eta)
 		}
 		for {
 			select {
@@ -682,16 +682,4 @@ func (b *backup) draw(ctx context.Context, total int) (stop func()) {
 		}
 	}()
 	return func() { cancel(); wg.Wait() }
-}
-
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }

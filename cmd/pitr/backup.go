@@ -183,7 +183,7 @@ func printBackup(w io.Writer, url string, res *snapshot.Result) {
 		resumed = fmt.Sprintf(" (resumed: %d ranges were done)", res.RangesSkipped)
 	}
 	fmt.Fprintf(w, "snapshot at %s stored in %s/%s%s: %d ranges (%d scanned by agents), %d files, %s, %d keys, in %s\n",
-		keyspace.Format(res.BackupTS), url, res.Root, resumed, res.Ranges, res.ByAgents, res.Files, fmtSize(res.Bytes), res.Kvs, res.Duration.Round(time.Millisecond))
+		keyspace.Format(res.BackupTS), url, res.Root, resumed, res.Ranges, res.ByAgents, res.Files, storage.FormatBytes(res.Bytes), res.Kvs, res.Duration.Round(time.Millisecond))
 }
 
 // backupErr maps the backup's errors to exit statuses.
@@ -270,7 +270,7 @@ func runBackupStatus(cmd *cobra.Command, url string, asJSON bool) error {
 		if root == "" {
 			root = "."
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%s\n", v.BackupTS, v.BackupTime, v.State, v.Files, fmtSize(v.Bytes), v.Keys, root)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%s\n", v.BackupTS, v.BackupTime, v.State, v.Files, storage.FormatBytes(v.Bytes), v.Keys, root)
 	}
 	return tw.Flush()
 }
@@ -279,17 +279,4 @@ func runBackupStatus(cmd *cobra.Command, url string, asJSON bool) error {
 // errors only (progress has its own lines).
 func cliLogger(w io.Writer) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: hclog.Warn, Output: w})
-}
-
-// fmtSize renders bytes in decimal units, as the throughput figures are.
-func fmtSize(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }
