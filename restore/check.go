@@ -18,7 +18,7 @@ import (
 // it exists (else ErrMissing), has the recorded size and sha256 (else
 // ErrCorrupt). Of several bad files the first in the given order is
 // reported. onBytes, when set, is called with the bytes read as they are.
-func checkFiles(ctx context.Context, src Source, files []FileRef, concurrency int, onBytes func(int64)) error {
+func checkFiles(ctx context.Context, src sources, files []FileRef, concurrency int, onBytes func(int64)) error {
 	if concurrency < 1 {
 		concurrency = 1
 	}
@@ -38,7 +38,7 @@ func checkFiles(ctx context.Context, src Source, files []FileRef, concurrency in
 				if i >= int64(len(files)) || i > firstBad.Load() || ctx.Err() != nil {
 					return
 				}
-				if err := checkFile(ctx, src, files[i], onBytes); err != nil {
+				if err := checkFile(ctx, src.of(files[i]), files[i], onBytes); err != nil {
 					errs[i] = err
 					for {
 						cur := firstBad.Load()
@@ -66,7 +66,7 @@ const hashBufSize = 1 << 20
 var hashBufs = sync.Pool{New: func() any { b := make([]byte, hashBufSize); return &b }}
 
 func checkFile(ctx context.Context, src Source, f FileRef, onBytes func(int64)) error {
-	path := f.File.GetPath()
+	path := f.Key()
 	rc, err := src.NewReader(ctx, path)
 	if errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("%w: data file %s is missing (referenced by %s)", ErrMissing, path, f.Meta)

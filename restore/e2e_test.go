@@ -384,7 +384,10 @@ func TestRestoreEndToEnd(t *testing.T) {
 				_, st := (&testBackup{dir: t.TempDir()}).copyTo(t)
 				o.Source = st
 			}, want: ErrNotBackup, text: "has no pitr.lock"},
-			{name: "snapshot", setup: func(o *Options) { o.Snapshot = "file:///snap" }, want: ErrNoBase},
+			{name: "snapshot root without a snapshot", setup: func(o *Options) {
+				_, st := (&testBackup{dir: t.TempDir()}).copyTo(t)
+				o.Snapshot = st
+			}, want: ErrNotBackup, text: "holds no snapshot backup"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				o := opts(mid, tgt.PDAddr())

@@ -22,9 +22,13 @@ var (
 	// ErrFormat: a durable object was written by a newer pitr whose format
 	// this build cannot read.
 	ErrFormat = errors.New("backup format too new")
-	// ErrNoBase: restoring needs a base snapshot this build cannot provide
-	// (the task did not start on empty ranges).
+	// ErrNoBase: restoring needs a base snapshot and there is none that
+	// fits (the task did not start on empty ranges).
 	ErrNoBase = errors.New("no base snapshot")
+	// ErrChecksum: after the writes, the target's checksum of a range
+	// (TiKV's coprocessor checksum) differs from what the backup says a
+	// read at T returns. The message names the range and both sums.
+	ErrChecksum = errors.New("checksum mismatch")
 	// ErrTargetNotEmpty: the target cluster already holds data in the task
 	// ranges, and neither Force nor a matching progress file allows writing.
 	ErrTargetNotEmpty = errors.New("target cluster not empty")

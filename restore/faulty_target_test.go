@@ -2,6 +2,7 @@ package restore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
@@ -913,6 +915,59 @@ func TestFaultyTargetPassOrder(t *testing.T) {
 				Options{Concurrency: 8, ChunkBytes: 256, MemoryBudget: 100 << 10})
 			require.NoError(t, err)
 			requireExact(t, cl, hist.planned(cp))
+		})
+	}
+}
+
+// TestSweepChecksums: the expected checksum a single-pass sweep records is
+// that of what a read at T returns in its range (per key the newest
+// version at or before T, counted only if a Put), over histories with
+// deletes and many versions; a sweep that took several passes records
+// none (Run counts it in ChecksumSkipped).
+func TestSweepChecksums(t *testing.T) {
+	seed := testSeed(t, 1)
+	b, hist, cp := faultBackup(t, seed)
+	sorted := slices.Clone(hist) // history.at wants key ASC, commit_ts DESC
+	slices.SortStableFunc(sorted, func(a, b logfile.Row) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.CommitTS, a.CommitTS)
+	})
+	for _, tc := range []struct {
+		name   string
+		T      uint64
+		memory int64
+		multi  bool
+	}{
+		{name: "single pass, checkpoint", T: cp},
+		{name: "single pass, mid", T: cp - 150},
+		{name: "multi-pass", T: cp, memory: 200 << 10, multi: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cl := newFakeCluster(hist.planned(tc.T), "f100", "f200", "f300")
+			tgt := newFaultyTarget(cl, faultPlan{}, seed, cancel)
+			path := filepath.Join(t.TempDir(), "progress.json")
+			plan, err := runFaulty(ctx, t, b.st, tc.T, path, tgt, Options{Concurrency: 2, ChunkBytes: 2 << 10, MemoryBudget: tc.memory})
+			require.NoError(t, err)
+			prog, err := openProgress(path, progressState{Storage: b.st.URL(), Task: plan.Task, RestoreTS: plan.RestoreTS, ClusterID: fakeClusterID})
+			require.NoError(t, err)
+			visible := sorted.at(tc.T)
+			var covered []keyspace.Range
+			for _, s := range prog.sums() {
+				var want checksum.Sum
+				for k, v := range visible {
+					if k != "" && s.Range.Contains([]byte(k)) && checksum.InBounds(s.Range, []byte(k)) {
+						want.Add([]byte(k), []byte(v))
+					}
+				}
+				require.Equal(t, want, s.Sum, "range %s", s.Range)
+				covered = append(covered, s.Range)
+			}
+			all := covers(covered, plan.Units)
+			require.Equal(t, !tc.multi, all, "ranges with a recorded sum: %v", covered)
 		})
 	}
 }

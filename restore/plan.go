@@ -9,6 +9,7 @@ import (
 
 	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/snapshot"
 )
 
 // PlanInput is everything a restore plan depends on. Planning is pure: it
@@ -19,16 +20,26 @@ type PlanInput struct {
 	Metas      []MetaFile
 	// RestoreTS is T: the restored cluster reads at T as the source did.
 	RestoreTS uint64
-	// Snapshot is the base snapshot's URL; this build has no snapshot
-	// support, so a non-empty value is refused.
-	Snapshot string
+	// Snapshots are the candidate bases: the task root's snapshots
+	// (snapshot.List), or with Explicit the one snapshot --snapshot names.
+	Snapshots []snapshot.Info
+	Explicit  bool
+	// SnapshotURL is where Snapshots were read (for messages).
+	SnapshotURL string
 }
 
 // FileRef is one data file a plan reads, and the meta that references it.
 type FileRef struct {
 	Meta string
 	File *pitrpb.DataFile
+	// Base: a file of the base snapshot, whose path is relative to Root in
+	// the snapshot's storage (Plan.Base); else a log file of the task root.
+	Base bool
+	Root string
 }
+
+// Key is the file's object key in its storage.
+func (f FileRef) Key() string { return f.Root + f.File.GetPath() }
 
 // Plan is what a restore to RestoreTS does: which files it reads, which key
 // ranges it writes, in which units it records progress.
@@ -37,6 +48,15 @@ type Plan struct {
 	RestoreTS  uint64
 	StartTS    uint64
 	Checkpoint uint64
+	// Base is the snapshot written first (nil: the log alone rebuilds the
+	// ranges, the task having started on empty ones).
+	Base *Base
+	// LogFrom is where the log is replayed from: the log window is
+	// (LogFrom, RestoreTS]; Base's backup ts, or the task's start ts.
+	LogFrom uint64
+	// BaseFiles and BaseBytes count the base's files among Files.
+	BaseFiles int
+	BaseBytes int64
 	// Ranges are the task ranges, sorted and merged.
 	Ranges []keyspace.Range
 	// Files are the data files holding commits at or before RestoreTS that
@@ -55,30 +75,49 @@ type Plan struct {
 
 // NewPlan checks a restore to in.RestoreTS and plans it:
 //   - T outside [start_ts, checkpoint] is ErrOutOfRange, naming the range;
-//   - a base snapshot is needed unless the task started on empty ranges
-//     (ErrNoBase); this build restores from the log alone;
-//   - the metas' coverage must leave no hole in ranges × (start_ts, T]
-//     (ErrMissing);
-//   - the files are those with a commit at or before T that meet the
-//     ranges (min_commit_ts ≤ T, key bounds overlap).
+//   - the base is the newest usable snapshot with start_ts ≤ B ≤ T
+//     (chooseBase, base.go); none is needed when the task started on
+//     empty ranges, else its absence is ErrNoBase, or ErrOutOfRange for a
+//     T before the first snapshot;
+//   - the metas' coverage must leave no hole in ranges × (B, T]
+//     (ErrMissing), B being the task's start ts without a base;
+//   - the files are the base's and the log's with a commit in (B, T]
+//     that meet the ranges (min_commit_ts ≤ T, max_commit_ts > B, key
+//     bounds overlap); the log files' rows at or before B that survive
+//     this are dropped when read (fileIter).
 func NewPlan(in PlanInput) (*Plan, error) {
 	t, start, cp := in.RestoreTS, in.Task.GetStartTs(), in.Checkpoint
 	if t < start || t > cp {
 		return nil, fmt.Errorf("%w: %s is outside the restorable range; restorable range is [%s, %s]",
 			ErrOutOfRange, keyspace.Format(t), keyspace.Format(start), keyspace.Format(cp))
 	}
-	if in.Snapshot != "" {
-		return nil, fmt.Errorf("%w: restoring from a base snapshot (--snapshot) is not available in this build", ErrNoBase)
-	}
-	if !in.Task.GetStartedEmpty() {
-		return nil, fmt.Errorf("%w: task %q did not start on empty ranges, so the log alone cannot rebuild the data that existed at its start ts %s; a base snapshot is needed and this build cannot restore one",
-			ErrNoBase, in.Task.GetName(), keyspace.Format(start))
-	}
 	ranges := taskRanges(in.Task)
-	if err := CheckCoverage(ranges, in.Metas, start, t); err != nil {
+	base, err := chooseBase(in, ranges)
+	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Task: in.Task.GetName(), RestoreTS: t, StartTS: start, Checkpoint: cp, Ranges: ranges}
+	from := start
+	if base != nil {
+		from = base.BackupTS
+	}
+	if err := CheckCoverage(ranges, in.Metas, from, t); err != nil {
+		return nil, err
+	}
+	p := &Plan{Task: in.Task.GetName(), RestoreTS: t, StartTS: start, Checkpoint: cp, Base: base, LogFrom: from, Ranges: ranges}
+	if base != nil {
+		for _, f := range base.fileRefs() {
+			if f.File.GetRows() == 0 || !overlapsAny(ranges, f.File.GetMinKey(), f.File.GetMaxKey()) {
+				p.Pruned++
+				continue
+			}
+			p.Files = append(p.Files, f)
+			p.BaseFiles++
+			p.BaseBytes += f.File.GetSize()
+			p.Bytes += f.File.GetSize()
+			p.Rows += f.File.GetRows()
+			p.LogicalBytes += f.File.GetLogicalBytes()
+		}
+	}
 	seen := map[string]bool{}
 	for _, m := range in.Metas {
 		for _, f := range m.Meta.GetFiles() {
@@ -86,7 +125,10 @@ func NewPlan(in PlanInput) (*Plan, error) {
 				continue
 			}
 			seen[f.GetPath()] = true
-			if f.GetRows() == 0 || f.GetMinCommitTs() > t || !overlapsAny(ranges, f.GetMinKey(), f.GetMaxKey()) {
+			// A file whose every commit is at or before B holds versions
+			// the base already has (or older ones it shadows).
+			belowBase := base != nil && f.GetMaxCommitTs() != 0 && f.GetMaxCommitTs() >= f.GetMinCommitTs() && f.GetMaxCommitTs() <= from
+			if f.GetRows() == 0 || f.GetMinCommitTs() > t || belowBase || !overlapsAny(ranges, f.GetMinKey(), f.GetMaxKey()) {
 				p.Pruned++
 				continue
 			}
@@ -96,8 +138,22 @@ func NewPlan(in PlanInput) (*Plan, error) {
 			p.LogicalBytes += f.GetLogicalBytes()
 		}
 	}
-	slices.SortFunc(p.Files, func(a, b FileRef) int { return strings.Compare(a.File.GetPath(), b.File.GetPath()) })
-	p.Units = splitUnits(ranges, in.Metas)
+	slices.SortFunc(p.Files, func(a, b FileRef) int {
+		if a.Base != b.Base { // the base's files first
+			if a.Base {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Key(), b.Key())
+	})
+	var cuts [][]byte
+	if base != nil {
+		for _, c := range base.Meta.GetChecksums() {
+			cuts = append(cuts, c.GetRange().GetStartKey(), c.GetRange().GetEndKey())
+		}
+	}
+	p.Units = splitUnits(ranges, in.Metas, cuts...)
 	return p, nil
 }
 
@@ -110,9 +166,15 @@ func overlapsAny(ranges []keyspace.Range, minKey, maxKey []byte) bool {
 	return false
 }
 
-// splitUnits cuts the ranges at every coverage boundary inside them.
-func splitUnits(ranges []keyspace.Range, metas []MetaFile) []keyspace.Range {
+// splitUnits cuts the ranges at every coverage boundary inside them, and
+// at the extra keys.
+func splitUnits(ranges []keyspace.Range, metas []MetaFile, extra ...[]byte) []keyspace.Range {
 	var cuts [][]byte
+	for _, k := range extra {
+		if len(k) > 0 {
+			cuts = append(cuts, k)
+		}
+	}
 	for _, m := range metas {
 		for _, c := range m.Meta.GetRegions() {
 			for _, k := range [][]byte{c.GetStartKey(), c.GetEndKey()} {
@@ -208,7 +270,12 @@ func (p *Plan) Print(w io.Writer) error {
 	fmt.Fprintf(&b, "restore plan for task %q\n", p.Task)
 	fmt.Fprintf(&b, "  restore to    %s\n", keyspace.Format(p.RestoreTS))
 	fmt.Fprintf(&b, "  restorable    [%s, %s]\n", keyspace.Format(p.StartTS), keyspace.Format(p.Checkpoint))
-	fmt.Fprintf(&b, "  base          none: the task started on empty ranges, the log alone rebuilds them\n")
+	if p.Base != nil {
+		fmt.Fprintf(&b, "  base          snapshot %s at %s: %d files, %s\n", strings.TrimSuffix(p.Base.URL, "/")+"/"+p.Base.Root, keyspace.Format(p.Base.BackupTS), p.BaseFiles, fmtBytes(p.BaseBytes))
+	} else {
+		fmt.Fprintf(&b, "  base          none: log only (the task started on empty ranges, the log alone rebuilds them)\n")
+	}
+	fmt.Fprintf(&b, "  log window    (%s, %s]\n", keyspace.Format(p.LogFrom), keyspace.Format(p.RestoreTS))
 	fmt.Fprintf(&b, "  key ranges    %d:", len(p.Ranges))
 	for i, r := range p.Ranges {
 		if i == 8 {
@@ -225,7 +292,7 @@ func (p *Plan) Print(w io.Writer) error {
 			fmt.Fprintf(&b, "    ... (%d more)\n", len(p.Files)-i)
 			break
 		}
-		fmt.Fprintf(&b, "    %s  %s  %d rows  commit_ts [%d, %d]\n", f.File.GetPath(), fmtBytes(f.File.GetSize()), f.File.GetRows(), f.File.GetMinCommitTs(), f.File.GetMaxCommitTs())
+		fmt.Fprintf(&b, "    %s  %s  %d rows  commit_ts [%d, %d]\n", f.Key(), fmtBytes(f.File.GetSize()), f.File.GetRows(), f.File.GetMinCommitTs(), f.File.GetMaxCommitTs())
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

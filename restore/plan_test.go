@@ -11,6 +11,7 @@ import (
 
 	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/snapshot"
 )
 
 func cov(start, end string, from, to uint64) *pitrpb.RegionCoverage {
@@ -26,8 +27,38 @@ func meta(path string, files []*pitrpb.DataFile, regions ...*pitrpb.RegionCovera
 	return MetaFile{Path: path, Meta: &pitrpb.Meta{FormatVersion: 1, Files: files, Regions: regions}}
 }
 
+// snapInfo is a finished snapshot at ts under the task root, backing up
+// [start, end) of cluster 7 in two checksummed parts split at "k", with
+// one data file.
+func snapInfo(ts uint64, start, end string) snapshot.Info {
+	root := snapshot.TaskRoot(ts)
+	name := map[uint64]string{150: "a", 160: "b"}[ts]
+	if name == "" {
+		name = "x"
+	}
+	f := dfile(snapshot.FilePath(name), "a", "y", ts, ts)
+	rng := &pitrpb.KeyRange{StartKey: []byte(start), EndKey: []byte(end)}
+	return snapshot.Info{Root: root, BackupTS: ts, Meta: &pitrpb.BackupMeta{BackupTs: ts, ClusterId: 7, Task: "t1",
+		Ranges: []*pitrpb.KeyRange{rng}, Files: []*pitrpb.DataFile{f},
+		Checksums: []*pitrpb.RangeChecksum{
+			{Range: &pitrpb.KeyRange{StartKey: []byte(start), EndKey: []byte("k")}},
+			{Range: &pitrpb.KeyRange{StartKey: []byte("k"), EndKey: []byte(end)}},
+		}}}
+}
+
+// rootOwn moves a snapshot to the top of a root of its own (--snapshot).
+func rootOwn(s snapshot.Info) snapshot.Info { s.Root = ""; return s }
+
+func withCluster(s snapshot.Info, id uint64) snapshot.Info { s.Meta.ClusterId = id; return s }
+
 func TestPlan(t *testing.T) {
-	task := &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true}
+	task := &pitrpb.TaskInfo{Name: "t1", StartTs: 100, StartedEmpty: true, ClusterId: 7}
+	notEmpty := &pitrpb.TaskInfo{Name: "t1", StartTs: 100, ClusterId: 7}
+	snaps := []snapshot.Info{
+		{Root: "snapshot/0000000000000082/", BackupTS: 130}, // unfinished
+		snapInfo(150, "", ""), snapInfo(160, "", ""),
+		snapInfo(400, "", ""), // after the checkpoint
+	}
 	full := []MetaFile{
 		meta("meta/a", []*pitrpb.DataFile{dfile("log/1", "a", "m", 101, 150)}, cov("", "m", 100, 150), cov("m", "", 100, 150)),
 		meta("meta/b", []*pitrpb.DataFile{dfile("log/2", "c", "z", 151, 200), dfile("log/1", "a", "m", 101, 150)},
@@ -41,7 +72,9 @@ func TestPlan(t *testing.T) {
 		cp        uint64
 		metas     []MetaFile
 		ts        uint64
-		snapshot  string
+		snaps     []snapshot.Info
+		explicit  bool
+		base      uint64 // the chosen base's backup ts (0: none)
 		err       error
 		errText   string
 		files     []string
@@ -54,8 +87,36 @@ func TestPlan(t *testing.T) {
 		{name: "exactly a file's min commit", cp: 300, metas: full, ts: 201, files: []string{"log/1", "log/2", "log/3"}, units: 2},
 		{name: "past checkpoint", cp: 300, metas: full, ts: 301, err: ErrOutOfRange, errText: "restorable range is [100 ("},
 		{name: "before start", cp: 300, metas: full, ts: 99, err: ErrOutOfRange, errText: "restorable range is [100 ("},
-		{name: "snapshot flag", cp: 300, metas: full, ts: 200, snapshot: "s3://b/snap", err: ErrNoBase, errText: "not available in this build"},
-		{name: "not started empty", task: &pitrpb.TaskInfo{Name: "t1", StartTs: 100}, cp: 300, metas: full, ts: 200, err: ErrNoBase},
+		{name: "not started empty, no snapshot", task: notEmpty, cp: 300, metas: full, ts: 200, err: ErrNoBase,
+			errText: "take one with `pitr backup full --storage URL --pd ADDRS`"},
+		{name: "newest snapshot at or before T", task: notEmpty, cp: 300, metas: full, ts: 250, snaps: snaps, base: 160,
+			files: []string{"snapshot/00000000000000a0/files/b.parquet", "log/2", "log/3"}, units: 3},
+		{name: "snapshot at T exactly", task: notEmpty, cp: 300, metas: full, ts: 160, snaps: snaps, base: 160,
+			files: []string{"snapshot/00000000000000a0/files/b.parquet", "log/2"}, units: 3},
+		{name: "older snapshot: log files above it kept, those at or below pruned", task: notEmpty, cp: 300, metas: full, ts: 159, snaps: snaps, base: 150,
+			files: []string{"snapshot/0000000000000096/files/a.parquet", "log/2"}, units: 3},
+		{name: "started empty uses a snapshot when there is one", cp: 300, metas: full, ts: 250, snaps: snaps, base: 160,
+			files: []string{"snapshot/00000000000000a0/files/b.parquet", "log/2", "log/3"}, units: 3},
+		{name: "started empty, T before every snapshot: log only", cp: 300, metas: full, ts: 140, snaps: snaps, files: []string{"log/1"}, units: 2},
+		{name: "T before the first snapshot", task: notEmpty, cp: 300, metas: full, ts: 140, snaps: snaps, err: ErrOutOfRange,
+			errText: "restorable range is [150 ("},
+		{name: "unfinished snapshot is not a base", task: notEmpty, cp: 300, metas: full, ts: 250,
+			snaps: []snapshot.Info{{Root: "snapshot/00000000000000c8/", BackupTS: 200}}, err: ErrNoBase},
+		{name: "snapshot before the task's start is not a base", task: notEmpty, cp: 300, metas: full, ts: 250,
+			snaps: []snapshot.Info{snapInfo(90, "", "")}, err: ErrNoBase},
+		{name: "explicit snapshot", task: notEmpty, cp: 300, metas: full, ts: 250, explicit: true,
+			snaps: []snapshot.Info{rootOwn(snapInfo(150, "", ""))}, base: 150, files: []string{"files/a.parquet", "log/2", "log/3"}, units: 3},
+		{name: "explicit snapshot after T", task: notEmpty, cp: 300, metas: full, ts: 140, explicit: true,
+			snaps: []snapshot.Info{rootOwn(snapInfo(150, "", ""))}, err: ErrOutOfRange, errText: "needs one in [100 ("},
+		{name: "explicit snapshot not covering", task: notEmpty, cp: 300, metas: full, ts: 250, explicit: true,
+			snaps: []snapshot.Info{rootOwn(snapInfo(150, "", "q"))}, err: ErrNoBase, errText: "does not cover the task ranges"},
+		{name: "snapshot of another cluster", task: notEmpty, cp: 300, metas: full, ts: 250,
+			snaps: []snapshot.Info{withCluster(snapInfo(150, "", ""), 8)}, err: ErrNotBackup, errText: "is of cluster 8 but task \"t1\" backs up cluster 7"},
+		{name: "snapshot not covering is passed over", task: notEmpty, cp: 300, metas: full, ts: 250,
+			snaps: []snapshot.Info{snapInfo(150, "", ""), snapInfo(160, "b", "")}, base: 150,
+			files: []string{"snapshot/0000000000000096/files/a.parquet", "log/2", "log/3"}, units: 3},
+		{name: "only a snapshot not covering", task: notEmpty, cp: 300, metas: full, ts: 250,
+			snaps: []snapshot.Info{snapInfo(160, "b", "")}, err: ErrNoBase, errText: "does not cover"},
 		{name: "coverage hole in time", cp: 300, metas: []MetaFile{full[0], full[2]}, ts: 250, err: ErrMissing,
 			errText: `keys [-inf, "m") have no log for commit_ts (150 (`},
 		{name: "hole after T does not matter", cp: 300, metas: []MetaFile{full[0], full[1]}, ts: 200, files: []string{"log/1", "log/2"}, units: 2},
@@ -76,7 +137,8 @@ func TestPlan(t *testing.T) {
 			if tc.task != nil {
 				tk = tc.task
 			}
-			p, err := NewPlan(PlanInput{Task: tk, Checkpoint: tc.cp, Metas: tc.metas, RestoreTS: tc.ts, Snapshot: tc.snapshot})
+			p, err := NewPlan(PlanInput{Task: tk, Checkpoint: tc.cp, Metas: tc.metas, RestoreTS: tc.ts,
+				Snapshots: tc.snaps, Explicit: tc.explicit, SnapshotURL: "file:///backup"})
 			if tc.err != nil {
 				require.ErrorIs(t, err, tc.err)
 				require.Contains(t, err.Error(), tc.errText)
@@ -86,7 +148,15 @@ func TestPlan(t *testing.T) {
 			require.NoError(t, err)
 			got := []string{}
 			for _, f := range p.Files {
-				got = append(got, f.File.GetPath())
+				got = append(got, f.Key())
+			}
+			if tc.base == 0 {
+				require.Nil(t, p.Base)
+				require.Equal(t, tk.GetStartTs(), p.LogFrom)
+			} else {
+				require.NotNil(t, p.Base)
+				require.Equal(t, tc.base, p.Base.BackupTS)
+				require.Equal(t, tc.base, p.LogFrom)
 			}
 			require.Equal(t, tc.files, got)
 			require.Len(t, p.Units, tc.units)

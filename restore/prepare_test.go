@@ -65,7 +65,7 @@ func TestRestorePrepare(t *testing.T) {
 		return Options{Source: s.b.st, PDAddrs: []string{pdAddr}, RestoreTS: s.cp, Concurrency: 3, ChunkBytes: 16 << 10,
 			ProgressFile: filepath.Join(t.TempDir(), "progress.json")}
 	}
-	plan, err := PlanRestore(ctx, s.b.st, s.cp, "")
+	plan, err := PlanRestore(ctx, s.b.st, s.cp, nil)
 	require.NoError(t, err)
 	boundaries := splitKeys(plan, DefaultMaxSplitKeys)
 	require.Greater(t, len(boundaries), 5, "the source has regions to split at")

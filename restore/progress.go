@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/keyspace"
 )
 
@@ -30,6 +31,7 @@ import (
 //	  "started_unix_ms": 1767...,          // first write to the target
 //	  "gc_ratio_threshold": {"1": "1.1"},   // store id -> its gc.ratio-threshold before the restore turned GC off (gc.go)
 //	  "done": [{"start": "hex", "end": "hex"}, ...],  // ingested key ranges, sorted, merged; "" end = +inf
+//	  "checksums": [{"start": "hex", "end": "hex", "crc64_xor": 123, "kvs": 4, "bytes": 56}, ...],
 //	  "finished": false
 //	}
 //
@@ -38,7 +40,11 @@ import (
 // held off on the target; an entry is written before its store is changed
 // and removed once its old value is set back. Version 1 files (no
 // gc_ratio_threshold) are read as well; version 2 is written, so a build
-// that would not set GC back refuses the file. Writes are durable: temp
+// that would not set GC back refuses the file. checksums (optional, so
+// still version 2: a build without it ignores the field and only skips the
+// check) holds the expected checksum of each key range a single-pass
+// sweep read, what a read at T returns there; a rerun checks those ranges
+// too after its writes. Writes are durable: temp
 // file, fsync, rename, fsync dir. A file for another (storage, T, target)
 // is refused, never reused.
 
@@ -53,7 +59,22 @@ type progressState struct {
 	StartedMS int64             `json:"started_unix_ms,omitempty"`
 	GCRatio   map[uint64]string `json:"gc_ratio_threshold,omitempty"`
 	Done      []doneRange       `json:"done"`
+	Checksums []rangeSum        `json:"checksums,omitempty"`
 	Finished  bool              `json:"finished"`
+}
+
+type rangeSum struct {
+	Start    string `json:"start"`
+	End      string `json:"end"`
+	Crc64Xor uint64 `json:"crc64_xor"`
+	Kvs      uint64 `json:"kvs"`
+	Bytes    uint64 `json:"bytes"`
+}
+
+// expectedSum is a range's checksum as a read at T returns it.
+type expectedSum struct {
+	Range keyspace.Range
+	Sum   checksum.Sum
 }
 
 type doneRange struct {
@@ -120,6 +141,13 @@ func openProgress(path string, want progressState) (*progress, error) {
 		p.done = append(p.done, keyspace.Range{Start: s, End: e})
 	}
 	p.done = keyspace.Merge(p.done)
+	for _, c := range st.Checksums {
+		_, err1 := hex.DecodeString(c.Start)
+		_, err2 := hex.DecodeString(c.End)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("progress file %s: bad checksum range %q..%q; remove it to start over", path, c.Start, c.End)
+		}
+	}
 	st.Version = progressVersion
 	p.st = st
 	return p, nil
@@ -167,6 +195,41 @@ func (p *progress) forgetGCRatios(storeIDs ...uint64) error {
 		delete(p.st.GCRatio, id)
 	}
 	return p.saveLocked()
+}
+
+// recordSum records a range's expected checksum (saved with the next
+// save), replacing one recorded for the same range.
+func (p *progress) recordSum(r keyspace.Range, s checksum.Sum) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rs := rangeSum{Start: hex.EncodeToString(r.Start), End: hex.EncodeToString(r.End), Crc64Xor: s.Crc64Xor, Kvs: s.TotalKvs, Bytes: s.TotalBytes}
+	for i, o := range p.st.Checksums {
+		if o.Start == rs.Start && o.End == rs.End {
+			p.st.Checksums[i] = rs
+			p.dirty = true
+			return nil
+		}
+	}
+	p.st.Checksums = append(p.st.Checksums, rs)
+	p.dirty = true
+	return nil
+}
+
+// sums returns the recorded expected checksums, in key order.
+func (p *progress) sums() []expectedSum {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []expectedSum
+	for _, rs := range p.st.Checksums {
+		s, err1 := hex.DecodeString(rs.Start)
+		e, err2 := hex.DecodeString(rs.End)
+		if err1 != nil || err2 != nil {
+			continue // checked on open
+		}
+		out = append(out, expectedSum{Range: keyspace.Range{Start: s, End: e}, Sum: checksum.Sum{Crc64Xor: rs.Crc64Xor, TotalKvs: rs.Kvs, TotalBytes: rs.Bytes}})
+	}
+	slices.SortFunc(out, func(a, b expectedSum) int { return bytes.Compare(a.Range.Start, b.Range.Start) })
+	return out
 }
 
 // started reports whether an earlier run already wrote to the target.

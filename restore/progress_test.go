@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/keyspace"
 )
 
@@ -91,4 +92,29 @@ func TestProgressGCRatios(t *testing.T) {
 	p, err = openProgress(path, key)
 	require.NoError(t, err)
 	require.Equal(t, map[uint64]string{4: "2.5"}, p.gcRatios())
+}
+
+// The expected checksums ride in the version 2 file as an optional field:
+// a file without it (an older build's) opens with none, and recorded sums
+// survive a reopen, one per range.
+func TestProgressChecksums(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.json")
+	old := `{"version": 2, "storage": "file:///b", "task": "t", "restore_ts": 42, "target_cluster_id": 7, "started_unix_ms": 1, "done": [{"start": "61", "end": "62"}], "finished": false}`
+	require.NoError(t, os.WriteFile(path, []byte(old), 0o600))
+	key := progressState{Storage: "file:///b", Task: "t", RestoreTS: 42, ClusterID: 7}
+	p, err := openProgress(path, key)
+	require.NoError(t, err)
+	require.Empty(t, p.sums())
+	u := func(s, e string) keyspace.Range { return keyspace.Range{Start: []byte(s), End: []byte(e)} }
+	require.NoError(t, p.recordSum(u("c", ""), checksum.Sum{Crc64Xor: 3, TotalKvs: 1, TotalBytes: 9}))
+	require.NoError(t, p.recordSum(u("a", "c"), checksum.Sum{Crc64Xor: 1, TotalKvs: 2, TotalBytes: 3}))
+	require.NoError(t, p.recordSum(u("a", "c"), checksum.Sum{Crc64Xor: 2, TotalKvs: 2, TotalBytes: 3}))
+	require.NoError(t, p.flush(false))
+	p, err = openProgress(path, key)
+	require.NoError(t, err)
+	require.Equal(t, []expectedSum{
+		{Range: u("a", "c"), Sum: checksum.Sum{Crc64Xor: 2, TotalKvs: 2, TotalBytes: 3}},
+		{Range: u("c", ""), Sum: checksum.Sum{Crc64Xor: 3, TotalKvs: 1, TotalBytes: 9}},
+	}, p.sums())
+	require.True(t, p.isDone(u("a", "b")))
 }

@@ -9,6 +9,20 @@ import (
 	"github.com/pitr-io/pitr/logfile"
 )
 
+// sources are the storages a plan's files are read from: the task root,
+// and the base snapshot's storage when it has one of its own (--snapshot).
+type sources struct {
+	log, base Source
+}
+
+// of returns the storage holding f.
+func (s sources) of(f FileRef) Source {
+	if f.Base && s.base != nil {
+		return s.base
+	}
+	return s.log
+}
+
 // objectReaderAt serves a data file's reads with ranged GETs: the reader
 // fetches the footer once and each row group it needs with one read.
 type objectReaderAt struct {
@@ -33,7 +47,7 @@ func (o *objectReaderAt) ReadAt(p []byte, off int64) (int, error) {
 // openFile opens a data file for range reads. A data file that turns out
 // corrupt is ErrCorrupt (and logfile.ErrCorrupt).
 func openFile(ctx context.Context, src Source, f FileRef) (*logfile.Reader, error) {
-	rd, err := logfile.NewReader(&objectReaderAt{ctx: ctx, src: src, key: f.File.GetPath(), size: f.File.GetSize()}, f.File.GetSize())
+	rd, err := logfile.NewReader(&objectReaderAt{ctx: ctx, src: src, key: f.Key(), size: f.File.GetSize()}, f.File.GetSize())
 	if err != nil {
 		return nil, dataError(f, err)
 	}
@@ -44,11 +58,11 @@ func openFile(ctx context.Context, src Source, f FileRef) (*logfile.Reader, erro
 func dataError(f FileRef, err error) error {
 	switch {
 	case errors.Is(err, logfile.ErrFormat):
-		return fmt.Errorf("%w: data file %s: %w (upgrade pitr to read it)", ErrFormat, f.File.GetPath(), err)
+		return fmt.Errorf("%w: data file %s: %w (upgrade pitr to read it)", ErrFormat, f.Key(), err)
 	case errors.Is(err, logfile.ErrCorrupt):
-		return fmt.Errorf("%w: data file %s: %w", ErrCorrupt, f.File.GetPath(), err)
+		return fmt.Errorf("%w: data file %s: %w", ErrCorrupt, f.Key(), err)
 	}
-	return fmt.Errorf("read data file %s: %w", f.File.GetPath(), err)
+	return fmt.Errorf("read data file %s: %w", f.Key(), err)
 }
 
 // iterMemory estimates what one open iterator of rd holds: about two

@@ -28,6 +28,11 @@ type Result struct {
 	// Chunks is the number of Write+MultiIngest rounds.
 	Chunks   int64
 	Duration time.Duration
+	// ChecksumRanges counts the key ranges whose target checksum matched
+	// the backup's; ChecksumSkipped the ranges not checksummed: sweeps
+	// that took several passes, and ranges an earlier run finished
+	// without recording their expected checksum.
+	ChecksumRanges, ChecksumSkipped int
 	// AlreadyDone: the progress file said the restore had finished; nothing
 	// was written.
 	AlreadyDone bool
@@ -51,6 +56,12 @@ func (r *Result) Summary() string {
 		r.Duration.Round(time.Millisecond), r.MBps())
 	if r.UnitsSkipped > 0 {
 		s += fmt.Sprintf("; resumed: %d of %d key ranges were already done", r.UnitsSkipped, r.UnitsSkipped+r.Units)
+	}
+	if r.ChecksumRanges > 0 || r.ChecksumSkipped > 0 {
+		s += fmt.Sprintf("; checksum: %d ranges match", r.ChecksumRanges)
+		if r.ChecksumSkipped > 0 {
+			s += fmt.Sprintf(", %d not checksummed", r.ChecksumSkipped)
+		}
 	}
 	return s
 }

@@ -14,6 +14,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tikv/client-go/v2/txnkv"
+
+	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
@@ -38,8 +41,13 @@ type Options struct {
 	TLS connector.TLS
 	// RestoreTS is T.
 	RestoreTS uint64
-	// Snapshot is a base snapshot URL; not supported by this build.
-	Snapshot string
+	// Snapshot, when set, is the storage of the base snapshot to use
+	// (--snapshot: a snapshot root of its own); nil: the newest fitting
+	// snapshot under the task root (snapshot/<ts>/), if any.
+	Snapshot Source
+	// SkipChecksum skips the post-restore checksum, for a target that
+	// legitimately holds other keys in the task ranges.
+	SkipChecksum bool
 	// Force writes into a target that already holds data in the task
 	// ranges.
 	Force bool
@@ -115,14 +123,30 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// PlanRestore reads the backup's metadata and plans a restore to ts
-// without touching the data files or any cluster (pitr restore --dry-run).
-func PlanRestore(ctx context.Context, src Source, ts uint64, snapshot string) (*Plan, error) {
+// PlanRestore reads the backup's metadata (and its snapshots', or snap's
+// when set) and plans a restore to ts without touching the data files or
+// any cluster (pitr restore --dry-run).
+func PlanRestore(ctx context.Context, src Source, ts uint64, snap Source) (*Plan, error) {
+	_, p, err := loadPlan(ctx, src, snap, ts)
+	return p, err
+}
+
+func loadPlan(ctx context.Context, src, snap Source, ts uint64) (*Backup, *Plan, error) {
 	b, err := Load(ctx, src)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: ts, Snapshot: snapshot})
+	snaps, explicit, err := loadSnapshots(ctx, src, snap)
+	if err != nil {
+		return nil, nil, err
+	}
+	url := b.URL
+	if snap != nil {
+		url = snap.URL()
+	}
+	p, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: ts,
+		Snapshots: snaps, Explicit: explicit, SnapshotURL: url})
+	return b, p, err
 }
 
 // Run restores the backup to RestoreTS into the target cluster:
@@ -155,13 +179,18 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if rb := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes); rb <= 0 {
 		return nil, fmt.Errorf("memory budget %d bytes is too small for concurrency %d: the chunk buffers alone need more (see CheckBudget)", o.MemoryBudget, o.Concurrency)
 	}
-	b, err := Load(ctx, o.Source)
+	b, plan, err := loadPlan(ctx, o.Source, o.Snapshot, o.RestoreTS)
 	if err != nil {
 		return nil, err
 	}
-	plan, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: o.RestoreTS, Snapshot: o.Snapshot})
-	if err != nil {
-		return nil, err
+	srcs := sources{log: o.Source, base: o.Snapshot}
+	var sumKV *txnkv.Client
+	if !o.SkipChecksum {
+		// Before the target's other PD clients (connector.KV).
+		if sumKV, err = connector.KV(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Component: "pitr-restore"}); err != nil {
+			return nil, fmt.Errorf("%w: connect to the target for its checksum: %v", ErrUnavailable, err)
+		}
+		defer sumKV.Close()
 	}
 	tgt, err := dialTarget(ctx, o.PDAddrs, o.TLS, log)
 	if err != nil {
@@ -207,7 +236,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	for _, f := range files {
 		res.FileBytes += f.File.GetSize()
 	}
-	log.Info("plan", "restore_ts", plan.RestoreTS, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
+	earlier := unitsDoneBefore(plan, prog)
+	log.Info("plan", "restore_ts", plan.RestoreTS, "base", baseRoot(plan), "log_from", plan.LogFrom, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
 
 	m := newMeter()
 	if o.Progress != nil {
@@ -224,7 +254,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		verifyBytes += f.File.GetSize()
 	}
 	m.setPhase("verify", verifyBytes)
-	if err := checkFiles(ctx, o.Source, files, o.Concurrency, func(n int64) { m.done.Add(n) }); err != nil {
+	if err := checkFiles(ctx, srcs, files, o.Concurrency, func(n int64) { m.done.Add(n) }); err != nil {
 		return nil, err
 	}
 
@@ -267,6 +297,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		err = ctx.Err()
 	}
 	_ = im.Close() // logged; each store also returns to normal mode by itself
+	if err == nil && !o.SkipChecksum {
+		err = r.verifyChecksums(ctx, sumKV.KVStore, tgt.ts, earlier, res)
+	}
 	if perr := prog.flush(err == nil); perr != nil && err == nil {
 		err = perr
 	}
@@ -331,6 +364,7 @@ type runner struct {
 	plan       *Plan
 	files      []FileRef
 	tgt        writeTarget
+	src        sources
 	prog       *progress
 	meter      *meter
 	readers    int
@@ -339,6 +373,9 @@ type runner struct {
 	free      chan *chunk
 	writes    chan writeReq
 	unitsDone atomic.Int64
+	// multiPass counts the sweeps that took several passes: not
+	// checksummed.
+	multiPass atomic.Int64
 }
 
 type writeReq struct {
@@ -410,7 +447,7 @@ func fmtMiB(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
 func newRunner(o Options, log hclog.Logger, plan *Plan, files []FileRef, tgt writeTarget, prog *progress, m *meter) *runner {
 	readers, nChunks := readerCount(o.Concurrency)
 	readBudget := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes)
-	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, prog: prog, meter: m,
+	r := &runner{o: o, log: log, plan: plan, files: files, tgt: tgt, src: sources{log: o.Source, base: o.Snapshot}, prog: prog, meter: m,
 		readers: readers, readBudget: readBudget,
 		free: make(chan *chunk, nChunks), writes: make(chan writeReq)}
 	for i := 0; i < nChunks; i++ {
@@ -663,6 +700,7 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 	var lo uint64      // the window of this pass is (lo, hi]
 	var held *open     // fs[next], opened, but it did not fit the last pass
 	warned := false    // about a pass over the budget
+	var sum *checksum.Sum
 	for pass := 0; ; pass++ {
 		set := carried
 		var mem int64
@@ -676,7 +714,7 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 				rd, held = held.rd, nil
 			} else {
 				var err error
-				if rd, err = openFile(ctx, r.o.Source, f); err != nil {
+				if rd, err = openFile(ctx, r.src.of(f), f); err != nil {
 					return err
 				}
 			}
@@ -706,13 +744,24 @@ func (r *runner) sweep(ctx context.Context, u, v int) error {
 		}
 		its := make([]logfile.Iterator, 0, len(set))
 		for _, o := range set {
-			its = append(its, &fileIter{Iterator: o.rd.Iter(rng.Start, rng.End), f: o.f})
+			it := &fileIter{Iterator: o.rd.Iter(rng.Start, rng.End), f: o.f}
+			if r.plan.Base != nil && !o.f.Base {
+				it.floor = r.plan.LogFrom
+			}
+			its = append(its, it)
 		}
-		if err := r.pass(ctx, merge.Merge(its...), u, v, lo, hi, last, tr); err != nil {
+		if pass == 0 && last && !r.o.SkipChecksum {
+			sum = &checksum.Sum{}
+		}
+		if err := r.pass(ctx, merge.Merge(its...), u, v, lo, hi, last, tr, sum); err != nil {
 			return err
 		}
 		if last {
-			return nil
+			if sum == nil {
+				r.multiPass.Add(1)
+				return nil
+			}
+			return r.prog.recordSum(rng, *sum)
 		}
 		// Every version up to hi is ingested before any newer one is.
 		if err := tr.drained(ctx); err != nil {
@@ -734,10 +783,25 @@ func closeAll(its []logfile.Iterator) {
 	}
 }
 
-// fileIter names the file in its errors.
+// fileIter names the file in its errors. Over a base, it drops a log
+// file's rows at or before floor (the base's backup ts): the base holds
+// what a read at B returns, and a log version at or before B may be
+// shadowed by a newer one the pruning removed (a Put re-captured in a
+// later file whose Delete, also before B, is in a pruned file would
+// otherwise come back).
 type fileIter struct {
 	logfile.Iterator
-	f FileRef
+	f     FileRef
+	floor uint64
+}
+
+func (it *fileIter) Next() bool {
+	for it.Iterator.Next() {
+		if it.floor == 0 || it.Iterator.Row().CommitTS > it.floor {
+			return true
+		}
+	}
+	return false
 }
 
 func (it *fileIter) Err() error {
@@ -752,8 +816,11 @@ func (it *fileIter) Err() error {
 // writers. A chunk is cut only between two keys, never between versions of
 // one key, so each key's versions of the pass are ingested at once (a chunk
 // can grow past ChunkBytes by one key's versions). When last, each unit is
-// attached to the chunk holding its last version.
-func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi uint64, last bool, tr *tracker) (err error) {
+// attached to the chunk holding its last version. When sum is set (a
+// single pass over (0, T]), it receives the checksum of what a read at T
+// returns from units [u, v): per key its newest version, if a Put, for the
+// keys checksum.InBounds counts.
+func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi uint64, last bool, tr *tracker, sum *checksum.Sum) (err error) {
 	defer func() {
 		if cerr := it.Close(); err == nil && cerr != nil {
 			err = cerr
@@ -792,8 +859,17 @@ func (r *runner) pass(ctx context.Context, it logfile.Iterator, u, v int, lo, hi
 		}
 	}()
 	cu := u
+	rng := keyspace.Range{Start: units[u].Start, End: units[v-1].End}
+	var sumKey []byte // the key whose visible version is counted
+	sumStarted := false
 	for it.Next() {
 		row := it.Row()
+		if sum != nil && row.CommitTS <= hi && len(row.Key) > 0 && (!sumStarted || !bytes.Equal(row.Key, sumKey)) {
+			sumKey, sumStarted = append(sumKey[:0], row.Key...), true
+			if row.Op == logfile.OpPut && checksum.InBounds(rng, row.Key) {
+				sum.Add(row.Key, row.Value)
+			}
+		}
 		r.meter.done.Add(row.LogicalSize())
 		for cu < v-1 && !keyspace.BeforeEnd(row.Key, units[cu].End) {
 			if last {

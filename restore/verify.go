@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/pitr-io/pitr/keyspace"
@@ -15,6 +16,9 @@ type VerifyOptions struct {
 	// RestoreTS is the point to prove restorable; 0: the checkpoint.
 	RestoreTS   uint64
 	Concurrency int
+	// Snapshot, when set, is the base snapshot's own storage (--snapshot);
+	// nil: the snapshots under the task root.
+	Snapshot Source
 	// Progress, when set, receives the progress bar while files are read.
 	Progress io.Writer
 }
@@ -31,12 +35,24 @@ type VerifyResult struct {
 	// format version 1, written before objects carried a checksum: their
 	// content could not be verified byte for byte.
 	Unchecksummed int
+	// Base is the snapshot a restore to To starts from (nil: the log
+	// alone); BaseFiles and BaseBytes count its files, which Files and
+	// Bytes include.
+	Base      *Base
+	BaseFiles int
+	BaseBytes int64
 }
 
 // Summary is the one line printed when verify succeeds.
 func (r *VerifyResult) Summary() string {
 	s := fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
 		r.Task, r.Metas, r.Files, fmtBytes(r.Bytes), len(r.Ranges), keyspace.Format(r.From), keyspace.Format(r.To))
+	if r.Base != nil {
+		s += fmt.Sprintf("; base snapshot %s at %s: %d files (%s) intact, its checksums tile its ranges, which cover the task ranges",
+			strings.TrimSuffix(r.Base.URL, "/")+"/"+r.Base.Root, keyspace.Format(r.Base.BackupTS), r.BaseFiles, fmtBytes(r.BaseBytes))
+	} else {
+		s += "; no base snapshot: the task started on empty ranges"
+	}
 	if r.Unchecksummed > 0 {
 		s += fmt.Sprintf("; %d objects predate checksums (format 1) and were only parsed", r.Unchecksummed)
 	}
@@ -49,10 +65,16 @@ func (r *VerifyResult) Summary() string {
 //     task.pb, pitr.lock and checkpoint/global passes its CRC-32C and
 //     parses, and every meta matches its name (ErrCorrupt, ErrFormat);
 //   - the restore point is in [start_ts, checkpoint] (ErrOutOfRange);
-//   - the metas' coverage leaves no hole in task ranges × (start_ts, T]
-//     (ErrMissing, naming the key range and ts interval);
-//   - every file any meta references exists (ErrMissing) with its
-//     recorded size and sha256 (ErrCorrupt), checked in path order.
+//   - the base snapshot a restore to T would use is found as restore
+//     finds it (ErrNoBase, ErrOutOfRange before the first snapshot); its
+//     backupmeta passes its checksum, its checksums tile its ranges
+//     (snapshot.Load), and its ranges cover the task ranges;
+//   - the metas' coverage leaves no hole in task ranges × (B, T], B the
+//     base's backup ts or start_ts (ErrMissing, naming the key range and
+//     ts interval);
+//   - every file any meta references, and every file of the base, exists
+//     (ErrMissing) with its recorded size and sha256 (ErrCorrupt), checked
+//     in path order, the base's first.
 func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, error) {
 	if o.Concurrency <= 0 {
 		o.Concurrency = DefaultConcurrency
@@ -82,10 +104,33 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 			res.Unchecksummed++
 		}
 	}
-	if err := CheckCoverage(res.Ranges, b.Metas, start, to); err != nil {
+	snaps, explicit, err := loadSnapshots(ctx, src, o.Snapshot)
+	if err != nil {
 		return nil, err
 	}
+	url := b.URL
+	if o.Snapshot != nil {
+		url = o.Snapshot.URL()
+	}
+	base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: cp, RestoreTS: to, Snapshots: snaps, Explicit: explicit, SnapshotURL: url}, res.Ranges)
+	if err != nil {
+		return nil, err
+	}
+	from := start
 	var files []FileRef
+	if base != nil {
+		res.Base, from = base, base.BackupTS
+		for _, f := range base.fileRefs() {
+			files = append(files, f)
+			res.BaseFiles++
+			res.BaseBytes += f.File.GetSize()
+			res.Bytes += f.File.GetSize()
+		}
+	}
+	res.From = from
+	if err := CheckCoverage(res.Ranges, b.Metas, from, to); err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
 	for _, m := range b.Metas {
 		for _, f := range m.Meta.GetFiles() {
@@ -108,7 +153,7 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 		go func() { defer wg.Done(); m.draw(dctx, o.Progress) }()
 		defer func() { stop(); wg.Wait() }()
 	}
-	if err := checkFiles(ctx, src, files, o.Concurrency, onBytes); err != nil {
+	if err := checkFiles(ctx, sources{log: src, base: o.Snapshot}, files, o.Concurrency, onBytes); err != nil {
 		return nil, err
 	}
 	return res, nil

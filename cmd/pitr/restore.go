@@ -24,6 +24,7 @@ type restoreOptions struct {
 	snapshot     string
 	dryRun       bool
 	force        bool
+	noChecksum   bool
 	progressFile string
 	concurrency  int
 	memory       string
@@ -60,8 +61,19 @@ command after a failure or a kill finishes the job without redoing them.
 An error after the first write says so, with how far the restore got; an
 error before it says that nothing was written.
 
---dry-run prints the plan (files, bytes, rows, ranges) and touches no
-cluster.`,
+The base is the newest finished snapshot under the task root
+(snapshot/<ts>/, written by pitr backup full) with task start ts <= its
+backup ts B <= --to, or the one --snapshot names; the log then replays
+(B, --to]. A task that started on empty ranges needs none; any other task
+without one is exit 16, and a --to before its first snapshot exit 10.
+
+After the writes, every key range is checksummed on the target (TiKV's
+coprocessor checksum) and compared with what the backup holds; a mismatch
+is exit 11. --no-checksum skips it, for a target that legitimately holds
+other keys in the task ranges.
+
+--dry-run prints the plan (base, log window, files, bytes, rows, ranges)
+and touches no cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runRestore(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
@@ -71,9 +83,10 @@ cluster.`,
 	f.StringVar(&o.storage, "storage", "", "log backup storage URL")
 	f.StringVar(&o.to, "to", "", "restore point: TSO or RFC3339 time")
 	f.StringVar(&o.pd, "pd", "", "PD addresses of the target cluster, comma separated")
-	f.StringVar(&o.snapshot, "snapshot", "", "base snapshot URL (not available in this build)")
+	f.StringVar(&o.snapshot, "snapshot", "", "base snapshot root URL (default: the newest fitting snapshot under the task root)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and write nothing")
 	f.BoolVar(&o.force, "force", false, "write even if the target holds data in the task ranges")
+	f.BoolVar(&o.noChecksum, "no-checksum", false, "skip the post-restore checksum of the target (for a target that holds other keys in the task ranges)")
 	f.StringVar(&o.progressFile, "progress-file", "", "where finished ranges are recorded (default: under the user cache dir)")
 	f.IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "key ranges restored at once")
 	f.StringVar(&o.memory, "memory", "1GiB", "memory budget for reading and writing")
@@ -89,8 +102,6 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 		return cli.Usagef("pitr restore: --storage is required")
 	case o.to == "":
 		return cli.Usagef("pitr restore: --to is required")
-	case o.snapshot != "":
-		return cli.Usagef("pitr restore: --snapshot: restoring from a base snapshot is not available in this build")
 	case o.pd == "" && !o.dryRun:
 		return cli.Usagef("pitr restore: --pd is required (or --dry-run)")
 	case o.concurrency < 1:
@@ -127,9 +138,18 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 		return err
 	}
 	defer src.Close()
+	var snap restore.Source
+	if o.snapshot != "" {
+		st, err := openBackupStorage(ctx, o.snapshot)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		snap = st
+	}
 
 	if o.dryRun {
-		plan, err := restore.PlanRestore(ctx, src, ts, "")
+		plan, err := restore.PlanRestore(ctx, src, ts, snap)
 		if err != nil {
 			return restoreError("pitr restore", err)
 		}
@@ -140,6 +160,8 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 		PDAddrs:      restoreAddrs(o.pd),
 		TLS:          tlsCfg,
 		RestoreTS:    ts,
+		Snapshot:     snap,
+		SkipChecksum: o.noChecksum,
 		Force:        o.force,
 		ProgressFile: o.progressFile,
 		Concurrency:  o.concurrency,
@@ -175,7 +197,7 @@ func restoreError(cmd string, err error) error {
 	switch {
 	case errors.Is(err, restore.ErrOutOfRange):
 		code = cli.ExitOutOfRange
-	case errors.Is(err, restore.ErrCorrupt):
+	case errors.Is(err, restore.ErrCorrupt), errors.Is(err, restore.ErrChecksum):
 		code = cli.ExitCorrupt
 	case errors.Is(err, restore.ErrMissing):
 		code = cli.ExitMissing

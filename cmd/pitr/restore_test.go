@@ -36,7 +36,7 @@ func TestRestoreExitCodes(t *testing.T) {
 		{"no to", []string{"restore", "--storage", empty, "--pd", "x"}, cli.ExitUsage, "--to is required"},
 		{"no pd", []string{"restore", "--storage", empty, "--to", "1"}, cli.ExitUsage, "--pd is required"},
 		{"bad to", []string{"restore", "--storage", empty, "--to", "yesterday", "--dry-run"}, cli.ExitUsage, "RFC 3339"},
-		{"snapshot", []string{"restore", "--storage", empty, "--to", "1", "--snapshot", "s3://b/s", "--pd", "x"}, cli.ExitUsage, "not available in this build"},
+		{"snapshot, dry run", []string{"restore", "--storage", empty, "--to", "1", "--snapshot", empty, "--dry-run"}, cli.ExitNotBackup, "has no pitr.lock"},
 		{"bad memory", []string{"restore", "--storage", empty, "--to", "1", "--dry-run", "--memory", "lots"}, cli.ExitUsage, "--memory"},
 		{"wrong storage, dry run", []string{"restore", "--storage", empty, "--to", "2026-01-01T00:00:00Z", "--dry-run"}, cli.ExitNotBackup, "has no pitr.lock"},
 		{"wrong storage", []string{"restore", "--storage", empty, "--to", "1", "--pd", "127.0.0.1:1"}, cli.ExitNotBackup, "nothing was written to the target"},
@@ -60,6 +60,7 @@ func TestRestoreErrorCodes(t *testing.T) {
 	}{
 		{restore.ErrOutOfRange, cli.ExitOutOfRange},
 		{restore.ErrCorrupt, cli.ExitCorrupt},
+		{restore.ErrChecksum, cli.ExitCorrupt},
 		{restore.ErrMissing, cli.ExitMissing},
 		{restore.ErrNotBackup, cli.ExitNotBackup},
 		{restore.ErrTargetNotEmpty, cli.ExitTargetNotEmpty},

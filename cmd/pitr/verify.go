@@ -18,17 +18,22 @@ type verifyOptions struct {
 	to          string
 	concurrency int
 	noProgress  bool
+	snapshot    string
 }
 
 func newVerifyCmd() *cobra.Command {
 	o := &verifyOptions{}
 	c := &cobra.Command{
-		Use:   "verify --storage URL [--to TS]",
+		Use:   "verify --storage URL [--to TS] [--snapshot URL]",
 		Short: "Prove offline that a restore to TS would succeed",
 		Long: `Check a log backup offline, without any cluster: every meta parses, every
 file a meta references exists with its recorded size and sha256, and the
-metas' coverage leaves no hole in the task ranges over (start ts, --to]
-(default --to: the global checkpoint). It stops at the first problem and
+metas' coverage leaves no hole in the task ranges over (B, --to]
+(default --to: the global checkpoint), B the backup ts of the base
+snapshot a restore to --to would use (as restore picks it; --snapshot
+names one) or the task's start ts. The base's files are checked like the
+log's, its checksums must tile its ranges, and its ranges must cover the
+task ranges (16 when a needed base is missing). It stops at the first problem and
 names it (a file path, or a key range and timestamp interval), with the
 exit status restore would give (10 out of range, 11 corrupt, 12 missing
 file or hole, 13 not a pitr backup, 15 newer format).`,
@@ -39,6 +44,7 @@ file or hole, 13 not a pitr backup, 15 newer format).`,
 	}
 	c.Flags().StringVar(&o.storage, "storage", "", "log backup storage URL")
 	c.Flags().StringVar(&o.to, "to", "", "restore point to verify: TSO or RFC3339 (default: the checkpoint)")
+	c.Flags().StringVar(&o.snapshot, "snapshot", "", "base snapshot root URL (default: the snapshots under the task root)")
 	c.Flags().IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "files checked at once")
 	c.Flags().BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
 	return c
@@ -64,6 +70,14 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 	}
 	defer src.Close()
 	vo := restore.VerifyOptions{RestoreTS: ts, Concurrency: o.concurrency}
+	if o.snapshot != "" {
+		st, err := openBackupStorage(ctx, o.snapshot)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		vo.Snapshot = st
+	}
 	if !o.noProgress {
 		vo.Progress = stderr
 	}

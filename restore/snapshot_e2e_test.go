@@ -1,0 +1,121 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/snapshot"
+)
+
+// snapshotTask turns the source's history into a task that did not start
+// on empty ranges: it started at S, after the workload had written data,
+// so its log holds only the commits after S, in two flushes (the first
+// ending before B, so restore prunes it); a snapshot at B, written from a
+// client-go scan of the source at B, is under the task root.
+func snapshotTask(t *testing.T, s *sourceFixture) (b *testBackup, S, B uint64) {
+	t.Helper()
+	S = s.start + (s.cp-s.start)/4
+	B = s.start + (s.cp-s.start)/2
+	mid := S + (B-S)/2
+	b = newTestBackup(t, &pitrpb.TaskInfo{Name: "snap-e2e", StartTs: S, ClusterId: s.src.Cluster.ID()})
+	var early, late []logfile.Row
+	for _, r := range s.hist {
+		switch {
+		case r.CommitTS > S && r.CommitTS <= mid:
+			early = append(early, r)
+		case r.CommitTS > mid:
+			late = append(late, r)
+		}
+	}
+	// A key put and deleted before B, whose Put a later flush captured
+	// again (after a leader change): the later file survives pruning, the
+	// Delete's does not, so restore must not write log versions ≤ B.
+	put := logfile.Row{Key: []byte("recaptured"), CommitTS: S + 1, StartTS: S, Op: logfile.OpPut, Value: []byte("gone at B")}
+	del := logfile.Row{Key: []byte("recaptured"), CommitTS: S + 3, StartTS: S + 2, Op: logfile.OpDelete}
+	early = append(early, put, del)
+	late = append(late, put)
+	b.flush(1, mid, early, cov("", "", S, mid))
+	b.flush(2, s.cp, late, cov("", "", mid, s.cp))
+	b.checkpoint(s.cp)
+	kv := scanAt(t, s.srcCli, B)
+	requireSame(t, s.hist.at(B), kv, "scan at B")
+	testSnapshot{BackupTS: B, ClusterID: s.src.Cluster.ID(), Task: "snap-e2e",
+		Splits: [][]byte{[]byte("bank/account/00000100"), []byte("kv/"), []byte("kv/0200")}, RowsPerFile: 150}.
+		write(t, b.st, snapshot.TaskRoot(B), kv)
+	return b, S, B
+}
+
+func TestRestoreFromSnapshot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts playgrounds")
+	}
+	ctx := context.Background()
+	s := newSource(t, ctx)
+	b, S, B := snapshotTask(t, s)
+	require.NotEqual(t, s.hist.at(S), map[string]string{}, "the task started on data")
+	opts := func(ts uint64, pd string) Options {
+		return Options{Source: b.st, PDAddrs: []string{pd}, RestoreTS: ts, Concurrency: 3, ChunkBytes: 16 << 10,
+			ProgressFile: filepath.Join(t.TempDir(), "progress.json")}
+	}
+
+	p, err := PlanRestore(ctx, b.st, s.cp, nil)
+	require.NoError(t, err)
+	require.Equal(t, B, p.Base.BackupTS)
+	require.Equal(t, 1, p.Pruned, "the flush ending before B")
+	var sb strings.Builder
+	require.NoError(t, p.Print(&sb))
+	require.Contains(t, sb.String(), "log window    ("+fmt.Sprint(B))
+
+	_, err = PlanRestore(ctx, b.st, B-1, nil)
+	require.ErrorIs(t, err, ErrOutOfRange)
+	require.Contains(t, err.Error(), "restorable range is ["+fmt.Sprint(B))
+
+	for _, T := range []uint64{B, B + (s.cp-B)/2, s.cp} {
+		t.Run(fmt.Sprint(T-B), func(t *testing.T) {
+			tgt, cli := startTarget(t, ctx, "bank/account/00000050", "kv/0300")
+			res, err := Run(ctx, opts(T, tgt.PDAddr()))
+			require.NoError(t, err)
+			now, err := cli.CurrentTimestamp("global")
+			require.NoError(t, err)
+			requireSame(t, s.hist.at(T), scanAt(t, cli, now), fmt.Sprintf("restored to B+%d", T-B))
+			require.Positive(t, res.ChecksumRanges)
+			require.Zero(t, res.ChecksumSkipped)
+			t.Log(res.Summary())
+		})
+	}
+
+	t.Run("checksum mismatch", func(t *testing.T) {
+		tgt, cli := startTarget(t, ctx)
+		txn, err := cli.Begin()
+		require.NoError(t, err)
+		require.NoError(t, txn.Set([]byte("kv/0200x"), []byte("not restored")))
+		require.NoError(t, txn.Commit(ctx))
+		o := opts(s.cp, tgt.PDAddr())
+		o.Force = true
+		_, err = Run(ctx, o)
+		require.ErrorIs(t, err, ErrChecksum)
+		var we *WrittenError
+		require.True(t, errors.As(err, &we))
+		require.Contains(t, err.Error(), "expected crc64xor=")
+		require.Contains(t, err.Error(), "got crc64xor=")
+		require.NotContains(t, err.Error(), "\n")
+
+		// A rerun has nothing left to write; the expected sums are in the
+		// progress file, so it checks again.
+		_, err = Run(ctx, o)
+		require.ErrorIs(t, err, ErrChecksum)
+		// Without the checksum it finishes.
+		o.SkipChecksum = true
+		res, err := Run(ctx, o)
+		require.NoError(t, err)
+		require.Zero(t, res.ChecksumRanges)
+	})
+}
