@@ -182,18 +182,24 @@ func snapshotSource(ctx context.Context, env *Env, bin string, st storage.Storag
 	ts := rec.GetInfo().GetStartTs()
 
 	// Limit: the scan alone, discarded, as many streams as the agent scans
-	// ranges at once.
-	start = time.Now()
-	scanned, err := discardScan(ctx, kv.KVStore, ts, out.bounds, agent.DefaultBackupConcurrency)
-	if err != nil {
-		return nil, fmt.Errorf("discarding scan: %w", err)
+	// ranges at once; the better of two rounds (the playground serving the
+	// scan shares this machine's CPUs, and runs vary).
+	var best time.Duration
+	for round := 0; round < 2; round++ {
+		start = time.Now()
+		scanned, err := discardScan(ctx, kv.KVStore, ts, out.bounds, agent.DefaultBackupConcurrency)
+		if err != nil {
+			return nil, fmt.Errorf("discarding scan: %w", err)
+		}
+		if scanned != out.logical {
+			return nil, fmt.Errorf("discarding scan read %d bytes of keys and values, loaded %d", scanned, out.logical)
+		}
+		if el := time.Since(start); best == 0 || el < best {
+			best = el
+		}
 	}
-	el := time.Since(start)
-	if scanned != out.logical {
-		return nil, fmt.Errorf("discarding scan read %d bytes of keys and values, loaded %d", scanned, out.logical)
-	}
-	out.scanMBps = float64(scanned) / 1e6 / el.Seconds()
-	env.Logf("discarding scan: %s", el.Round(time.Millisecond))
+	out.scanMBps = float64(out.logical) / 1e6 / best.Seconds()
+	env.Logf("discarding scan: %s", best.Round(time.Millisecond))
 
 	a, err := startAgent(env, bin, p, "snapshot-agent")
 	if err != nil {
