@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 
+	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
@@ -142,6 +144,10 @@ func chooseBase(in PlanInput, ranges []keyspace.Range) (*Base, error) {
 	if task.GetStartedEmpty() {
 		return nil, nil
 	}
+	if first != nil && first.BackupTS > in.Checkpoint {
+		return nil, fmt.Errorf("%w: task %q did not start on empty ranges and its first snapshot, at %s, is after the global checkpoint %s: nothing is restorable until the checkpoint passes it",
+			ErrOutOfRange, task.GetName(), keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
+	}
 	if first != nil {
 		return nil, fmt.Errorf("%w: %s is before the task's first snapshot; task %q did not start on empty ranges, so its restorable range is [%s, %s]",
 			ErrOutOfRange, keyspace.Format(t), task.GetName(), keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
@@ -160,4 +166,47 @@ func baseRoot(p *Plan) string {
 		return "none"
 	}
 	return p.Base.URL + " " + p.Base.Root
+}
+
+// checkBaseSums reads every row of the base's files and checks that they
+// add up, per checksummed range of its backupmeta, to the checksums there
+// (what the backup compared with TiKV's at B): a snapshot whose files
+// lost, gained or changed a row after the backup checksummed it is
+// ErrCorrupt, naming the range.
+func checkBaseSums(ctx context.Context, src Source, b *Base) error {
+	cs := b.Meta.GetChecksums()
+	parts := make([]keyspace.Range, len(cs))
+	got := make([]checksum.Sum, len(cs))
+	for i, c := range cs {
+		parts[i] = keyspace.Range{Start: c.GetRange().GetStartKey(), End: c.GetRange().GetEndKey()}
+	}
+	for _, f := range b.fileRefs() {
+		rd, err := openFile(ctx, src, f)
+		if err != nil {
+			return err
+		}
+		it := rd.Iter(nil, nil)
+		for it.Next() {
+			row := it.Row()
+			i := sort.Search(len(parts), func(i int) bool { return keyspace.BeforeEnd(row.Key, parts[i].End) })
+			if i < len(parts) && parts[i].Contains(row.Key) && row.Op == logfile.OpPut && checksum.InBounds(parts[i], row.Key) {
+				got[i].Add(row.Key, row.Value)
+			}
+		}
+		err = it.Err()
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return dataError(f, err)
+		}
+	}
+	for i, c := range cs {
+		want := checksum.Sum{Crc64Xor: c.GetCrc64Xor(), TotalKvs: c.GetTotalKvs(), TotalBytes: c.GetTotalBytes()}
+		if got[i] != want {
+			return fmt.Errorf("%w: snapshot %s: the files' rows in range %s sum to %s, its %s says %s",
+				ErrCorrupt, strings.TrimSuffix(b.URL, "/")+"/"+b.Root, parts[i], got[i], snapshot.MetaName, want)
+		}
+	}
+	return nil
 }

@@ -117,6 +117,21 @@ func TestPlanFromStorage(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(170), res.Base.BackupTS)
 
+	// A backupmeta whose checksum of a range does not match the files'
+	// rows (a row lost between the backup's checksum and its files).
+	bad := t.TempDir()
+	bst, err := storage.Open(ctx, "file://"+bad)
+	require.NoError(t, err)
+	defer bst.Close()
+	m := testSnapshot{BackupTS: 170, ClusterID: 7, Splits: [][]byte{[]byte("k100")}}.write(t, bst, "", kv)
+	m.Checksums[1].TotalKvs--
+	mb, err := logfile.EncodeBackupMeta(m)
+	require.NoError(t, err)
+	require.NoError(t, bst.Put(ctx, snapshot.MetaName, mb))
+	_, err = Verify(ctx, b.st, VerifyOptions{Snapshot: bst})
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Contains(t, err.Error(), `the files' rows in range ["k100", +inf) sum to crc64xor=`)
+
 	flipByte(t, b.path(snapshot.TaskRoot(200)+snapshot.FilePath("000003")))
 	_, err = Verify(ctx, b.st, VerifyOptions{})
 	require.ErrorIs(t, err, ErrCorrupt)

@@ -3,15 +3,36 @@ package restore
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/tikv/client-go/v2/tikv"
+	"github.com/tikv/client-go/v2/txnkv"
 
 	"github.com/pitr-io/pitr/checksum"
+	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
 )
 
-// clusterChecksum asks the target for a range's checksum; tests replace it.
-var clusterChecksum = checksum.Cluster
+// openChecksumKV opens the client-go client the target's checksum is asked
+// through. client-go's NewClient sometimes fails at once (a cancelled RPC
+// while its PD client starts, seen in the package's tests with several
+// clusters in one process), and connector.KV does not retry it: a failure
+// that comes quickly is retried twice; one that took its time (the target
+// does not answer) is not.
+func openChecksumKV(ctx context.Context, c connector.Config) (*txnkv.Client, error) {
+	for attempt := 0; ; attempt++ {
+		began := time.Now()
+		kv, err := connector.KV(ctx, c)
+		if err == nil || attempt == 2 || time.Since(began) > 2*time.Second || ctx.Err() != nil {
+			return kv, err
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, err
+		}
+	}
+}
 
 // unitsDoneBefore returns the plan's units recorded done before this run.
 func unitsDoneBefore(plan *Plan, prog *progress) []keyspace.Range {
@@ -37,9 +58,9 @@ func (r *runner) verifyChecksums(ctx context.Context, store *tikv.KVStore, now f
 		return fmt.Errorf("%w: get a timestamp from the target's PD for its checksum: %v", ErrUnavailable, err)
 	}
 	for _, s := range sums {
-		got, err := clusterChecksum(ctx, store, s.Range, ts)
+		got, err := checksum.Cluster(ctx, store, s.Range, ts)
 		if err != nil {
-			return fmt.Errorf("%w: checksum the target: %v", ErrUnavailable, err)
+			return fmt.Errorf("checksum the target: %w", err)
 		}
 		if got != s.Sum {
 			return fmt.Errorf("%w: range %s of the target: expected %s, got %s", ErrChecksum, s.Range, s.Sum, got)

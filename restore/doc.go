@@ -6,9 +6,17 @@
 // # Restore
 //
 //	Load      pitr.lock, task.pb, checkpoint/global, meta/*.meta      (ErrNotBackup, ErrCorrupt, ErrFormat)
-//	NewPlan   T in [start_ts, checkpoint]; base = none (started_empty);  (ErrOutOfRange, ErrNoBase)
-//	          coverage has no hole; files with min_commit_ts ≤ T        (ErrMissing)
+//	snapshots snapshot/<B>/ under the root (or --snapshot's root):     (ErrCorrupt, ErrFormat, ErrNotBackup)
+//	          backupmeta checksummed, its checksums tiling its ranges
+//	NewPlan   T in [start_ts, checkpoint]; base = the newest finished   (ErrOutOfRange, ErrNoBase, ErrNotBackup)
+//	          snapshot with start_ts ≤ B ≤ T covering the task ranges,
+//	          of the task's cluster; none if started_empty and none fits;
+//	          T before the first snapshot of a task not started empty is
+//	          out of range (base.go)
+//	          coverage of (B, T] has no hole; the base's files, and log  (ErrMissing)
+//	          files with min_commit_ts ≤ T and max_commit_ts > B
 //	          units = task ranges cut at the source regions' boundaries
+//	          and the base's checksum ranges
 //	verify    every file the remaining units need: exists, size, sha256 (ErrMissing, ErrCorrupt)
 //	target    TSO past T; no key in the task ranges unless resuming      (ErrTargetNotEmpty)
 //	          or Force; no change stream registered on it                (ErrTargetInUse)
@@ -30,6 +38,10 @@
 //	          and write again (MaxAttempts, with backoff)
 //	progress  a unit is recorded done (progress file) once the chunk
 //	          holding its last version is ingested; a rerun skips it
+//	checksum  a single-pass sweep sums what a read at T returns in its    (ErrChecksum)
+//	          range (recorded in the progress file); after the last
+//	          ingest the target's coprocessor checksum of each range at
+//	          its TSO must match (checksum.go; SkipChecksum: none)
 //
 // Nothing is written to the target before the plan, the file checks and
 // the target checks pass, so every refusal leaves the target untouched
@@ -38,9 +50,11 @@
 // per-row-group CRC-32C, so a file that changes after its sha256 check is
 // ErrCorrupt, never wrong rows.
 //
-// Exactness (I4): every version with commit_ts ≤ T in the task ranges is in
-// a selected file (I1 + the coverage check), and is written with its own
-// commit_ts; versions after T are not written. A snapshot read at T on the
+// Exactness (I4): every version with commit_ts in (B, T] in the task ranges
+// is in a selected file (I1 + the coverage check), and is written with its
+// own commit_ts; versions after T are not written. Over a base, the
+// snapshot's rows (one Put per key visible at B, at commit_ts B) stand for
+// everything up to B, and the log's rows at or before B are dropped. A snapshot read at T on the
 // target then sees, per key, the newest version ≤ T, as the source did. The
 // same version written twice (duplicates across files, or a unit redone
 // after a crash) is idempotent.

@@ -100,6 +100,8 @@ func TestPlan(t *testing.T) {
 		{name: "started empty, T before every snapshot: log only", cp: 300, metas: full, ts: 140, snaps: snaps, files: []string{"log/1"}, units: 2},
 		{name: "T before the first snapshot", task: notEmpty, cp: 300, metas: full, ts: 140, snaps: snaps, err: ErrOutOfRange,
 			errText: "restorable range is [150 ("},
+		{name: "only snapshot after the checkpoint", task: notEmpty, cp: 300, metas: full, ts: 250, snaps: snaps[3:], err: ErrOutOfRange,
+			errText: "is after the global checkpoint 300 ("},
 		{name: "unfinished snapshot is not a base", task: notEmpty, cp: 300, metas: full, ts: 250,
 			snaps: []snapshot.Info{{Root: "snapshot/00000000000000c8/", BackupTS: 200}}, err: ErrNoBase},
 		{name: "snapshot before the task's start is not a base", task: notEmpty, cp: 300, metas: full, ts: 250,

@@ -12,9 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sync/errgroup"
-
 	"github.com/tikv/client-go/v2/txnkv"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pitr-io/pitr/checksum"
 	"github.com/pitr-io/pitr/connector"
@@ -151,10 +150,13 @@ func loadPlan(ctx context.Context, src, snap Source, ts uint64) (*Backup, *Plan,
 
 // Run restores the backup to RestoreTS into the target cluster:
 //
-//  1. read the metadata and plan (refusals: ErrNotBackup, ErrFormat,
-//     ErrOutOfRange, ErrNoBase, ErrMissing for a coverage hole);
-//  2. check every file the remaining work needs against its size and
-//     sha256 (ErrMissing, ErrCorrupt) — before anything is written;
+//  1. read the metadata, the snapshots (the task root's, or Snapshot's)
+//     and plan: the base and the log window (B, T] (refusals:
+//     ErrNotBackup, ErrFormat, ErrOutOfRange, ErrNoBase, ErrMissing for a
+//     coverage hole);
+//  2. check every file the remaining work needs, the base's included,
+//     against its size and sha256 (ErrMissing, ErrCorrupt) — before
+//     anything is written;
 //  3. check the target: its TSO is past T, and it holds nothing in the
 //     task ranges unless an earlier run of this restore wrote it or Force
 //     (ErrTargetNotEmpty), and no change stream is registered on it
@@ -165,7 +167,9 @@ func loadPlan(ctx context.Context, src, snap Source, ts uint64) (*Backup, *Plan,
 //  5. per job (a run of source-region ranges), k-way merge the files that
 //     meet it, keep every version with commit_ts ≤ T (deletes included),
 //     and write it with its commit_ts through import_sstpb, region by
-//     region, in parallel; record finished ranges in the progress file.
+//     region, in parallel; record finished ranges in the progress file;
+//  6. unless SkipChecksum, ask the target for the checksum of every range
+//     a single-pass sweep summed (checksum.go) and compare (ErrChecksum).
 //
 // Refusals happen before the first write, so the target is untouched.
 // Once a run has written (this one or an earlier one with the same progress
@@ -187,8 +191,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	var sumKV *txnkv.Client
 	if !o.SkipChecksum {
 		// Before the target's other PD clients (connector.KV).
-		if sumKV, err = connector.KV(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Component: "pitr-restore"}); err != nil {
-			return nil, fmt.Errorf("%w: connect to the target for its checksum: %v", ErrUnavailable, err)
+		if sumKV, err = openChecksumKV(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Component: "pitr-restore"}); err != nil {
+			return nil, fmt.Errorf("connect to the target for its checksum: %w", err)
 		}
 		defer sumKV.Close()
 	}

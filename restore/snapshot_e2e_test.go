@@ -13,6 +13,7 @@ import (
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/snapshot"
+	"github.com/pitr-io/pitr/storage"
 )
 
 // snapshotTask turns the source's history into a task that did not start
@@ -91,6 +92,39 @@ func TestRestoreFromSnapshot(t *testing.T) {
 			t.Log(res.Summary())
 		})
 	}
+
+	t.Run("explicit snapshot root", func(t *testing.T) {
+		tgt, cli := startTarget(t, ctx)
+		own := t.TempDir()
+		ost, err := storage.Open(ctx, "file://"+own)
+		require.NoError(t, err)
+		defer ost.Close()
+		kv := scanAt(t, s.srcCli, B-1)
+		testSnapshot{BackupTS: B - 1, ClusterID: s.src.Cluster.ID(), RowsPerFile: 1000}.write(t, ost, "", kv)
+		o := opts(s.cp, tgt.PDAddr())
+		o.Snapshot = ost
+		_, err = Run(ctx, o)
+		require.NoError(t, err)
+		now, err := cli.CurrentTimestamp("global")
+		require.NoError(t, err)
+		requireSame(t, s.hist.at(s.cp), scanAt(t, cli, now), "restored over the explicit snapshot")
+	})
+
+	t.Run("corrupt snapshot file", func(t *testing.T) {
+		tgt, cli := startTarget(t, ctx)
+		dir, st := b.copyTo(t)
+		flipByte(t, filepath.Join(dir, filepath.FromSlash(snapshot.TaskRoot(B)+snapshot.FilePath("000001"))))
+		o := opts(s.cp, tgt.PDAddr())
+		o.Source = st
+		_, err := Run(ctx, o)
+		require.ErrorIs(t, err, ErrCorrupt)
+		require.Contains(t, err.Error(), snapshot.TaskRoot(B)+snapshot.FilePath("000001")+" has sha256")
+		var we *WrittenError
+		require.False(t, errors.As(err, &we))
+		now, err := cli.CurrentTimestamp("global")
+		require.NoError(t, err)
+		require.Empty(t, scanAt(t, cli, now), "the target stays empty")
+	})
 
 	t.Run("checksum mismatch", func(t *testing.T) {
 		tgt, cli := startTarget(t, ctx)

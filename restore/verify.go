@@ -48,7 +48,7 @@ func (r *VerifyResult) Summary() string {
 	s := fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
 		r.Task, r.Metas, r.Files, fmtBytes(r.Bytes), len(r.Ranges), keyspace.Format(r.From), keyspace.Format(r.To))
 	if r.Base != nil {
-		s += fmt.Sprintf("; base snapshot %s at %s: %d files (%s) intact, its checksums tile its ranges, which cover the task ranges",
+		s += fmt.Sprintf("; base snapshot %s at %s: %d files (%s) intact, its checksums tile its ranges and match its rows, its ranges cover the task ranges",
 			strings.TrimSuffix(r.Base.URL, "/")+"/"+r.Base.Root, keyspace.Format(r.Base.BackupTS), r.BaseFiles, fmtBytes(r.BaseBytes))
 	} else {
 		s += "; no base snapshot: the task started on empty ranges"
@@ -74,7 +74,9 @@ func (r *VerifyResult) Summary() string {
 //     ts interval);
 //   - every file any meta references, and every file of the base, exists
 //     (ErrMissing) with its recorded size and sha256 (ErrCorrupt), checked
-//     in path order, the base's first.
+//     in path order, the base's first;
+//   - the base's rows add up to its backupmeta's checksums, range by
+//     range (ErrCorrupt).
 func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, error) {
 	if o.Concurrency <= 0 {
 		o.Concurrency = DefaultConcurrency
@@ -153,8 +155,14 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 		go func() { defer wg.Done(); m.draw(dctx, o.Progress) }()
 		defer func() { stop(); wg.Wait() }()
 	}
-	if err := checkFiles(ctx, sources{log: src, base: o.Snapshot}, files, o.Concurrency, onBytes); err != nil {
+	srcs := sources{log: src, base: o.Snapshot}
+	if err := checkFiles(ctx, srcs, files, o.Concurrency, onBytes); err != nil {
 		return nil, err
+	}
+	if base != nil {
+		if err := checkBaseSums(ctx, srcs.of(FileRef{Base: true}), base); err != nil {
+			return nil, err
+		}
 	}
 	return res, nil
 }

@@ -216,6 +216,9 @@ func restoreError(cmd string, err error) error {
 	if cmd == "pitr restore" {
 		var we *restore.WrittenError
 		switch {
+		case errors.As(err, &we) && errors.Is(err, restore.ErrChecksum):
+			msg += fmt.Sprintf("; every key range was written (%d of %d), but the target does not hold what the backup does: a target that held other keys in the task ranges (--force) gives this, rerun with --no-checksum to accept them (progress file %s)",
+				we.UnitsDone, we.Units, we.ProgressFile)
 		case errors.As(err, &we) && we.Finished:
 			msg += fmt.Sprintf("; the restore itself finished (all %d key ranges are in the target)", we.Units)
 		case errors.As(err, &we):

@@ -19,6 +19,7 @@ import (
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/playground"
 	"github.com/pitr-io/pitr/playground/mvcc"
+	"github.com/pitr-io/pitr/playground/workload"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
@@ -152,6 +153,24 @@ func TestRestoreCLI(t *testing.T) {
 	// Now the target holds data: another restore is refused.
 	_, err = run("restore", "--storage", url, "--to", ts(cp), "--pd", p.PDAddr(), "--progress-file", progress+"2", "--no-progress")
 	require.Equal(t, cli.ExitTargetNotEmpty, cli.Code(err), "%v", err)
+
+	// --force into a target holding another key in the task ranges: every
+	// range is written, then the checksum differs (exit 11), until
+	// --no-checksum accepts it.
+	kv, err := workload.Connect(context.Background(), []string{p.PDAddr()})
+	require.NoError(t, err)
+	defer kv.Close()
+	txn, err := kv.Begin()
+	require.NoError(t, err)
+	require.NoError(t, txn.Set([]byte("cli/extra"), []byte("x")))
+	require.NoError(t, txn.Commit(context.Background()))
+	args := []string{"restore", "--storage", url, "--to", ts(cp), "--pd", p.PDAddr(), "--progress-file", progress + "3", "--no-progress", "--force"}
+	_, err = run(args...)
+	require.Equal(t, cli.ExitCorrupt, cli.Code(err), "%v", err)
+	require.Contains(t, err.Error(), "checksum mismatch: range [-inf, +inf) of the target: expected crc64xor=")
+	require.Contains(t, err.Error(), "rerun with --no-checksum")
+	out, err = run(append(args, "--no-checksum")...)
+	require.NoError(t, err, out)
 
 	flip, err := os.ReadFile(dataFile)
 	require.NoError(t, err)

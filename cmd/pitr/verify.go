@@ -32,8 +32,9 @@ metas' coverage leaves no hole in the task ranges over (B, --to]
 (default --to: the global checkpoint), B the backup ts of the base
 snapshot a restore to --to would use (as restore picks it; --snapshot
 names one) or the task's start ts. The base's files are checked like the
-log's, its checksums must tile its ranges, and its ranges must cover the
-task ranges (16 when a needed base is missing). It stops at the first problem and
+log's, its checksums must tile its ranges and match its files' rows
+(11), and its ranges must cover the task ranges (16 when a needed base is
+missing). It stops at the first problem and
 names it (a file path, or a key range and timestamp interval), with the
 exit status restore would give (10 out of range, 11 corrupt, 12 missing
 file or hole, 13 not a pitr backup, 15 newer format).`,
