@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,13 +50,9 @@ const (
 )
 
 func runSnapshotBench(ctx context.Context, env *Env) ([]Row, error) {
-	size := int64(256) << 20
-	if v := os.Getenv("PITR_BENCH_SNAPSHOT_MIB"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("PITR_BENCH_SNAPSHOT_MIB=%q: want a positive integer", v)
-		}
-		size = int64(n) << 20
+	size, err := sizeMiB("PITR_BENCH_SNAPSHOT_MIB", 256)
+	if err != nil {
+		return nil, err
 	}
 	quietClientGo()
 	bin, err := buildPitr(ctx, env)
