@@ -53,9 +53,9 @@ func benchCapture(ctx context.Context, env *Env) ([]Row, error) {
 		Row{Name: "EventFeed → discard, key+value bytes (limit)", Value: discardMBs, Unit: "MB/s"},
 		Row{Name: "agent EventFeed → Parquet on file://", Value: capMBs, Unit: "MB/s", Baseline: "discard", Ratio: capMBs / discardMBs},
 	)
-	bin := filepath.Join(env.Tmp, "pitr")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pitr").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/pitr: %v\n%s", err, out)
+	bin, err := buildPitr(ctx, env)
+	if err != nil {
+		return nil, err
 	}
 	var rss1k float64
 	for _, n := range []int{1000, 10000} {
@@ -264,75 +264,139 @@ func agentRSS(ctx context.Context, env *Env, bin string, n int) (rss, peak float
 	if err := os.WriteFile(conf, []byte("flush-interval = \"1s\"\n"), 0o600); err != nil {
 		return 0, 0, 0, err
 	}
-	logPath := filepath.Join(env.Tmp, name+".log")
-	logf, err := os.Create(logPath)
+	start := time.Now()
+	a, err := startAgent(env, bin, p, name, "--config", conf)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "agent", "--pd", p.PDAddr(), "--tikv", p.StoreAddrs()[1], "--config", conf,
-		"--data-dir", filepath.Join(env.Tmp, name+"-data"), "--listen", "127.0.0.1:0", "--http", "-", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, 0, 0, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	fail := func(err error) (float64, float64, time.Duration, error) {
-		b, _ := os.ReadFile(logPath)
-		if len(b) > 2000 {
-			b = b[len(b)-2000:]
-		}
-		return 0, 0, 0, fmt.Errorf("%w; agent log:\n%s", err, b)
-	}
+	defer a.stop()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.PDAddr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer cli.Close()
-	var ac pitrpb.AgentClient
 	deadline := time.Now().Add(5 * time.Minute)
+	addr, err := a.registered(ctx, cli, deadline)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	ac, err := agentClient(addr)
+	if err != nil {
+		return 0, 0, 0, err
+	}
 	for {
-		select {
-		case err := <-exited:
-			return fail(fmt.Errorf("agent exited: %v", err))
-		default:
+		if err := a.alive(); err != nil {
+			return 0, 0, 0, err
 		}
 		if time.Now().After(deadline) {
-			return fail(errors.New("regions not all flushed within 5 minutes"))
+			return 0, 0, 0, a.fail(errors.New("regions not all flushed within 5 minutes"))
 		}
-		if ac == nil {
-			if resp, err := cli.Get(ctx, task.AgentKey(1)); err == nil && len(resp.Kvs) > 0 {
-				var rec pitrpb.AgentRecord
-				if err := protobuf.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
-					return fail(err)
-				}
-				if ac, err = agentClient(rec.Addr); err != nil {
-					return fail(err)
-				}
-			}
-		} else if pr, err := ac.GetProgress(ctx, &pitrpb.GetProgressRequest{Task: name}); err == nil && len(pr.Regions) == n && allPast(pr.Regions, ts) {
+		if pr, err := ac.GetProgress(ctx, &pitrpb.GetProgressRequest{Task: name}); err == nil && len(pr.Regions) == n && allPast(pr.Regions, ts) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond) // polling progress
 	}
 	took = time.Since(start)
 	time.Sleep(3 * time.Second) // steady state: a few flushes and resolved-ts rounds
-	rss, peak, err = procMemMiB(cmd.Process.Pid)
+	rss, peak, err = procMemMiB(a.pid())
 	if err != nil {
-		return fail(err)
+		return 0, 0, 0, a.fail(err)
 	}
 	return rss, peak, took, nil
+}
+
+// buildPitr builds the pitr binary into env.Tmp.
+func buildPitr(ctx context.Context, env *Env) (string, error) {
+	bin := filepath.Join(env.Tmp, "pitr")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pitr").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/pitr: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// agentProc is a `pitr agent` process beside store 1 of a playground.
+type agentProc struct {
+	cmd     *exec.Cmd
+	exited  chan error
+	logPath string
+	logf    *os.File
+}
+
+// startAgent starts `pitr agent` beside store 1 of p, its data dir and log
+// named after name in env.Tmp; extra flags follow the defaults.
+func startAgent(env *Env, bin string, p *playground.Playground, name string, extra ...string) (*agentProc, error) {
+	logPath := filepath.Join(env.Tmp, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"agent", "--pd", p.PDAddr(), "--tikv", p.StoreAddrs()[1],
+		"--data-dir", filepath.Join(env.Tmp, name+"-data"), "--listen", "127.0.0.1:0", "--http", "-", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		_ = logf.Close()
+		return nil, err
+	}
+	a := &agentProc{cmd: cmd, exited: make(chan error, 1), logPath: logPath, logf: logf}
+	go func() { a.exited <- cmd.Wait() }()
+	return a, nil
+}
+
+func (a *agentProc) pid() int { return a.cmd.Process.Pid }
+
+// alive returns an error (with the log's tail) once the process has exited.
+func (a *agentProc) alive() error {
+	select {
+	case err := <-a.exited:
+		a.exited <- err
+		return a.fail(fmt.Errorf("agent exited: %v", err))
+	default:
+		return nil
+	}
+}
+
+// fail adds the tail of the agent's log to err.
+func (a *agentProc) fail(err error) error {
+	b, _ := os.ReadFile(a.logPath)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return fmt.Errorf("%w; agent log:\n%s", err, b)
+}
+
+// registered waits for the agent of store 1 in etcd and returns its gRPC
+// address.
+func (a *agentProc) registered(ctx context.Context, cli *clientv3.Client, deadline time.Time) (string, error) {
+	for {
+		if err := a.alive(); err != nil {
+			return "", err
+		}
+		if time.Now().After(deadline) {
+			return "", a.fail(errors.New("agent not registered in time"))
+		}
+		if resp, err := cli.Get(ctx, task.AgentKey(1)); err == nil && len(resp.Kvs) > 0 {
+			var rec pitrpb.AgentRecord
+			if err := protobuf.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+				return "", a.fail(err)
+			}
+			return rec.Addr, nil
+		}
+		time.Sleep(100 * time.Millisecond) // polling etcd
+	}
+}
+
+// stop sends SIGTERM and waits for the exit (SIGKILL after 30s).
+func (a *agentProc) stop() {
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-a.exited:
+		a.exited <- err
+	case <-time.After(30 * time.Second):
+		_ = a.cmd.Process.Kill()
+		a.exited <- <-a.exited
+	}
+	_ = a.logf.Close()
 }
 
 // procMemMiB reads VmRSS and VmHWM of a process (Linux).

@@ -7,8 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -38,13 +36,9 @@ func init() {
 const logfileRounds = 3
 
 func runLogfileBench(ctx context.Context, env *Env) ([]Row, error) {
-	size := int64(256) << 20
-	if v := os.Getenv("PITR_BENCH_LOGFILE_MIB"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("PITR_BENCH_LOGFILE_MIB=%q: want a positive integer", v)
-		}
-		size = int64(n) << 20
+	size, err := sizeMiB("PITR_BENCH_LOGFILE_MIB", 256)
+	if err != nil {
+		return nil, err
 	}
 	rows, arena := benchRows(size)
 	logical := int64(len(arena))

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -113,6 +114,19 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// sizeMiB reads a section's size in MiB from the environment variable name
+// (def when unset) and returns it in bytes.
+func sizeMiB(name string, def int) (int64, error) {
+	n := def
+	if v := os.Getenv(name); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			return 0, fmt.Errorf("%s=%q: want a positive integer", name, v)
+		}
+	}
+	return int64(n) << 20, nil
 }
 
 func formatValue(v float64) string {

@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,13 +43,9 @@ const (
 )
 
 func runRestoreBench(ctx context.Context, env *Env) ([]Row, error) {
-	size := int64(256) << 20
-	if v := os.Getenv("PITR_BENCH_RESTORE_MIB"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("PITR_BENCH_RESTORE_MIB=%q: want a positive integer", v)
-		}
-		size = int64(n) << 20
+	size, err := sizeMiB("PITR_BENCH_RESTORE_MIB", 256)
+	if err != nil {
+		return nil, err
 	}
 	quietClientGo()
 	rows, arena := benchRows(size)

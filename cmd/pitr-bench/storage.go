@@ -41,13 +41,9 @@ func init() {
 const benchRounds = 3
 
 func runStorageBench(ctx context.Context, env *Env) ([]Row, error) {
-	size := int64(256) << 20
-	if v := os.Getenv("PITR_BENCH_STORAGE_MIB"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("PITR_BENCH_STORAGE_MIB=%q: want a positive integer", v)
-		}
-		size = int64(n) << 20
+	size, err := sizeMiB("PITR_BENCH_STORAGE_MIB", 256)
+	if err != nil {
+		return nil, err
 	}
 	data := storagetest.NewPattern(1, size).Bytes(0, size)
 	b := &storageBench{env: env, data: data}
