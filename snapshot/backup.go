@@ -587,12 +587,25 @@ func (b *backup) backupRange(ctx context.Context, j job) error {
 }
 
 func (b *backup) tryRange(ctx context.Context, j job, attempt int) error {
+	// TiKV's checksum of the range at the backup ts is a read of its own:
+	// it runs while the range is scanned.
+	type answer struct {
+		sum checksum.Sum
+		err error
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	theirs := make(chan answer, 1)
+	go func() {
+		s, err := checksum.Cluster(cctx, b.o.KV, checksum.Bounded(j.r), b.ts)
+		theirs <- answer{s, err}
+	}()
 	files, sum, by, err := b.scan(ctx, j, attempt)
 	if err != nil {
 		return err
 	}
-	bounded := checksum.Bounded(j.r)
-	got, err := checksum.Cluster(ctx, b.o.KV, bounded, b.ts)
+	a := <-theirs
+	got, err := a.sum, a.err
 	if err != nil {
 		return fmt.Errorf("checksum of %s from the cluster: %w", j.r, err)
 	}
