@@ -17,6 +17,9 @@ import (
 // Result is what a restore did.
 type Result struct {
 	RestoreTS uint64
+	// BaseTS is the backup ts of the base snapshot written first (0: the
+	// log alone was the base).
+	BaseTS uint64
 	// Files read, and their size in storage.
 	Files     int
 	FileBytes int64

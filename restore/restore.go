@@ -230,6 +230,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		err = writtenError(err, path, plan, prog)
 	}()
 	res = &Result{RestoreTS: plan.RestoreTS}
+	if plan.Base != nil {
+		res.BaseTS = plan.Base.BackupTS
+	}
 	if prog.finished() {
 		res.AlreadyDone, res.Duration = true, time.Since(start)
 		return res, nil
