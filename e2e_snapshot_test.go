@@ -185,8 +185,9 @@ func runChild(what string) int {
 
 // TestSnapshotKilledAndResumed kills a backup with SIGKILL after its first
 // range is recorded: its GC safepoint is still held then (for at most its
-// TTL), its lease keeps another process from taking the backup over until
-// it expires, and then rerunning the backup resumes it — same ts, the finished range
+// TTL, and then it expires: nothing is left behind), its lease keeps another
+// process from taking the backup over until it expires, and then rerunning
+// the backup resumes it — same ts, the finished range
 // skipped — ends with the source's data at B, and leaves no safepoint.
 func TestSnapshotKilledAndResumed(t *testing.T) {
 	if testing.Short() {
@@ -203,7 +204,7 @@ func TestSnapshotKilledAndResumed(t *testing.T) {
 	url := "file://" + t.TempDir()
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childEnv+"=backup", "PITR_CHILD_PD="+c.P.PDAddr(), "PITR_CHILD_STORAGE="+url,
-		"PITR_CHILD_RATE="+strconv.Itoa(1<<20), "PITR_CHILD_TTL=30", "PITR_CHILD_LEASE=3")
+		"PITR_CHILD_RATE="+strconv.Itoa(1<<20), "PITR_CHILD_TTL=4", "PITR_CHILD_LEASE=3")
 	var stderr strings.Builder
 	child.Stderr = &stderr
 	require.NoError(t, child.Start())
@@ -219,6 +220,14 @@ func TestSnapshotKilledAndResumed(t *testing.T) {
 	err = child.Wait()
 	var ee *exec.ExitError
 	require.True(t, errors.As(err, &ee), "killed: %v (%s)", err, stderr.String())
+	killed := time.Now()
+
+	// The dead backup's lease (3 s) has not expired yet: nobody else may
+	// take the backup over until it has.
+	_, err = snapshot.Run(ctx, snapshot.Options{Storage: st, PD: c.Clients.PD, KV: c.KV.KVStore, RangeRegions: 1})
+	require.ErrorIs(t, err, snapshot.ErrConflict)
+	require.Contains(t, err.Error(), "is being taken by")
+	require.Less(t, time.Since(killed), 3*time.Second, "the refusal came within the lease")
 
 	info, err := snapshot.Load(ctx, st, "")
 	require.NoError(t, err)
@@ -226,13 +235,14 @@ func TestSnapshotKilledAndResumed(t *testing.T) {
 	sps, err := c.P.PD.ServiceSafePoints(ctx)
 	require.NoError(t, err)
 	require.Contains(t, sps, snapshot.SafePointID(info.BackupTS), "the killed backup's safepoint lives until its TTL")
+	// Nothing is left behind: the safepoint expires with its TTL (4 s).
+	require.Eventually(t, func() bool {
+		sps, err := c.P.PD.ServiceSafePoints(ctx)
+		return err == nil && sps[snapshot.SafePointID(info.BackupTS)] == 0
+	}, 15*time.Second, 200*time.Millisecond, "the killed backup's safepoint expires")
 
 	// The dead backup's lease has not expired yet: nobody else may take
 	// it over. Once it has, the rerun resumes.
-	_, err = snapshot.Run(ctx, snapshot.Options{Storage: st, PD: c.Clients.PD, KV: c.KV.KVStore, RangeRegions: 1})
-	require.ErrorIs(t, err, snapshot.ErrConflict)
-	require.Contains(t, err.Error(), "is being taken by")
-	time.Sleep(3 * time.Second)
 	res, err := snapshot.Run(ctx, snapshot.Options{Storage: st, PD: c.Clients.PD, KV: c.KV.KVStore, RangeRegions: 1})
 	require.NoError(t, err)
 	require.True(t, res.Resumed)
