@@ -77,7 +77,7 @@ func TestSnapshotEndToEnd(t *testing.T) {
 	rng0 := rand.New(rand.NewSource(1))
 	bank := &workload.Bank{Prefix: "snap/", Accounts: 300, Initial: 1000}
 	ctx, p, rng := startE2E(t, pipeline.Options{Task: "snap", HoldsData: true,
-		Cluster: testkit.Options{Playground: playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond}},
+		Cluster:     testkit.Options{Playground: playground.Config{Stores: 3, MinTSInterval: 200 * time.Millisecond}},
 		Coordinator: func(_ int, cfg *coordinator.Config) { cfg.SnapshotInterval = runFor / 3 },
 		Setup: func(c *testkit.Cluster) {
 			bank.Client = c.KV
