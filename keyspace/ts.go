@@ -50,10 +50,29 @@ func Format(ts uint64) string {
 func FormatTime(ts uint64) string { return Time(ts).Format(timeLayout) }
 
 // Parse reads a timestamp as users give it to --start-ts, --to and the
-// like: a TSO in decimal digits, or an RFC 3339 time (any offset, any
-// fraction), which becomes the first TSO of its millisecond. Surrounding
-// spaces are ignored.
-func Parse(s string) (uint64, error) {
+// like (ParseIn at the current time, in the local time zone).
+func Parse(s string) (uint64, error) { return ParseIn(s, time.Now(), time.Local) }
+
+// wallLayouts are the zone-less times ParseIn reads in its location.
+var wallLayouts = []string{
+	"2006-01-02 15:04:05.999999999",
+	"2006-01-02T15:04:05.999999999",
+	"2006-01-02 15:04",
+	"2006-01-02T15:04",
+	"2006-01-02",
+}
+
+// ParseIn reads a timestamp:
+//   - a TSO in decimal digits;
+//   - an RFC 3339 time (any offset, any fraction);
+//   - "now", or "now-" and a Go duration ("now-5m", "now-1h30m"): now
+//     minus that;
+//   - a wall-clock time without a zone, "2026-12-01 21:00:00" (also with
+//     a T, without seconds, a fraction, or a date alone), in loc.
+//
+// A time becomes the first TSO of its millisecond. Surrounding spaces are
+// ignored.
+func ParseIn(s string, now time.Time, loc *time.Location) (uint64, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, fmt.Errorf("empty timestamp")
@@ -65,9 +84,30 @@ func Parse(s string) (uint64, error) {
 		}
 		return ts, nil
 	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return 0, fmt.Errorf("timestamp %q: want a TSO or an RFC 3339 time like 2026-01-02T15:04:05Z", s)
+	var t time.Time
+	switch rest, ok := strings.CutPrefix(s, "now"); {
+	case ok && rest == "":
+		t = now
+	case ok && strings.HasPrefix(rest, "-"):
+		d, err := time.ParseDuration(strings.TrimSpace(rest[1:]))
+		if err != nil || d < 0 {
+			return 0, fmt.Errorf("timestamp %q: want now-DURATION like now-5m or now-1h30m", s)
+		}
+		t = now.Add(-d)
+	default:
+		var err error
+		if t, err = time.Parse(time.RFC3339Nano, s); err != nil {
+			found := false
+			for _, l := range wallLayouts {
+				if t, err = time.ParseInLocation(l, s, loc); err == nil {
+					found = true
+					break
+				}
+			}
+			if !found {
+				return 0, fmt.Errorf("timestamp %q: want a TSO, an RFC 3339 time like 2026-01-02T15:04:05Z, a time like \"2026-01-02 15:04:05\" (in --tz), or now-5m", s)
+			}
+		}
 	}
 	ms := t.UnixMilli()
 	if ms < 0 || ms > maxPhysical {

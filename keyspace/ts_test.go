@@ -56,10 +56,21 @@ func TestParse(t *testing.T) {
 		{name: "not below 1<<63", in: "9223372036854775808", err: true},
 		{name: "too big", in: "18446744073709551615", err: true},
 		{name: "before epoch", in: "1960-01-01T00:00:00Z", err: true},
-		{name: "date only", in: "2026-01-02", err: true},
+		// Relative to now, and wall-clock times in the given zone (UTC+1).
+		{name: "now", in: "now", want: uint64(1767323045000) << 18},
+		{name: "now minus", in: "now-5m", want: uint64(1767323045000-300000) << 18},
+		{name: "now minus compound", in: " now-1h30m ", want: uint64(1767323045000-5400000) << 18},
+		{name: "now plus", in: "now+5m", err: true},
+		{name: "now minus garbage", in: "now-soon", err: true},
+		{name: "now minus negative", in: "now--5m", err: true},
+		{name: "wall clock in zone", in: "2026-01-02 04:04:05", want: uint64(1767323045000) << 18},
+		{name: "wall clock with T", in: "2026-01-02T04:04:05.5", want: uint64(1767323045500) << 18},
+		{name: "wall clock minutes", in: "2026-01-02 04:04", want: uint64(1767323040000) << 18},
+		{name: "date only is midnight in zone", in: "2026-01-02", want: uint64(1767308400000) << 18},
+		{name: "wall clock garbage", in: "2026-13-02 04:04:05", err: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse(tc.in)
+			got, err := ParseIn(tc.in, time.UnixMilli(1767323045000), time.FixedZone("UTC+1", 3600))
 			if tc.err {
 				require.Error(t, err)
 				return

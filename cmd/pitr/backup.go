@@ -30,6 +30,7 @@ type backupOptions struct {
 	concurrency int
 	rateLimit   string
 	noProgress  bool
+	tz          tzFlag
 }
 
 func newBackupCmd() *cobra.Command {
@@ -63,7 +64,8 @@ a ts that already has a snapshot, is exit 4.`,
 	}
 	f := full.Flags()
 	f.StringVar(&o.storage, "storage", "", "storage URL: a task's root or a root of its own")
-	f.StringVar(&o.ts, "ts", "", "backup ts (TSO or RFC3339); default now")
+	f.StringVar(&o.ts, "ts", "", `backup ts: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz; default now`)
+	o.tz.register(f)
 	f.StringSliceVar(&o.ranges, "range", nil, "key range START:END (repeatable); default the task's ranges, or all keys")
 	f.IntVar(&o.concurrency, "concurrency", snapshot.DefaultConcurrency, "ranges backed up at once")
 	f.StringVar(&o.rateLimit, "ratelimit", "", "upload rate limit per process, e.g. 100MiB (per second; default none)")
@@ -103,8 +105,8 @@ func runBackupFull(cmd *cobra.Command, o *backupOptions) error {
 	}
 	so := snapshot.Options{StorageURL: o.storage, Concurrency: o.concurrency, SafePointTTL: o.gcTTL}
 	if o.ts != "" {
-		if so.BackupTS, err = keyspace.Parse(o.ts); err != nil {
-			return cli.Usagef("%s: --ts: %v", path, err)
+		if so.BackupTS, err = parseTS(cmd.ErrOrStderr(), path, "ts", o.ts, &o.tz); err != nil {
+			return cli.Usagef("%s: %v", path, err)
 		}
 	}
 	for _, r := range o.ranges {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -58,4 +59,26 @@ func TestExitCodes(t *testing.T) {
 		})
 	}
 	require.Equal(t, cli.ExitFailure, cli.Code(errors.New("x")))
+}
+
+// TestTimesPeopleType: --to takes a wall-clock time in --tz, now-5m and a
+// TSO, and says on stderr which TSO it chose, in UTC and in the zone; a bad
+// time or zone is a usage error in one line.
+func TestTimesPeopleType(t *testing.T) {
+	root := "file://" + t.TempDir()
+	out, err := runCtx(context.Background(), "restore", "--storage", root, "--to", "2026-12-01 21:00:00", "--tz", "Europe/Berlin", "--dry-run")
+	require.Equal(t, cli.ExitNotBackup, cli.Code(err), "%v", err)
+	require.Contains(t, out, "--to 2026-12-01 21:00:00 is TSO 470851308748800000: 2026-12-01 20:00:00.000 UTC, 2026-12-01 21:00:00.000 CET")
+	out, err = runCtx(context.Background(), "verify", "--storage", root, "--to", "now-5m", "--tz", "UTC")
+	require.Equal(t, cli.ExitNotBackup, cli.Code(err), "%v", err)
+	require.Contains(t, out, "--to now-5m is TSO ")
+	for _, args := range [][]string{
+		{"restore", "--storage", root, "--to", "yesterday", "--dry-run"},
+		{"restore", "--storage", root, "--to", "now", "--tz", "Mars/Base", "--dry-run"},
+		{"backup", "full", "--storage", root, "--pd", "127.0.0.1:1", "--ts", "now+5m"},
+	} {
+		_, err := run(args...)
+		require.Equal(t, cli.ExitUsage, cli.Code(err), "%v: %v", args, err)
+		require.NotContains(t, err.Error(), "\n")
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/cmd/internal/cli"
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
 )
@@ -31,6 +30,7 @@ type restoreOptions struct {
 	noProgress   bool
 	logLevel     string
 	tls          tlsFlags
+	tz           tzFlag
 }
 
 func newRestoreCmd() *cobra.Command {
@@ -42,7 +42,10 @@ func newRestoreCmd() *cobra.Command {
 cluster behind --pd: every version committed at or before --to, with its
 own commit timestamp, through import_sstpb (the bulk-load path).
 
---to is a TSO or an RFC3339 time, inside the restorable range [task start
+--to is a TSO, an RFC3339 time, now or now-DURATION (now-5m), or a
+wall-clock time like "2026-12-01 21:00:00" read in --tz (default the
+local zone); the TSO chosen is printed on stderr in UTC and in that zone.
+It must be inside the restorable range [task start
 ts, global checkpoint] (else exit 10, naming the range). Before anything is
 written, every data file needed is checked against its size and sha256
 (exit 11 corrupt, 12 missing), the log's coverage is checked for holes
@@ -81,7 +84,7 @@ and touches no cluster.`,
 	}
 	f := c.Flags()
 	f.StringVar(&o.storage, "storage", "", "log backup storage URL")
-	f.StringVar(&o.to, "to", "", "restore point: TSO or RFC3339 time")
+	f.StringVar(&o.to, "to", "", `restore point: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz`)
 	f.StringVar(&o.pd, "pd", "", "PD addresses of the target cluster, comma separated")
 	f.StringVar(&o.snapshot, "snapshot", "", "base snapshot root URL (default: the newest fitting snapshot under the task root)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and write nothing")
@@ -93,6 +96,7 @@ and touches no cluster.`,
 	f.BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
 	f.StringVar(&o.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
 	o.tls.register(f)
+	o.tz.register(f)
 	return c
 }
 
@@ -107,9 +111,9 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	case o.concurrency < 1:
 		return cli.Usagef("pitr restore: --concurrency must be at least 1")
 	}
-	ts, err := keyspace.Parse(o.to)
+	ts, err := parseTS(stderr, "pitr restore", "to", o.to, &o.tz)
 	if err != nil {
-		return cli.Usagef("pitr restore: --to: %v", err)
+		return cli.Usagef("pitr restore: %v", err)
 	}
 	mem, err := cli.ParseSize(o.memory)
 	if err != nil || mem < 64<<20 {

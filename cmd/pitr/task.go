@@ -34,6 +34,7 @@ type taskStartOptions struct {
 	startTS      string
 	ranges       []string
 	withSnapshot bool
+	tz           tzFlag
 }
 
 func newTaskCmd() *cobra.Command {
@@ -68,7 +69,8 @@ take it again.`,
 		},
 	}
 	start.Flags().StringVar(&so.storage, "storage", "", "storage URL (s3://, gs://, azblob://, file://)")
-	start.Flags().StringVar(&so.startTS, "start-ts", "", "start timestamp (TSO or RFC3339); default now")
+	start.Flags().StringVar(&so.startTS, "start-ts", "", `start timestamp: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz; default now`)
+	so.tz.register(start.Flags())
 	start.Flags().StringSliceVar(&so.ranges, "range", nil, "key range START:END to back up (repeatable); default all")
 	start.Flags().BoolVar(&so.withSnapshot, "with-snapshot", false, "also take the base snapshot at the start ts (pitr backup full), so that any point after it can be restored")
 	status := &cobra.Command{
@@ -224,8 +226,8 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 	}
 	opts := task.StartOptions{Name: name, StorageURL: so.storage, SafePointTTL: o.gcTTL}
 	if so.startTS != "" {
-		if opts.StartTS, err = keyspace.Parse(so.startTS); err != nil {
-			return cli.Usagef("%s: --start-ts: %v", path, err)
+		if opts.StartTS, err = parseTS(cmd.ErrOrStderr(), path, "start-ts", so.startTS, &so.tz); err != nil {
+			return cli.Usagef("%s: %v", path, err)
 		}
 	}
 	for _, r := range so.ranges {

@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/cmd/internal/cli"
-	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 )
 
@@ -19,6 +18,7 @@ type verifyOptions struct {
 	concurrency int
 	noProgress  bool
 	snapshot    string
+	tz          tzFlag
 }
 
 func newVerifyCmd() *cobra.Command {
@@ -44,7 +44,8 @@ file or hole, 13 not a pitr backup, 15 newer format).`,
 		},
 	}
 	c.Flags().StringVar(&o.storage, "storage", "", "log backup storage URL")
-	c.Flags().StringVar(&o.to, "to", "", "restore point to verify: TSO or RFC3339 (default: the checkpoint)")
+	c.Flags().StringVar(&o.to, "to", "", `restore point to verify: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz (default: the checkpoint)`)
+	o.tz.register(c.Flags())
 	c.Flags().StringVar(&o.snapshot, "snapshot", "", "base snapshot root URL (default: the snapshots under the task root)")
 	c.Flags().IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "files checked at once")
 	c.Flags().BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
@@ -61,8 +62,8 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 	var ts uint64
 	if o.to != "" {
 		var err error
-		if ts, err = keyspace.Parse(o.to); err != nil {
-			return cli.Usagef("pitr verify: --to: %v", err)
+		if ts, err = parseTS(stderr, "pitr verify", "to", o.to, &o.tz); err != nil {
+			return cli.Usagef("pitr verify: %v", err)
 		}
 	}
 	src, err := openBackupStorage(ctx, o.storage)
