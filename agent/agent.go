@@ -156,7 +156,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		return nil, err
 	}
-	a.log.Info("agent ready", "tikv", cfg.TiKVAddr, "cluster_id", a.clusterID, "grpc", a.Addr(), "http", a.HTTPAddr())
+	a.log.Info("agent ready", "tikv", a.cfg.TiKVAddr, "cluster_id", a.clusterID, "grpc", a.Addr(), "http", a.HTTPAddr())
 	return a, nil
 }
 
@@ -179,7 +179,7 @@ func (a *Agent) connect() (err error) {
 		return err
 	}
 
-	a.tikv, err = connector.Dial(cfg.TiKVAddr, cfg.TLS,
+	a.tikv, err = connector.Dial(a.cfg.TiKVAddr, cfg.TLS, // found by findStore with TiKVAuto
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 3 * time.Second}),
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
@@ -242,14 +242,27 @@ func (a *Agent) findStore(ctx context.Context) (uint64, error) {
 		stores, err := a.pd.GetAllStores(ctx, opt.WithExcludeTombstone())
 		if err == nil {
 			known = known[:0]
+			live := stores[:0:0]
 			for _, s := range stores {
 				if s.GetState() == metapb.StoreState_Tombstone {
 					continue
 				}
+				live = append(live, s)
 				if s.GetAddress() == a.cfg.TiKVAddr {
 					return s.GetId(), nil
 				}
 				known = append(known, s.GetAddress())
+			}
+			if a.cfg.TiKVAddr == TiKVAuto {
+				s, ok, aerr := a.autoStore(ctx, live)
+				if aerr != nil {
+					return 0, aerr
+				}
+				if ok {
+					a.log.Info("found this host's store", "store", s.GetId(), "tikv", s.GetAddress())
+					a.cfg.TiKVAddr = s.GetAddress()
+					return s.GetId(), nil
+				}
 			}
 		}
 		t := time.NewTimer(500 * time.Millisecond)
@@ -260,6 +273,14 @@ func (a *Agent) findStore(ctx context.Context) (uint64, error) {
 				return 0, fmt.Errorf("%w: list stores from PD: %v", ErrUnavailable, err)
 			}
 			sort.Strings(known)
+			if a.cfg.TiKVAddr == TiKVAuto {
+				names := a.cfg.LocalNames
+				if names == nil {
+					names = localNames()
+				}
+				return 0, fmt.Errorf("%w: --tikv auto: no store of PD's is on this host (this host: %s; stores: %s); give --tikv ADDR",
+					ErrStoreNotFound, strings.Join(names, ", "), strings.Join(known, ", "))
+			}
 			return 0, fmt.Errorf("%w: PD has no store at %s (stores: %s)", ErrStoreNotFound, a.cfg.TiKVAddr, strings.Join(known, ", "))
 		case <-t.C:
 		}

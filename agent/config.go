@@ -40,8 +40,13 @@ type Config struct {
 	// Agent gRPC service accepts (TiKV's security.cert-allowed-cn), e.g.
 	// the coordinators'.
 	AllowedCN []string
+	// LocalNames, when set, are this host's names and addresses as
+	// TiKVAuto matches them (tests); nil: the hostname and the addresses
+	// of the host's interfaces.
+	LocalNames []string
 	// TiKVAddr is the address of the store this agent sits beside, as PD
-	// lists it; the agent finds its store id with it.
+	// lists it; the agent finds its store id with it. TiKVAuto finds the
+	// store on this host instead (autostore.go).
 	TiKVAddr string
 	// DataDir holds the spill runs of every task (DataDir/<task>/spill).
 	DataDir string
@@ -152,8 +157,8 @@ func (c *Config) Validate() error {
 	if c.TiKVAddr == "" {
 		return bad("the TiKV address is required (--tikv)")
 	}
-	if _, _, err := net.SplitHostPort(c.TiKVAddr); err != nil {
-		return bad("TiKV address %q: want host:port", c.TiKVAddr)
+	if _, _, err := net.SplitHostPort(c.TiKVAddr); err != nil && c.TiKVAddr != TiKVAuto {
+		return bad("TiKV address %q: want host:port, or %q", c.TiKVAddr, TiKVAuto)
 	}
 	if c.DataDir == "" {
 		return bad("a data dir is required (--data-dir)")

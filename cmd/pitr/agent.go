@@ -97,7 +97,7 @@ SIGINT/SIGTERM stop it after a last flush.`,
 	}
 	f := c.Flags()
 	f.StringVar(&pd, "pd", "", "PD addresses, comma separated")
-	f.StringVar(&tikv, "tikv", "", "address of the TiKV store this agent sits beside, as PD lists it")
+	f.StringVar(&tikv, "tikv", "", "address of the TiKV store this agent sits beside, as PD lists it; auto: the one store on this host (matched by address or hostname)")
 	f.StringVar(&o.configPath, "config", "", "agent TOML config file")
 	f.StringVar(&dataDir, "data-dir", "", "local spill directory (default: a pitr-agent directory under the system temp dir)")
 	f.StringVar(&listen, "listen", agent.DefaultListenAddr, "Agent gRPC service listen address")
