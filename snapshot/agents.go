@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -26,18 +27,25 @@ type EtcdAgents struct {
 	mu     sync.Mutex
 	addrs  map[uint64]string
 	conns  map[string]*grpc.ClientConn
-	readAt time.Time // when addrs were read
+	readAt time.Time       // when addrs were read
+	had    map[uint64]bool // stores that had an agent at the first read
 }
+
+// errAgentGone: a store's agent went away during the backup.
+var errAgentGone = errors.New("agent gone")
 
 // refreshEvery bounds how often the agents are read again after one could
 // not be reached (a restarted agent registers a new address).
-const refreshEvery = 2 * time.Second
+const refreshEvery = 500 * time.Millisecond
 
 // NewEtcdAgents reads the registered agents once.
 func NewEtcdAgents(ctx context.Context, etcd *clientv3.Client, tls connector.TLS) (*EtcdAgents, error) {
-	a := &EtcdAgents{tls: tls, etcd: etcd, conns: map[string]*grpc.ClientConn{}}
+	a := &EtcdAgents{tls: tls, etcd: etcd, conns: map[string]*grpc.ClientConn{}, had: map[uint64]bool{}}
 	if err := a.read(ctx); err != nil {
 		return nil, fmt.Errorf("%w: %v", connector.ErrUnavailable, err)
+	}
+	for id := range a.addrs {
+		a.had[id] = true
 	}
 	return a, nil
 }
@@ -80,11 +88,24 @@ func (a *EtcdAgents) Stores() int {
 }
 
 // BackupRange implements Agents. An agent that cannot be reached is looked
-// up again (a restarted one has a new address) and tried once more.
+// up again (a restarted one has a new address) and tried once more; then
+// its error fails the attempt. A store without an agent, or with one too
+// old to serve BackupRange, is not there (ok false).
 func (a *EtcdAgents) BackupRange(ctx context.Context, storeID uint64, req *pitrpb.BackupRangeRequest) (*pitrpb.BackupRangeResponse, bool, error) {
 	for try := 0; ; try++ {
 		c, addr, ok := a.conn(storeID)
 		if !ok {
+			a.mu.Lock()
+			had := a.had[storeID]
+			a.mu.Unlock()
+			if had && try == 0 && a.refresh(ctx, storeID, "") {
+				continue
+			}
+			if had {
+				// Its agent was there and is gone (killed, restarting):
+				// a failed attempt, as below.
+				return nil, true, fmt.Errorf("%w: the agent of store %d is not registered any more", errAgentGone, storeID)
+			}
 			return nil, false, nil
 		}
 		resp, err := pitrpb.NewAgentClient(c).BackupRange(ctx, req)
@@ -93,7 +114,10 @@ func (a *EtcdAgents) BackupRange(ctx context.Context, storeID uint64, req *pitrp
 			if try == 0 && a.refresh(ctx, storeID, addr) {
 				continue
 			}
-			return nil, false, nil // gone: this process scans instead
+			// Gone, or restarting: a failed attempt, which the backup
+			// retries with backoff (by then a restarted agent has
+			// registered); its last attempt scans in this process.
+			return nil, true, err
 		case codes.Unimplemented:
 			return nil, false, nil // an older agent
 		}

@@ -537,6 +537,12 @@ func (b *backup) split(ctx context.Context, todo []keyspace.Range) ([]job, error
 				e = r.End
 			}
 			leader := reg.GetLeaderStoreID()
+			if peers := reg.GetMeta().GetPeers(); leader == 0 && len(peers) > 0 {
+				// PD does not know the leader yet (a fresh split, a PD
+				// restart): a peer's agent scans it, its reads go to the
+				// leader wherever it is.
+				leader = peers[0].GetStoreId()
+			}
 			if cur != nil && (cur.leader != leader || n >= b.o.RangeRegions) {
 				jobs = append(jobs, *cur)
 				cur = nil
