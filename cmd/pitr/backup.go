@@ -109,12 +109,8 @@ func runBackupFull(cmd *cobra.Command, o *backupOptions) error {
 			return cli.Usagef("%s: %v", path, err)
 		}
 	}
-	for _, r := range o.ranges {
-		kr, err := parseRange(r)
-		if err != nil {
-			return cli.Usagef("%s: --range: %v", path, err)
-		}
-		so.Ranges = append(so.Ranges, kr)
+	if so.Ranges, err = parseRanges(o.ranges); err != nil {
+		return cli.Usagef("%s: %v", path, err)
 	}
 	if o.concurrency <= 0 {
 		return cli.Usagef("%s: --concurrency must be positive", path)

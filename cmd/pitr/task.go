@@ -181,6 +181,19 @@ func (o *taskOptions) connect(ctx context.Context, cmd *cobra.Command, addrs []s
 	return &coordinator.Clients{Etcd: e}, nil
 }
 
+// parseRanges reads every --range flag.
+func parseRanges(flags []string) ([]keyspace.Range, error) {
+	var out []keyspace.Range
+	for _, r := range flags {
+		kr, err := parseRange(r)
+		if err != nil {
+			return nil, fmt.Errorf("--range: %w", err)
+		}
+		out = append(out, kr)
+	}
+	return out, nil
+}
+
 // parseRange reads START:END (0x-prefixed sides are hex).
 func parseRange(s string) (keyspace.Range, error) {
 	a, b, ok := strings.Cut(s, ":")
@@ -230,12 +243,8 @@ func runTaskStart(cmd *cobra.Command, o *taskOptions, so *taskStartOptions, name
 			return cli.Usagef("%s: %v", path, err)
 		}
 	}
-	for _, r := range so.ranges {
-		kr, err := parseRange(r)
-		if err != nil {
-			return cli.Usagef("%s: --range: %v", path, err)
-		}
-		opts.Ranges = append(opts.Ranges, kr)
+	if opts.Ranges, err = parseRanges(so.ranges); err != nil {
+		return cli.Usagef("%s: %v", path, err)
 	}
 	if o.gcTTL < time.Second {
 		return cli.Usagef("%s: --gc-ttl must be at least 1s", path)
