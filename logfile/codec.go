@@ -25,6 +25,18 @@ import (
 // writes: 2, the checksummed frame around a version 1 message.
 const FormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V2)
 
+// MetaFormatVersion is the version of the metas a flusher writes: 3, whose
+// coverage is a chain (coverage.go). Other objects stay at FormatVersion.
+const MetaFormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V3)
+
+// maxVersion is the newest version of an object kind this build reads.
+func maxVersion(kind byte) uint32 {
+	if kind == kindMeta {
+		return MetaFormatVersion
+	}
+	return FormatVersion
+}
+
 // legacyVersion is the unframed, unchecksummed version 1.
 const legacyVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V1)
 
@@ -59,12 +71,13 @@ type versioned interface {
 func encode[M versioned](kind byte, m M, stamp func(M)) ([]byte, error) {
 	c := proto.Clone(m).(M)
 	stamp(c)
+	version := c.GetFormatVersion()
 	payload, err := marshal.Marshal(c)
 	if err != nil {
 		return nil, err
 	}
 	b := make([]byte, 0, 4+protowire.SizeBytes(len(payload))+trailerLen)
-	b = append(b, tagVersion, byte(FormatVersion), tagKind, kind, tagPayload)
+	b = append(b, tagVersion, byte(version), tagKind, kind, tagPayload)
 	b = protowire.AppendBytes(b, payload)
 	b = append(b, tagCRC)
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
@@ -90,8 +103,8 @@ func unframe(what string, kind byte, b []byte) ([]byte, uint32, error) {
 	if vn < 0 || v > uint64(^uint32(0)) {
 		return nil, 0, fmt.Errorf("%w: decode %s: bad format version", ErrCorrupt, what)
 	}
-	if uint32(v) > FormatVersion {
-		return nil, 0, fmt.Errorf("%w: %s version %d (this build reads up to %d)", ErrFormat, what, v, FormatVersion)
+	if uint32(v) > maxVersion(kind) {
+		return nil, 0, fmt.Errorf("%w: %s version %d (this build reads up to %d)", ErrFormat, what, v, maxVersion(kind))
 	}
 	body := b[1+vn : n-trailerLen]
 	if len(body) < 3 || body[0] != tagKind || body[1] != kind || body[2] != tagPayload {
@@ -145,13 +158,18 @@ func hasUnknown(m protoreflect.Message) bool {
 	return found
 }
 
-// EncodeMeta returns the bytes of a meta file, stamped with FormatVersion.
-// m itself is not modified.
+// EncodeMeta returns the bytes of a meta file, stamped with
+// MetaFormatVersion when m asks for it (Chain.Next does) or uses a field of
+// format 3, else with FormatVersion. m itself is not modified.
 func EncodeMeta(m *pitrpb.Meta) ([]byte, error) {
-	if err := validateMeta(m); err != nil {
+	v := FormatVersion
+	if m.GetFormatVersion() >= MetaFormatVersion || hasChainFields(m) {
+		v = MetaFormatVersion
+	}
+	if err := validateMeta(m, v); err != nil {
 		return nil, fmt.Errorf("encode meta: %w", err)
 	}
-	return encode(kindMeta, m, func(c *pitrpb.Meta) { c.FormatVersion = FormatVersion })
+	return encode(kindMeta, m, func(c *pitrpb.Meta) { c.FormatVersion = v })
 }
 
 // DecodeMeta verifies and parses a meta file.
@@ -160,13 +178,14 @@ func DecodeMeta(b []byte) (*pitrpb.Meta, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := validateMeta(m); err != nil {
+	if err := validateMeta(m, m.GetFormatVersion()); err != nil {
 		return nil, fmt.Errorf("%w: decode meta: %v", ErrCorrupt, err)
 	}
 	return m, nil
 }
 
-func validateMeta(m *pitrpb.Meta) error {
+// validateMeta checks m as a meta of format version v.
+func validateMeta(m *pitrpb.Meta, v uint32) error {
 	if err := validateFiles(m.GetFiles()); err != nil {
 		return err
 	}
@@ -175,7 +194,10 @@ func validateMeta(m *pitrpb.Meta) error {
 			return fmt.Errorf("region %d: from_ts %d > to_ts %d", r.GetRegionId(), r.GetFromTs(), r.GetToTs())
 		}
 	}
-	return nil
+	if hasChainFields(m) && v < MetaFormatVersion {
+		return fmt.Errorf("chain fields in a version %d meta", v)
+	}
+	return validateChainFields(m)
 }
 
 func validateFiles(files []*pitrpb.DataFile) error {

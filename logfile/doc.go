@@ -76,6 +76,11 @@
 //	n-5        25               field 4 fixed32:
 //	n-4        <crc32c LE>      CRC-32C (Castagnoli) of bytes [0, n-4)
 //
+// A meta of format version 3 is the same frame with version byte 03: its
+// coverage continues the previous meta of its chain (coverage.go). Its
+// fixture is testdata/objects/meta-v3.meta; a pitr that reads only version
+// 2 refuses it as too new rather than taking its short coverage as all.
+//
 // Rules for readers, in this order:
 //
 //  1. An object beginning 08 02 or with a larger varint version (anything
@@ -83,9 +88,10 @@
 //     CRC-32C of everything before them; this trailer is permanent, every
 //     later frame version keeps it, so the checksum is checked before the
 //     version is believed. A mismatch is ErrCorrupt. Only then is a version
-//     above 2 ErrFormat ("upgrade pitr"), and then the layout above must hold
-//     exactly (kind as the reader expects, length to the trailer, payload
-//     format_version 2), or ErrCorrupt.
+//     above 2 (above 3 for a meta) ErrFormat ("upgrade pitr"), and then the
+//     layout above must hold exactly (kind as the reader expects, length to
+//     the trailer, payload format_version equal to the frame's), or
+//     ErrCorrupt.
 //  2. An object beginning 08 01 is a legacy version 1 object: a bare
 //     message with no checksum, as written before version 2 (every writer
 //     of version 1 marshalled deterministically, so field 1 always came

@@ -96,7 +96,7 @@ func TestMetaCodec(t *testing.T) {
 		{"garbage", func() []byte { return []byte{0xff, 0xff, 0xff} }, ErrCorrupt},
 		{"no-version", func() []byte { b, _ := proto.Marshal(sampleMeta()); return b }, ErrCorrupt},
 		{"bare-v2", func() []byte { m := sampleMeta(); m.FormatVersion = 2; b, _ := proto.Marshal(m); return b }, ErrCorrupt},
-		{"newer", func() []byte { b, _ := EncodeMeta(sampleMeta()); return reframe(t, b, 3) }, ErrFormat},
+		{"newer", func() []byte { b, _ := EncodeMeta(sampleMeta()); return reframe(t, b, byte(MetaFormatVersion)+1) }, ErrFormat},
 		{"legacy-v1", func() []byte { m := sampleMeta(); m.FormatVersion = 1; b, _ := proto.Marshal(m); return b }, nil},
 		{"bad-sha", func() []byte {
 			m := sampleMeta()

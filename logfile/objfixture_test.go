@@ -30,6 +30,18 @@ func fixtureObjMeta() *pitrpb.Meta {
 	}
 }
 
+// fixtureObjMetaV3 continues fixtureObjMeta's chain (format 3).
+func fixtureObjMetaV3() *pitrpb.Meta {
+	return &pitrpb.Meta{
+		FormatVersion: MetaFormatVersion, StoreId: 4, FlushTs: 0x0654_3210_0000_0002, Task: "fixture",
+		Regions:    []*pitrpb.RegionCoverage{{RegionId: 9, EpochVersion: 6, EpochConfVer: 1, StartKey: []byte("m"), EndKey: []byte("t"), FromTs: 60, ToTs: 300}},
+		PrevMeta:   "meta/0654321000000001-0000000000000004.meta",
+		ExtendToTs: 310,
+		Extends:    []*pitrpb.CoverageExtend{{ToTs: 250, RegionIds: []uint64{3, 7}}},
+		Dropped:    []uint64{5},
+	}
+}
+
 func fixtureObjTask() *pitrpb.TaskInfo {
 	return &pitrpb.TaskInfo{
 		Name: "fixture", StartTs: 0x0654_3210_0000_0000,
@@ -59,6 +71,7 @@ var objectFixtures = []struct {
 	{"lock-v1", 1, decodeAny(DecodeLock), nil, func() versioned { return fixtureObjLock() }},
 	{"checkpoint-v1", 1, decodeAny(DecodeCheckpoint), nil, func() versioned { return fixtureObjCheckpoint() }},
 	{"meta-v2.meta", 2, decodeAny(DecodeMeta), func() ([]byte, error) { return EncodeMeta(fixtureObjMeta()) }, func() versioned { return fixtureObjMeta() }},
+	{"meta-v3.meta", 3, decodeAny(DecodeMeta), func() ([]byte, error) { return EncodeMeta(fixtureObjMetaV3()) }, func() versioned { return fixtureObjMetaV3() }},
 	{"task-v2.pb", 2, decodeAny(DecodeTaskInfo), func() ([]byte, error) { return EncodeTaskInfo(fixtureObjTask()) }, func() versioned { return fixtureObjTask() }},
 	{"lock-v2", 2, decodeAny(DecodeLock), func() ([]byte, error) { return EncodeLock(fixtureObjLock()) }, func() versioned { return fixtureObjLock() }},
 	{"checkpoint-v2", 2, decodeAny(DecodeCheckpoint), func() ([]byte, error) { return EncodeCheckpoint(fixtureObjCheckpoint()) }, func() versioned { return fixtureObjCheckpoint() }},
@@ -89,7 +102,7 @@ func reframe(t *testing.T, b []byte, v byte) []byte {
 
 // TestObjectFixtures: every shipped version of meta, task.pb, pitr.lock and
 // checkpoint/global still decodes to the same message, and this build
-// writes exactly the version 2 fixtures.
+// writes exactly the version 2 fixtures (and the version 3 meta).
 func TestObjectFixtures(t *testing.T) {
 	for _, fx := range objectFixtures {
 		t.Run(fx.file, func(t *testing.T) {
@@ -113,11 +126,12 @@ func TestObjectFixtures(t *testing.T) {
 	}
 }
 
-// TestObjectBitFlips: every single-bit flip of a version 2 object is
-// ErrCorrupt (doc.go says why), never another error and never a decode.
+// TestObjectBitFlips: every single-bit flip of a framed object (version 2,
+// or a version 3 meta) is ErrCorrupt (doc.go says why), never another
+// error and never a decode.
 func TestObjectBitFlips(t *testing.T) {
 	for _, fx := range objectFixtures {
-		if fx.version != FormatVersion {
+		if fx.encode == nil {
 			continue
 		}
 		t.Run(fx.file, func(t *testing.T) {
@@ -143,19 +157,19 @@ func TestObjectBitFlips(t *testing.T) {
 // new rather than misreading it.
 func TestObjectNewerFrame(t *testing.T) {
 	for _, fx := range objectFixtures {
-		if fx.version != FormatVersion {
+		if fx.encode == nil {
 			continue
 		}
 		t.Run(fx.file, func(t *testing.T) {
 			b, err := fx.encode()
 			require.NoError(t, err)
-			_, err = fx.decode(reframe(t, b, 3))
+			_, err = fx.decode(reframe(t, b, byte(MetaFormatVersion)+1))
 			require.ErrorIs(t, err, ErrFormat)
 			require.NotErrorIs(t, err, ErrCorrupt)
 
 			old := fx.want().ProtoReflect().New().Interface().(versioned)
 			require.NoError(t, proto.Unmarshal(b, old), "a v1 reader parses the frame")
-			require.Equal(t, uint32(2), old.GetFormatVersion(), "and refuses it as version 2")
+			require.Equal(t, fx.version, old.GetFormatVersion(), "and refuses it as version %d", fx.version)
 		})
 	}
 }
@@ -194,7 +208,9 @@ func FuzzDecodeObjects(f *testing.F) {
 			require.NoError(t, err)
 			back, err := DecodeMeta(again)
 			require.NoError(t, err)
-			m.FormatVersion = FormatVersion
+			if m.FormatVersion < MetaFormatVersion {
+				m.FormatVersion = FormatVersion
+			}
 			require.True(t, proto.Equal(m, back))
 		}
 		for _, dec := range []func([]byte) (proto.Message, error){decodeAny(DecodeTaskInfo), decodeAny(DecodeLock), decodeAny(DecodeCheckpoint)} {
