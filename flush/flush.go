@@ -30,6 +30,8 @@ const (
 	DefaultSpillBudget       = 8 << 30
 	DefaultFileTarget        = 128 << 20
 	DefaultUploadConcurrency = 4
+	// DefaultKeyframeEvery: a keyframe an hour at the agent's 5 s flushes.
+	DefaultKeyframeEvery = 720
 )
 
 // ErrClosed: the Flusher was closed.
@@ -52,6 +54,11 @@ type Settings struct {
 	FileTarget int64
 	// UploadConcurrency bounds the data files being uploaded at once.
 	UploadConcurrency int
+	// KeyframeEvery: every this many metas, a meta lists every region it
+	// covers (a keyframe) instead of what changed since the one before
+	// (logfile.Chain), so a chain stays short for readers and for
+	// retention, which keeps a chain from its keyframe on.
+	KeyframeEvery int
 }
 
 // SetDefaults fills the zero fields with the defaults.
@@ -67,6 +74,9 @@ func (s *Settings) SetDefaults() {
 	}
 	if s.UploadConcurrency == 0 {
 		s.UploadConcurrency = DefaultUploadConcurrency
+	}
+	if s.KeyframeEvery == 0 {
+		s.KeyframeEvery = DefaultKeyframeEvery
 	}
 }
 
@@ -123,6 +133,7 @@ type Flusher struct {
 	half int64 // spill threshold of the current generation: MemoryBudget/2
 
 	flushSem chan struct{} // held by the running Flush (and by Close)
+	chain    logfile.Chain // the coverage of the last stored meta; flushSem guards it
 
 	mu          sync.Mutex
 	cur         *gen          // rows added since the last cut
@@ -399,6 +410,11 @@ func (f *Flusher) Stats() Stats {
 // with the next Flush; data files already stored are unreferenced orphans
 // (I5). The regions passed to a failed Flush are not retried: the caller
 // passes coverage again (from its last stored checkpoint) next time.
+//
+// The meta says only what changed since the Flusher's previous one
+// (logfile.Chain; a keyframe every KeyframeEvery metas and after a failed
+// Flush): Flush may lower a region's ToTs to what the meta claims for it,
+// and the caller advances its regions from the ToTs it finds afterwards.
 // Flushes run one at a time.
 func (f *Flusher) Flush(ctx context.Context, flushTS uint64, regions []*pitrpb.RegionCoverage) (*pitrpb.Meta, error) {
 	select {

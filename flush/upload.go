@@ -49,22 +49,21 @@ func (f *Flusher) flushGen(ctx context.Context, g *gen, flushTS uint64, regions 
 			return nil, err
 		}
 	}
-	meta := &pitrpb.Meta{
-		FormatVersion: logfile.FormatVersion, // what EncodeMeta stamps
-		StoreId:       f.cfg.StoreID,
-		FlushTs:       flushTS,
-		Task:          f.cfg.Task,
-		Files:         files,
-		Regions:       regions,
-	}
+	meta := &pitrpb.Meta{StoreId: f.cfg.StoreID, FlushTs: flushTS, Task: f.cfg.Task, Files: files}
+	path := logfile.MetaPath(flushTS, f.cfg.StoreID)
+	step := f.chain.Next(meta, path, regions, f.cfg.KeyframeEvery)
 	b, err := logfile.EncodeMeta(meta)
 	if err != nil {
+		f.chain.Reset()
 		return nil, fmt.Errorf("encode meta: %w", err)
 	}
-	if err := f.cfg.Storage.PutReader(ctx, logfile.MetaPath(flushTS, f.cfg.StoreID), bytes.NewReader(b), int64(len(b))); err != nil {
+	if err := f.cfg.Storage.PutReader(ctx, path, bytes.NewReader(b), int64(len(b))); err != nil {
+		// The meta may have landed all the same: nothing may continue it.
+		f.chain.Reset()
 		f.m.uploadErrors.Inc()
 		return nil, fmt.Errorf("upload meta: %w", err)
 	}
+	f.chain.Commit(path, step)
 	return meta, nil
 }
 
