@@ -36,8 +36,11 @@ type Backup struct {
 	// Checkpoint is the global checkpoint in checkpoint/global; the task's
 	// start_ts when none was written yet.
 	Checkpoint uint64
-	// Metas in path order (flush ts order).
+	// Metas in path order (flush ts order), with their files; their
+	// coverage is in Coverage (Regions and the chain fields are cleared).
 	Metas []MetaFile
+	// Coverage is the metas' coverage, merged (logfile.CoverageReader).
+	Coverage []logfile.Cover
 }
 
 // MetaFile is one meta and where it was read from.
@@ -46,8 +49,12 @@ type MetaFile struct {
 	Meta *pitrpb.Meta
 }
 
-// metaConcurrency bounds the metas read at once.
-const metaConcurrency = 16
+// metaConcurrency bounds the metas read at once, metaBatch the metas
+// whose coverage is held before it is applied.
+const (
+	metaConcurrency = 16
+	metaBatch       = 256
+)
 
 // Load reads pitr.lock, task.pb, checkpoint/global and every meta under
 // meta/. A root without pitr.lock or task.pb, or owned by another task, is
@@ -112,22 +119,58 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	}
 	sort.Strings(paths)
 	b.Metas = make([]MetaFile, len(paths))
-	// Every meta is read; of several problems the first in path order is
-	// reported, so the answer does not depend on timing.
-	errs := make([]error, len(paths))
-	var g errgroup.Group
-	g.SetLimit(metaConcurrency)
-	for i, p := range paths {
-		g.Go(func() error {
-			b.Metas[i], errs[i] = loadMeta(ctx, src, p, name)
-			return nil
-		})
+	// Metas are read metaBatch at a time, metaConcurrency at once, and
+	// their coverage applied in path order; only their files stay, so
+	// memory grows with files and regions, not with metas × regions.
+	// Of several problems the first in path order is reported, so the
+	// answer does not depend on timing.
+	cov := logfile.NewCoverageReader()
+	for lo := 0; lo < len(paths); lo += metaBatch {
+		batch := paths[lo:min(lo+metaBatch, len(paths))]
+		errs := make([]error, len(batch))
+		var g errgroup.Group
+		g.SetLimit(metaConcurrency)
+		for i, p := range batch {
+			g.Go(func() error {
+				b.Metas[lo+i], errs[i] = loadMeta(ctx, src, p, name)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		if err := firstErr(errs); err != nil {
+			return nil, err
+		}
+		for i := range batch {
+			m := b.Metas[lo+i]
+			if err := cov.Add(m.Path, m.Meta); err != nil {
+				return nil, coverageError(err)
+			}
+			m.Meta.Regions, m.Meta.Extends, m.Meta.Dropped = nil, nil, nil
+		}
 	}
-	_ = g.Wait()
-	if err := firstErr(errs); err != nil {
-		return nil, err
-	}
+	b.Coverage = cov.Covers()
 	return b, nil
+}
+
+// CoverageOf returns the coverage of metas in path order (which Load keeps
+// in Backup.Coverage).
+func CoverageOf(metas []MetaFile) ([]logfile.Cover, error) {
+	cov := logfile.NewCoverageReader()
+	for _, m := range metas {
+		if err := cov.Add(m.Path, m.Meta); err != nil {
+			return nil, coverageError(err)
+		}
+	}
+	return cov.Covers(), nil
+}
+
+// coverageError maps a CoverageReader error: a chain inconsistent in
+// itself is corrupt, one whose earlier meta is not there is missing.
+func coverageError(err error) error {
+	if errors.Is(err, logfile.ErrCorrupt) {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return fmt.Errorf("%w: %v", ErrMissing, err)
 }
 
 func loadMeta(ctx context.Context, src Source, p, task string) (MetaFile, error) {

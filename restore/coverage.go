@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/logfile"
 )
 
 // Coverage proof (DESIGN §4): every RegionCoverage of every meta claims that
@@ -36,22 +37,20 @@ type rect struct {
 	from, to uint64
 }
 
-// coverageRects collects the rectangles of every meta.
-func coverageRects(metas []MetaFile) []rect {
-	var rs []rect
-	for _, m := range metas {
-		for _, c := range m.Meta.GetRegions() {
-			rs = append(rs, rect{keys: keyspace.Range{Start: c.GetStartKey(), End: c.GetEndKey()}, from: c.GetFromTs(), to: c.GetToTs()})
-		}
+// coverageRects returns the rectangles of covers.
+func coverageRects(covers []logfile.Cover) []rect {
+	rs := make([]rect, len(covers))
+	for i, c := range covers {
+		rs[i] = rect{keys: keyspace.Range{Start: c.Start, End: c.End}, from: c.From, to: c.To}
 	}
 	return rs
 }
 
 // CheckCoverage returns an ErrMissing error naming the first hole (in key
-// order, then time order) of the metas' coverage over ranges × (from, to],
-// or nil when there is none.
-func CheckCoverage(ranges []keyspace.Range, metas []MetaFile, from, to uint64) error {
-	if h := findHole(ranges, coverageRects(metas), from, to); h != nil {
+// order, then time order) of the coverage over ranges × (from, to], or nil
+// when there is none.
+func CheckCoverage(ranges []keyspace.Range, covers []logfile.Cover, from, to uint64) error {
+	if h := findHole(ranges, coverageRects(covers), from, to); h != nil {
 		return fmt.Errorf("%w: coverage hole: %s", ErrMissing, h)
 	}
 	return nil

@@ -50,7 +50,7 @@ func TestBitFlipSweep(t *testing.T) {
 	b, cuts := smallBackup(t)
 	base, err := Load(ctx, b.st)
 	require.NoError(t, err)
-	basePlan, err := NewPlan(PlanInput{Task: base.Task, Checkpoint: base.Checkpoint, Metas: base.Metas, RestoreTS: cuts[3]})
+	basePlan, err := NewPlan(PlanInput{Task: base.Task, Checkpoint: base.Checkpoint, Metas: base.Metas, Coverage: base.Coverage, RestoreTS: cuts[3]})
 	require.NoError(t, err)
 
 	metaPath := logfile.MetaPath(cuts[2], 1)
@@ -83,7 +83,7 @@ func TestBitFlipSweep(t *testing.T) {
 				if _, verr := Verify(ctx, src, VerifyOptions{}); verr == nil {
 					msg += ", Verify ok"
 				}
-				if p, perr := NewPlan(PlanInput{Task: got.Task, Checkpoint: got.Checkpoint, Metas: got.Metas, RestoreTS: cuts[3]}); perr == nil && len(p.Files) < len(basePlan.Files) {
+				if p, perr := NewPlan(PlanInput{Task: got.Task, Checkpoint: got.Checkpoint, Metas: got.Metas, Coverage: got.Coverage, RestoreTS: cuts[3]}); perr == nil && len(p.Files) < len(basePlan.Files) {
 					dropped++
 					msg += fmt.Sprintf(", restore plan drops %d file(s)", len(basePlan.Files)-len(p.Files))
 				}
@@ -139,7 +139,7 @@ func legacy(t *testing.T, m proto.Message) []byte {
 // for byte. A meta under another meta's name is refused.
 func TestLegacyObjects(t *testing.T) {
 	ctx := context.Background()
-	b, _ := smallBackup(t)
+	b, _ := smallBackupKF(t, 1) // full lists: a version 1 meta has no chain
 	base, err := Load(ctx, b.st)
 	require.NoError(t, err)
 	res, err := Verify(ctx, b.st, VerifyOptions{})
@@ -155,7 +155,11 @@ func TestLegacyObjects(t *testing.T) {
 	write(logfile.TaskPath, legacy(t, base.Task))
 	write(logfile.CheckpointPath, legacy(t, &pitrpb.GlobalCheckpoint{Task: base.Task.GetName(), Ts: base.Checkpoint}))
 	for _, m := range base.Metas {
-		write(m.Path, legacy(t, m.Meta))
+		raw, err := b.st.Get(ctx, m.Path) // Load keeps no coverage in Metas
+		require.NoError(t, err)
+		full, err := logfile.DecodeMeta(raw)
+		require.NoError(t, err)
+		write(m.Path, legacy(t, full))
 	}
 	got, err := Load(ctx, st)
 	require.NoError(t, err)
@@ -166,6 +170,7 @@ func TestLegacyObjects(t *testing.T) {
 		got.Metas[i].Meta.FormatVersion = base.Metas[i].Meta.GetFormatVersion()
 		require.True(t, proto.Equal(base.Metas[i].Meta, got.Metas[i].Meta), "meta %s", got.Metas[i].Path)
 	}
+	require.Equal(t, base.Coverage, got.Coverage)
 	res, err = Verify(ctx, st, VerifyOptions{})
 	require.NoError(t, err)
 	require.Equal(t, 2+len(base.Metas), res.Unchecksummed)

@@ -519,7 +519,7 @@ func runFaulty(ctx context.Context, t *testing.T, src Source, T uint64, path str
 	o.setDefaults()
 	b, err := Load(ctx, src)
 	require.NoError(t, err)
-	plan, err = NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, RestoreTS: T})
+	plan, err = NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, Coverage: b.Coverage, RestoreTS: T})
 	require.NoError(t, err)
 	prog, err := openProgress(path, progressState{Storage: b.URL, Task: plan.Task, RestoreTS: plan.RestoreTS, ClusterID: fakeClusterID})
 	require.NoError(t, err)

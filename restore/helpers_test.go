@@ -27,12 +27,20 @@ type testBackup struct {
 	// Writer options of the data files (small row groups exercise pruning).
 	writer     logfile.WriterOptions
 	fileTarget int64
+	// keyframeEvery of the flushers (flush.Settings; 0: the default).
+	keyframeEvery int
 }
 
 func newTestBackup(t *testing.T, task *pitrpb.TaskInfo) *testBackup {
 	t.Helper()
 	dir := t.TempDir()
-	url := "file://" + dir
+	return newTestBackupAt(t, task, dir, "file://"+dir)
+}
+
+// newTestBackupAt is newTestBackup in the storage at url (dir: its local
+// directory, or "").
+func newTestBackupAt(t *testing.T, task *pitrpb.TaskInfo, dir, url string) *testBackup {
+	t.Helper()
 	st, err := storage.Open(context.Background(), url)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = st.Close() })
@@ -61,7 +69,7 @@ func (b *testBackup) flush(store, flushTS uint64, rows []logfile.Row, regions ..
 	if f == nil {
 		var err error
 		f, err = flush.New(flush.Config{StoreID: store, Task: b.task.GetName(), Dir: filepath.Join(b.t.TempDir(), "spill"),
-			Storage: b.st, Writer: b.writer, Settings: flush.Settings{FileTarget: b.fileTarget}})
+			Storage: b.st, Writer: b.writer, Settings: flush.Settings{FileTarget: b.fileTarget, KeyframeEvery: b.keyframeEvery}})
 		require.NoError(b.t, err)
 		b.t.Cleanup(func() { _ = f.Close() })
 		b.flushers[store] = f

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
@@ -19,6 +20,9 @@ type PlanInput struct {
 	Task       *pitrpb.TaskInfo
 	Checkpoint uint64
 	Metas      []MetaFile
+	// Coverage is the metas' coverage (Backup.Coverage); nil: taken from
+	// Metas (CoverageOf).
+	Coverage []logfile.Cover
 	// RestoreTS is T: the restored cluster reads at T as the source did.
 	RestoreTS uint64
 	// Snapshots are the candidate bases: the task root's snapshots
@@ -101,7 +105,13 @@ func NewPlan(in PlanInput) (*Plan, error) {
 	if base != nil {
 		from = base.BackupTS
 	}
-	if err := CheckCoverage(ranges, in.Metas, from, t); err != nil {
+	covers := in.Coverage
+	if covers == nil {
+		if covers, err = CoverageOf(in.Metas); err != nil {
+			return nil, err
+		}
+	}
+	if err := CheckCoverage(ranges, covers, from, t); err != nil {
 		return nil, err
 	}
 	p := &Plan{Task: in.Task.GetName(), RestoreTS: t, StartTS: start, Checkpoint: cp, Base: base, LogFrom: from, Ranges: ranges}
@@ -154,7 +164,7 @@ func NewPlan(in PlanInput) (*Plan, error) {
 			cuts = append(cuts, c.GetRange().GetStartKey(), c.GetRange().GetEndKey())
 		}
 	}
-	p.Units = splitUnits(ranges, in.Metas, cuts...)
+	p.Units = splitUnits(ranges, covers, cuts...)
 	return p, nil
 }
 
@@ -169,19 +179,17 @@ func overlapsAny(ranges []keyspace.Range, minKey, maxKey []byte) bool {
 
 // splitUnits cuts the ranges at every coverage boundary inside them, and
 // at the extra keys.
-func splitUnits(ranges []keyspace.Range, metas []MetaFile, extra ...[]byte) []keyspace.Range {
+func splitUnits(ranges []keyspace.Range, covers []logfile.Cover, extra ...[]byte) []keyspace.Range {
 	var cuts [][]byte
 	for _, k := range extra {
 		if len(k) > 0 {
 			cuts = append(cuts, k)
 		}
 	}
-	for _, m := range metas {
-		for _, c := range m.Meta.GetRegions() {
-			for _, k := range [][]byte{c.GetStartKey(), c.GetEndKey()} {
-				if len(k) > 0 {
-					cuts = append(cuts, k)
-				}
+	for _, c := range covers {
+		for _, k := range [][]byte{c.Start, c.End} {
+			if len(k) > 0 {
+				cuts = append(cuts, k)
 			}
 		}
 	}

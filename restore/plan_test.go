@@ -174,7 +174,9 @@ func TestPlan(t *testing.T) {
 
 func TestSplitUnits(t *testing.T) {
 	ms := []MetaFile{meta("m", nil, cov("", "c", 1, 2), cov("c", "f", 1, 2), cov("f", "", 1, 2), cov("b", "d", 2, 3))}
-	units := splitUnits([]keyspace.Range{{End: []byte("e")}, {Start: []byte("x")}}, ms)
+	covers, err := CoverageOf(ms)
+	require.NoError(t, err)
+	units := splitUnits([]keyspace.Range{{End: []byte("e")}, {Start: []byte("x")}}, covers)
 	var got []string
 	for _, u := range units {
 		got = append(got, u.String())

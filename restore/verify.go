@@ -131,7 +131,7 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 		}
 	}
 	res.From = from
-	if err := CheckCoverage(res.Ranges, b.Metas, from, to); err != nil {
+	if err := CheckCoverage(res.Ranges, b.Coverage, from, to); err != nil {
 		return nil, err
 	}
 	seen := map[string]bool{}

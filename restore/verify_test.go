@@ -19,9 +19,14 @@ import (
 // smallBackup: two stores, keys k000..k199, three flushes each; store 1
 // owns ["", "k100"), store 2 ["k100", +inf). Returns the backup and the
 // flush timestamps.
-func smallBackup(t *testing.T) (*testBackup, []uint64) {
+func smallBackup(t *testing.T) (*testBackup, []uint64) { return smallBackupKF(t, 0) }
+
+// smallBackupKF is smallBackup with a keyframe every keyframeEvery metas
+// of a store (1: every meta a full list, as before format 3).
+func smallBackupKF(t *testing.T, keyframeEvery int) (*testBackup, []uint64) {
 	start := keyspace.Compose(1000, 0)
 	b := newTestBackup(t, &pitrpb.TaskInfo{Name: "small", StartTs: start, StartedEmpty: true})
+	b.keyframeEvery = keyframeEvery
 	rng := rand.New(rand.NewSource(2))
 	cuts := []uint64{start, start + 100, start + 200, start + 300}
 	for w := 1; w < len(cuts); w++ {
@@ -78,6 +83,29 @@ func TestVerify(t *testing.T) {
 		require.Contains(t, err.Error(), "restorable range is ["+keyspace.Format(cuts[0]))
 	})
 	t.Run("hole", func(t *testing.T) {
+		dir, st := b.copyTo(t)
+		// Drop store 2's last meta: its keys lose (cuts[2], cuts[3]].
+		require.NoError(t, os.Remove(filepath.Join(dir, filepath.FromSlash(logfile.MetaPath(cuts[3], 2)))))
+		_, err := Verify(ctx, st, VerifyOptions{})
+		require.ErrorIs(t, err, ErrMissing)
+		require.Contains(t, err.Error(), fmt.Sprintf(`coverage hole: keys ["k100", +inf) have no log for commit_ts (%s, %s]`, keyspace.Format(cuts[2]), keyspace.Format(cuts[3])))
+		// Before the hole, the log is complete.
+		_, err = Verify(ctx, st, VerifyOptions{RestoreTS: cuts[2]})
+		require.NoError(t, err)
+	})
+	t.Run("chain lost a meta", func(t *testing.T) {
+		dir, st := b.copyTo(t)
+		// Store 2's second meta is gone; the third continues it. Its files
+		// may have held changes of any region, so nothing after the first
+		// meta can be trusted: the backup is refused, naming both.
+		require.NoError(t, os.Remove(filepath.Join(dir, filepath.FromSlash(logfile.MetaPath(cuts[2], 2)))))
+		_, err := Verify(ctx, st, VerifyOptions{RestoreTS: cuts[1]})
+		require.ErrorIs(t, err, ErrMissing)
+		require.Contains(t, err.Error(), fmt.Sprintf("meta %s continues meta %s, which is not in storage",
+			logfile.MetaPath(cuts[3], 2), logfile.MetaPath(cuts[2], 2)))
+	})
+	t.Run("hole in full lists", func(t *testing.T) {
+		b, cuts := smallBackupKF(t, 1)
 		dir, st := b.copyTo(t)
 		// Drop store 2's second meta: its keys lose (cuts[1], cuts[2]].
 		require.NoError(t, os.Remove(filepath.Join(dir, filepath.FromSlash(logfile.MetaPath(cuts[2], 2)))))
@@ -139,7 +167,7 @@ func TestVerify(t *testing.T) {
 		p := filepath.Join(dir, filepath.FromSlash(logfile.MetaPath(cuts[1], 2)))
 		raw, err := os.ReadFile(p)
 		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(p, reframe(raw, 3), 0o644))
+		require.NoError(t, os.WriteFile(p, reframe(raw, byte(logfile.MetaFormatVersion)+1), 0o644))
 		_, err = Verify(ctx, st, VerifyOptions{})
 		require.ErrorIs(t, err, ErrFormat)
 	})
