@@ -66,6 +66,16 @@ type edge struct {
 // findHole returns the first hole of rects over ranges × (from, to].
 // ranges must be sorted and disjoint (taskRanges).
 func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
+	if hs := findHoles(ranges, rects, from, to, 1); len(hs) > 0 {
+		return &hs[0]
+	}
+	return nil
+}
+
+// findHoles returns up to limit holes of rects over ranges × (from, to], in
+// key order, then time order; holes of adjacent keys over the same
+// interval are one.
+func findHoles(ranges []keyspace.Range, rects []rect, from, to uint64, limit int) []Hole {
 	if from >= to || len(ranges) == 0 {
 		return nil
 	}
@@ -107,6 +117,7 @@ func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
 	slices.SortFunc(points, keyspace.ComparePoints)
 	points = slices.CompactFunc(points, func(a, b keyspace.Point) bool { return keyspace.ComparePoints(a, b) == 0 })
 
+	var holes []Hole
 	t := newSegTree(nseg)
 	e := 0
 	for i := 0; i+1 < len(points); i++ {
@@ -121,19 +132,32 @@ func findHole(ranges []keyspace.Range, rects []rect, from, to uint64) *Hole {
 		if !inRanges(ranges, p.Key) || t.min() > 0 {
 			continue
 		}
-		k := t.firstZero()
-		k2 := k
-		for k2+1 < nseg && t.pointValue(k2+1) == 0 {
-			k2++
-		}
 		next := points[i+1]
-		h := &Hole{Keys: keyspace.Range{Start: p.Key}, From: cs[k], To: cs[k2+1]}
+		keys := keyspace.Range{Start: p.Key}
 		if !next.Inf {
-			h.Keys.End = next.Key
+			keys.End = next.Key
 		}
-		return h
+		for k := t.firstZero(); k < nseg; k++ {
+			if t.pointValue(k) != 0 {
+				continue
+			}
+			k2 := k
+			for k2+1 < nseg && t.pointValue(k2+1) == 0 {
+				k2++
+			}
+			h := Hole{Keys: keys, From: cs[k], To: cs[k2+1]}
+			if n := len(holes); n > 0 && holes[n-1].From == h.From && holes[n-1].To == h.To && bytes.Equal(holes[n-1].Keys.End, h.Keys.Start) && len(h.Keys.Start) > 0 {
+				holes[n-1].Keys.End = h.Keys.End
+			} else {
+				if len(holes) == limit {
+					return holes
+				}
+				holes = append(holes, h)
+			}
+			k = k2
+		}
 	}
-	return nil
+	return holes
 }
 
 // inRanges reports whether key is inside one of the sorted, disjoint ranges.

@@ -120,7 +120,7 @@ func TestPlan(t *testing.T) {
 		{name: "only a snapshot not covering", task: notEmpty, cp: 300, metas: full, ts: 250,
 			snaps: []snapshot.Info{snapInfo(160, "b", "")}, err: ErrNoBase, errText: "does not cover"},
 		{name: "coverage hole in time", cp: 300, metas: []MetaFile{full[0], full[2]}, ts: 250, err: ErrMissing,
-			errText: `keys [-inf, "m") have no log for commit_ts (150 (`},
+			errText: `keys [-inf, +inf) have no log for commit_ts (150 (`},
 		{name: "hole after T does not matter", cp: 300, metas: []MetaFile{full[0], full[1]}, ts: 200, files: []string{"log/1", "log/2"}, units: 2},
 		{name: "no metas and T > start", cp: 300, ts: 101, err: ErrMissing},
 		{name: "task ranges prune files and units",

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -262,5 +263,41 @@ func TestRestoreMemoryFlags(t *testing.T) {
 			require.Contains(t, err.Error(), tc.msg)
 			require.NotContains(t, err.Error(), "\n")
 		})
+	}
+}
+
+// TestLogCLI: pitr log shows a root's restorable range, metas, windows and
+// holes, as text and as JSON, without a cluster; bad input is one line.
+func TestLogCLI(t *testing.T) {
+	url, start, cp, _ := cliBackup(t)
+	out, err := run("log", "--storage", url)
+	require.NoError(t, err)
+	require.Contains(t, out, "Task:        cli")
+	require.Contains(t, out, fmt.Sprintf("Restorable:  [%s, %s]", keyspace.Format(start), keyspace.Format(cp)))
+	require.Contains(t, out, "Metas:       2 (")
+	require.Contains(t, out, "1 keyframes, 1 continuing a chain, 0 of format 1-2")
+	require.Contains(t, out, "Holes:       none")
+
+	out, err = run("log", "--storage", url, "--json")
+	require.NoError(t, err)
+	var li restore.LogInfo
+	require.NoError(t, json.Unmarshal([]byte(out), &li))
+	require.Equal(t, cp, li.Checkpoint)
+	require.Equal(t, 2, li.Files)
+	require.Len(t, li.Windows, 1)
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"log"}, cli.ExitUsage, "--storage is required"},
+		{[]string{"log", "--storage", url, "--window", "0s"}, cli.ExitUsage, "--window must be positive"},
+		{[]string{"log", "--storage", "file://" + t.TempDir()}, cli.ExitNotBackup, "not a pitr backup"},
+	} {
+		_, err := run(tc.args...)
+		require.Error(t, err)
+		require.Equal(t, tc.code, cli.Code(err), "%v", err)
+		require.Contains(t, err.Error(), tc.msg)
 	}
 }

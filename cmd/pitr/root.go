@@ -28,6 +28,7 @@ Commands:
   pitr verify --storage URL [--to TS]
   pitr backup full --storage URL --pd ADDRS [--ts TS] [--range START:END]
   pitr backup status --storage URL [--json]
+  pitr log --storage URL [--window 1h] [--json]
   pitr compact --storage URL | pitr truncate --storage URL --until TS
 
 The playground and the demo are a separate binary, pitr-playground:
@@ -75,6 +76,7 @@ func newRootCmd() *cobra.Command {
 		newRestoreCmd(),
 		newVerifyCmd(),
 		newBackupCmd(),
+		newLogCmd(),
 		newCompactCmd(),
 		newTruncateCmd(),
 	)
