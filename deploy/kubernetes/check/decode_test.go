@@ -100,6 +100,7 @@ type tidbCluster struct {
 		AdditionalContainers   []corev1.Container   `json:"additionalContainers"`
 		AdditionalVolumes      []corev1.Volume      `json:"additionalVolumes"`
 		AdditionalVolumeMounts []corev1.VolumeMount `json:"additionalVolumeMounts"`
+		ServiceAccount         string               `json:"serviceAccount"`
 	}
 	TLSCluster bool
 }
@@ -229,6 +230,53 @@ type transformerConfig struct {
 	} `json:"nameReference"`
 }
 
+// jsonPatchOp is one operation of a JSON 6902 patch file.
+type jsonPatchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	From  string `json:"from,omitempty"`
+	Value any    `json:"value,omitempty"`
+}
+
+// withoutDirectives drops the strategic-merge directives a patch file may
+// hold ($patch, $retainKeys, $setElementOrder/..., $deleteFromPrimitiveList/...),
+// which are no fields of the API type; the rest decodes strictly.
+func withoutDirectives(doc []byte) ([]byte, error) {
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, err
+	}
+	var v any
+	if err := json.Unmarshal(js, &v); err != nil {
+		return nil, err
+	}
+	var strip func(any)
+	strip = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, e := range x {
+				if strings.HasPrefix(k, "$") {
+					delete(x, k)
+					continue
+				}
+				strip(e)
+			}
+		case []any:
+			for _, e := range x {
+				strip(e)
+			}
+		}
+	}
+	strip(v)
+	return json.Marshal(v)
+}
+
+// isSequence tells a YAML list (a JSON 6902 patch) from an object.
+func isSequence(doc []byte) bool {
+	var v any
+	return yaml.Unmarshal(doc, &v) == nil && func() bool { _, ok := v.([]any); return ok }()
+}
+
 // yamlFiles lists every YAML file under root but the check module.
 func yamlFiles(t testing.TB) []string {
 	var out []string
@@ -293,12 +341,22 @@ func TestYAMLFilesDecode(t *testing.T) {
 				case "kustomization.yaml":
 					var k types.Kustomization
 					require.NoError(t, strict(doc, &k), "document %d", i)
-					require.Equal(t, "Kustomization", k.Kind)
+					require.Contains(t, []string{types.KustomizationKind, types.ComponentKind}, k.Kind)
 				case "kustomizeconfig.yaml":
 					var c transformerConfig
 					require.NoError(t, strict(doc, &c), "document %d", i)
 				default:
-					_, err := decodeObject(doc)
+					if isSequence(doc) {
+						var ops []jsonPatchOp
+						require.NoError(t, strict(doc, &ops), "document %d: a JSON 6902 patch", i)
+						for _, op := range ops {
+							require.Contains(t, []string{"add", "remove", "replace", "move", "copy", "test"}, op.Op)
+						}
+						continue
+					}
+					doc, err := withoutDirectives(doc)
+					require.NoError(t, err, "document %d", i)
+					_, err = decodeObject(doc)
 					require.NoError(t, err, "document %d", i)
 				}
 			}

@@ -1,21 +1,35 @@
 package check
 
 import (
+	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
 )
 
 // kustomizations lists every directory under root holding a
-// kustomization.yaml: the bases and the overlays users build.
+// kustomization.yaml: the bases and the overlays users build (components
+// render only inside an overlay).
 func kustomizations(t testing.TB) []string {
 	var out []string
 	for _, p := range yamlFiles(t) {
-		if filepath.Base(p) == "kustomization.yaml" {
+		if filepath.Base(p) != "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(p)
+		require.NoError(t, err)
+		var k types.Kustomization
+		require.NoError(t, yaml.Unmarshal(data, &k), p)
+		if k.Kind != types.ComponentKind {
 			out = append(out, filepath.Dir(p))
 		}
 	}
@@ -46,7 +60,7 @@ func render(t testing.TB, dir string) []object {
 // strictly and holds the invariants.
 func TestRender(t *testing.T) {
 	dirs := kustomizations(t)
-	for _, want := range []string{"base/coordinator", "base/agent", "operator", "statefulset"} {
+	for _, want := range []string{"base/coordinator", "base/agent", "operator", "operator-workload-identity", "statefulset"} {
 		require.Contains(t, dirs, filepath.Join(root, want))
 	}
 	for _, dir := range dirs {
@@ -59,12 +73,14 @@ func TestRender(t *testing.T) {
 // TestOverlays: what each overlay users apply must contain.
 func TestOverlays(t *testing.T) {
 	for _, tc := range []struct {
-		dir  string
-		want []string // kind/name
+		dir      string
+		want     []string // kind/name
+		identity bool     // credentials from workload identity, not pitr-storage
 	}{
 		{"operator", []string{"Deployment/pitr-coordinator", "PodDisruptionBudget/pitr-coordinator", "Service/pitr-coordinator",
-			"ServiceMonitor/pitr-coordinator", "PodMonitor/pitr-agent", "TidbCluster/basic", "ServiceAccount/pitr-coordinator"}},
-		{"statefulset", []string{"Deployment/pitr-coordinator", "StatefulSet/tikv", "Service/tikv-peer", "PodMonitor/pitr-agent"}},
+			"ServiceMonitor/pitr-coordinator", "PodMonitor/pitr-agent", "TidbCluster/basic", "ServiceAccount/pitr-coordinator"}, false},
+		{"statefulset", []string{"Deployment/pitr-coordinator", "StatefulSet/tikv", "Service/tikv-peer", "PodMonitor/pitr-agent"}, false},
+		{"operator-workload-identity", []string{"Deployment/pitr-coordinator", "TidbCluster/basic", "ServiceAccount/pitr-tikv"}, true},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			objs := render(t, filepath.Join(root, tc.dir))
@@ -76,6 +92,53 @@ func TestOverlays(t *testing.T) {
 				require.Contains(t, got, w)
 			}
 			requireAgent(t, objs)
+			requireCredentials(t, objs, tc.identity)
 		})
+	}
+}
+
+// requireCredentials: pitr containers read storage credentials from the
+// pitr-storage Secret, or (identity) from none, with their pods'
+// ServiceAccounts annotated for the cloud's workload identity.
+func requireCredentials(t *testing.T, objs []object, identity bool) {
+	accounts := map[string]*corev1.ServiceAccount{}
+	for _, o := range objs {
+		if sa, ok := o.Value.(*corev1.ServiceAccount); ok {
+			accounts[sa.Name] = sa
+		}
+	}
+	for _, o := range objs {
+		var account string
+		var ps []pod
+		switch v := o.Value.(type) {
+		case *appsv1.Deployment:
+			account = v.Spec.Template.Spec.ServiceAccountName
+			ps = pods([]object{o})
+		case *tidbCluster:
+			account = v.TiKV.ServiceAccount
+			ps = pods([]object{o})
+		}
+		for _, p := range ps {
+			for _, c := range p.Containers {
+				if !strings.HasPrefix(c.Image, "pitr-io/pitr") {
+					continue
+				}
+				var fromSecret []string
+				for _, e := range c.Env {
+					if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == "pitr-storage" {
+						fromSecret = append(fromSecret, e.Name)
+					}
+				}
+				where := p.Owner + " container " + c.Name
+				if !identity {
+					require.Subset(t, fromSecret, []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "%s: storage credentials", where)
+					continue
+				}
+				require.Empty(t, fromSecret, "%s: reads pitr-storage under workload identity", where)
+				sa := accounts[account]
+				require.NotNil(t, sa, "%s: ServiceAccount %q is not in the build", where, account)
+				require.NotEmpty(t, sa.Annotations, "%s: ServiceAccount %s carries no workload identity", where, account)
+			}
+		}
 	}
 }
