@@ -7,9 +7,11 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -92,6 +94,7 @@ func TestOverlays(t *testing.T) {
 				require.Contains(t, got, w)
 			}
 			requireAgent(t, objs)
+			requireCoordinator(t, objs)
 			requireCredentials(t, objs, tc.identity)
 		})
 	}
@@ -140,5 +143,52 @@ func requireCredentials(t *testing.T, objs []object, identity bool) {
 				require.NotEmpty(t, sa.Annotations, "%s: ServiceAccount %s carries no workload identity", where, account)
 			}
 		}
+	}
+}
+
+// requireCoordinator: two replicas (one leads, one stands by), a
+// PodDisruptionBudget that keeps one, and a ServiceMonitor that reaches the
+// metrics port through the Service.
+func requireCoordinator(t *testing.T, objs []object) {
+	byKind := map[string]object{}
+	for _, o := range objs {
+		if o.Name == "pitr-coordinator" {
+			byKind[o.Kind] = o
+		}
+	}
+	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceMonitor"} {
+		require.Contains(t, byKind, k, "no %s/pitr-coordinator", k)
+	}
+	d := byKind["Deployment"].Value.(*appsv1.Deployment)
+	require.NotNil(t, d.Spec.Replicas)
+	require.GreaterOrEqual(t, *d.Spec.Replicas, int32(2), "a standby coordinator takes over from a dead leader")
+	podLabels := d.Spec.Template.Labels
+	matches := func(sel map[string]string, labels map[string]string) bool {
+		for k, v := range sel {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return len(sel) > 0
+	}
+	pdb := byKind["PodDisruptionBudget"].Value.(*policyv1.PodDisruptionBudget)
+	require.NotNil(t, pdb.Spec.MinAvailable)
+	require.Equal(t, 1, pdb.Spec.MinAvailable.IntValue())
+	require.True(t, matches(pdb.Spec.Selector.MatchLabels, podLabels), "the PodDisruptionBudget selects no coordinator pod")
+	svc := byKind["Service"].Value.(*corev1.Service)
+	require.True(t, matches(svc.Spec.Selector, podLabels), "the Service selects no coordinator pod")
+	var port *corev1.ServicePort
+	for i := range svc.Spec.Ports {
+		if svc.Spec.Ports[i].Name == "metrics" {
+			port = &svc.Spec.Ports[i]
+		}
+	}
+	require.NotNil(t, port, "the Service has no port named metrics")
+	require.True(t, hasPort(d.Spec.Template.Spec.Containers[0], port.TargetPort), "the Service's metrics targetPort is no container port")
+	sm := byKind["ServiceMonitor"].Value.(*monitoringv1.ServiceMonitor)
+	require.True(t, matches(sm.Spec.Selector.MatchLabels, svc.Labels), "the ServiceMonitor selects no Service")
+	require.NotEmpty(t, sm.Spec.Endpoints)
+	for _, ep := range sm.Spec.Endpoints {
+		require.Equal(t, "metrics", ep.Port)
 	}
 }
