@@ -15,7 +15,7 @@ RACE_SHORT_PKGS ?= ./agent/... ./playground/cluster/... ./playground/mvcc/... ./
 TEST_FUZZTIME ?= 5s
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build test test-short race fuzz bench demo lint fmt vet proto tools clean
+.PHONY: all build test test-short race fuzz bench demo lint fmt vet proto tools clean k8s-check
 
 all: build
 
@@ -37,6 +37,7 @@ vet:
 
 test: tools lint
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(MAKE) k8s-check
 	$(MAKE) race
 	FUZZTIME=$(TEST_FUZZTIME) bash scripts/fuzz.sh
 
@@ -46,6 +47,11 @@ race:
 
 fuzz:
 	bash scripts/fuzz.sh
+
+# The Kubernetes manifests (deploy/kubernetes): a module of its own, so the
+# root's ./... neither builds nor depends on kustomize and the API types.
+k8s-check:
+	cd deploy/kubernetes/check && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 test-short:
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -short $(PKGS)

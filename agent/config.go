@@ -166,6 +166,12 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		return bad("listen address %q: want host:port", c.ListenAddr)
 	}
+	if c.AdvertiseAddr != "" {
+		host, _, err := net.SplitHostPort(c.AdvertiseAddr)
+		if ip := net.ParseIP(host); err != nil || host == "" || (ip != nil && ip.IsUnspecified()) {
+			return bad("advertise address %q: want host:port the coordinator can dial (not a wildcard)", c.AdvertiseAddr)
+		}
+	}
 	if c.HTTPAddr != "-" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			return bad("http address %q: want host:port (or - to disable)", c.HTTPAddr)

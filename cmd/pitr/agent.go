@@ -69,6 +69,7 @@ type agentOptions struct {
 	logLevel   string
 	tls        tlsFlags
 	uploadRate string
+	advertise  string // --advertise; set only when the flag is given
 	cfg        agent.Config
 	drain      time.Duration // bound on the final flush at shutdown
 }
@@ -101,6 +102,7 @@ SIGINT/SIGTERM stop it after a last flush.`,
 	f.StringVar(&o.configPath, "config", "", "agent TOML config file")
 	f.StringVar(&dataDir, "data-dir", "", "local spill directory (default: a pitr-agent directory under the system temp dir)")
 	f.StringVar(&listen, "listen", agent.DefaultListenAddr, "Agent gRPC service listen address")
+	f.StringVar(&o.advertise, "advertise", "", "address registered in etcd for the coordinator to reach the gRPC service, like the pod IP:9595 (default: the listen address)")
 	f.StringVar(&httpAddr, "http", agent.DefaultHTTPAddr, "/metrics and /healthz listen address (- disables)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	f.StringVar(&o.uploadRate, "upload-rate-limit", "", "storage bytes per second over every task, like 64MiB (0: none; POST /config changes it while running)")
@@ -156,6 +158,9 @@ func loadAgentOptions(o *agentOptions, changed func(string) bool, pd, tikv, data
 	}
 	if changed("listen") || cfg.ListenAddr == "" {
 		cfg.ListenAddr = listen
+	}
+	if changed("advertise") {
+		cfg.AdvertiseAddr = o.advertise
 	}
 	if changed("http") || cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = httpAddr

@@ -58,6 +58,44 @@ advertise = "10.0.0.5:9595"
 	require.Equal(t, 5*time.Second, o.cfg.FlushInterval)
 }
 
+// TestAgentAdvertise: --advertise wins over the file's key; absent from
+// both, nothing is set and the agent registers its listener's address.
+func TestAgentAdvertise(t *testing.T) {
+	file := writeFile(t, "pd = [\"a:1\"]\ntikv = \"b:2\"\nlisten = \"0.0.0.0:9595\"\nadvertise = \"10.0.0.5:9595\"\n")
+	for _, tc := range []struct {
+		name    string
+		config  string
+		flag    string // "" = not given
+		want    string
+		wantErr string
+	}{
+		{name: "neither", want: ""},
+		{name: "file", config: file, want: "10.0.0.5:9595"},
+		{name: "flag", flag: "10.1.2.3:9595", want: "10.1.2.3:9595"},
+		{name: "flag over file", config: file, flag: "tikv-0.peer:9595", want: "tikv-0.peer:9595"},
+		{name: "wildcard", flag: "0.0.0.0:9595", wantErr: "advertise address"},
+		{name: "no port", flag: "10.1.2.3", wantErr: "advertise address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := agentOptions{configPath: tc.config, logLevel: "info", advertise: tc.flag}
+			changed := func(n string) bool { return n == "advertise" && tc.flag != "" }
+			err := loadAgentOptions(&o, changed, "a:1", "b:2", "", "0.0.0.0:9595", "-")
+			if tc.wantErr != "" {
+				require.Equal(t, cli.ExitUsage, cli.Code(err), "%v", err)
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, o.cfg.AdvertiseAddr)
+		})
+	}
+
+	// The flag is wired to the command.
+	_, err := run("agent", "--pd", "h:1", "--tikv", "h:2", "--advertise", "0.0.0.0:1")
+	require.Equal(t, cli.ExitUsage, cli.Code(err), "%v", err)
+	require.ErrorContains(t, err, "advertise address")
+}
+
 func TestAgentUsageErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
