@@ -137,15 +137,15 @@ func RegisterMetrics(reg prometheus.Registerer) error {
 }
 
 // setTaskState records whether a task is failed and how long it has been
-// paused (changedAt: when its state last changed).
-func (m *metrics) setTaskState(name string, state pitrpb.TaskState, changedAt, now time.Time) {
+// paused (changedMs: unix ms of its last state change, 0 if unknown).
+func (m *metrics) setTaskState(name string, state pitrpb.TaskState, changedMs int64, now time.Time) {
 	failed, paused := 0.0, 0.0
 	switch state {
 	case pitrpb.TaskState_TASK_STATE_FAILED:
 		failed = 1
 	case pitrpb.TaskState_TASK_STATE_PAUSED:
-		if !changedAt.IsZero() {
-			paused = max(0, now.Sub(changedAt).Seconds())
+		if changedMs > 0 {
+			paused = max(0, now.Sub(time.UnixMilli(changedMs)).Seconds())
 		}
 	}
 	m.taskFailed.WithLabelValues(name).Set(failed)

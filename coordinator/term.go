@@ -358,7 +358,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 	st.Checkpoint = cp
 	t.c.met.checkpoint.WithLabelValues(name).Set(float64(cp))
 	failed := rec.GetState() == pitrpb.TaskState_TASK_STATE_FAILED
-	t.c.met.setTaskState(name, rec.GetState(), time.UnixMilli(rec.GetUpdatedUnixMs()), now)
+	t.c.met.setTaskState(name, rec.GetState(), rec.GetUpdatedUnixMs(), now)
 
 	// The checkpoint in storage follows the one in etcd (in the
 	// background: a slow storage does not hold the tick).
@@ -494,7 +494,7 @@ func (t *term) failTask(ctx context.Context, ti *taskInfo, msg string, now time.
 	if err != nil {
 		return err
 	}
-	t.c.met.taskFailed.WithLabelValues(ti.name()).Set(1)
+	t.c.met.setTaskState(ti.name(), pitrpb.TaskState_TASK_STATE_FAILED, 0, now)
 	t.log.Error("task failed", "task", ti.name(), "error", msg)
 	return nil
 }
