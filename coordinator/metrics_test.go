@@ -53,7 +53,7 @@ func TestTaskStateMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m, err := newMetrics(reg)
 	require.NoError(t, err)
-	now := time.UnixMilli(10_000_000)
+	now := time.UnixMilli(1_700_000_000_000)
 	paused := now.Add(-3 * time.Hour).UnixMilli()
 
 	m.setTaskState("p", pitrpb.TaskState_TASK_STATE_PAUSED, paused, now)
