@@ -15,7 +15,7 @@ import (
 	"github.com/pitr-io/pitr/coordinator"
 )
 
-// describer is a Registerer that records the names and kinds of what is
+// describer is a Registerer that records the metric names of what is
 // registered on it, from Describe (vectors without a series included).
 type describer struct{ names map[string]bool }
 
