@@ -15,7 +15,7 @@ RACE_SHORT_PKGS ?= ./agent/... ./playground/cluster/... ./playground/mvcc/... ./
 TEST_FUZZTIME ?= 5s
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build test test-short race fuzz bench demo lint fmt vet proto tools clean k8s-check
+.PHONY: all build test test-short race fuzz bench demo lint fmt vet proto tools clean k8s-check obs-check
 
 all: build
 
@@ -32,10 +32,15 @@ lint: fmt vet
 fmt:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+# Alert rules and their promtool unit tests (promtool: make tools).
+obs-check:
+	PATH="$(CURDIR)/.tools/bin:$$PATH" promtool check rules deploy/prometheus/pitr-alerts.yml
+	PATH="$(CURDIR)/.tools/bin:$$PATH" promtool test rules deploy/prometheus/pitr-alerts_test.yml
+
 vet:
 	$(GO) vet $(PKGS)
 
-test: tools lint
+test: tools lint obs-check
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) k8s-check
 	$(MAKE) race

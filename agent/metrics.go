@@ -5,6 +5,9 @@ import (
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/storage"
 )
 
 // Event kinds counted by pitr_agent_events_total.
@@ -185,4 +188,19 @@ func (m *metrics) countRow(row *cdcpb.Event_Row) {
 	}
 	m.events[k].Inc()
 	m.receivedBytes.Add(float64(len(row.Key) + len(row.Value) + len(row.OldValue)))
+}
+
+// RegisterMetrics registers the metrics an agent exports on reg: its own,
+// those of a task's flusher and the storage ones, as a running agent does
+// (the gauges read an agent with no tasks); for tools and tests that list
+// them.
+func RegisterMetrics(reg prometheus.Registerer) error {
+	if _, err := newMetrics(reg, &Agent{}); err != nil {
+		return err
+	}
+	if err := flush.RegisterMetrics(reg); err != nil {
+		return err
+	}
+	_, err := storage.NewMetricsSet(reg, storage.MetricsOptions{})
+	return err
 }

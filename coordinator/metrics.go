@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pitr-io/pitr/keyspace"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/storage"
 )
 
 // metrics of one coordinator. Per-task gauges are exported by the leader
@@ -25,6 +27,8 @@ type metrics struct {
 	uncovered    *prometheus.GaugeVec
 	staleReports *prometheus.GaugeVec
 	taskFailed   *prometheus.GaugeVec
+	taskPaused   *prometheus.GaugeVec
+	safePoint    *prometheus.GaugeVec
 
 	lockResolutions      *prometheus.CounterVec
 	lockResolutionErrors *prometheus.CounterVec
@@ -87,6 +91,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pitr_coordinator_task_failed",
 			Help: "1 for a task in the failed state, 0 for a live one.",
 		}, []string{"task"}),
+		taskPaused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pitr_coordinator_task_paused_seconds",
+			Help: "How long a paused task has been paused (0 for a task in another state).",
+		}, []string{"task"}),
+		safePoint: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pitr_coordinator_gc_safepoint_ts",
+			Help: "The PD service safepoint (TSO) the leader holds for the task; absent while none is held.",
+		}, []string{"task"}),
 		lockResolutions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pitr_coordinator_lock_resolutions_total",
 			Help: "Lock resolutions started on ranges whose checkpoint lagged more than resolve-locks-after, per task.",
@@ -105,7 +117,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"task", "start_key", "end_key"}),
 	}
 	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
-		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed,
+		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint,
 		m.lockResolutions, m.lockResolutionErrors, m.locksFound, m.lockResolutionLast} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -114,9 +126,44 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
+// RegisterMetrics registers a coordinator's metrics (its own and the
+// storage ones) on reg, as New does; for tools and tests that list them.
+func RegisterMetrics(reg prometheus.Registerer) error {
+	if _, err := newMetrics(reg); err != nil {
+		return err
+	}
+	_, err := storage.NewMetricsSet(reg, storage.MetricsOptions{})
+	return err
+}
+
+// setTaskState records whether a task is failed and how long it has been
+// paused (changedMs: unix ms of its last state change, 0 if unknown).
+func (m *metrics) setTaskState(name string, state pitrpb.TaskState, changedMs int64, now time.Time) {
+	failed, paused := 0.0, 0.0
+	switch state {
+	case pitrpb.TaskState_TASK_STATE_FAILED:
+		failed = 1
+	case pitrpb.TaskState_TASK_STATE_PAUSED:
+		if changedMs > 0 {
+			paused = max(0, now.Sub(time.UnixMilli(changedMs)).Seconds())
+		}
+	}
+	m.taskFailed.WithLabelValues(name).Set(failed)
+	m.taskPaused.WithLabelValues(name).Set(paused)
+}
+
+// setSafePoint records the service safepoint held for a task (0: none).
+func (m *metrics) setSafePoint(name string, sp uint64) {
+	if sp == 0 {
+		m.safePoint.DeleteLabelValues(name)
+		return
+	}
+	m.safePoint.WithLabelValues(name).Set(float64(sp))
+}
+
 // forget drops a task's series.
 func (m *metrics) forget(name string) {
-	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed} {
+	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint} {
 		v.DeleteLabelValues(name)
 	}
 	for _, v := range []*prometheus.CounterVec{m.lockResolutions, m.lockResolutionErrors, m.locksFound} {
@@ -134,7 +181,7 @@ func (m *metrics) setLastLockResolution(name string, r keyspace.Range, end time.
 
 // resetTasks drops every per-task series (the term ended).
 func (m *metrics) resetTasks() {
-	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.lockResolutionLast} {
+	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint, m.lockResolutionLast} {
 		v.Reset()
 	}
 	for _, v := range []*prometheus.CounterVec{m.lockResolutions, m.lockResolutionErrors, m.locksFound} {

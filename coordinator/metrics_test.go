@@ -5,9 +5,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+
+	pitrpb "github.com/pitr-io/pitr/proto"
 )
 
 // TestAlertRulesUseExportedMetrics: every pitr_coordinator_* series the
@@ -21,6 +25,10 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 	m.uncovered.WithLabelValues("t").Set(1)
 	m.staleReports.WithLabelValues("t").Set(1)
 	m.taskFailed.WithLabelValues("t").Set(1)
+	m.taskPaused.WithLabelValues("t").Set(1)
+	m.safePoint.WithLabelValues("t").Set(1)
+	m.snapshotTS.WithLabelValues("t").Set(1)
+	m.snapshots.WithLabelValues("ok").Inc()
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	exported := map[string]bool{}
@@ -38,4 +46,33 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 		"pitr_coordinator_is_leader", "pitr_coordinator_task_failed"} {
 		require.Contains(t, used, want)
 	}
+}
+
+// TestTaskStateMetrics: the paused and safepoint gauges follow the task.
+func TestTaskStateMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newMetrics(reg)
+	require.NoError(t, err)
+	now := time.UnixMilli(1_700_000_000_000)
+	paused := now.Add(-3 * time.Hour).UnixMilli()
+
+	m.setTaskState("p", pitrpb.TaskState_TASK_STATE_PAUSED, paused, now)
+	m.setTaskState("u", pitrpb.TaskState_TASK_STATE_PAUSED, 0, now) // change time unknown
+	m.setTaskState("r", pitrpb.TaskState_TASK_STATE_RUNNING, paused, now)
+	m.setTaskState("f", pitrpb.TaskState_TASK_STATE_FAILED, paused, now)
+	require.Equal(t, 3*time.Hour.Seconds(), testutil.ToFloat64(m.taskPaused.WithLabelValues("p")))
+	require.Zero(t, testutil.ToFloat64(m.taskPaused.WithLabelValues("u")))
+	require.Zero(t, testutil.ToFloat64(m.taskPaused.WithLabelValues("r")))
+	require.Zero(t, testutil.ToFloat64(m.taskPaused.WithLabelValues("f")))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.taskFailed.WithLabelValues("f")))
+	require.Zero(t, testutil.ToFloat64(m.taskFailed.WithLabelValues("p")))
+
+	m.setSafePoint("r", 42<<18)
+	require.Equal(t, float64(42<<18), testutil.ToFloat64(m.safePoint.WithLabelValues("r")))
+	m.setSafePoint("r", 0) // no longer held: the series goes
+	require.Zero(t, testutil.CollectAndCount(m.safePoint))
+
+	m.setSafePoint("r", 1)
+	m.forget("r")
+	require.Zero(t, testutil.CollectAndCount(m.safePoint))
 }

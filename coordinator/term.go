@@ -358,11 +358,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 	st.Checkpoint = cp
 	t.c.met.checkpoint.WithLabelValues(name).Set(float64(cp))
 	failed := rec.GetState() == pitrpb.TaskState_TASK_STATE_FAILED
-	if failed {
-		t.c.met.taskFailed.WithLabelValues(name).Set(1)
-	} else {
-		t.c.met.taskFailed.WithLabelValues(name).Set(0)
-	}
+	t.c.met.setTaskState(name, rec.GetState(), rec.GetUpdatedUnixMs(), now)
 
 	// The checkpoint in storage follows the one in etcd (in the
 	// background: a slow storage does not hold the tick).
@@ -400,6 +396,7 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		}
 	}
 
+	t.c.met.setSafePoint(name, st.SafePoint)
 	st.LastError = strings.Join(problems, "; ")
 	b, err := marshalStatus(st)
 	if err != nil {
@@ -497,7 +494,7 @@ func (t *term) failTask(ctx context.Context, ti *taskInfo, msg string, now time.
 	if err != nil {
 		return err
 	}
-	t.c.met.taskFailed.WithLabelValues(ti.name()).Set(1)
+	t.c.met.setTaskState(ti.name(), pitrpb.TaskState_TASK_STATE_FAILED, 0, now)
 	t.log.Error("task failed", "task", ti.name(), "error", msg)
 	return nil
 }

@@ -104,3 +104,10 @@ func (m *metrics) unregister() {
 		m.reg.Unregister(c)
 	}
 }
+
+// RegisterMetrics registers a Flusher's metrics on reg, as New does; for
+// tools and tests that list them.
+func RegisterMetrics(reg prometheus.Registerer) error {
+	_, err := newMetrics(reg)
+	return err
+}

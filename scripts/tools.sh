@@ -7,6 +7,7 @@
 #   .tools/bin/fake-gcs-server   GCS emulator   (go install)
 #   .tools/node_modules/.bin/azurite-blob   Azure Blob emulator (npm)
 #   .tools/node_modules/@duckdb/node-api    DuckDB for Node (npm; used by other engineers)
+#   .tools/bin/promtool          alert rule checks (symlink; apt prometheus)
 #
 # Environment:
 #   PITR_TOOLS_FORCE=1   reinstall even when present
@@ -96,6 +97,28 @@ elif [[ -n "${CI:-}" ]]; then
 	exit 1
 else
 	log "protoc: not installed (apt-get install protobuf-compiler); the proto staleness test will skip"
+fi
+
+# promtool checks and unit-tests deploy/prometheus (make obs-check). It
+# comes from PATH, else from Debian's prometheus package (/usr/bin/promtool).
+if [[ -n "$FORCE" || ! -x "$BIN/promtool" ]]; then
+	if ! command -v promtool >/dev/null; then
+		if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+			log "promtool: apt-get install prometheus"
+			export DEBIAN_FRONTEND=noninteractive
+			apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
+				{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } ||
+				{ log "promtool: apt-get install prometheus failed"; exit 1; }
+		else
+			log "promtool: not on PATH and cannot apt-get install prometheus (not root); install promtool"
+			exit 1
+		fi
+	fi
+	ln -sf "$(command -v promtool)" "$BIN/promtool"
+	[[ -x "$BIN/promtool" ]] || { log "promtool: $BIN/promtool is not executable"; exit 1; }
+	log "promtool: linked $BIN/promtool -> $(command -v promtool)"
+else
+	log "promtool: already at $BIN/promtool, skipping"
 fi
 
 log "done: $(ls "$BIN" | tr '\n' ' ')"
