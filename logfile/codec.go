@@ -49,6 +49,7 @@ const (
 	kindSnapLock   = byte(pitrpb.ObjectKind_OBJECT_KIND_SNAPSHOT_LOCK)
 	kindSnapRange  = byte(pitrpb.ObjectKind_OBJECT_KIND_SNAPSHOT_RANGE)
 	kindBackupMeta = byte(pitrpb.ObjectKind_OBJECT_KIND_BACKUP_META)
+	kindTruncation = byte(pitrpb.ObjectKind_OBJECT_KIND_TRUNCATION)
 )
 
 // Frame field tags (field number << 3 | wire type) of pitrpb.Frame, as
@@ -295,6 +296,16 @@ func DecodeBackupMeta(b []byte) (*pitrpb.BackupMeta, error) {
 		}
 	}
 	return m, err
+}
+
+// EncodeTruncation returns the bytes of a task root's truncation record.
+func EncodeTruncation(m *pitrpb.Truncation) ([]byte, error) {
+	return encode(kindTruncation, m, func(c *pitrpb.Truncation) { c.FormatVersion = FormatVersion })
+}
+
+// DecodeTruncation verifies and parses a task root's truncation record.
+func DecodeTruncation(b []byte) (*pitrpb.Truncation, error) {
+	return decodeV2("truncation", kindTruncation, b, &pitrpb.Truncation{})
 }
 
 // decodeV2 is decode for objects that were never written as version 1.

@@ -16,6 +16,7 @@ const (
 	LockPath        = "pitr.lock"         // owner of the root (Lock)
 	TaskPath        = "task.pb"           // the task as started (TaskInfo)
 	CheckpointPath  = "checkpoint/global" // latest global checkpoint (GlobalCheckpoint)
+	TruncationPath  = "truncated"         // start of the restorable range after pitr truncate (Truncation)
 	MetaPrefix      = "meta/"             // one Meta per store per flush: the commit point
 	LogPrefix       = "log/"              // immutable data files
 	CompactedPrefix = "compacted/"        // merge outputs

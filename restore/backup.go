@@ -41,6 +41,10 @@ type Backup struct {
 	Metas []MetaFile
 	// Coverage is the metas' coverage, merged (logfile.CoverageReader).
 	Coverage []logfile.Cover
+	// Truncation is the truncation record (pitr truncate), nil when the
+	// log was never truncated; TruncatedTo its until_ts.
+	Truncation  *pitrpb.Truncation
+	TruncatedTo uint64
 }
 
 // MetaFile is one meta and where it was read from.
@@ -105,6 +109,21 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 			return nil, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, logfile.CheckpointPath, t, name)
 		}
 		b.Checkpoint = max(cp.GetTs(), b.Checkpoint)
+	}
+
+	trBytes, err := src.Get(ctx, logfile.TruncationPath)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("read %s: %w", logfile.TruncationPath, err)
+	default:
+		if b.Truncation, err = logfile.DecodeTruncation(trBytes); err != nil {
+			return nil, objectError(logfile.TruncationPath, err)
+		}
+		if t := b.Truncation.GetTask(); t != "" && t != name {
+			return nil, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, logfile.TruncationPath, t, name)
+		}
+		b.TruncatedTo = b.Truncation.GetUntilTs()
 	}
 
 	var paths []string

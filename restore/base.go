@@ -81,7 +81,7 @@ func covers(have, want []keyspace.Range) bool {
 //     naming [first B, checkpoint];
 //   - none at all: ErrNoBase, saying how to take one.
 func chooseBase(in PlanInput, ranges []keyspace.Range) (*Base, error) {
-	task, t, start := in.Task, in.RestoreTS, in.Task.GetStartTs()
+	task, t, start := in.Task, in.RestoreTS, in.start()
 	check := func(s snapshot.Info) error {
 		m := s.Meta
 		where := strings.TrimSuffix(in.SnapshotURL, "/") + "/" + s.Root
@@ -141,16 +141,27 @@ func chooseBase(in PlanInput, ranges []keyspace.Range) (*Base, error) {
 		}
 		return base(s), nil
 	}
-	if task.GetStartedEmpty() {
+	if in.startedEmpty() {
 		return nil, nil
+	}
+	if in.TruncatedTo > 0 && first == nil {
+		msg := fmt.Sprintf("the log of task %q before %s was truncated, and no usable snapshot at or after it remains", task.GetName(), keyspace.Format(in.TruncatedTo))
+		if skipped != nil {
+			msg += fmt.Sprintf(" (%v)", skipped)
+		}
+		return nil, fmt.Errorf("%w: %s", ErrNoBase, msg)
 	}
 	if first != nil && first.BackupTS > in.Checkpoint {
 		return nil, fmt.Errorf("%w: task %q did not start on empty ranges and its first snapshot, at %s, is after the global checkpoint %s: nothing is restorable until the checkpoint passes it",
 			ErrOutOfRange, task.GetName(), keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
 	}
 	if first != nil {
-		return nil, fmt.Errorf("%w: %s is before the task's first snapshot; task %q did not start on empty ranges, so its restorable range is [%s, %s]",
-			ErrOutOfRange, keyspace.Format(t), task.GetName(), keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
+		why := "did not start on empty ranges"
+		if in.TruncatedTo > 0 {
+			why = "was truncated to " + keyspace.Format(in.TruncatedTo)
+		}
+		return nil, fmt.Errorf("%w: %s is before the task's first snapshot; task %q %s, so its restorable range is [%s, %s]",
+			ErrOutOfRange, keyspace.Format(t), task.GetName(), why, keyspace.Format(first.BackupTS), keyspace.Format(in.Checkpoint))
 	}
 	msg := fmt.Sprintf("task %q did not start on empty ranges, so the log alone cannot rebuild the data that existed at its start ts %s, and it has no snapshot backup to start from: take one with `pitr backup full --storage URL --pd ADDRS`",
 		task.GetName(), keyspace.Format(start))

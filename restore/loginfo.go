@@ -47,6 +47,9 @@ type LogInfo struct {
 	More  bool       `json:"more_holes"`
 	// Compacted counts the compacted metas (none before pitr compact).
 	Compacted int `json:"compacted_metas"`
+	// TruncatedTo is where pitr truncate moved the restorable range's
+	// start (0: never truncated).
+	TruncatedTo uint64 `json:"truncated_to"`
 }
 
 // SnapshotInfo is one snapshot under the task root.
@@ -141,7 +144,8 @@ func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInf
 	if err != nil {
 		return nil, err
 	}
-	if li.StartedEmpty {
+	li.TruncatedTo = b.TruncatedTo
+	if li.StartedEmpty && b.TruncatedTo == 0 {
 		li.Restorable = li.StartTS
 	}
 	for _, s := range snaps {
@@ -150,8 +154,8 @@ func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInf
 			si.Files++
 			si.Bytes += f.GetSize()
 		}
-		if s.Finished() && s.BackupTS >= li.StartTS && s.BackupTS <= li.Checkpoint {
-			base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, RestoreTS: s.BackupTS, Snapshots: snaps, SnapshotURL: b.URL}, li.Ranges)
+		if s.Finished() && s.BackupTS >= max(li.StartTS, b.TruncatedTo) && s.BackupTS <= li.Checkpoint {
+			base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, TruncatedTo: b.TruncatedTo, RestoreTS: s.BackupTS, Snapshots: snaps, SnapshotURL: b.URL}, li.Ranges)
 			si.Usable = err == nil && base != nil && base.BackupTS == s.BackupTS
 		}
 		if si.Usable && li.Restorable == 0 {
@@ -159,7 +163,7 @@ func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInf
 		}
 		li.Snapshots = append(li.Snapshots, si)
 	}
-	holes := findHoles(li.Ranges, coverageRects(b.Coverage), li.StartTS, li.Checkpoint, maxHoles+1)
+	holes := findHoles(li.Ranges, coverageRects(b.Coverage), max(li.StartTS, b.TruncatedTo), li.Checkpoint, maxHoles+1)
 	if len(holes) > maxHoles {
 		holes, li.More = holes[:maxHoles], true
 	}
@@ -175,6 +179,9 @@ func (li *LogInfo) Print(w io.Writer) error {
 	fmt.Fprintf(tw, "Task:\t%s\n", li.Task)
 	fmt.Fprintf(tw, "Start ts:\t%s\n", keyspace.Format(li.StartTS))
 	fmt.Fprintf(tw, "Checkpoint:\t%s\n", keyspace.Format(li.Checkpoint))
+	if li.TruncatedTo > 0 {
+		fmt.Fprintf(tw, "Truncated:\tbefore %s\n", keyspace.Format(li.TruncatedTo))
+	}
 	switch {
 	case li.Restorable == 0:
 		fmt.Fprintf(tw, "Restorable:\tnothing yet: the task started on data and has no usable snapshot (pitr backup full)\n")

@@ -23,6 +23,9 @@ type PlanInput struct {
 	// Coverage is the metas' coverage (Backup.Coverage); nil: taken from
 	// Metas (CoverageOf).
 	Coverage []logfile.Cover
+	// TruncatedTo is Backup.TruncatedTo: the restorable range starts
+	// there, and a restore needs a base at or after it.
+	TruncatedTo uint64
 	// RestoreTS is T: the restored cluster reads at T as the source did.
 	RestoreTS uint64
 	// Snapshots are the candidate bases: the task root's snapshots
@@ -32,6 +35,14 @@ type PlanInput struct {
 	// SnapshotURL is where Snapshots were read (for messages).
 	SnapshotURL string
 }
+
+// start is where the restorable range can begin: the task's start ts, or
+// the truncation point when the log before it was removed.
+func (in PlanInput) start() uint64 { return max(in.Task.GetStartTs(), in.TruncatedTo) }
+
+// startedEmpty reports whether the log alone, from start, rebuilds the
+// ranges: the task started on empty ranges and nothing was truncated.
+func (in PlanInput) startedEmpty() bool { return in.Task.GetStartedEmpty() && in.TruncatedTo == 0 }
 
 // FileRef is one data file a plan reads, and the meta that references it.
 type FileRef struct {
@@ -91,7 +102,7 @@ type Plan struct {
 //     bounds overlap); the log files' rows at or before B that survive
 //     this are dropped when read (fileIter).
 func NewPlan(in PlanInput) (*Plan, error) {
-	t, start, cp := in.RestoreTS, in.Task.GetStartTs(), in.Checkpoint
+	t, start, cp := in.RestoreTS, in.start(), in.Checkpoint
 	if t < start || t > cp {
 		return nil, fmt.Errorf("%w: %s is outside the restorable range; restorable range is [%s, %s]",
 			ErrOutOfRange, keyspace.Format(t), keyspace.Format(start), keyspace.Format(cp))

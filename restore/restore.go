@@ -143,7 +143,7 @@ func loadPlan(ctx context.Context, src, snap Source, ts uint64) (*Backup, *Plan,
 	if snap != nil {
 		url = snap.URL()
 	}
-	p, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, Coverage: b.Coverage, RestoreTS: ts,
+	p, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, Coverage: b.Coverage, TruncatedTo: b.TruncatedTo, RestoreTS: ts,
 		Snapshots: snaps, Explicit: explicit, SnapshotURL: url})
 	return b, p, err
 }

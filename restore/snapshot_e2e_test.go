@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,6 +36,7 @@ func snapshotTask(t *testing.T, s *sourceFixture) (b *testBackup, S, B uint64) {
 	B = s.start + (last-s.start)/2
 	mid := S + (B-S)/2
 	b = newTestBackup(t, &pitrpb.TaskInfo{Name: "snap-e2e", StartTs: S, ClusterId: s.src.Cluster.ID()})
+	b.keyframeEvery = 1 // the early flush is a chain of its own, which truncate removes
 	var early, late []logfile.Row
 	for _, r := range s.hist {
 		switch {
@@ -132,6 +134,29 @@ func TestRestoreFromSnapshot(t *testing.T) {
 		now, err := cli.CurrentTimestamp("global")
 		require.NoError(t, err)
 		require.Empty(t, scanAt(t, cli, now), "the target stays empty")
+	})
+
+	t.Run("after truncate", func(t *testing.T) {
+		_, st := b.copyTo(t)
+		res, err := Truncate(ctx, st, s.cp, TruncateOptions{})
+		require.NoError(t, err)
+		require.Equal(t, B, res.UntilTS, "the newest snapshot at or before the checkpoint is kept")
+		require.Equal(t, 1, res.Metas, "the flush before B")
+		_, err = PlanRestore(ctx, st, B-1, nil)
+		require.ErrorIs(t, err, ErrOutOfRange)
+		require.Contains(t, err.Error(), "restorable range is ["+fmt.Sprint(B))
+		rng := rand.New(rand.NewSource(int64(B)))
+		for i := 0; i < 5; i++ {
+			T := B + uint64(rng.Int63n(int64(s.cp-B)+1))
+			tgt, cli := startTarget(t, ctx)
+			o := opts(T, tgt.PDAddr())
+			o.Source = st
+			_, err := Run(ctx, o)
+			require.NoError(t, err)
+			now, err := cli.CurrentTimestamp("global")
+			require.NoError(t, err)
+			requireSame(t, s.hist.at(T), scanAt(t, cli, now), fmt.Sprintf("restored to B+%d after truncate", T-B))
+		}
 	})
 
 	t.Run("checksum mismatch", func(t *testing.T) {

@@ -86,7 +86,7 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 	if err != nil {
 		return nil, err
 	}
-	start, cp := b.Task.GetStartTs(), b.Checkpoint
+	start, cp := max(b.Task.GetStartTs(), b.TruncatedTo), b.Checkpoint
 	to := o.RestoreTS
 	if to == 0 {
 		to = cp
@@ -115,7 +115,7 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 	if o.Snapshot != nil {
 		url = o.Snapshot.URL()
 	}
-	base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: cp, RestoreTS: to, Snapshots: snaps, Explicit: explicit, SnapshotURL: url}, res.Ranges)
+	base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: cp, TruncatedTo: b.TruncatedTo, RestoreTS: to, Snapshots: snaps, Explicit: explicit, SnapshotURL: url}, res.Ranges)
 	if err != nil {
 		return nil, err
 	}
@@ -137,6 +137,11 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 	seen := map[string]bool{}
 	for _, m := range b.Metas {
 		for _, f := range m.Meta.GetFiles() {
+			// pitr truncate deletes the files whose every change is at or
+			// before its point first: no restore reads them.
+			if b.TruncatedTo > 0 && f.GetMaxCommitTs() <= b.TruncatedTo {
+				continue
+			}
 			if !seen[f.GetPath()] {
 				seen[f.GetPath()] = true
 				files = append(files, FileRef{Meta: m.Path, File: f})

@@ -26,7 +26,7 @@ func TestHelpListsContract(t *testing.T) {
 		"pitr task status [NAME] [--json] | pause NAME | resume NAME | stop NAME",
 		"pitr restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]",
 		"pitr verify --storage URL [--to TS]", "pitr backup full --storage URL --pd ADDRS",
-		"pitr compact --storage URL | pitr truncate --storage URL --until TS",
+		"pitr log --storage URL", "pitr truncate --storage URL --until TS [--dry-run]", "pitr compact --storage URL",
 	} {
 		require.Contains(t, out, want)
 	}

@@ -301,3 +301,31 @@ func TestLogCLI(t *testing.T) {
 		require.Contains(t, err.Error(), tc.msg)
 	}
 }
+
+// TestTruncateCLI: pitr truncate's refusals are one line with their exit
+// status, and the root is untouched by them.
+func TestTruncateCLI(t *testing.T) {
+	url, start, cp, _ := cliBackup(t)
+	ts := func(v uint64) string { return strconv.FormatUint(v, 10) }
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"truncate", "--until", "1"}, cli.ExitUsage, "--storage is required"},
+		{[]string{"truncate", "--storage", url}, cli.ExitUsage, "--until is required"},
+		{[]string{"truncate", "--storage", url, "--until", "soon"}, cli.ExitUsage, "--until"},
+		{[]string{"truncate", "--storage", url, "--until", ts(cp + 1)}, cli.ExitOutOfRange, "past the global checkpoint"},
+		{[]string{"truncate", "--storage", url, "--until", ts(start + 150)}, cli.ExitNoBase, "no usable snapshot at or before"},
+		{[]string{"truncate", "--storage", url, "--until", ts(start + 150), "--dry-run"}, cli.ExitNoBase, "pitr backup full"},
+	} {
+		_, err := run(tc.args...)
+		require.Error(t, err, "%v", tc.args)
+		require.Equal(t, tc.code, cli.Code(err), "%v", err)
+		require.Contains(t, err.Error(), tc.msg)
+		require.False(t, strings.Contains(err.Error(), "\n"), "one line: %q", err.Error())
+	}
+	out, err := run("verify", "--storage", url, "--no-progress")
+	require.NoError(t, err)
+	require.Contains(t, out, "2 metas, 2 files")
+}

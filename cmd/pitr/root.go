@@ -29,7 +29,8 @@ Commands:
   pitr backup full --storage URL --pd ADDRS [--ts TS] [--range START:END]
   pitr backup status --storage URL [--json]
   pitr log --storage URL [--window 1h] [--json]
-  pitr compact --storage URL | pitr truncate --storage URL --until TS
+  pitr truncate --storage URL --until TS [--dry-run]
+  pitr compact --storage URL
 
 The playground and the demo are a separate binary, pitr-playground:
   pitr-playground demo                       embedded playground + agents + coordinator + workload + restore + check
@@ -43,7 +44,8 @@ Exit status:
   4  conflict with existing state (storage root owned by another task or
      cluster, task name taken, wrong task state, start or backup ts
      already GC'd, a snapshot root holding another backup)
-  10 restore point outside the restorable range (the message names it)
+  10 restore or truncate point outside the restorable range (the message
+     names it)
   11 corrupt backup: a file's size or sha256, or a meta, is wrong, or a
      checksum does not match (a snapshot range, a restored range)
   12 incomplete backup: a referenced file is missing, or the log has a hole
@@ -51,7 +53,8 @@ Exit status:
   14 the restore target holds data in the task ranges
   15 the backup was written by a newer pitr
   16 the restore needs a base snapshot and the backup has none
-     (pitr backup full, or task start --with-snapshot)
+     (pitr backup full, or task start --with-snapshot), or truncate
+     finds no usable snapshot at or before its point
   restore errors say whether anything was written to the target; after a
   write began, rerun the same command to resume (the progress file)`
 
@@ -145,14 +148,3 @@ func newCompactCmd() *cobra.Command {
 	return c
 }
 
-func newTruncateCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "truncate --storage URL --until TS",
-		Short: "Delete log data no longer needed to restore to any point after TS",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("the retention issue (not filed yet)"),
-	}
-	c.Flags().String("storage", "", "storage URL")
-	c.Flags().String("until", "", "timestamp (TSO or RFC3339)")
-	return c
-}
