@@ -147,4 +147,3 @@ func newCompactCmd() *cobra.Command {
 	c.Flags().String("storage", "", "storage URL")
 	return c
 }
-
