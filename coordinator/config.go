@@ -29,6 +29,8 @@ const (
 	// before they resolve the locks that hold a range back: far above a
 	// healthy lag (flush interval + tick), below what blocks GC for long.
 	DefaultResolveLocksAfter = 60 * time.Second
+	// DefaultRetentionInterval: how often the retention policy runs.
+	DefaultRetentionInterval = time.Hour
 )
 
 // Config configures a Coordinator. Zero fields take the defaults above; New
@@ -73,6 +75,14 @@ type Config struct {
 	// when its newest one is older than this, so that a restore never
 	// replays more than about this much log. 0 turns it off.
 	SnapshotInterval time.Duration
+	// Keep: the leader truncates each task's log (restore.Truncate) to
+	// now − Keep every RetentionInterval, keeping the newest snapshot
+	// before that point and the log after it; 0 keeps everything.
+	// KeepSnapshots > 0 never truncates past the KeepSnapshots-th newest
+	// finished snapshot (and nothing while there are fewer).
+	Keep              time.Duration
+	KeepSnapshots     int
+	RetentionInterval time.Duration
 	// KV is the client-go store of scheduled snapshots (nil: New makes
 	// one on PDAddrs when SnapshotInterval is set).
 	KV *tikv.KVStore
@@ -118,6 +128,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.RetentionInterval == 0 {
+		c.RetentionInterval = DefaultRetentionInterval
 	}
 	if c.ResolveLocksAfter == 0 {
 		c.ResolveLocksAfter = DefaultResolveLocksAfter

@@ -19,16 +19,19 @@ type metrics struct {
 	tickErrors   prometheus.Counter
 	snapshots    *prometheus.CounterVec
 	snapshotTS   *prometheus.GaugeVec
-	terms        prometheus.Counter
-	agentsUp     prometheus.Gauge
-	agentsReg    prometheus.Gauge
-	lag          *prometheus.GaugeVec
-	checkpoint   *prometheus.GaugeVec
-	uncovered    *prometheus.GaugeVec
-	staleReports *prometheus.GaugeVec
-	taskFailed   *prometheus.GaugeVec
-	taskPaused   *prometheus.GaugeVec
-	safePoint    *prometheus.GaugeVec
+	// retention (retention.go)
+	truncations    *prometheus.CounterVec
+	restorableFrom *prometheus.GaugeVec
+	terms          prometheus.Counter
+	agentsUp       prometheus.Gauge
+	agentsReg      prometheus.Gauge
+	lag            *prometheus.GaugeVec
+	checkpoint     *prometheus.GaugeVec
+	uncovered      *prometheus.GaugeVec
+	staleReports   *prometheus.GaugeVec
+	taskFailed     *prometheus.GaugeVec
+	taskPaused     *prometheus.GaugeVec
+	safePoint      *prometheus.GaugeVec
 
 	lockResolutions      *prometheus.CounterVec
 	lockResolutionErrors *prometheus.CounterVec
@@ -54,6 +57,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		snapshotTS: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pitr_coordinator_snapshot_backup_time_seconds",
 			Help: "Backup time (unix seconds of its ts) of each task's newest snapshot known to the leader.",
+		}, []string{"task"}),
+		truncations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_coordinator_truncations_total",
+			Help: "Retention runs of the leader (pitr truncate to now - keep), by result (ok, nothing, error, cancelled).",
+		}, []string{"result"}),
+		restorableFrom: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pitr_coordinator_restorable_from_seconds",
+			Help: "Start of each task's restorable range (unix seconds) after the leader's last retention run.",
 		}, []string{"task"}),
 		tickErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pitr_coordinator_tick_errors_total",
@@ -116,7 +127,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Unix time the task's last lock resolution ended, labelled with its range (hex raw keys; one series per task).",
 		}, []string{"task", "start_key", "end_key"}),
 	}
-	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
+	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.truncations, m.restorableFrom, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
 		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint,
 		m.lockResolutions, m.lockResolutionErrors, m.locksFound, m.lockResolutionLast} {
 		if err := reg.Register(c); err != nil {

@@ -47,6 +47,7 @@ type term struct {
 	rescanAt map[string]time.Time
 
 	snaps *snapshots // scheduled snapshot backups (snapshots.go)
+	keep  *retention // the retention policy (retention.go)
 }
 
 // heldSafePoint is one UpdateServiceGCSafePoint this term made.
@@ -102,6 +103,7 @@ func (t *term) tickTimeout() time.Duration {
 func (t *term) run(ctx context.Context) error {
 	sctx, scancel := context.WithCancel(context.Background())
 	t.snaps = newSnapshots(t, sctx)
+	t.keep = newRetention(t, sctx)
 	defer t.close()
 	go func() {
 		select {
@@ -263,6 +265,9 @@ func (t *term) tick(ctx context.Context) error {
 		}
 		if t.snaps != nil {
 			t.snaps.maybe(ti.rec, now)
+		}
+		if t.keep != nil {
+			t.keep.maybe(ti.rec, now)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("task %s: %w", ti.name(), err))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,8 +46,18 @@ type agentFile struct {
 
 type duration struct{ time.Duration }
 
+// UnmarshalText takes a Go duration, or a whole number of days ("7d").
 func (d *duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
+	s := string(b)
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 {
+			return fmt.Errorf("duration %q: want a whole number of days like 7d, or a Go duration like 36h", s)
+		}
+		d.Duration = time.Duration(days) * 24 * time.Hour
+		return nil
+	}
+	v, err := time.ParseDuration(s)
 	if err != nil {
 		return err
 	}

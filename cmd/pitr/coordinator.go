@@ -34,6 +34,13 @@ type coordinatorFile struct {
 	// SnapshotInterval: take a snapshot backup of each running task when
 	// its newest one is older than this ("0s", the default: off).
 	SnapshotInterval duration `toml:"snapshot-interval"`
+	// Keep, KeepSnapshots, RetentionInterval: the retention policy
+	// (coordinator.Config): truncate each task's log to now − keep ("7d";
+	// "0s", the default: keep everything), never past the keep-snapshots-th
+	// newest snapshot, every retention-interval ("1h").
+	Keep              duration `toml:"keep"`
+	KeepSnapshots     int      `toml:"keep-snapshots"`
+	RetentionInterval duration `toml:"retention-interval"`
 	// Security: TLS to the cluster and to the agents.
 	Security securityFile `toml:"security"`
 }
@@ -106,6 +113,10 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		cfg.SnapshotInterval = file.SnapshotInterval.Duration
 		if cfg.SnapshotInterval < 0 {
 			return cli.Usagef("--config %s: snapshot-interval must not be negative", o.configPath)
+		}
+		cfg.Keep, cfg.KeepSnapshots, cfg.RetentionInterval = file.Keep.Duration, file.KeepSnapshots, file.RetentionInterval.Duration
+		if cfg.Keep < 0 || cfg.KeepSnapshots < 0 || cfg.RetentionInterval < 0 {
+			return cli.Usagef("--config %s: keep, keep-snapshots and retention-interval must not be negative", o.configPath)
 		}
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel

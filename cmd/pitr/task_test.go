@@ -102,6 +102,11 @@ connect-timeout = "20s"
 	o = coordinatorOptions{configPath: filepath.Join("..", "..", "deploy", "coordinator.toml"), logLevel: "info"}
 	require.NoError(t, loadCoordinatorOptions(&o, func(string) bool { return false }, "", coordinator.DefaultHTTPAddr, "", time.Second, time.Hour))
 	require.NotEmpty(t, o.cfg.PDAddrs)
+	require.Equal(t, 7*24*time.Hour, o.cfg.Keep, `keep = "7d"`)
+	require.Equal(t, 2, o.cfg.KeepSnapshots)
+	require.Equal(t, time.Hour, o.cfg.RetentionInterval)
+	var d duration
+	require.Error(t, d.UnmarshalText([]byte("1.5d")))
 	ao := agentOptions{configPath: filepath.Join("..", "..", "deploy", "agent.toml"), logLevel: "info"}
 	require.NoError(t, loadAgentOptions(&ao, func(string) bool { return false }, "", "", "", "127.0.0.1:0", "-"))
 	require.Equal(t, "/var/lib/pitr-agent", ao.cfg.DataDir)

@@ -1,0 +1,116 @@
+package coordinator
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/logfile"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/snapshot"
+	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/testkit/metasim"
+)
+
+// retentionRoot is a task root of two hours of 1-minute flushes of 3
+// stores (chains of 30 metas) from metasim, with finished snapshots at 1h30
+// and 1h54 after its start.
+func retentionRoot(t *testing.T) (url string, sim *metasim.Result, snaps []uint64) {
+	t.Helper()
+	ctx := context.Background()
+	url = "file://" + filepath.Join(t.TempDir(), "root")
+	st, err := storage.Open(ctx, url)
+	require.NoError(t, err)
+	defer st.Close()
+	sim, err = metasim.Write(ctx, st, metasim.Options{Task: "keep", Regions: 30, Flushes: 120, Interval: time.Minute, KeyframeEvery: 30})
+	require.NoError(t, err)
+	for _, m := range []int64{90, 114} {
+		ts := sim.Start + uint64(m*60_000)<<keyspace.LogicalBits
+		all := &pitrpb.KeyRange{}
+		b, err := logfile.EncodeBackupMeta(&pitrpb.BackupMeta{BackupTs: ts, Task: "keep", Ranges: []*pitrpb.KeyRange{all},
+			Checksums: []*pitrpb.RangeChecksum{{Range: all}}})
+		require.NoError(t, err)
+		require.NoError(t, st.Put(ctx, snapshot.TaskRoot(ts)+snapshot.MetaName, b))
+		snaps = append(snaps, ts)
+	}
+	return url, sim, snaps
+}
+
+func retentionTerm(t *testing.T, cfg Config) (*term, *metrics) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	met, err := newMetrics(reg)
+	require.NoError(t, err)
+	storMet, err := storage.NewMetricsSet(reg, storage.MetricsOptions{})
+	require.NoError(t, err)
+	cfg.SetDefaults()
+	return &term{c: &Coordinator{cfg: cfg, met: met, storMet: storMet}, log: hclog.NewNullLogger()}, met
+}
+
+// TestRetention: the policy truncates to now − keep, but never past the
+// keep-snapshots-th newest snapshot, and does nothing while there are
+// fewer, or when no snapshot is old enough; truncate itself keeps the
+// newest snapshot at or before that point and the log after it.
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	url, sim, snaps := retentionRoot(t)
+	now := keyspace.Time(sim.Checkpoint)
+	rec := &pitrpb.TaskRecord{Info: &pitrpb.TaskInfo{Name: "keep"}, StorageUrl: url, State: pitrpb.TaskState_TASK_STATE_RUNNING}
+	run := func(keep time.Duration, n int) *restore.TruncateResult {
+		tm, _ := retentionTerm(t, Config{Keep: keep, KeepSnapshots: n})
+		r := newRetention(tm, ctx)
+		res, err := r.run(rec, now)
+		require.NoError(t, err)
+		return res
+	}
+	require.Nil(t, run(10*time.Minute, 3), "three snapshots kept, and there are two")
+	require.Nil(t, run(time.Hour, 0), "no snapshot an hour old: nothing may go")
+
+	res := run(time.Minute, 2)
+	require.NotNil(t, res)
+	require.Equal(t, snaps[0], res.UntilTS, "the second newest snapshot bounds it")
+	require.Equal(t, 3*3*30, res.Metas, "the chains of 30 one-minute flushes ending by 1h30: three a store")
+	require.Empty(t, res.Snapshots)
+
+	res = run(time.Minute, 1)
+	require.Equal(t, snaps[1], res.UntilTS)
+	require.Equal(t, []string{snapshot.TaskRoot(snaps[0])}, res.Snapshots)
+	st, err := storage.Open(ctx, url)
+	require.NoError(t, err)
+	defer st.Close()
+	b, err := restore.Load(ctx, st)
+	require.NoError(t, err)
+	require.Equal(t, snaps[1], b.TruncatedTo)
+	_, err = restore.PlanRestore(ctx, st, snaps[1]-1, nil)
+	require.ErrorIs(t, err, restore.ErrOutOfRange)
+}
+
+// TestRetentionSchedule: maybe runs a due task once in the background,
+// counts the result and waits RetentionInterval before the next run;
+// stopped tasks and a zero keep are left alone.
+func TestRetentionSchedule(t *testing.T) {
+	url, sim, _ := retentionRoot(t)
+	tm, met := retentionTerm(t, Config{Keep: time.Minute, KeepSnapshots: 1, RetentionInterval: time.Hour})
+	r := newRetention(tm, context.Background())
+	rec := &pitrpb.TaskRecord{Info: &pitrpb.TaskInfo{Name: "keep"}, StorageUrl: url, State: pitrpb.TaskState_TASK_STATE_STOPPED}
+	now := keyspace.Time(sim.Checkpoint)
+	r.maybe(rec, now)
+	tm.wg.Wait()
+	require.Zero(t, testutil.CollectAndCount(met.truncations))
+	rec.State = pitrpb.TaskState_TASK_STATE_PAUSED
+	r.maybe(rec, now)
+	tm.wg.Wait()
+	require.Equal(t, 1.0, testutil.ToFloat64(met.truncations.WithLabelValues("ok")))
+	r.maybe(rec, now) // not due for an hour
+	tm.wg.Wait()
+	require.Equal(t, 1.0, testutil.ToFloat64(met.truncations.WithLabelValues("ok")))
+	require.Positive(t, testutil.ToFloat64(met.restorableFrom.WithLabelValues("keep")))
+}
