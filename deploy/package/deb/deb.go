@@ -32,14 +32,15 @@ type Options struct {
 }
 
 // Version turns a git describe string into a Debian version: no leading
-// "v", "-" (Debian's revision separator) becomes "+", and a bare commit
-// hash (no tag yet) sorts below every release as 0~git<hash>.
+// "v", "-" (Debian's revision separator) becomes "+", and anything that
+// is not a dotted release (a bare commit hash: no tag yet) sorts below
+// every release as 0~git<hash>.
 func Version(v string) string {
 	v = strings.TrimPrefix(strings.TrimSpace(v), "v")
-	if v == "" {
-		v = "0~dev"
+	if v == "" || v == "dev" {
+		return "0~dev"
 	}
-	if v[0] < '0' || v[0] > '9' {
+	if v[0] < '0' || v[0] > '9' || !strings.Contains(v, ".") {
 		v = "0~git" + v
 	}
 	return strings.ReplaceAll(v, "-", "+")

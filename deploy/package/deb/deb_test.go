@@ -17,7 +17,7 @@ func TestVersion(t *testing.T) {
 	for _, tc := range []struct{ name, in, want string }{
 		{"tag", "v1.2.3", "1.2.3"},
 		{"after tag", "v1.2.3-4-gabcdef0-dirty", "1.2.3+4+gabcdef0+dirty"},
-		{"no tag yet", "5a13187", "5a13187"},
+		{"no tag yet", "5a13187", "0~git5a13187"},
 		{"hash starting with a letter", "abc1234-dirty", "0~gitabc1234+dirty"},
 		{"empty", "", "0~dev"},
 	} {
