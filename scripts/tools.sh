@@ -8,6 +8,8 @@
 #   .tools/node_modules/.bin/azurite-blob   Azure Blob emulator (npm)
 #   .tools/node_modules/@duckdb/node-api    DuckDB for Node (npm; used by other engineers)
 #   .tools/bin/promtool          alert rule checks (symlink; apt prometheus)
+
+#   dpkg-deb, systemd-analyze   packaging checks (apt-get, as root, when missing)
 #
 # Environment:
 #   PITR_TOOLS_FORCE=1   reinstall even when present
@@ -120,5 +122,27 @@ if [[ -n "$FORCE" || ! -x "$BIN/promtool" ]]; then
 else
 	log "promtool: already at $BIN/promtool, skipping"
 fi
+
+# The packaging tests (deploy/package, make package-check) read the .deb
+# back with dpkg-deb and check the units with systemd-analyze verify. Debian
+# has dpkg everywhere; systemd is missing from minimal and container
+# installs. Without them make test cannot pass, so this fails when it
+# cannot install them.
+apt_tool() { # command package
+	local cmd="$1" pkg="$2"
+	if command -v "$cmd" >/dev/null; then
+		log "$cmd: $(command -v "$cmd"), skipping"
+	elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+		log "$cmd: apt-get install $pkg"
+		apt-get update -qq >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+		command -v "$cmd" >/dev/null || { log "$cmd: $pkg installed but $cmd is missing"; exit 1; }
+	else
+		log "$cmd: not installed and cannot apt-get install $pkg (not root, or no apt-get)"
+		exit 1
+	fi
+}
+apt_tool dpkg-deb dpkg
+apt_tool systemd-analyze systemd
 
 log "done: $(ls "$BIN" | tr '\n' ' ')"

@@ -82,3 +82,18 @@ func TestTimesPeopleType(t *testing.T) {
 		require.NotContains(t, err.Error(), "\n")
 	}
 }
+
+// TestVersion: --version prints the version make package links in
+// (-X main.version), and "dev" in a plain go build.
+func TestVersion(t *testing.T) {
+	out, err := run("--version")
+	require.NoError(t, err)
+	require.Equal(t, "pitr dev\n", out)
+
+	old := version
+	t.Cleanup(func() { version = old })
+	version = "v1.2.3-4-gabcdef"
+	out, err = run("--version")
+	require.NoError(t, err)
+	require.Equal(t, "pitr v1.2.3-4-gabcdef\n", out)
+}

@@ -6,4 +6,8 @@ package main
 
 import "github.com/pitr-io/pitr/cmd/internal/cli"
 
+// version is set at link time by make package/image
+// (-ldflags "-X main.version=..."); "pitr --version" prints it.
+var version = "dev"
+
 func main() { cli.Main(newRootCmd()) }

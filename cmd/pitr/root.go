@@ -31,6 +31,7 @@ Commands:
   pitr log --storage URL [--window 1h] [--json]
   pitr truncate --storage URL --until TS [--dry-run]
   pitr compact --storage URL
+  pitr --version
 
 The playground and the demo are a separate binary, pitr-playground:
   pitr-playground demo                       embedded playground + agents + coordinator + workload + restore + check
@@ -63,6 +64,7 @@ func newRootCmd() *cobra.Command {
 		Use:               "pitr",
 		Short:             "Continuous log backup and point-in-time restore for TiKV",
 		Long:              rootLong,
+		Version:           version,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
@@ -83,6 +85,7 @@ func newRootCmd() *cobra.Command {
 		newCompactCmd(),
 		newTruncateCmd(),
 	)
+	root.SetVersionTemplate("pitr {{.Version}}\n")
 	cli.Strict(root)
 	return root
 }

@@ -109,7 +109,7 @@ connect-timeout = "20s"
 	require.Error(t, d.UnmarshalText([]byte("1.5d")))
 	ao := agentOptions{configPath: filepath.Join("..", "..", "deploy", "agent.toml"), logLevel: "info"}
 	require.NoError(t, loadAgentOptions(&ao, func(string) bool { return false }, "", "", "", "127.0.0.1:0", "-"))
-	require.Equal(t, "/var/lib/pitr-agent", ao.cfg.DataDir)
+	require.Equal(t, "/var/lib/pitr", ao.cfg.DataDir, "the systemd units' StateDirectory")
 }
 
 // TestTaskUnreachablePD: one line, exit 3, within the bound.
