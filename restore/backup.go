@@ -95,36 +95,15 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	}
 
 	b.Checkpoint = b.Task.GetStartTs()
-	cpBytes, err := src.Get(ctx, logfile.CheckpointPath)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-	case err != nil:
-		return nil, fmt.Errorf("read %s: %w", logfile.CheckpointPath, err)
-	default:
-		cp, err := logfile.DecodeCheckpoint(cpBytes)
-		if err != nil {
-			return nil, objectError(logfile.CheckpointPath, err)
-		}
-		if t := cp.GetTask(); t != "" && t != name {
-			return nil, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, logfile.CheckpointPath, t, name)
-		}
-		b.Checkpoint = max(cp.GetTs(), b.Checkpoint)
+	cp, err := loadOptional(ctx, src, logfile.CheckpointPath, name, logfile.DecodeCheckpoint)
+	if err != nil {
+		return nil, err
 	}
-
-	trBytes, err := src.Get(ctx, logfile.TruncationPath)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-	case err != nil:
-		return nil, fmt.Errorf("read %s: %w", logfile.TruncationPath, err)
-	default:
-		if b.Truncation, err = logfile.DecodeTruncation(trBytes); err != nil {
-			return nil, objectError(logfile.TruncationPath, err)
-		}
-		if t := b.Truncation.GetTask(); t != "" && t != name {
-			return nil, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, logfile.TruncationPath, t, name)
-		}
-		b.TruncatedTo = b.Truncation.GetUntilTs()
+	b.Checkpoint = max(cp.GetTs(), b.Checkpoint)
+	if b.Truncation, err = loadOptional(ctx, src, logfile.TruncationPath, name, logfile.DecodeTruncation); err != nil {
+		return nil, err
 	}
+	b.TruncatedTo = b.Truncation.GetUntilTs()
 
 	var paths []string
 	err = src.List(ctx, logfile.MetaPrefix, func(oi storage.ObjectInfo) error {
@@ -217,6 +196,31 @@ func loadMeta(ctx context.Context, src Source, p, task string) (MetaFile, error)
 		return MetaFile{}, fmt.Errorf("%w: %s holds the meta of store %d at flush ts %d", ErrCorrupt, p, m.GetStoreId(), m.GetFlushTs())
 	}
 	return MetaFile{Path: p, Meta: m}, nil
+}
+
+// taskObject is a task root object that names its task.
+type taskObject interface{ GetTask() string }
+
+// loadOptional reads and decodes the object at path of task's root: nil
+// (a typed nil, whose getters give zero values) when there is none, an
+// error when it is damaged or another task's.
+func loadOptional[M taskObject](ctx context.Context, src Source, path, task string, decode func([]byte) (M, error)) (M, error) {
+	var none M
+	raw, err := src.Get(ctx, path)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return none, nil
+	case err != nil:
+		return none, fmt.Errorf("read %s: %w", path, err)
+	}
+	m, err := decode(raw)
+	if err != nil {
+		return none, objectError(path, err)
+	}
+	if t := m.GetTask(); t != "" && t != task {
+		return none, fmt.Errorf("%w: %s belongs to task %q, not %q", ErrNotBackup, path, t, task)
+	}
+	return m, nil
 }
 
 // firstErr returns the first non-nil error.
