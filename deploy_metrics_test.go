@@ -13,6 +13,7 @@ import (
 
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/restore"
 )
 
 // describer is a Registerer that records the metric names of what is
@@ -40,12 +41,13 @@ func (d *describer) Unregister(prometheus.Collector) bool { return true }
 
 var fqNameRe = regexp.MustCompile(`fqName: "([^"]+)"`)
 
-// exportedMetrics returns every metric name the agent and the coordinator
-// export, with the series names a histogram adds.
+// exportedMetrics returns every metric name the agent, the coordinator and
+// a restore export, with the series names a histogram adds.
 func exportedMetrics(t *testing.T) map[string]bool {
 	d := &describer{names: map[string]bool{}}
 	require.NoError(t, agent.RegisterMetrics(d))
 	require.NoError(t, coordinator.RegisterMetrics(d))
+	require.NoError(t, restore.RegisterMetrics(d))
 	out := map[string]bool{}
 	for n := range d.names {
 		out[n] = true

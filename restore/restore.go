@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/txnkv"
 	"golang.org/x/sync/errgroup"
 
@@ -88,7 +89,10 @@ type Options struct {
 	GCHoldInterval time.Duration
 	// Progress, when set, receives the progress bar.
 	Progress io.Writer
-	Logger   hclog.Logger
+	// Metrics, when set, gets the restore's progress as pitr_restore_*
+	// (metrics.go) while it runs.
+	Metrics prometheus.Registerer
+	Logger  hclog.Logger
 
 	hooks *hooks // tests only
 }
@@ -247,6 +251,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	log.Info("plan", "restore_ts", plan.RestoreTS, "base", baseRoot(plan), "log_from", plan.LogFrom, "files", len(files), "units", len(plan.Units), "units_done", res.UnitsSkipped, "progress_file", path)
 
 	m := newMeter()
+	if o.Metrics != nil {
+		c := meterCollector{m: m, task: plan.Task}
+		if err := o.Metrics.Register(c); err != nil {
+			return nil, fmt.Errorf("register restore metrics: %w", err)
+		}
+		defer o.Metrics.Unregister(c)
+	}
 	if o.Progress != nil {
 		dctx, stop := context.WithCancel(ctx)
 		var wg sync.WaitGroup

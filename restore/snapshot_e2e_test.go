@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pitr-io/pitr/logfile"
@@ -64,6 +66,18 @@ func snapshotTask(t *testing.T, s *sourceFixture) (b *testBackup, S, B uint64) {
 	return b, S, B
 }
 
+// keptRegistry remembers the collector registered last, after it was
+// unregistered.
+type keptRegistry struct {
+	*prometheus.Registry
+	kept prometheus.Collector
+}
+
+func (r *keptRegistry) Register(c prometheus.Collector) error {
+	r.kept = c
+	return r.Registry.Register(c)
+}
+
 func TestRestoreFromSnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts playgrounds")
@@ -92,8 +106,20 @@ func TestRestoreFromSnapshot(t *testing.T) {
 	for _, T := range []uint64{B, B + (s.cp-B)/2, s.cp} {
 		t.Run(fmt.Sprint(T-B), func(t *testing.T) {
 			tgt, cli := startTarget(t, ctx, "bank/account/00000050", "kv/0300")
-			res, err := Run(ctx, opts(T, tgt.PDAddr()))
+			o := opts(T, tgt.PDAddr())
+			reg := &keptRegistry{Registry: prometheus.NewRegistry()}
+			o.Metrics = reg
+			res, err := Run(ctx, o)
 			require.NoError(t, err)
+			// What a dashboard scraped: the last phase done, every row.
+			require.NotNil(t, reg.kept, "the restore registered its metrics")
+			again := prometheus.NewRegistry()
+			require.NoError(t, again.Register(reg.kept))
+			require.NoError(t, testutil.GatherAndCompare(again, strings.NewReader(fmt.Sprintf(`
+# HELP pitr_restore_written_rows_total Versions written to the target.
+# TYPE pitr_restore_written_rows_total counter
+pitr_restore_written_rows_total{task="snap-e2e"} %d
+`, res.Rows)), "pitr_restore_written_rows_total"))
 			now, err := cli.CurrentTimestamp("global")
 			require.NoError(t, err)
 			requireSame(t, s.hist.at(T), scanAt(t, cli, now), fmt.Sprintf("restored to B+%d", T-B))

@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/cmd/internal/cli"
@@ -28,6 +33,7 @@ type restoreOptions struct {
 	concurrency  int
 	memory       string
 	noProgress   bool
+	metricsAddr  string
 	logLevel     string
 	tls          tlsFlags
 	tz           tzFlag
@@ -94,6 +100,7 @@ and touches no cluster.`,
 	f.IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "key ranges restored at once")
 	f.StringVar(&o.memory, "memory", "1GiB", "memory budget for reading and writing")
 	f.BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve the restore's progress as Prometheus metrics (pitr_restore_*) on this address while it runs, e.g. 127.0.0.1:9598")
 	f.StringVar(&o.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
 	o.tls.register(f)
 	o.tz.register(f)
@@ -174,6 +181,17 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	}
 	if !o.noProgress {
 		opts.Progress = stderr
+	}
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return cli.Usagef("pitr restore: --metrics-addr: %v", err)
+		}
+		reg := prometheus.NewRegistry()
+		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		opts.Metrics = reg
 	}
 	res, err := restore.Run(ctx, opts)
 	if err != nil {
