@@ -57,6 +57,9 @@ func snapshotTask(t *testing.T, s *sourceFixture) (b *testBackup, S, B uint64) {
 	late = append(late, put)
 	b.flush(1, mid, early, cov("", "", S, mid))
 	b.flush(2, s.cp, late, cov("", "", mid, s.cp))
+	// Store 1 flushes again, with nothing new: its first meta is then not
+	// its newest chain, which truncate keeps.
+	b.flush(1, s.cp, nil, cov("", "", mid, s.cp))
 	b.checkpoint(s.cp)
 	kv := scanAt(t, s.srcCli, B)
 	requireSame(t, s.hist.at(B), kv, "scan at B")
@@ -167,7 +170,7 @@ pitr_restore_written_rows_total{task="snap-e2e"} %d
 		res, err := Truncate(ctx, st, s.cp, TruncateOptions{})
 		require.NoError(t, err)
 		require.Equal(t, B, res.UntilTS, "the newest snapshot at or before the checkpoint is kept")
-		require.Equal(t, 1, res.Metas, "the flush before B")
+		require.Equal(t, 1, res.Metas, "store 1's flush before B")
 		_, err = PlanRestore(ctx, st, B-1, nil)
 		require.ErrorIs(t, err, ErrOutOfRange)
 		require.Contains(t, err.Error(), "restorable range is ["+fmt.Sprint(B))

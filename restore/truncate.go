@@ -32,8 +32,9 @@ import (
 //     then unfinished and no restore uses it), then the rest of its root.
 //
 // A chain of metas (logfile.Chain) is removed whole or not at all: when
-// every meta of it was flushed at or before S and every file it references
-// holds only changes at or before S. Its coverage then ends before S and a
+// every meta of it was flushed at or before S, every file it references
+// holds only changes at or before S, and it is not its store's newest
+// (which the store's agent may still continue). Its coverage then ends before S and a
 // restore from S prunes its files anyway. Every step is idempotent: a
 // truncate killed at any point is finished by running it again, and
 // readers are correct at every point in between (verify skips the files
@@ -223,7 +224,8 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 		keep  bool
 	}
 	var chains []*chain
-	of := map[string]*chain{} // meta path → its chain
+	of := map[string]*chain{}     // meta path → its chain
+	newest := map[uint64]*chain{} // store → its newest chain
 	for _, m := range b.Metas {
 		var c *chain
 		if prev := m.Meta.GetPrevMeta(); prev != "" {
@@ -234,6 +236,7 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 			chains = append(chains, c)
 		}
 		of[m.Path] = c
+		newest[m.Meta.GetStoreId()] = c // metas come in flush ts order
 		c.paths = append(c.paths, m.Path)
 		if m.Meta.GetFlushTs() > s {
 			c.keep = true
@@ -244,6 +247,12 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 			}
 			c.files = append(c.files, f)
 		}
+	}
+	// A store's newest chain may still be continued by its agent (one
+	// whose store lost all its regions writes no meta until it gets some
+	// back, and then continues its chain): it stays.
+	for _, c := range newest {
+		c.keep = true
 	}
 	kept := map[string]bool{}
 	for _, c := range chains {

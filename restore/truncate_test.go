@@ -43,6 +43,9 @@ func truncBackup(t *testing.T) *testBackup {
 	b.flushers[3].Close()
 	delete(b.flushers, 3)
 	b.flush(3, 300, nil, cov("zz", "", 190, 300))
+	// Store 4's agent flushed once at 140 and has had no region since: its
+	// chain is its newest, which its agent continues when it gets one.
+	b.flush(4, 140, nil, cov("zy", "zz", 100, 140))
 	b.checkpoint(300)
 	kv := map[string]string{"a001": "x", "n001": "y"}
 	for _, at := range []uint64{150, 200} {
@@ -91,6 +94,8 @@ func TestTruncate(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, dry.Metas, res.Metas)
 	require.Equal(t, metasBefore-9, countObjects(t, b.st, logfile.MetaPrefix))
+	_, err = b.st.Get(ctx, logfile.MetaPath(140, 4))
+	require.NoError(t, err, "a store's newest chain stays")
 	require.Zero(t, countObjects(t, b.st, snapshot.TaskRoot(150)))
 	requireTruncatedTo(t, b.st, 200)
 	li, err := DescribeLog(ctx, b.st, 0)
