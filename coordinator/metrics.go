@@ -22,6 +22,7 @@ type metrics struct {
 	// retention (retention.go)
 	truncations    *prometheus.CounterVec
 	restorableFrom *prometheus.GaugeVec
+	storageBytes   *prometheus.GaugeVec
 	terms          prometheus.Counter
 	agentsUp       prometheus.Gauge
 	agentsReg      prometheus.Gauge
@@ -64,7 +65,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		restorableFrom: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pitr_coordinator_restorable_from_seconds",
-			Help: "Start of each task's restorable range (unix seconds) after the leader's last retention run.",
+			Help: "Start of each task's restorable range (unix seconds) at the leader's last maintenance pass.",
+		}, []string{"task"}),
+		storageBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pitr_coordinator_storage_bytes",
+			Help: "Bytes each task's storage root holds, at the leader's last maintenance pass.",
 		}, []string{"task"}),
 		tickErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pitr_coordinator_tick_errors_total",
@@ -127,7 +132,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Unix time the task's last lock resolution ended, labelled with its range (hex raw keys; one series per task).",
 		}, []string{"task", "start_key", "end_key"}),
 	}
-	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.truncations, m.restorableFrom, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
+	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.truncations, m.restorableFrom, m.storageBytes, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
 		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint,
 		m.lockResolutions, m.lockResolutionErrors, m.locksFound, m.lockResolutionLast} {
 		if err := reg.Register(c); err != nil {
@@ -174,7 +179,7 @@ func (m *metrics) setSafePoint(name string, sp uint64) {
 
 // forget drops a task's series.
 func (m *metrics) forget(name string) {
-	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint} {
+	for _, v := range []*prometheus.GaugeVec{m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint, m.restorableFrom, m.storageBytes, m.snapshotTS} {
 		v.DeleteLabelValues(name)
 	}
 	for _, v := range []*prometheus.CounterVec{m.lockResolutions, m.lockResolutionErrors, m.locksFound} {

@@ -14,15 +14,19 @@ import (
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/task"
 )
 
-// retention applies the retention policy of one term (Config.Keep,
-// Config.KeepSnapshots): every RetentionInterval it truncates each task's
-// root (restore.Truncate) to now − Keep, but never past the KeepSnapshots-th
+// retention is the maintenance pass of one term over each running or
+// paused task's root, every RetentionInterval: with a retention policy
+// (Config.Keep, Config.KeepSnapshots) it truncates the root
+// (restore.Truncate) to now − Keep, but never past the KeepSnapshots-th
 // newest finished snapshot, so at least that many snapshots and the log
-// after the oldest of them stay. In the background, at most one at a time
-// per task, cancelled when the term ends; a truncate the term did not
-// finish is finished by the next one (Truncate is idempotent).
+// after the oldest of them stay; then it measures the restorable range's
+// start and the storage the root uses, which the task's Status shows. In
+// the background, at most one at a time per task, cancelled when the term
+// ends; a truncate the term did not finish is finished by the next one
+// (Truncate is idempotent).
 type retention struct {
 	t   *term
 	log hclog.Logger
@@ -31,18 +35,32 @@ type retention struct {
 	mu      sync.Mutex
 	running map[string]bool
 	next    map[string]time.Time
+	found   map[string]usage // the last pass's findings per task
+}
+
+// usage is what a maintenance pass found of a task's root.
+type usage struct {
+	restorableFrom uint64
+	storage        task.StorageUsage
+}
+
+// status fills st with the last findings for its task.
+func (r *retention) status(st *task.Status) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if u, ok := r.found[st.Task]; ok {
+		su := u.storage
+		st.RestorableFrom, st.Storage = u.restorableFrom, &su
+	}
 }
 
 func newRetention(t *term, ctx context.Context) *retention {
-	return &retention{t: t, log: t.log.Named("retention"), ctx: ctx, running: map[string]bool{}, next: map[string]time.Time{}}
+	return &retention{t: t, log: t.log.Named("retention"), ctx: ctx, running: map[string]bool{}, next: map[string]time.Time{}, found: map[string]usage{}}
 }
 
-// maybe starts a truncate of a running or paused task when it is due.
+// maybe starts the pass over a running or paused task when it is due.
 func (r *retention) maybe(rec *pitrpb.TaskRecord, now time.Time) {
 	cfg := r.t.c.cfg
-	if cfg.Keep <= 0 {
-		return
-	}
 	switch rec.GetState() {
 	case pitrpb.TaskState_TASK_STATE_RUNNING, pitrpb.TaskState_TASK_STATE_PAUSED:
 	default:
@@ -58,7 +76,7 @@ func (r *retention) maybe(rec *pitrpb.TaskRecord, now time.Time) {
 	r.t.wg.Add(1)
 	go func() {
 		defer r.t.wg.Done()
-		res, err := r.run(rec, now)
+		res, u, err := r.pass(rec, now)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		delete(r.running, name)
@@ -68,13 +86,20 @@ func (r *retention) maybe(rec *pitrpb.TaskRecord, now time.Time) {
 			result = "cancelled"
 		case err != nil:
 			result = "error"
-			r.log.Warn("retention: truncate failed", "task", name, "error", err)
+			r.log.Warn("maintenance pass failed", "task", name, "error", err)
 		case res == nil:
 			result = "nothing"
-		default:
-			r.t.c.met.restorableFrom.WithLabelValues(name).Set(float64(keyspace.Time(res.UntilTS).Unix()))
 		}
-		r.t.c.met.truncations.WithLabelValues(result).Inc()
+		if err == nil {
+			r.found[name] = u
+			if u.restorableFrom != 0 {
+				r.t.c.met.restorableFrom.WithLabelValues(name).Set(float64(keyspace.Time(u.restorableFrom).Unix()))
+			}
+			r.t.c.met.storageBytes.WithLabelValues(name).Set(float64(u.storage.Bytes))
+		}
+		if cfg.Keep > 0 {
+			r.t.c.met.truncations.WithLabelValues(result).Inc()
+		}
 		wait := cfg.RetentionInterval
 		if err != nil {
 			wait = min(max(wait/10, 10*time.Second), wait)
@@ -83,15 +108,41 @@ func (r *retention) maybe(rec *pitrpb.TaskRecord, now time.Time) {
 	}()
 }
 
-// run truncates one task's root; nil, nil when the policy keeps everything.
-func (r *retention) run(rec *pitrpb.TaskRecord, now time.Time) (*restore.TruncateResult, error) {
-	cfg := r.t.c.cfg
-	name := rec.GetInfo().GetName()
+// pass truncates one task's root (when there is a policy) and measures
+// it.
+func (r *retention) pass(rec *pitrpb.TaskRecord, now time.Time) (*restore.TruncateResult, usage, error) {
 	st, err := storage.OpenStack(r.ctx, rec.GetStorageUrl(), storage.StackOptions{Logger: r.log, Metrics: r.t.c.storMet})
 	if err != nil {
-		return nil, err
+		return nil, usage{}, err
 	}
 	defer st.Close()
+	var res *restore.TruncateResult
+	if r.t.c.cfg.Keep > 0 {
+		if res, err = r.truncate(rec, st, now); err != nil {
+			return nil, usage{}, err
+		}
+	}
+	var u usage
+	if u.restorableFrom, err = restore.RestorableFrom(r.ctx, st); err != nil {
+		return res, usage{}, err
+	}
+	err = st.List(r.ctx, "", func(oi storage.ObjectInfo) error {
+		u.storage.Bytes += oi.Size
+		u.storage.Objects++
+		return nil
+	})
+	if err != nil {
+		return res, usage{}, err
+	}
+	u.storage.MeasuredUnixMs = time.Now().UnixMilli()
+	return res, u, nil
+}
+
+// truncate applies the policy to one task's root; nil, nil when it keeps
+// everything.
+func (r *retention) truncate(rec *pitrpb.TaskRecord, st storage.Storage, now time.Time) (*restore.TruncateResult, error) {
+	cfg := r.t.c.cfg
+	name := rec.GetInfo().GetName()
 	until := keyspace.Compose(now.Add(-cfg.Keep).UnixMilli(), 0)
 	if cfg.KeepSnapshots > 0 {
 		infos, err := snapshot.List(r.ctx, st)

@@ -17,6 +17,7 @@ import (
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/task"
 	"github.com/pitr-io/pitr/testkit/metasim"
 )
 
@@ -64,13 +65,19 @@ func TestRetention(t *testing.T) {
 	url, sim, snaps := retentionRoot(t)
 	now := keyspace.Time(sim.Checkpoint)
 	rec := &pitrpb.TaskRecord{Info: &pitrpb.TaskInfo{Name: "keep"}, StorageUrl: url, State: pitrpb.TaskState_TASK_STATE_RUNNING}
+	var last usage
 	run := func(keep time.Duration, n int) *restore.TruncateResult {
 		tm, _ := retentionTerm(t, Config{Keep: keep, KeepSnapshots: n})
 		r := newRetention(tm, ctx)
-		res, err := r.run(rec, now)
+		res, u, err := r.pass(rec, now)
 		require.NoError(t, err)
+		last = u
 		return res
 	}
+	require.Nil(t, run(0, 0), "no policy")
+	require.Equal(t, sim.Start, last.restorableFrom, "started empty, never truncated")
+	require.Positive(t, last.storage.Bytes)
+	require.Greater(t, last.storage.Objects, int64(sim.Metas))
 	require.Nil(t, run(10*time.Minute, 3), "three snapshots kept, and there are two")
 	require.Nil(t, run(time.Hour, 0), "no snapshot an hour old: nothing may go")
 
@@ -80,8 +87,10 @@ func TestRetention(t *testing.T) {
 	require.Equal(t, 3*3*30, res.Metas, "the chains of 30 one-minute flushes ending by 1h30: three a store")
 	require.Empty(t, res.Snapshots)
 
+	require.Equal(t, snaps[0], last.restorableFrom)
 	res = run(time.Minute, 1)
 	require.Equal(t, snaps[1], res.UntilTS)
+	require.Equal(t, snaps[1], last.restorableFrom)
 	require.Equal(t, []string{snapshot.TaskRoot(snaps[0])}, res.Snapshots)
 	st, err := storage.Open(ctx, url)
 	require.NoError(t, err)
@@ -113,4 +122,9 @@ func TestRetentionSchedule(t *testing.T) {
 	tm.wg.Wait()
 	require.Equal(t, 1.0, testutil.ToFloat64(met.truncations.WithLabelValues("ok")))
 	require.Positive(t, testutil.ToFloat64(met.restorableFrom.WithLabelValues("keep")))
+	st := &task.Status{Task: "keep"}
+	r.status(st)
+	require.NotZero(t, st.RestorableFrom)
+	require.NotNil(t, st.Storage)
+	require.Positive(t, st.Storage.Bytes)
 }

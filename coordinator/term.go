@@ -320,6 +320,9 @@ func (t *term) tickTask(ctx context.Context, ti *taskInfo, agents []*pitrpb.Agen
 		SafePointTTLSeconds: int64(ttl / time.Second), GCSafePoint: gcSP,
 		Leader: t.c.cfg.ID, Term: t.rev, UpdatedUnixMs: now.UnixMilli(),
 	}
+	if t.keep != nil {
+		t.keep.status(st)
+	}
 	var problems []string
 	if gcErr != nil {
 		problems = append(problems, gcErr.Error())

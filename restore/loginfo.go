@@ -83,6 +83,43 @@ type HoleInfo struct {
 
 const maxHoles = 20
 
+// RestorableFrom returns the first restorable point of a task root, from
+// task.pb, the truncation record and the snapshots alone (no meta is read,
+// so holes are not looked for): the task's start when it started empty and
+// was never truncated, else its oldest usable snapshot at or after the
+// truncation point; 0 when there is none yet.
+func RestorableFrom(ctx context.Context, src Source) (uint64, error) {
+	taskBytes, err := src.Get(ctx, logfile.TaskPath)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", logfile.TaskPath, err)
+	}
+	tk, err := logfile.DecodeTaskInfo(taskBytes)
+	if err != nil {
+		return 0, objectError(logfile.TaskPath, err)
+	}
+	tr, err := loadOptional(ctx, src, logfile.TruncationPath, tk.GetName(), logfile.DecodeTruncation)
+	if err != nil {
+		return 0, err
+	}
+	in := PlanInput{Task: tk, TruncatedTo: tr.GetUntilTs(), Checkpoint: ^uint64(0), SnapshotURL: src.URL()}
+	if in.startedEmpty() {
+		return in.start(), nil
+	}
+	if in.Snapshots, _, err = loadSnapshots(ctx, src, nil); err != nil {
+		return 0, err
+	}
+	for _, s := range in.Snapshots {
+		if !s.Finished() || s.BackupTS < in.start() {
+			continue
+		}
+		in.RestoreTS = s.BackupTS
+		if base, err := chooseBase(in, taskRanges(tk)); err == nil && base != nil && base.BackupTS == s.BackupTS {
+			return s.BackupTS, nil
+		}
+	}
+	return 0, nil
+}
+
 // DescribeLog reads a task root's metas and snapshots (no data file) and
 // summarizes them in windows of the given length (default an hour).
 func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInfo, error) {

@@ -48,11 +48,23 @@ type Status struct {
 	GCSafePoint         uint64 `json:"gc_safepoint"`
 	// Locks are this term's lock resolutions for the task (nil: none).
 	Locks *LockStatus `json:"lock_resolution,omitempty"`
+	// RestorableFrom is the first restorable point and Storage what the
+	// task's root holds, as the leader's last maintenance pass found them
+	// (Config.RetentionInterval; zero: not measured yet).
+	RestorableFrom uint64        `json:"restorable_from,omitempty"`
+	Storage        *StorageUsage `json:"storage,omitempty"`
 	// LastError is the last tick's problem (storage, PD, agents), if any.
 	LastError     string `json:"last_error,omitempty"`
 	Leader        string `json:"leader"`
 	Term          int64  `json:"term"`
 	UpdatedUnixMs int64  `json:"updated_unix_ms"`
+}
+
+// StorageUsage is what a task's storage root holds.
+type StorageUsage struct {
+	Bytes          int64 `json:"bytes"`
+	Objects        int64 `json:"objects"`
+	MeasuredUnixMs int64 `json:"measured_unix_ms"`
 }
 
 // SlowStatus is one Slow in a Status. Keys are hex.

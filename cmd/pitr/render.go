@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/task"
 )
 
@@ -74,6 +75,15 @@ func renderDetail(w io.Writer, v task.TaskView) error {
 	fmt.Fprintf(tw, "Lag:\t%s\n", lagString(v))
 	if st := v.Status; st != nil && v.State != "stopped" {
 		fmt.Fprintf(tw, "Coverage:\t%d regions, %d uncovered ranges, %d stale reports\n", st.Regions, st.UncoveredRanges, st.StaleReports)
+		if st.Storage != nil {
+			restorable := "nothing yet: no usable snapshot (pitr backup full)"
+			if st.RestorableFrom != 0 {
+				restorable = fmt.Sprintf("[%s, %s]", keyspace.Format(st.RestorableFrom), keyspace.Format(v.Checkpoint))
+			}
+			fmt.Fprintf(tw, "Restorable:\t%s\n", restorable)
+			fmt.Fprintf(tw, "Storage used:\t%s in %d objects (measured %s)\n", storage.FormatBytes(st.Storage.Bytes), st.Storage.Objects,
+				time.UnixMilli(st.Storage.MeasuredUnixMs).UTC().Format(time.RFC3339))
+		}
 		if st.SafePoint != 0 {
 			fmt.Fprintf(tw, "GC safepoint:\t%s held at %d (TTL %s); cluster GC safepoint %d\n",
 				task.SafePointID(v.Name), st.SafePoint, time.Duration(st.SafePointTTLSeconds)*time.Second, st.GCSafePoint)

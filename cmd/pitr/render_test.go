@@ -41,6 +41,7 @@ func TestRenderViews(t *testing.T) {
 		Locks: &task.LockStatus{Runs: 3, Errors: 1, Locks: 2, LastStartKey: hex.EncodeToString([]byte("t0")), LastEndKey: hex.EncodeToString([]byte("t1")),
 			LastUnixMs: now.Add(-time.Second).UnixMilli(), LastMaxVersion: cp + 1, LastLocks: 1, LastLiveMs: 2500},
 		SafePoint: cp, SafePointTTLSeconds: 86400, GCSafePoint: start - 100,
+		RestorableFrom: start, Storage: &task.StorageUsage{Bytes: 3 << 30, Objects: 1234, MeasuredUnixMs: now.Add(-time.Minute).UnixMilli()},
 		LastError: "agent of store 2: deadline exceeded", Leader: "coord-1", Term: 42, UpdatedUnixMs: now.Add(-500 * time.Millisecond).UnixMilli(),
 	}
 	stopped := &pitrpb.TaskRecord{

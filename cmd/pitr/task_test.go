@@ -178,9 +178,20 @@ func TestTaskCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "NAME")
 	require.Contains(t, out, "nightly")
+	// The leader's first maintenance pass measured the task's root.
+	require.Eventually(t, func() bool {
+		out, err := run("task", "status", "nightly", "--pd", pd, "--json")
+		require.NoError(t, err)
+		view = task.TaskView{}
+		require.NoError(t, json.Unmarshal([]byte(out), &view))
+		return view.Status != nil && view.Status.Storage != nil
+	}, 20*time.Second, 100*time.Millisecond)
+	require.Positive(t, view.Status.Storage.Objects, "pitr.lock and task.pb at least")
 	out, err = run("task", "status", "nightly", "--pd", pd)
 	require.NoError(t, err)
 	require.Contains(t, out, "Slowest:")
+	require.Contains(t, out, "Storage used:")
+	require.Contains(t, out, "Restorable:")
 	require.Contains(t, out, `["m", "n")`)
 	out, err = run("task", "status", "--pd", pd, "--json")
 	require.NoError(t, err)
