@@ -226,7 +226,7 @@ func TestSnapshotKilledAndResumed(t *testing.T) {
 	// take the backup over until it has.
 	_, err = snapshot.Run(ctx, snapshot.Options{Storage: st, PD: c.Clients.PD, KV: c.KV.KVStore, RangeRegions: 1})
 	require.ErrorIs(t, err, snapshot.ErrConflict)
-	require.Contains(t, err.Error(), "is being taken by")
+	require.Contains(t, err.Error(), "is being worked on by")
 	require.Less(t, time.Since(killed), 3*time.Second, "the refusal came within the lease")
 
 	info, err := snapshot.Load(ctx, st, "")

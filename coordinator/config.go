@@ -83,6 +83,13 @@ type Config struct {
 	Keep              time.Duration
 	KeepSnapshots     int
 	RetentionInterval time.Duration
+	// NoCompaction turns off the compaction of each task's log in the
+	// same pass (restore.Compact), which is on by default;
+	// CompactRateLimit bounds its storage bytes per second (0: none) and
+	// CompactConcurrency its files read at once (0: restore's default).
+	NoCompaction       bool
+	CompactRateLimit   int64
+	CompactConcurrency int
 	// KV is the client-go store of scheduled snapshots (nil: New makes
 	// one on PDAddrs when SnapshotInterval is set).
 	KV *tikv.KVStore

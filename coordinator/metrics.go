@@ -23,6 +23,8 @@ type metrics struct {
 	truncations    *prometheus.CounterVec
 	restorableFrom *prometheus.GaugeVec
 	storageBytes   *prometheus.GaugeVec
+	compactions    *prometheus.CounterVec
+	compactedBytes prometheus.Counter
 	terms          prometheus.Counter
 	agentsUp       prometheus.Gauge
 	agentsReg      prometheus.Gauge
@@ -67,6 +69,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pitr_coordinator_restorable_from_seconds",
 			Help: "Start of each task's restorable range (unix seconds) at the leader's last maintenance pass.",
 		}, []string{"task"}),
+		compactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pitr_coordinator_compactions_total",
+			Help: "Compaction runs of the leader's maintenance pass, by result (ok, nothing, busy, error).",
+		}, []string{"result"}),
+		compactedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pitr_coordinator_compacted_bytes_total",
+			Help: "Bytes of small data files the leader merged into compacted files.",
+		}),
 		storageBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pitr_coordinator_storage_bytes",
 			Help: "Bytes each task's storage root holds, at the leader's last maintenance pass.",
@@ -132,7 +142,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Unix time the task's last lock resolution ended, labelled with its range (hex raw keys; one series per task).",
 		}, []string{"task", "start_key", "end_key"}),
 	}
-	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.truncations, m.restorableFrom, m.storageBytes, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
+	for _, c := range []prometheus.Collector{m.snapshots, m.snapshotTS, m.truncations, m.restorableFrom, m.storageBytes, m.compactions, m.compactedBytes, m.isLeader, m.tickDuration, m.tickErrors, m.terms, m.agentsUp, m.agentsReg,
 		m.lag, m.checkpoint, m.uncovered, m.staleReports, m.taskFailed, m.taskPaused, m.safePoint,
 		m.lockResolutions, m.lockResolutionErrors, m.locksFound, m.lockResolutionLast} {
 		if err := reg.Register(c); err != nil {

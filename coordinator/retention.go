@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -18,7 +19,9 @@ import (
 )
 
 // retention is the maintenance pass of one term over each running or
-// paused task's root, every RetentionInterval: with a retention policy
+// paused task's root, every RetentionInterval: it compacts the chains of
+// metas sealed since the last pass (restore.Compact; unless NoCompaction),
+// and with a retention policy
 // (Config.Keep, Config.KeepSnapshots) it truncates the root
 // (restore.Truncate) to now − Keep, but never past the KeepSnapshots-th
 // newest finished snapshot, so at least that many snapshots and the log
@@ -122,6 +125,11 @@ func (r *retention) pass(rec *pitrpb.TaskRecord, now time.Time) (*restore.Trunca
 			return nil, usage{}, err
 		}
 	}
+	if !r.t.c.cfg.NoCompaction {
+		if err := r.compact(rec); err != nil {
+			return res, usage{}, err
+		}
+	}
 	var u usage
 	if u.restorableFrom, err = restore.RestorableFrom(r.ctx, st); err != nil {
 		return res, usage{}, err
@@ -136,6 +144,36 @@ func (r *retention) pass(rec *pitrpb.TaskRecord, now time.Time) (*restore.Trunca
 	}
 	u.storage.MeasuredUnixMs = time.Now().UnixMilli()
 	return res, u, nil
+}
+
+// compact runs one compaction of the task's root (restore.Compact) through
+// a storage stack limited to CompactRateLimit; another process compacting
+// it (pitr compact) is not an error.
+func (r *retention) compact(rec *pitrpb.TaskRecord) error {
+	cfg := r.t.c.cfg
+	st, err := storage.OpenStack(r.ctx, rec.GetStorageUrl(), storage.StackOptions{Logger: r.log, Metrics: r.t.c.storMet, RateLimit: cfg.CompactRateLimit})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	res, err := restore.Compact(r.ctx, st, restore.CompactOptions{Concurrency: cfg.CompactConcurrency, Logger: r.log})
+	switch {
+	case errors.Is(err, snapshot.ErrConflict):
+		r.log.Info("compaction skipped: another process is compacting", "task", rec.GetInfo().GetName(), "reason", err)
+		r.t.c.met.compactions.WithLabelValues("busy").Inc()
+		return nil
+	case err != nil:
+		r.t.c.met.compactions.WithLabelValues("error").Inc()
+		return fmt.Errorf("compact: %w", err)
+	}
+	result := "nothing"
+	if res.Compacted != "" || res.RemovedMetas+res.RemovedOrphans > 0 {
+		result = "ok"
+		r.log.Info(res.Summary(), "task", rec.GetInfo().GetName())
+	}
+	r.t.c.met.compactions.WithLabelValues(result).Inc()
+	r.t.c.met.compactedBytes.Add(float64(res.InputBytes))
+	return nil
 }
 
 // truncate applies the policy to one task's root; nil, nil when it keeps

@@ -67,7 +67,7 @@ func TestRetention(t *testing.T) {
 	rec := &pitrpb.TaskRecord{Info: &pitrpb.TaskInfo{Name: "keep"}, StorageUrl: url, State: pitrpb.TaskState_TASK_STATE_RUNNING}
 	var last usage
 	run := func(keep time.Duration, n int) *restore.TruncateResult {
-		tm, _ := retentionTerm(t, Config{Keep: keep, KeepSnapshots: n})
+		tm, _ := retentionTerm(t, Config{Keep: keep, KeepSnapshots: n, NoCompaction: true})
 		r := newRetention(tm, ctx)
 		res, u, err := r.pass(rec, now)
 		require.NoError(t, err)
@@ -100,6 +100,22 @@ func TestRetention(t *testing.T) {
 	require.Equal(t, snaps[1], b.TruncatedTo)
 	_, err = restore.PlanRestore(ctx, st, snaps[1]-1, nil)
 	require.ErrorIs(t, err, restore.ErrOutOfRange)
+
+	// With compaction on (the default), the pass compacts the sealed
+	// chains: everything but each store's newest.
+	url2, _, _ := retentionRoot(t)
+	rec2 := &pitrpb.TaskRecord{Info: &pitrpb.TaskInfo{Name: "keep"}, StorageUrl: url2, State: pitrpb.TaskState_TASK_STATE_RUNNING}
+	tm, met := retentionTerm(t, Config{})
+	_, _, err = newRetention(tm, ctx).pass(rec2, now)
+	require.NoError(t, err)
+	require.Equal(t, 1.0, testutil.ToFloat64(met.compactions.WithLabelValues("ok")))
+	st2, err := storage.Open(ctx, url2)
+	require.NoError(t, err)
+	defer st2.Close()
+	li, err := restore.DescribeLog(ctx, st2, 0)
+	require.NoError(t, err)
+	require.Equal(t, 1, li.Compacted)
+	require.Equal(t, 3*30+1, li.Metas, "each store's newest chain, and the compacted meta")
 }
 
 // TestRetentionSchedule: maybe runs a due task once in the background,
@@ -107,7 +123,7 @@ func TestRetention(t *testing.T) {
 // stopped tasks and a zero keep are left alone.
 func TestRetentionSchedule(t *testing.T) {
 	url, sim, _ := retentionRoot(t)
-	tm, met := retentionTerm(t, Config{Keep: time.Minute, KeepSnapshots: 1, RetentionInterval: time.Hour})
+	tm, met := retentionTerm(t, Config{Keep: time.Minute, KeepSnapshots: 1, RetentionInterval: time.Hour, NoCompaction: true})
 	r := newRetention(tm, context.Background())
 	rec := &pitrpb.TaskRecord{Info: &pitrpb.TaskInfo{Name: "keep"}, StorageUrl: url, State: pitrpb.TaskState_TASK_STATE_STOPPED}
 	now := keyspace.Time(sim.Checkpoint)

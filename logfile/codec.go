@@ -50,6 +50,7 @@ const (
 	kindSnapRange  = byte(pitrpb.ObjectKind_OBJECT_KIND_SNAPSHOT_RANGE)
 	kindBackupMeta = byte(pitrpb.ObjectKind_OBJECT_KIND_BACKUP_META)
 	kindTruncation = byte(pitrpb.ObjectKind_OBJECT_KIND_TRUNCATION)
+	kindCompacted  = byte(pitrpb.ObjectKind_OBJECT_KIND_COMPACTED_META)
 )
 
 // Frame field tags (field number << 3 | wire type) of pitrpb.Frame, as
@@ -306,6 +307,25 @@ func EncodeTruncation(m *pitrpb.Truncation) ([]byte, error) {
 // DecodeTruncation verifies and parses a task root's truncation record.
 func DecodeTruncation(b []byte) (*pitrpb.Truncation, error) {
 	return decodeV2("truncation", kindTruncation, b, &pitrpb.Truncation{})
+}
+
+// EncodeCompactedMeta returns the bytes of a compacted meta.
+func EncodeCompactedMeta(m *pitrpb.CompactedMeta) ([]byte, error) {
+	if err := validateFiles(m.GetFiles()); err != nil {
+		return nil, fmt.Errorf("encode compacted meta: %w", err)
+	}
+	return encode(kindCompacted, m, func(c *pitrpb.CompactedMeta) { c.FormatVersion = FormatVersion })
+}
+
+// DecodeCompactedMeta verifies and parses a compacted meta.
+func DecodeCompactedMeta(b []byte) (*pitrpb.CompactedMeta, error) {
+	m, err := decodeV2("compacted meta", kindCompacted, b, &pitrpb.CompactedMeta{})
+	if err == nil {
+		if verr := validateFiles(m.GetFiles()); verr != nil {
+			return nil, fmt.Errorf("%w: decode compacted meta: %v", ErrCorrupt, verr)
+		}
+	}
+	return m, err
 }
 
 // decodeV2 is decode for objects that were never written as version 1.

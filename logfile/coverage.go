@@ -210,6 +210,16 @@ func (r *CoverageReader) Add(path string, m *pitrpb.Meta) error {
 	return nil
 }
 
+// AddCovers adds coverage that belongs to no chain (a compacted meta's).
+func (r *CoverageReader) AddCovers(rcs []*pitrpb.RegionCoverage) {
+	for _, rc := range rcs {
+		r.out = append(r.out, coverOf(rc))
+	}
+	if len(r.out) > 4096 && len(r.out) > 2*r.merged {
+		r.mergeOut()
+	}
+}
+
 // mergeOut unites the Covers of equal keys whose intervals touch or overlap
 // (the union of true claims is one). Open indexes are kept valid by
 // dropping them: a later full list then starts a new Cover, which the

@@ -23,6 +23,24 @@ const (
 	SnapshotPrefix  = "snapshot/"         // full backups
 )
 
+// CompactedMetaPath is where pitr compact stores a compacted meta whose
+// newest input was flushed at maxFlushTS:
+//
+//	compacted/<max_flush_ts:016x>-<id>.meta
+func CompactedMetaPath(maxFlushTS uint64, id string) string {
+	return fmt.Sprintf("%s%016x-%s.meta", CompactedPrefix, maxFlushTS, id)
+}
+
+// CompactedDataPath is where a compacted meta's data files live:
+//
+//	compacted/data/<max_flush_ts:016x>/<id>.parquet
+func CompactedDataPath(maxFlushTS uint64, id string) string {
+	return fmt.Sprintf("%sdata/%016x/%s.parquet", CompactedPrefix, maxFlushTS, id)
+}
+
+// CompactionLeasePath is the lease of the compaction running on a root.
+const CompactionLeasePath = CompactedPrefix + "lease"
+
 // DataPath is where a data file of one flush of one store lives:
 //
 //	log/<YYYYMMDD>/<HH>/<store_id>/<flush_ts:016x>-<id>.parquet

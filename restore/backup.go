@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -47,10 +48,16 @@ type Backup struct {
 	TruncatedTo uint64
 }
 
-// MetaFile is one meta and where it was read from.
+// MetaFile is one meta and where it was read from. A compacted meta
+// (compacted/…) is one too, with its files, FlushTs its newest input's
+// and Supersedes the metas it replaces; Pending says some of those are
+// still in storage (pitr compact deletes them after a grace period).
 type MetaFile struct {
-	Path string
-	Meta *pitrpb.Meta
+	Path       string
+	Meta       *pitrpb.Meta
+	Supersedes []string
+	Pending    bool
+	Created    time.Time // a compacted meta's
 }
 
 // metaConcurrency bounds the metas read at once, metaBatch the metas
@@ -105,18 +112,33 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	}
 	b.TruncatedTo = b.Truncation.GetUntilTs()
 
+	compacted, err := loadCompacted(ctx, src, name)
+	if err != nil {
+		return nil, err
+	}
+	superseded := map[string]int{} // meta path → the compacted meta replacing it
+	for i, c := range compacted {
+		for _, p := range c.Supersedes {
+			superseded[p] = i
+		}
+	}
 	var paths []string
 	err = src.List(ctx, logfile.MetaPrefix, func(oi storage.ObjectInfo) error {
-		if strings.HasSuffix(oi.Key, ".meta") {
-			paths = append(paths, oi.Key)
+		if !strings.HasSuffix(oi.Key, ".meta") {
+			return nil
 		}
+		if i, ok := superseded[oi.Key]; ok {
+			compacted[i].Pending = true
+			return nil
+		}
+		paths = append(paths, oi.Key)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", logfile.MetaPrefix, err)
 	}
 	sort.Strings(paths)
-	b.Metas = make([]MetaFile, len(paths))
+	b.Metas = make([]MetaFile, len(paths), len(paths)+len(compacted))
 	// Metas are read metaBatch at a time, metaConcurrency at once, and
 	// their coverage applied in path order; only their files stay, so
 	// memory grows with files and regions, not with metas × regions.
@@ -146,8 +168,50 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 			m.Meta.Regions, m.Meta.Extends, m.Meta.Dropped = nil, nil, nil
 		}
 	}
+	for _, c := range compacted {
+		cov.AddCovers(c.cov)
+		c.cov = nil
+		b.Metas = append(b.Metas, c.MetaFile)
+	}
 	b.Coverage = cov.Covers()
 	return b, nil
+}
+
+// compactedFile is a compacted meta as Load reads it.
+type compactedFile struct {
+	MetaFile
+	cov []*pitrpb.RegionCoverage
+}
+
+// loadCompacted reads every compacted meta of the root, in path order.
+func loadCompacted(ctx context.Context, src Source, task string) ([]compactedFile, error) {
+	var paths []string
+	err := src.List(ctx, logfile.CompactedPrefix, func(oi storage.ObjectInfo) error {
+		if rest := strings.TrimPrefix(oi.Key, logfile.CompactedPrefix); strings.HasSuffix(rest, ".meta") && !strings.Contains(rest, "/") {
+			paths = append(paths, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", logfile.CompactedPrefix, err)
+	}
+	sort.Strings(paths)
+	out := make([]compactedFile, 0, len(paths))
+	for _, p := range paths {
+		m, err := loadOptional(ctx, src, p, task, logfile.DecodeCompactedMeta)
+		if err != nil {
+			return nil, err
+		}
+		if m == nil {
+			continue // deleted meanwhile (pitr truncate)
+		}
+		out = append(out, compactedFile{
+			MetaFile: MetaFile{Path: p, Meta: &pitrpb.Meta{FormatVersion: m.GetFormatVersion(), FlushTs: m.GetMaxFlushTs(), Task: m.GetTask(), Files: m.GetFiles()},
+				Supersedes: m.GetSupersedes(), Created: time.UnixMilli(m.GetCreatedUnixMs())},
+			cov: m.GetCoverage(),
+		})
+	}
+	return out, nil
 }
 
 // CoverageOf returns the coverage of metas in path order (which Load keeps

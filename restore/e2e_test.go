@@ -198,6 +198,7 @@ func newSource(t *testing.T, ctx context.Context) *sourceFixture {
 	require.NotEmpty(t, hist)
 
 	b := newTestBackup(t, &pitrpb.TaskInfo{Name: "e2e", StartTs: start, StartedEmpty: true, ClusterId: src.Cluster.ID()})
+	b.keyframeEvery = 3 // chains of 3 flushes: the first two of each store are sealed, so pitr compact has work
 	regions := src.Cluster.Regions()
 	const windows = 8
 	cuts := make([]uint64, windows+1)
@@ -346,6 +347,24 @@ func TestRestoreEndToEnd(t *testing.T) {
 			require.NoError(t, err, "restore to %d", T)
 			t.Logf("T=%d: %s", T, res.Summary())
 			requireSame(t, want, scanAt(t, cli, T), fmt.Sprintf("restored at %d", T))
+			require.NoError(t, tgt.Close())
+		}
+	})
+
+	t.Run("after compact", func(t *testing.T) {
+		_, st := s.b.copyTo(t)
+		res, err := Compact(ctx, st, CompactOptions{FileTarget: 64 << 10})
+		require.NoError(t, err)
+		require.Equal(t, 6, res.Chains, "two sealed chains a store")
+		t.Log(res.Summary())
+		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+		for _, T := range []uint64{s.start + 1 + uint64(rng.Int63n(int64(s.cp-s.start))), s.start + 1 + uint64(rng.Int63n(int64(s.cp-s.start))), s.cp} {
+			tgt, cli := startTarget(t, ctx, "bank/account/00000100", "kv/0200")
+			o := opts(T, tgt.PDAddr())
+			o.Source = st
+			_, err := Run(ctx, o)
+			require.NoError(t, err, "restore to %d after compact", T)
+			requireSame(t, s.hist.at(T), scanAt(t, cli, T), fmt.Sprintf("restored at %d after compact", T))
 			require.NoError(t, tgt.Close())
 		}
 	})

@@ -145,6 +145,8 @@ func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInf
 	seen := map[string]bool{}
 	for _, m := range b.Metas {
 		switch {
+		case m.Supersedes != nil:
+			li.Compacted++
 		case m.Meta.GetFormatVersion() < logfile.MetaFormatVersion:
 			li.Legacy++
 		case logfile.IsDelta(m.Meta):

@@ -227,6 +227,18 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 	of := map[string]*chain{}     // meta path → its chain
 	newest := map[uint64]*chain{} // store → its newest chain
 	for _, m := range b.Metas {
+		if m.Supersedes != nil {
+			// A compacted meta is a unit of its own; it stays while the
+			// metas it supersedes are still there (its grace period).
+			c := &chain{paths: []string{m.Path}, files: m.Meta.GetFiles(), keep: m.Pending || m.Meta.GetFlushTs() > s}
+			for _, f := range c.files {
+				if f.GetRows() > 0 && f.GetMaxCommitTs() > s {
+					c.keep = true
+				}
+			}
+			chains = append(chains, c)
+			continue
+		}
 		var c *chain
 		if prev := m.Meta.GetPrevMeta(); prev != "" {
 			c = of[prev]

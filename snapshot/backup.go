@@ -175,7 +175,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ls.release()
+	defer ls.Release()
 	hold, err := holdGC(ctx, o.PD, ts, o.SafePointTTL, log)
 	if err != nil {
 		return nil, err
@@ -209,7 +209,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := errors.Join(hold.err(), ls.err()); err != nil {
+	if err := errors.Join(hold.err(), ls.Err()); err != nil {
 		return nil, err
 	}
 	mb, err := logfile.EncodeBackupMeta(meta)
@@ -443,7 +443,7 @@ type backup struct {
 	root  string
 	ts    uint64
 	hold  *gcHold
-	lease *lease
+	lease *Lease
 
 	scanned atomic.Int64 // logical bytes scanned by this process
 	stored  atomic.Int64 // bytes stored, by anyone
@@ -581,7 +581,7 @@ func (b *backup) backupRange(ctx context.Context, j job) error {
 			}
 			backoff *= 2
 		}
-		if err = errors.Join(b.hold.err(), b.lease.err()); err != nil {
+		if err = errors.Join(b.hold.err(), b.lease.Err()); err != nil {
 			return err
 		}
 		err = b.tryRange(ctx, j, attempt)

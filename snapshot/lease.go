@@ -34,9 +34,12 @@ type leaseRecord struct {
 	TTLMs     int64  `json:"ttl_ms"`
 }
 
-type lease struct {
+// Lease keeps two processes off one piece of work in storage (a backup, a
+// compaction): renewed every third of its TTL until Release.
+type Lease struct {
 	st     storage.Storage
 	key    string
+	what   string
 	holder string
 	ttl    time.Duration
 	log    hclog.Logger
@@ -47,13 +50,18 @@ type lease struct {
 	lost error
 }
 
-// takeLease claims root's lease (ErrConflict while another live process
-// holds it) and renews it until released.
-func takeLease(ctx context.Context, st storage.Storage, root string, ttl time.Duration, log hclog.Logger) (*lease, error) {
+// takeLease claims root's lease for a backup.
+func takeLease(ctx context.Context, st storage.Storage, root string, ttl time.Duration, log hclog.Logger) (*Lease, error) {
+	return TakeLease(ctx, st, root+LeaseName, "the backup at "+root, ttl, log)
+}
+
+// TakeLease claims the lease at key for the work named what (ErrConflict
+// while another live process holds it) and renews it until released.
+func TakeLease(ctx context.Context, st storage.Storage, key, what string, ttl time.Duration, log hclog.Logger) (*Lease, error) {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	host, _ := os.Hostname()
-	l := &lease{st: st, key: root + LeaseName, holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(id[:])),
+	l := &Lease{st: st, key: key, what: what, holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(id[:])),
 		ttl: ttl, log: log, stop: make(chan struct{})}
 	if err := l.renew(ctx, true); err != nil {
 		return nil, err
@@ -65,7 +73,7 @@ func takeLease(ctx context.Context, st storage.Storage, root string, ttl time.Du
 
 // renew writes the lease if it is free, expired or ours (first: ours
 // only after the first write).
-func (l *lease) renew(ctx context.Context, first bool) error {
+func (l *Lease) renew(ctx context.Context, first bool) error {
 	b, ver, err := l.st.GetVersion(ctx, l.key)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
@@ -77,8 +85,8 @@ func (l *lease) renew(ctx context.Context, first bool) error {
 		if jerr := json.Unmarshal(b, &cur); jerr == nil && cur.Holder != l.holder {
 			age := time.Since(time.UnixMilli(cur.RenewedMs))
 			if age < time.Duration(cur.TTLMs)*time.Millisecond || !first {
-				return fmt.Errorf("%w: the backup at %s is being taken by %s (lease renewed %s ago); wait for it, or rerun once it has stopped for %s",
-					ErrConflict, l.key, cur.Holder, age.Round(time.Second), time.Duration(cur.TTLMs)*time.Millisecond)
+				return fmt.Errorf("%w: %s is being worked on by %s (lease %s renewed %s ago); wait for it, or rerun once it has stopped for %s",
+					ErrConflict, l.what, cur.Holder, l.key, age.Round(time.Second), time.Duration(cur.TTLMs)*time.Millisecond)
 			}
 		}
 	}
@@ -92,7 +100,7 @@ func (l *lease) renew(ctx context.Context, first bool) error {
 	return nil
 }
 
-func (l *lease) keep() {
+func (l *Lease) keep() {
 	defer l.wg.Done()
 	t := time.NewTicker(l.ttl / 3)
 	defer t.Stop()
@@ -111,29 +119,29 @@ func (l *lease) keep() {
 				return
 			}
 			if err != nil {
-				l.log.Warn("renew the backup's lease", "error", err)
+				l.log.Warn("renew the lease", "key", l.key, "error", err)
 			}
 		}
 	}
 }
 
-// err says whether the lease was lost to another process.
-func (l *lease) err() error {
+// Err says whether the lease was lost to another process.
+func (l *Lease) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lost
 }
 
-// release stops renewing and deletes the lease (if still ours).
-func (l *lease) release() {
+// Release stops renewing and deletes the lease (if still ours).
+func (l *Lease) Release() {
 	close(l.stop)
 	l.wg.Wait()
-	if l.err() != nil {
+	if l.Err() != nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := l.st.Delete(ctx, l.key); err != nil && !errors.Is(err, storage.ErrNotFound) {
-		l.log.Warn("delete the backup's lease; it expires by itself", "key", l.key, "error", err)
+		l.log.Warn("delete the lease; it expires by itself", "key", l.key, "error", err)
 	}
 }

@@ -26,7 +26,7 @@ func TestHelpListsContract(t *testing.T) {
 		"pitr task status [NAME] [--json] | pause NAME | resume NAME | stop NAME",
 		"pitr restore --storage URL --to TS|RFC3339 --pd ADDRS [--snapshot URL] [--dry-run]",
 		"pitr verify --storage URL [--to TS]", "pitr backup full --storage URL --pd ADDRS",
-		"pitr log --storage URL", "pitr truncate --storage URL --until TS [--dry-run]", "pitr compact --storage URL",
+		"pitr log --storage URL", "pitr truncate --storage URL --until TS [--dry-run]", "pitr compact --storage URL [--until TS]",
 	} {
 		require.Contains(t, out, want)
 	}
@@ -42,7 +42,7 @@ func TestExitCodes(t *testing.T) {
 		{"unknown flag", []string{"task", "status", "--nope"}, cli.ExitUsage, "unknown flag"},
 		{"moved: playground", []string{"playground", "--stores", "3"}, cli.ExitUsage, "moved to pitr-playground"},
 		{"moved: demo", []string{"demo"}, cli.ExitUsage, "moved to pitr-playground demo"},
-		{"not built", []string{"compact", "--storage", "mem://"}, cli.ExitUsage, "not available in this build"},
+		{"compact without storage", []string{"compact"}, cli.ExitUsage, "--storage is required"},
 		{"backup without pd", []string{"backup", "full", "--storage", "mem://"}, cli.ExitUsage, "--pd is required"},
 		{"backup bad ratelimit", []string{"backup", "full", "--storage", "mem://", "--pd", "127.0.0.1:1", "--ratelimit", "fast"}, cli.ExitUsage, "--ratelimit"},
 		{"backup status without storage", []string{"backup", "status"}, cli.ExitUsage, "--storage is required"},

@@ -41,6 +41,11 @@ type coordinatorFile struct {
 	Keep              duration `toml:"keep"`
 	KeepSnapshots     int      `toml:"keep-snapshots"`
 	RetentionInterval duration `toml:"retention-interval"`
+	// Compaction (on unless false), CompactionRateLimit, CompactionConcurrency:
+	// the compaction of each task's log in the same pass.
+	Compaction            *bool `toml:"compaction"`
+	CompactionRateLimit   size  `toml:"compaction-ratelimit"`
+	CompactionConcurrency int   `toml:"compaction-concurrency"`
 	// Security: TLS to the cluster and to the agents.
 	Security securityFile `toml:"security"`
 }
@@ -115,8 +120,10 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 			return cli.Usagef("--config %s: snapshot-interval must not be negative", o.configPath)
 		}
 		cfg.Keep, cfg.KeepSnapshots, cfg.RetentionInterval = file.Keep.Duration, file.KeepSnapshots, file.RetentionInterval.Duration
-		if cfg.Keep < 0 || cfg.KeepSnapshots < 0 || cfg.RetentionInterval < 0 {
-			return cli.Usagef("--config %s: keep, keep-snapshots and retention-interval must not be negative", o.configPath)
+		cfg.NoCompaction = file.Compaction != nil && !*file.Compaction
+		cfg.CompactRateLimit, cfg.CompactConcurrency = file.CompactionRateLimit.n, file.CompactionConcurrency
+		if cfg.Keep < 0 || cfg.KeepSnapshots < 0 || cfg.RetentionInterval < 0 || cfg.CompactRateLimit < 0 || cfg.CompactConcurrency < 0 {
+			return cli.Usagef("--config %s: keep, keep-snapshots, retention-interval, compaction-ratelimit and compaction-concurrency must not be negative", o.configPath)
 		}
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
 )
 
@@ -231,6 +232,8 @@ func restoreError(cmd string, err error) error {
 		code = cli.ExitFormat
 	case errors.Is(err, restore.ErrNoBase):
 		code = cli.ExitNoBase
+	case errors.Is(err, snapshot.ErrConflict):
+		code = cli.ExitConflict
 	case errors.Is(err, restore.ErrUnavailable), storage.IsTransient(err):
 		code = cli.ExitUnavailable
 	}

@@ -329,3 +329,27 @@ func TestTruncateCLI(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "2 metas, 2 files")
 }
+
+// TestCompactCLI: pitr compact on a root whose only chain is still its
+// store's newest compacts nothing; its refusals are one line with their
+// exit status.
+func TestCompactCLI(t *testing.T) {
+	url, _, cp, _ := cliBackup(t)
+	out, err := run("compact", "--storage", url)
+	require.NoError(t, err)
+	require.Contains(t, out, "compact: 0 chains")
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"compact", "--storage", url, "--until", strconv.FormatUint(cp+1, 10)}, cli.ExitOutOfRange, "past the global checkpoint"},
+		{[]string{"compact", "--storage", url, "--file-target", "big"}, cli.ExitUsage, "--file-target"},
+		{[]string{"compact", "--storage", "file://" + t.TempDir()}, cli.ExitNotBackup, "not a pitr backup"},
+	} {
+		_, err := run(tc.args...)
+		require.Error(t, err, "%v", tc.args)
+		require.Equal(t, tc.code, cli.Code(err), "%v", err)
+		require.Contains(t, err.Error(), tc.msg)
+	}
+}

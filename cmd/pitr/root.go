@@ -30,7 +30,7 @@ Commands:
   pitr backup status --storage URL [--json]
   pitr log --storage URL [--window 1h] [--json]
   pitr truncate --storage URL --until TS [--dry-run]
-  pitr compact --storage URL
+  pitr compact --storage URL [--until TS]
   pitr --version
 
 The playground and the demo are a separate binary, pitr-playground:
@@ -40,11 +40,12 @@ The playground and the demo are a separate binary, pitr-playground:
 Exit status:
   0  success
   1  failure (the error line says why)
-  2  usage error, or a subcommand this build does not provide yet
+  2  usage error
   3  a required service (PD, etcd, storage) is unreachable
   4  conflict with existing state (storage root owned by another task or
      cluster, task name taken, wrong task state, start or backup ts
-     already GC'd, a snapshot root holding another backup)
+     already GC'd, a snapshot root holding another backup, a root another
+     process is compacting)
   10 restore or truncate point outside the restorable range (the message
      names it)
   11 corrupt backup: a file's size or sha256, or a meta, is wrong, or a
@@ -132,21 +133,3 @@ func playgroundBinary() string {
 	return ""
 }
 
-// notBuilt is the RunE of a subcommand whose implementation has not landed:
-// one line, exit status 2, nothing else happens.
-func notBuilt(issue string) func(*cobra.Command, []string) error {
-	return func(c *cobra.Command, _ []string) error {
-		return cli.WithExit(cli.ExitUsage, fmt.Errorf("%s is not available in this build yet (tracked in %s)", c.CommandPath(), issue))
-	}
-}
-
-func newCompactCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "compact --storage URL",
-		Short: "Merge small log files into restore-ready files",
-		Args:  cobra.NoArgs,
-		RunE:  notBuilt("the compaction issue (not filed yet)"),
-	}
-	c.Flags().String("storage", "", "storage URL")
-	return c
-}

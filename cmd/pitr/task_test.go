@@ -105,6 +105,8 @@ connect-timeout = "20s"
 	require.Equal(t, 7*24*time.Hour, o.cfg.Keep, `keep = "7d"`)
 	require.Equal(t, 2, o.cfg.KeepSnapshots)
 	require.Equal(t, time.Hour, o.cfg.RetentionInterval)
+	require.False(t, o.cfg.NoCompaction)
+	require.Equal(t, int64(100<<20), o.cfg.CompactRateLimit)
 	var d duration
 	require.Error(t, d.UnmarshalText([]byte("1.5d")))
 	ao := agentOptions{configPath: filepath.Join("..", "..", "deploy", "agent.toml"), logLevel: "info"}

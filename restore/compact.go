@@ -1,0 +1,404 @@
+package restore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/pitr-io/pitr/flush"
+	"github.com/pitr-io/pitr/keyspace"
+	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/merge"
+	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/snapshot"
+	"github.com/pitr-io/pitr/storage"
+)
+
+// Compaction (DESIGN §10): `pitr compact` merges the small files of sealed
+// chains of metas into sorted, de-duplicated files of about FileTarget
+// bytes, and writes one compacted meta (compacted/…meta) that supersedes
+// those metas. Readers (Load) take a compacted meta instead of the metas it
+// names, so a restore reads a few large files instead of many small ones.
+// The rows are the same (only exact duplicates, equal key and commit_ts,
+// go), and so is the coverage: what a restore to any T returns does not
+// change (I4).
+//
+// A chain (logfile.Chain) is sealed when it is not its store's newest (its
+// agent has moved on to a keyframe) and every meta of it was flushed at or
+// before --until. Steps, each safe to be killed after:
+//
+//  1. the lease compacted/lease (renewed; a live holder is ErrConflict);
+//  2. the inputs' sha256 is checked, and the output files written
+//     (unreferenced until step 3: orphans if killed, removed by a later
+//     run once older than the grace period);
+//  3. the compacted meta: the commit point;
+//  4. later, once a compacted meta is older than the grace period (longer
+//     than any restore's planning and reading), the files of the metas it
+//     supersedes and then those metas are deleted. While it exists, Load
+//     skips them, so a half-deleted set is never read.
+
+// CompactOptions tune Compact.
+type CompactOptions struct {
+	// Until: only chains flushed at or before it (0: the checkpoint).
+	Until uint64
+	// FileTarget is the size of the output files (default 128 MiB).
+	FileTarget int64
+	// MaxInputs bounds the input files of one run (default 512): a larger
+	// backlog is compacted by later runs.
+	MaxInputs int
+	// Grace: superseded metas and their files, and orphaned outputs, are
+	// deleted once this old (default DefaultCompactGrace).
+	Grace       time.Duration
+	Concurrency int
+	LeaseTTL    time.Duration
+	Progress    io.Writer
+	Logger      hclog.Logger
+	// afterStep, in tests, runs after "outputs", "meta" and each deletion
+	// ("gc-files", "gc-metas") and may stop the run.
+	afterStep func(step string) error
+	now       func() time.Time
+}
+
+// DefaultCompactGrace is how long superseded inputs stay after their
+// compacted meta is written.
+const DefaultCompactGrace = time.Hour
+
+// CompactResult says what a Compact run did.
+type CompactResult struct {
+	Chains, Metas  int
+	InputFiles     int
+	InputBytes     int64
+	OutputFiles    int
+	OutputBytes    int64
+	Rows           int64
+	Compacted      string // the compacted meta written ("" if none)
+	RemovedMetas   int    // superseded metas deleted after their grace
+	RemovedFiles   int
+	RemovedOrphans int
+}
+
+// Summary is the one-line report of r.
+func (r *CompactResult) Summary() string {
+	s := fmt.Sprintf("compact: %d chains (%d metas, %d files, %s) into %d files (%s, %d rows)",
+		r.Chains, r.Metas, r.InputFiles, storage.FormatBytes(r.InputBytes), r.OutputFiles, storage.FormatBytes(r.OutputBytes), r.Rows)
+	if r.Compacted != "" {
+		s += "; wrote " + r.Compacted
+	}
+	if r.RemovedMetas+r.RemovedFiles+r.RemovedOrphans > 0 {
+		s += fmt.Sprintf("; removed %d superseded metas, %d files and %d orphaned outputs past the grace period", r.RemovedMetas, r.RemovedFiles, r.RemovedOrphans)
+	}
+	return s
+}
+
+// Compact runs one compaction of the task root st (see above).
+func Compact(ctx context.Context, st storage.Storage, o CompactOptions) (*CompactResult, error) {
+	if o.FileTarget <= 0 {
+		o.FileTarget = flush.DefaultFileTarget
+	}
+	if o.MaxInputs <= 0 {
+		o.MaxInputs = 512
+	}
+	if o.Grace <= 0 {
+		o.Grace = DefaultCompactGrace
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = snapshot.DefaultLeaseTTL
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	step := func(name string) error {
+		if o.afterStep != nil {
+			return o.afterStep(name)
+		}
+		return nil
+	}
+	ls, err := snapshot.TakeLease(ctx, st, logfile.CompactionLeasePath, "the compaction of "+st.URL(), o.LeaseTTL, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	defer ls.Release()
+
+	b, err := Load(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	until := o.Until
+	if until == 0 {
+		until = b.Checkpoint
+	}
+	if until > b.Checkpoint {
+		return nil, fmt.Errorf("%w: cannot compact up to %s, past the global checkpoint %s", ErrOutOfRange, keyspace.Format(until), keyspace.Format(b.Checkpoint))
+	}
+	res := &CompactResult{}
+	if err := collectGarbage(ctx, st, b, o, res, step); err != nil {
+		return res, err
+	}
+
+	chains := sealedChains(b, until, o.MaxInputs)
+	if len(chains) == 0 {
+		return res, ls.Err()
+	}
+	var metas []string
+	var inputs []FileRef
+	var maxTS, minTS uint64
+	minTS = ^uint64(0)
+	for _, c := range chains {
+		res.Chains++
+		for _, m := range c {
+			metas = append(metas, m.Path)
+			maxTS, minTS = max(maxTS, m.Meta.GetFlushTs()), min(minTS, m.Meta.GetFlushTs())
+			for _, f := range m.Meta.GetFiles() {
+				if f.GetRows() > 0 {
+					inputs = append(inputs, FileRef{Meta: m.Path, File: f})
+					res.InputBytes += f.GetSize()
+				}
+			}
+		}
+	}
+	slices.Sort(metas)
+	res.Metas, res.InputFiles = len(metas), len(inputs)
+	say := func(format string, a ...any) {
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, format+"\n", a...)
+		}
+	}
+	say("compact: %d chains, %d metas, %d files (%s)", res.Chains, res.Metas, res.InputFiles, storage.FormatBytes(res.InputBytes))
+
+	// Their coverage, from the metas themselves (Load keeps none per meta).
+	cov := logfile.NewCoverageReader()
+	for _, p := range metas {
+		raw, err := st.Get(ctx, p)
+		if err != nil {
+			return res, fmt.Errorf("read %s: %w", p, err)
+		}
+		m, err := logfile.DecodeMeta(raw)
+		if err != nil {
+			return res, objectError(p, err)
+		}
+		if err := cov.Add(p, m); err != nil {
+			return res, coverageError(err)
+		}
+	}
+	var coverage []*pitrpb.RegionCoverage
+	for _, c := range cov.Covers() {
+		coverage = append(coverage, &pitrpb.RegionCoverage{RegionId: c.RegionID, EpochVersion: c.Version, EpochConfVer: c.ConfVer,
+			StartKey: c.Start, EndKey: c.End, FromTs: c.From, ToTs: c.To})
+	}
+
+	srcs := sources{log: st}
+	if err := checkFiles(ctx, srcs, inputs, o.Concurrency, nil); err != nil {
+		return res, err
+	}
+	files, err := mergeInto(ctx, st, inputs, maxTS, o)
+	if err != nil {
+		return res, err
+	}
+	for _, f := range files {
+		res.OutputFiles++
+		res.OutputBytes += f.GetSize()
+		res.Rows += f.GetRows()
+	}
+	say("compact: wrote %d files (%s, %d rows)", res.OutputFiles, storage.FormatBytes(res.OutputBytes), res.Rows)
+	if err := step("outputs"); err != nil {
+		return res, err
+	}
+	if err := ls.Err(); err != nil {
+		return res, err
+	}
+	id, err := randomID()
+	if err != nil {
+		return res, err
+	}
+	cm := &pitrpb.CompactedMeta{Task: b.Task.GetName(), Files: files, Coverage: coverage, Supersedes: metas,
+		MinFlushTs: minTS, MaxFlushTs: maxTS, CreatedUnixMs: o.now().UnixMilli()}
+	raw, err := logfile.EncodeCompactedMeta(cm)
+	if err != nil {
+		return res, err
+	}
+	path := logfile.CompactedMetaPath(maxTS, id)
+	if err := st.Put(ctx, path, raw); err != nil {
+		return res, fmt.Errorf("write %s: %w", path, err)
+	}
+	res.Compacted = path
+	say("compact: %s supersedes %d metas", path, len(metas))
+	if err := step("meta"); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// sealedChains returns the chains of b (each in path order) that may be
+// compacted: none of their metas superseded, not their store's newest,
+// every meta flushed at or before until, with at most maxInputs data files
+// in all (oldest chains first; at least one).
+func sealedChains(b *Backup, until uint64, maxInputs int) [][]MetaFile {
+	var chains [][]MetaFile
+	index := map[string]int{} // meta path → its chain
+	newest := map[uint64]int{}
+	for _, m := range b.Metas {
+		if m.Supersedes != nil {
+			continue
+		}
+		i, ok := -1, false
+		if prev := m.Meta.GetPrevMeta(); prev != "" {
+			i, ok = index[prev]
+		}
+		if !ok {
+			i = len(chains)
+			chains = append(chains, nil)
+		}
+		chains[i] = append(chains[i], m)
+		index[m.Path] = i
+		newest[m.Meta.GetStoreId()] = i
+	}
+	keep := map[int]bool{}
+	for _, i := range newest {
+		keep[i] = true
+	}
+	var out [][]MetaFile
+	files := 0
+	for i, c := range chains {
+		if keep[i] || c[len(c)-1].Meta.GetFlushTs() > until {
+			continue
+		}
+		n := 0
+		for _, m := range c {
+			n += len(m.Meta.GetFiles())
+		}
+		if len(out) > 0 && files+n > maxInputs {
+			break
+		}
+		out = append(out, c)
+		files += n
+	}
+	return out
+}
+
+// mergeInto merges the rows of inputs (sorted, duplicates dropped) into
+// new files under compacted/data/.
+func mergeInto(ctx context.Context, st storage.Storage, inputs []FileRef, maxTS uint64, o CompactOptions) ([]*pitrpb.DataFile, error) {
+	var its []logfile.Iterator
+	closeAll := func() {
+		for _, it := range its {
+			_ = it.Close()
+		}
+	}
+	var logical int64
+	for _, f := range inputs {
+		rd, err := openFile(ctx, st, f)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		its = append(its, rd.Iter(nil, nil))
+		logical += f.File.GetLogicalBytes()
+	}
+	src := merge.Merge(its...)
+	files, err := flush.WriteFiles(ctx, st, src, flush.FileOptions{
+		FileTarget:        o.FileTarget,
+		UploadConcurrency: max(o.Concurrency/2, 1),
+		Writer:            logfile.WriterOptions{},
+		Total:             logical,
+		Path:              func(id string) string { return logfile.CompactedDataPath(maxTS, id) },
+	})
+	if cerr := src.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write compacted files: %w", err)
+	}
+	return files, nil
+}
+
+// collectGarbage deletes, for every compacted meta older than the grace
+// period, the metas it supersedes that are still there (their files
+// first: Load skips those metas while the compacted meta exists), and the
+// outputs under compacted/data/ that no compacted meta references and are
+// older than the grace period (a run killed before its meta).
+func collectGarbage(ctx context.Context, st storage.Storage, b *Backup, o CompactOptions, res *CompactResult, step func(string) error) error {
+	referenced := map[string]bool{}
+	for _, m := range b.Metas {
+		if m.Supersedes == nil {
+			continue
+		}
+		for _, f := range m.Meta.GetFiles() {
+			referenced[f.GetPath()] = true
+		}
+		if !m.Pending || o.now().Sub(m.Created) < o.Grace {
+			continue
+		}
+		var left []string
+		for _, p := range m.Supersedes {
+			raw, err := st.Get(ctx, p)
+			if errors.Is(err, storage.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read %s: %w", p, err)
+			}
+			sm, err := logfile.DecodeMeta(raw)
+			if err != nil {
+				return objectError(p, err)
+			}
+			for _, f := range sm.GetFiles() {
+				if err := deleteObject(ctx, st, f.GetPath()); err != nil {
+					return err
+				}
+				res.RemovedFiles++
+			}
+			left = append(left, p)
+		}
+		if err := step("gc-files"); err != nil {
+			return err
+		}
+		for _, p := range slices.Backward(left) { // a chain's last meta first
+			if err := deleteObject(ctx, st, p); err != nil {
+				return err
+			}
+			res.RemovedMetas++
+		}
+		if err := step("gc-metas"); err != nil {
+			return err
+		}
+	}
+	var orphans []string
+	err := st.List(ctx, logfile.CompactedPrefix+"data/", func(oi storage.ObjectInfo) error {
+		if !referenced[oi.Key] && strings.HasSuffix(oi.Key, ".parquet") && !oi.ModTime.IsZero() && o.now().Sub(oi.ModTime) >= o.Grace {
+			orphans = append(orphans, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list %sdata/: %w", logfile.CompactedPrefix, err)
+	}
+	for _, k := range orphans {
+		if err := deleteObject(ctx, st, k); err != nil {
+			return err
+		}
+		res.RemovedOrphans++
+	}
+	return nil
+}
+
+func randomID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
