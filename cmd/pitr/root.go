@@ -132,4 +132,3 @@ func playgroundBinary() string {
 	}
 	return ""
 }
-
