@@ -358,7 +358,11 @@ func TestRestoreEndToEnd(t *testing.T) {
 		require.Equal(t, 6, res.Chains, "two sealed chains a store")
 		t.Log(res.Summary())
 		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-		for _, T := range []uint64{s.start + 1 + uint64(rng.Int63n(int64(s.cp-s.start))), s.start + 1 + uint64(rng.Int63n(int64(s.cp-s.start))), s.cp} {
+		points := []uint64{s.cp}
+		for len(points) < 10 {
+			points = append(points, s.start+1+uint64(rng.Int63n(int64(s.cp-s.start))))
+		}
+		for _, T := range points {
 			tgt, cli := startTarget(t, ctx, "bank/account/00000100", "kv/0200")
 			o := opts(T, tgt.PDAddr())
 			o.Source = st

@@ -175,7 +175,7 @@ pitr_restore_written_rows_total{task="snap-e2e"} %d
 		require.ErrorIs(t, err, ErrOutOfRange)
 		require.Contains(t, err.Error(), "restorable range is ["+fmt.Sprint(B))
 		rng := rand.New(rand.NewSource(int64(B)))
-		for i := 0; i < 5; i++ {
+		for i := 0; i < 10; i++ {
 			T := B + uint64(rng.Int63n(int64(s.cp-B)+1))
 			tgt, cli := startTarget(t, ctx)
 			o := opts(T, tgt.PDAddr())

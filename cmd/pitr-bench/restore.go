@@ -57,7 +57,7 @@ func runRestoreBench(ctx context.Context, env *Env) ([]Row, error) {
 	}
 	defer st.Close()
 	start := time.Now()
-	cp, bounds, err := writeBenchBackup(ctx, st, env.Tmp, rows)
+	cp, bounds, err := writeBenchBackup(ctx, st, env.Tmp, rows, restoreBenchFlushes, 0)
 	if err != nil {
 		return nil, fmt.Errorf("make backup: %w", err)
 	}
@@ -153,7 +153,7 @@ func benchRestore(ctx context.Context, env *Env, st storage.Storage, cp uint64, 
 	}
 	res, err := restore.Run(ctx, restore.Options{
 		Source: st, PDAddrs: []string{p.PDAddr()}, RestoreTS: cp, LeaderOnly: leaderOnly,
-		ProgressFile: filepath.Join(env.Tmp, fmt.Sprintf("progress-%v.json", leaderOnly)),
+		ProgressFile: filepath.Join(env.Tmp, fmt.Sprintf("progress-%v-%s.json", leaderOnly, filepath.Base(st.URL()))),
 	})
 	if err != nil {
 		return 0, fmt.Errorf("restore: %w", err)
@@ -167,9 +167,10 @@ func benchRestore(ctx context.Context, env *Env, st storage.Storage, cp uint64, 
 
 // writeBenchBackup writes rows (sorted, unique keys) as a task that started
 // empty: 16 source regions with boundaries at row quantiles, 3 stores
-// owning them round-robin, 4 flushes cut by commit_ts. It returns the
+// owning them round-robin, flushes cut by commit_ts, a keyframe every
+// keyframeEvery metas of a store (0: flush's default). It returns the
 // checkpoint and the region boundaries.
-func writeBenchBackup(ctx context.Context, st storage.Storage, tmp string, rows []logfile.Row) (uint64, [][]byte, error) {
+func writeBenchBackup(ctx context.Context, st storage.Storage, tmp string, rows []logfile.Row, flushes, keyframeEvery int) (uint64, [][]byte, error) {
 	minTS, maxTS := rows[0].CommitTS, rows[0].CommitTS
 	for i := range rows {
 		minTS, maxTS = min(minTS, rows[i].CommitTS), max(maxTS, rows[i].CommitTS)
@@ -197,20 +198,21 @@ func writeBenchBackup(ctx context.Context, st storage.Storage, tmp string, rows 
 	regionOf := func(k []byte) int {
 		return sort.Search(len(bounds), func(i int) bool { return bytes.Compare(bounds[i], k) > 0 })
 	}
-	cuts := make([]uint64, restoreBenchFlushes+1)
+	cuts := make([]uint64, flushes+1)
 	for i := range cuts {
-		cuts[i] = startTS + (maxTS-startTS)*uint64(i)/restoreBenchFlushes
+		cuts[i] = startTS + (maxTS-startTS)*uint64(i)/uint64(flushes)
 	}
 	flushers := map[uint64]*flush.Flusher{}
 	for s := uint64(1); s <= 3; s++ {
-		f, err := flush.New(flush.Config{StoreID: s, Task: "bench", Dir: filepath.Join(tmp, fmt.Sprintf("spill-%d", s)), Storage: st})
+		f, err := flush.New(flush.Config{StoreID: s, Task: "bench", Dir: filepath.Join(tmp, fmt.Sprintf("spill-%d", s)), Storage: st,
+			Settings: flush.Settings{KeyframeEvery: keyframeEvery}})
 		if err != nil {
 			return 0, nil, err
 		}
 		defer f.Close()
 		flushers[s] = f
 	}
-	for w := 1; w <= restoreBenchFlushes; w++ {
+	for w := 1; w <= flushes; w++ {
 		batches := map[uint64][]logfile.Row{}
 		for i := range rows {
 			if r := &rows[i]; r.CommitTS > cuts[w-1] && r.CommitTS <= cuts[w] {
