@@ -170,7 +170,6 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	}
 	for _, c := range compacted {
 		cov.AddCovers(c.cov)
-		c.cov = nil
 		b.Metas = append(b.Metas, c.MetaFile)
 	}
 	b.Coverage = cov.Covers()

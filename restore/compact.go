@@ -247,43 +247,20 @@ func Compact(ctx context.Context, st storage.Storage, o CompactOptions) (*Compac
 // every meta flushed at or before until, with at most maxInputs data files
 // in all (oldest chains first; at least one).
 func sealedChains(b *Backup, until uint64, maxInputs int) [][]MetaFile {
-	var chains [][]MetaFile
-	index := map[string]int{} // meta path → its chain
-	newest := map[uint64]int{}
-	for _, m := range b.Metas {
-		if m.Supersedes != nil {
-			continue
-		}
-		i, ok := -1, false
-		if prev := m.Meta.GetPrevMeta(); prev != "" {
-			i, ok = index[prev]
-		}
-		if !ok {
-			i = len(chains)
-			chains = append(chains, nil)
-		}
-		chains[i] = append(chains[i], m)
-		index[m.Path] = i
-		newest[m.Meta.GetStoreId()] = i
-	}
-	keep := map[int]bool{}
-	for _, i := range newest {
-		keep[i] = true
-	}
 	var out [][]MetaFile
 	files := 0
-	for i, c := range chains {
-		if keep[i] || c[len(c)-1].Meta.GetFlushTs() > until {
+	for _, c := range chainsOf(b) {
+		if c.compacted() || c.newest || !c.flushedBy(until) {
 			continue
 		}
 		n := 0
-		for _, m := range c {
+		for _, m := range c.metas {
 			n += len(m.Meta.GetFiles())
 		}
 		if len(out) > 0 && files+n > maxInputs {
 			break
 		}
-		out = append(out, c)
+		out = append(out, c.metas)
 		files += n
 	}
 	return out

@@ -218,74 +218,37 @@ func deleteObject(ctx context.Context, st storage.Storage, key string) error {
 // truncatable returns the metas of b that no restore from s or later needs,
 // in the order to delete them (each chain last to first), and their files.
 func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile) {
-	type chain struct {
-		paths []string
-		files []*pitrpb.DataFile
-		keep  bool
-	}
-	var chains []*chain
-	of := map[string]*chain{}     // meta path → its chain
-	newest := map[uint64]*chain{} // store → its newest chain
-	for _, m := range b.Metas {
-		if m.Supersedes != nil {
-			// A compacted meta is a unit of its own; it stays while the
-			// metas it supersedes are still there (its grace period).
-			c := &chain{paths: []string{m.Path}, files: m.Meta.GetFiles(), keep: m.Pending || m.Meta.GetFlushTs() > s}
-			for _, f := range c.files {
-				if f.GetRows() > 0 && f.GetMaxCommitTs() > s {
-					c.keep = true
-				}
-			}
-			chains = append(chains, c)
-			continue
-		}
-		var c *chain
-		if prev := m.Meta.GetPrevMeta(); prev != "" {
-			c = of[prev]
-		}
-		if c == nil {
-			c = &chain{}
-			chains = append(chains, c)
-		}
-		of[m.Path] = c
-		newest[m.Meta.GetStoreId()] = c // metas come in flush ts order
-		c.paths = append(c.paths, m.Path)
-		if m.Meta.GetFlushTs() > s {
-			c.keep = true
-		}
-		for _, f := range m.Meta.GetFiles() {
-			if f.GetRows() > 0 && f.GetMaxCommitTs() > s {
-				c.keep = true
-			}
-			c.files = append(c.files, f)
-		}
-	}
-	// A store's newest chain may still be continued by its agent (one
-	// whose store lost all its regions writes no meta until it gets some
-	// back, and then continues its chain): it stays.
-	for _, c := range newest {
-		c.keep = true
+	chains := chainsOf(b)
+	// A store's newest chain stays (its agent may continue it), and a
+	// compacted meta while the metas it supersedes are still there (its
+	// grace period).
+	keep := func(c *metaChain) bool {
+		return c.newest || c.metas[0].Pending || !c.flushedBy(s) || c.changesAfter(s)
 	}
 	kept := map[string]bool{}
 	for _, c := range chains {
-		if c.keep {
-			for _, f := range c.files {
-				kept[f.GetPath()] = true
+		if keep(c) {
+			for _, m := range c.metas {
+				for _, f := range m.Meta.GetFiles() {
+					kept[f.GetPath()] = true
+				}
 			}
 		}
 	}
 	seen := map[string]bool{}
 	for _, c := range chains {
-		if c.keep {
+		if keep(c) {
 			continue
 		}
-		for _, p := range slices.Backward(c.paths) {
-			metas = append(metas, p)
+		for _, m := range slices.Backward(c.metas) {
+			metas = append(metas, m.Path)
 		}
-		for _, f := range c.files {
-			if !kept[f.GetPath()] && !seen[f.GetPath()] {
-				seen[f.GetPath()] = true
-				files = append(files, f)
+		for _, m := range c.metas {
+			for _, f := range m.Meta.GetFiles() {
+				if !kept[f.GetPath()] && !seen[f.GetPath()] {
+					seen[f.GetPath()] = true
+					files = append(files, f)
+				}
 			}
 		}
 	}
