@@ -11,6 +11,7 @@ import (
 
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
 )
 
@@ -102,22 +103,38 @@ func RestorableFrom(ctx context.Context, src Source) (uint64, error) {
 		return 0, err
 	}
 	in := PlanInput{Task: tk, TruncatedTo: tr.GetUntilTs(), Checkpoint: ^uint64(0), SnapshotURL: src.URL()}
-	if in.startedEmpty() {
-		return in.start(), nil
+	if !in.startedEmpty() {
+		if in.Snapshots, _, err = loadSnapshots(ctx, src, nil); err != nil {
+			return 0, err
+		}
 	}
-	if in.Snapshots, _, err = loadSnapshots(ctx, src, nil); err != nil {
-		return 0, err
+	return in.firstRestorable(), nil
+}
+
+// usable reports whether a restore can start from s: chooseBase picks it
+// for a restore to its own backup ts.
+func (in PlanInput) usable(s snapshot.Info) bool {
+	if !s.Finished() || s.BackupTS < in.start() || s.BackupTS > in.Checkpoint {
+		return false
+	}
+	in.RestoreTS = s.BackupTS
+	base, err := chooseBase(in, taskRanges(in.Task))
+	return err == nil && base != nil && base.BackupTS == s.BackupTS
+}
+
+// firstRestorable is the first restorable point: the start when the log
+// alone rebuilds the ranges, else the oldest usable snapshot of
+// in.Snapshots; 0 when there is none.
+func (in PlanInput) firstRestorable() uint64 {
+	if in.startedEmpty() {
+		return in.start()
 	}
 	for _, s := range in.Snapshots {
-		if !s.Finished() || s.BackupTS < in.start() {
-			continue
-		}
-		in.RestoreTS = s.BackupTS
-		if base, err := chooseBase(in, taskRanges(tk)); err == nil && base != nil && base.BackupTS == s.BackupTS {
-			return s.BackupTS, nil
+		if in.usable(s) {
+			return s.BackupTS
 		}
 	}
-	return 0, nil
+	return 0
 }
 
 // DescribeLog reads a task root's metas and snapshots (no data file) and
@@ -184,21 +201,13 @@ func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInf
 		return nil, err
 	}
 	li.TruncatedTo = b.TruncatedTo
-	if li.StartedEmpty && b.TruncatedTo == 0 {
-		li.Restorable = li.StartTS
-	}
+	in := PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, TruncatedTo: b.TruncatedTo, Snapshots: snaps, SnapshotURL: b.URL}
+	li.Restorable = in.firstRestorable()
 	for _, s := range snaps {
-		si := SnapshotInfo{BackupTS: s.BackupTS, Finished: s.Finished()}
+		si := SnapshotInfo{BackupTS: s.BackupTS, Finished: s.Finished(), Usable: in.usable(s)}
 		for _, f := range s.Meta.GetFiles() {
 			si.Files++
 			si.Bytes += f.GetSize()
-		}
-		if s.Finished() && s.BackupTS >= max(li.StartTS, b.TruncatedTo) && s.BackupTS <= li.Checkpoint {
-			base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, TruncatedTo: b.TruncatedTo, RestoreTS: s.BackupTS, Snapshots: snaps, SnapshotURL: b.URL}, li.Ranges)
-			si.Usable = err == nil && base != nil && base.BackupTS == s.BackupTS
-		}
-		if si.Usable && li.Restorable == 0 {
-			li.Restorable = s.BackupTS
 		}
 		li.Snapshots = append(li.Snapshots, si)
 	}
