@@ -282,18 +282,35 @@ func DecodeSnapshotRange(b []byte) (*pitrpb.SnapshotRange, error) {
 
 // EncodeBackupMeta returns the bytes of a snapshot's backupmeta.
 func EncodeBackupMeta(m *pitrpb.BackupMeta) ([]byte, error) {
-	if err := validateFiles(m.GetFiles()); err != nil {
-		return nil, fmt.Errorf("encode backupmeta: %w", err)
-	}
-	return encode(kindBackupMeta, m, func(c *pitrpb.BackupMeta) { c.FormatVersion = FormatVersion })
+	return encodeListing("backupmeta", kindBackupMeta, m, func(c *pitrpb.BackupMeta) { c.FormatVersion = FormatVersion })
 }
 
 // DecodeBackupMeta verifies and parses a snapshot's backupmeta.
 func DecodeBackupMeta(b []byte) (*pitrpb.BackupMeta, error) {
-	m, err := decodeV2("backupmeta", kindBackupMeta, b, &pitrpb.BackupMeta{})
+	return decodeListing("backupmeta", kindBackupMeta, b, &pitrpb.BackupMeta{})
+}
+
+// listing is an object of version 2 or later that lists data files.
+type listing interface {
+	versioned
+	GetFiles() []*pitrpb.DataFile
+}
+
+// encodeListing is encode after the files' checks.
+func encodeListing[M listing](what string, kind byte, m M, stamp func(M)) ([]byte, error) {
+	if err := validateFiles(m.GetFiles()); err != nil {
+		return nil, fmt.Errorf("encode %s: %w", what, err)
+	}
+	return encode(kind, m, stamp)
+}
+
+// decodeListing is decodeV2 and then the files' checks.
+func decodeListing[M listing](what string, kind byte, b []byte, m M) (M, error) {
+	m, err := decodeV2(what, kind, b, m)
 	if err == nil {
 		if verr := validateFiles(m.GetFiles()); verr != nil {
-			return nil, fmt.Errorf("%w: decode backupmeta: %v", ErrCorrupt, verr)
+			var none M
+			return none, fmt.Errorf("%w: decode %s: %v", ErrCorrupt, what, verr)
 		}
 	}
 	return m, err
@@ -311,21 +328,12 @@ func DecodeTruncation(b []byte) (*pitrpb.Truncation, error) {
 
 // EncodeCompactedMeta returns the bytes of a compacted meta.
 func EncodeCompactedMeta(m *pitrpb.CompactedMeta) ([]byte, error) {
-	if err := validateFiles(m.GetFiles()); err != nil {
-		return nil, fmt.Errorf("encode compacted meta: %w", err)
-	}
-	return encode(kindCompacted, m, func(c *pitrpb.CompactedMeta) { c.FormatVersion = FormatVersion })
+	return encodeListing("compacted meta", kindCompacted, m, func(c *pitrpb.CompactedMeta) { c.FormatVersion = FormatVersion })
 }
 
 // DecodeCompactedMeta verifies and parses a compacted meta.
 func DecodeCompactedMeta(b []byte) (*pitrpb.CompactedMeta, error) {
-	m, err := decodeV2("compacted meta", kindCompacted, b, &pitrpb.CompactedMeta{})
-	if err == nil {
-		if verr := validateFiles(m.GetFiles()); verr != nil {
-			return nil, fmt.Errorf("%w: decode compacted meta: %v", ErrCorrupt, verr)
-		}
-	}
-	return m, err
+	return decodeListing("compacted meta", kindCompacted, b, &pitrpb.CompactedMeta{})
 }
 
 // decodeV2 is decode for objects that were never written as version 1.
