@@ -51,6 +51,8 @@ const (
 	kindBackupMeta = byte(pitrpb.ObjectKind_OBJECT_KIND_BACKUP_META)
 	kindTruncation = byte(pitrpb.ObjectKind_OBJECT_KIND_TRUNCATION)
 	kindCompacted  = byte(pitrpb.ObjectKind_OBJECT_KIND_COMPACTED_META)
+	kindVolumeMeta = byte(pitrpb.ObjectKind_OBJECT_KIND_VOLUME_BACKUP_META)
+	kindVolumeLock = byte(pitrpb.ObjectKind_OBJECT_KIND_VOLUME_BACKUP_LOCK)
 )
 
 // Frame field tags (field number << 3 | wire type) of pitrpb.Frame, as
@@ -342,4 +344,31 @@ func decodeV2[M versioned](what string, kind byte, b []byte, m M) (M, error) {
 		return m, fmt.Errorf("%w: decode %s: version 1 frame (%s objects start at version 2)", ErrCorrupt, what, what)
 	}
 	return decode(what, kind, b, m)
+}
+
+// Volume backup objects (`pitr backup volume`) exist only as format
+// version 2 or later.
+
+// EncodeVolumeBackupMeta returns the bytes of a volume backup's
+// volumebackupmeta.
+func EncodeVolumeBackupMeta(m *pitrpb.VolumeBackupMeta) ([]byte, error) {
+	return encode(kindVolumeMeta, m, func(c *pitrpb.VolumeBackupMeta) { c.FormatVersion = FormatVersion })
+}
+
+// DecodeVolumeBackupMeta verifies and parses a volume backup's
+// volumebackupmeta.
+func DecodeVolumeBackupMeta(b []byte) (*pitrpb.VolumeBackupMeta, error) {
+	return decodeV2("volume backup meta", kindVolumeMeta, b, &pitrpb.VolumeBackupMeta{})
+}
+
+// EncodeVolumeBackupLock returns the bytes of a volume backup's
+// backup.lock.
+func EncodeVolumeBackupLock(m *pitrpb.VolumeBackupLock) ([]byte, error) {
+	return encode(kindVolumeLock, m, func(c *pitrpb.VolumeBackupLock) { c.FormatVersion = FormatVersion })
+}
+
+// DecodeVolumeBackupLock verifies and parses a volume backup's
+// backup.lock.
+func DecodeVolumeBackupLock(b []byte) (*pitrpb.VolumeBackupLock, error) {
+	return decodeV2("volume backup lock", kindVolumeLock, b, &pitrpb.VolumeBackupLock{})
 }

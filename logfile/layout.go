@@ -21,6 +21,7 @@ const (
 	LogPrefix       = "log/"              // immutable data files
 	CompactedPrefix = "compacted/"        // merge outputs
 	SnapshotPrefix  = "snapshot/"         // full backups
+	VolumePrefix    = "volume/"           // volume-snapshot backups
 )
 
 // CompactedMetaPath is where pitr compact stores a compacted meta whose

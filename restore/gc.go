@@ -283,7 +283,7 @@ func (h *gcHold) get(ctx context.Context, addr string) (string, error) {
 	var cfg struct {
 		GC map[string]json.RawMessage `json:"gc"`
 	}
-	if err := callJSON(ctx, h.http, http.MethodGet, statusURL(h.tls, addr), nil, &cfg); err != nil {
+	if err := CallJSON(ctx, h.http, http.MethodGet, statusURL(h.tls, addr), nil, &cfg); err != nil {
 		return "", err
 	}
 	raw, ok := cfg.GC["ratio-threshold"]
@@ -307,7 +307,7 @@ func (h *gcHold) set(ctx context.Context, addr, value string) error {
 	if err != nil {
 		return err
 	}
-	if err := callJSON(ctx, h.http, http.MethodPost, statusURL(h.tls, addr), body, nil); err != nil {
+	if err := CallJSON(ctx, h.http, http.MethodPost, statusURL(h.tls, addr), body, nil); err != nil {
 		return fmt.Errorf("set gc.ratio-threshold=%s: %w", value, err)
 	}
 	return nil

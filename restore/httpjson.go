@@ -10,11 +10,11 @@ import (
 	"strings"
 )
 
-// callJSON sends an HTTP request with a JSON body (nil: none) and decodes a
+// CallJSON sends an HTTP request with a JSON body (nil: none) and decodes a
 // 200 answer's JSON into out (nil: ignored); any other status is an error
 // carrying the answer's first line. TiKV's status API (gc.go) and PD's HTTP
-// API (prepare.go) are both spoken this way.
-func callJSON(ctx context.Context, c *http.Client, method, url string, body []byte, out any) error {
+// API (prepare.go, package volsnap) are both spoken this way.
+func CallJSON(ctx context.Context, c *http.Client, method, url string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)

@@ -105,13 +105,28 @@ func prepareTarget(ctx context.Context, o Options, log hclog.Logger, tgt *target
 	if err := checkNotInUse(ctx, connector.Config{PDAddrs: o.PDAddrs, TLS: o.TLS, Timeout: 10 * time.Second}); err != nil {
 		return nil, err
 	}
-	ps := &pdSchedule{log: log.Named("pd-schedule"), addrs: pdHTTPAddrs(o.TLS, o.PDAddrs), ttl: po.PauseTTL, http: tgt.http}
-	if err := ps.pause(ctx); err != nil {
-		ps.resume()
+	resume, err := PauseScheduling(ctx, log, o.TLS, o.PDAddrs, tgt.http, po.PauseTTL, pausedSchedulers, loweredConfig)
+	if err != nil {
 		return nil, err
 	}
 	if po.MaxSplitKeys > 0 {
 		splitTarget(ctx, log, tgt, splitKeys(plan, po.MaxSplitKeys))
+	}
+	return resume, nil
+}
+
+// PauseScheduling pauses those of the schedulers PD runs and sets the
+// schedule config keys lower to 0, each for ttl (whole seconds), renews
+// both every ttl/3 until resume is called, and returns resume, which
+// undoes them and never fails (what it cannot undo lapses within ttl).
+// A volume backup pauses PD this way around its snapshots.
+func PauseScheduling(ctx context.Context, log hclog.Logger, t connector.TLS, pdAddrs []string, hc *http.Client, ttl time.Duration,
+	schedulers, lower []string) (resume func(), err error) {
+	ttl = max(ttl, time.Second)
+	ps := &pdSchedule{log: log.Named("pd-schedule"), addrs: pdHTTPAddrs(t, pdAddrs), ttl: ttl, http: hc, candidates: schedulers, lower: lower}
+	if err := ps.pause(ctx); err != nil {
+		ps.resume()
+		return nil, err
 	}
 	return ps.resume, nil
 }
@@ -178,6 +193,8 @@ type pdSchedule struct {
 	http  *http.Client
 	ttl   time.Duration
 
+	candidates []string       // the schedulers to pause, when PD runs them
+	lower      []string       // the config keys to set to 0
 	schedulers []string       // the ones paused
 	original   map[string]any // the lowered keys' stored values
 
@@ -194,7 +211,7 @@ func (p *pdSchedule) pause(ctx context.Context) error {
 		return fmt.Errorf("%w: list PD schedulers: %v", ErrUnavailable, err)
 	}
 	for _, n := range names {
-		if slices.Contains(pausedSchedulers, n) {
+		if slices.Contains(p.candidates, n) {
 			p.schedulers = append(p.schedulers, n)
 		}
 	}
@@ -203,7 +220,7 @@ func (p *pdSchedule) pause(ctx context.Context) error {
 		return fmt.Errorf("%w: read PD schedule config: %v", ErrUnavailable, err)
 	}
 	p.original = map[string]any{}
-	for _, k := range loweredConfig {
+	for _, k := range p.lower {
 		if v, ok := cfg[k]; ok {
 			p.original[k] = v
 		}
@@ -211,7 +228,7 @@ func (p *pdSchedule) pause(ctx context.Context) error {
 	if err := p.renew(ctx); err != nil {
 		return err
 	}
-	p.log.Info("paused PD schedulers", "schedulers", p.schedulers, "lowered", loweredConfig, "ttl", p.ttl)
+	p.log.Info("paused PD schedulers", "schedulers", p.schedulers, "lowered", p.lower, "ttl", p.ttl)
 	p.stop = make(chan struct{})
 	p.wg.Add(1)
 	go p.keepalive()
@@ -314,7 +331,7 @@ func (p *pdSchedule) call(ctx context.Context, method, path string, in, out any)
 }
 
 func (p *pdSchedule) callOne(ctx context.Context, method, url string, body []byte, out any) error {
-	return callJSON(ctx, p.http, method, url, body, out)
+	return CallJSON(ctx, p.http, method, url, body, out)
 }
 
 // splitKeys returns the raw keys to pre-split the target at: the source's

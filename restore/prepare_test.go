@@ -242,7 +242,7 @@ func TestPauseKeepalive(t *testing.T) {
 	require.NoError(t, err)
 	defer srv.Close()
 
-	ps := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs(connector.TLS{}, []string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient}
+	ps := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs(connector.TLS{}, []string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient, candidates: pausedSchedulers, lower: loweredConfig}
 	require.NoError(t, ps.pause(ctx))
 	require.ElementsMatch(t, []string{pd.SchedulerBalanceLeader, pd.SchedulerBalanceRegion, pd.SchedulerBalanceHotRegion}, ps.schedulers)
 	for end := time.Now().Add(3500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
@@ -256,7 +256,7 @@ func TestPauseKeepalive(t *testing.T) {
 	require.EqualValues(t, 8, srv.ScheduleConfig("merge-schedule-limit"))
 
 	// A restore that dies leaves a pause that lapses within the TTL.
-	left := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs(connector.TLS{}, []string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient}
+	left := &pdSchedule{log: hclog.NewNullLogger(), addrs: pdHTTPAddrs(connector.TLS{}, []string{srv.Addr()}), ttl: 2 * time.Second, http: http.DefaultClient, candidates: pausedSchedulers, lower: loweredConfig}
 	require.NoError(t, left.pause(ctx))
 	close(left.stop)
 	left.wg.Wait()

@@ -31,6 +31,22 @@ type gcHold struct {
 
 // holdGC checks that ts is at or above PD's GC safepoint and holds it.
 func holdGC(ctx context.Context, pd Cluster, ts uint64, ttl time.Duration, log hclog.Logger) (*gcHold, error) {
+	return holdGCAs(ctx, pd, SafePointID(ts), ts, ttl, log)
+}
+
+// HoldGC holds the service GC safepoint id at ts, as a snapshot backup
+// holds its own (refreshed every ttl/3; ErrConflict when ts is below the
+// cluster's GC safepoint), until release, which removes it. A volume
+// backup holds GC this way around its snapshots.
+func HoldGC(ctx context.Context, pd Cluster, id string, ts uint64, ttl time.Duration, log hclog.Logger) (release func(), err error) {
+	h, err := holdGCAs(ctx, pd, id, ts, ttl, log)
+	if err != nil {
+		return nil, err
+	}
+	return h.release, nil
+}
+
+func holdGCAs(ctx context.Context, pd Cluster, id string, ts uint64, ttl time.Duration, log hclog.Logger) (*gcHold, error) {
 	sp, err := pd.UpdateGCSafePoint(ctx, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read the GC safepoint: %v", connector.ErrUnavailable, err)
@@ -39,7 +55,7 @@ func holdGC(ctx context.Context, pd Cluster, ts uint64, ttl time.Duration, log h
 		return nil, fmt.Errorf("%w: backup ts %s is below the cluster's GC safepoint %s: the versions it needs may be gone; use a later --ts",
 			ErrConflict, keyspace.Format(ts), keyspace.Format(sp))
 	}
-	h := &gcHold{pd: pd, id: SafePointID(ts), ts: ts, ttl: ttl, log: log, stop: make(chan struct{})}
+	h := &gcHold{pd: pd, id: id, ts: ts, ttl: ttl, log: log, stop: make(chan struct{})}
 	if err := h.set(ctx); err != nil {
 		return nil, err
 	}

@@ -90,7 +90,7 @@ files, bytes and keys. It reads storage only.`,
 	}
 	status.Flags().StringVar(&statusStorage, "storage", "", "storage URL")
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	b.AddCommand(full, status)
+	b.AddCommand(full, newBackupVolumeCmd(), status)
 	return b
 }
 
