@@ -28,6 +28,8 @@ type Base struct {
 	Explicit bool
 	BackupTS uint64
 	Meta     *pitrpb.BackupMeta
+	// Volume: a volume backup the target was recovered from; no files.
+	Volume bool
 }
 
 // fileRefs returns the snapshot's data files as the plan reads them.
@@ -82,6 +84,13 @@ func covers(have, want []keyspace.Range) bool {
 //   - none at all: ErrNoBase, saying how to take one.
 func chooseBase(in PlanInput, ranges []keyspace.Range) (*Base, error) {
 	task, t, start := in.Task, in.RestoreTS, in.start()
+	if v := in.Volume; v != nil {
+		if v.BackupTS < start || v.BackupTS > t {
+			return nil, fmt.Errorf("%w: the volume backup's resolved ts is %s; a restore to %s needs one in [%s, %s]",
+				ErrOutOfRange, keyspace.Format(v.BackupTS), keyspace.Format(t), keyspace.Format(start), keyspace.Format(t))
+		}
+		return &Base{URL: in.SnapshotURL, Root: v.Root, BackupTS: v.BackupTS, Volume: true}, nil
+	}
 	check := func(s snapshot.Info) error {
 		m := s.Meta
 		where := strings.TrimSuffix(in.SnapshotURL, "/") + "/" + s.Root

@@ -34,6 +34,17 @@ type PlanInput struct {
 	Explicit  bool
 	// SnapshotURL is where Snapshots were read (for messages).
 	SnapshotURL string
+	// Volume: the base is a volume backup the target was recovered from
+	// (Snapshots are not used).
+	Volume *VolumeBase
+}
+
+// VolumeBase is a volume backup a target was recovered from: it holds the
+// cluster as it was at BackupTS (the backup's resolved ts).
+type VolumeBase struct {
+	// Root is the backup's root in the task root (volume/<ts>/).
+	Root     string
+	BackupTS uint64
 }
 
 // start is where the restorable range can begin: the task's start ts, or
@@ -290,7 +301,9 @@ func (p *Plan) Print(w io.Writer) error {
 	fmt.Fprintf(&b, "restore plan for task %q\n", p.Task)
 	fmt.Fprintf(&b, "  restore to    %s\n", keyspace.Format(p.RestoreTS))
 	fmt.Fprintf(&b, "  restorable    [%s, %s]\n", keyspace.Format(p.StartTS), keyspace.Format(p.Checkpoint))
-	if p.Base != nil {
+	if p.Base != nil && p.Base.Volume {
+		fmt.Fprintf(&b, "  base          volume backup %s at %s, already in the target\n", strings.TrimSuffix(p.Base.URL, "/")+"/"+p.Base.Root, keyspace.Format(p.Base.BackupTS))
+	} else if p.Base != nil {
 		fmt.Fprintf(&b, "  base          snapshot %s at %s: %d files, %s\n", strings.TrimSuffix(p.Base.URL, "/")+"/"+p.Base.Root, keyspace.Format(p.Base.BackupTS), p.BaseFiles, storage.FormatBytes(p.BaseBytes))
 	} else {
 		fmt.Fprintf(&b, "  base          none: log only (the task started on empty ranges, the log alone rebuilds them)\n")

@@ -21,6 +21,7 @@ import (
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/merge"
+	"github.com/pitr-io/pitr/snapshot"
 )
 
 // Defaults for the zero fields of Options.
@@ -45,6 +46,12 @@ type Options struct {
 	// (--snapshot: a snapshot root of its own); nil: the newest fitting
 	// snapshot under the task root (snapshot/<ts>/), if any.
 	Snapshot Source
+	// Volume, when set, says the target already holds the cluster as it
+	// was at Volume.BackupTS, recovered from a volume backup (package
+	// volsnap): the restore writes the log in (BackupTS, T] only, into a
+	// target that is not empty, and skips the checksum (a volume backup
+	// has no range checksums to compare with).
+	Volume *VolumeBase
 	// SkipChecksum skips the post-restore checksum, for a target that
 	// legitimately holds other keys in the task ranges.
 	SkipChecksum bool
@@ -130,25 +137,35 @@ func (o *Options) setDefaults() {
 // when set) and plans a restore to ts without touching the data files or
 // any cluster (pitr restore --dry-run).
 func PlanRestore(ctx context.Context, src Source, ts uint64, snap Source) (*Plan, error) {
-	_, p, err := loadPlan(ctx, src, snap, ts)
+	_, p, err := loadPlan(ctx, src, snap, nil, ts)
 	return p, err
 }
 
-func loadPlan(ctx context.Context, src, snap Source, ts uint64) (*Backup, *Plan, error) {
+// PlanVolumeRestore is PlanRestore onto a target recovered from a volume
+// backup at vol.BackupTS.
+func PlanVolumeRestore(ctx context.Context, src Source, ts uint64, vol *VolumeBase) (*Plan, error) {
+	_, p, err := loadPlan(ctx, src, nil, vol, ts)
+	return p, err
+}
+
+func loadPlan(ctx context.Context, src, snap Source, vol *VolumeBase, ts uint64) (*Backup, *Plan, error) {
 	b, err := Load(ctx, src)
 	if err != nil {
 		return nil, nil, err
 	}
-	snaps, explicit, err := loadSnapshots(ctx, src, snap)
-	if err != nil {
-		return nil, nil, err
+	var snaps []snapshot.Info
+	explicit := false
+	if vol == nil {
+		if snaps, explicit, err = loadSnapshots(ctx, src, snap); err != nil {
+			return nil, nil, err
+		}
 	}
 	url := b.URL
 	if snap != nil {
 		url = snap.URL()
 	}
 	p, err := NewPlan(PlanInput{Task: b.Task, Checkpoint: b.Checkpoint, Metas: b.Metas, Coverage: b.Coverage, TruncatedTo: b.TruncatedTo, RestoreTS: ts,
-		Snapshots: snaps, Explicit: explicit, SnapshotURL: url})
+		Snapshots: snaps, Explicit: explicit, SnapshotURL: url, Volume: vol})
 	return b, p, err
 }
 
@@ -187,9 +204,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if rb := ReadBudget(o.Concurrency, o.MemoryBudget, o.ChunkBytes); rb <= 0 {
 		return nil, fmt.Errorf("memory budget %d bytes is too small for concurrency %d: the chunk buffers alone need more (see CheckBudget)", o.MemoryBudget, o.Concurrency)
 	}
-	b, plan, err := loadPlan(ctx, o.Source, o.Snapshot, o.RestoreTS)
+	b, plan, err := loadPlan(ctx, o.Source, o.Snapshot, o.Volume, o.RestoreTS)
 	if err != nil {
 		return nil, err
+	}
+	if o.Volume != nil && !o.SkipChecksum {
+		log.Info("no checksum after the restore: a volume base has no range checksums to compare the target with")
+		o.SkipChecksum = true
 	}
 	srcs := sources{log: o.Source, base: o.Snapshot}
 	var sumKV *txnkv.Client
@@ -284,7 +305,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, fmt.Errorf("the target cluster's TSO %s is not past the restore point %s: restored versions would be in its future",
 			keyspace.Format(now), keyspace.Format(plan.RestoreTS))
 	}
-	if !prog.started() && !o.Force {
+	if !prog.started() && !o.Force && o.Volume == nil {
 		if err := tgt.checkEmpty(ctx, plan.Ranges, now); err != nil {
 			return nil, err
 		}
