@@ -28,6 +28,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/pd/client/clients/router"
 	"github.com/tikv/pd/client/opt"
 
 	"github.com/pitr-io/pitr/connector"
@@ -172,6 +173,7 @@ func (f *VolumeFile) Stores() []volume.Store {
 type PD interface {
 	snapshot.Cluster
 	GetAllStores(ctx context.Context, opts ...opt.GetStoreOption) ([]*metapb.Store, error)
+	ScanRegions(ctx context.Context, key, endKey []byte, limit int, opts ...opt.GetRegionOption) ([]*router.Region, error)
 }
 
 // BackupOptions configure Backup.

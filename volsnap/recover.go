@@ -210,6 +210,9 @@ type RecoverOptions struct {
 	StoreWait time.Duration
 	Progress  io.Writer
 	Logger    hclog.Logger
+	// Mark, when set, runs after the stores resolved their data and
+	// before PD's marker is cleared (RestoreData records the recovery).
+	Mark func(ctx context.Context) error
 }
 
 // RecoverResult is what Recover did.
@@ -374,6 +377,11 @@ func Recover(ctx context.Context, o RecoverOptions) (*RecoverResult, error) {
 	// from its plan's max id), then leaves recovery.
 	if err := ph.call(ctx, http.MethodPost, "/pd/api/v1/admin/base-alloc-id", []byte(fmt.Sprint(pl.maxAllocID+1)), nil); err != nil {
 		log.Warn("set PD's base alloc id; PD keeps allocating from its own", "max_id", pl.maxAllocID, "error", err)
+	}
+	if o.Mark != nil {
+		if err := o.Mark(ctx); err != nil {
+			return nil, fmt.Errorf("%w: record the recovery in the target's etcd: %v", ErrUnavailable, err)
+		}
 	}
 	if err := ph.call(ctx, http.MethodDelete, markerPath, nil, nil); err != nil {
 		return nil, fmt.Errorf("the regions are recovered but PD's snapshot-recovery marker was not cleared (rerun, or DELETE %s): %w", markerPath, err)

@@ -89,6 +89,7 @@ and touches no cluster.`,
 			return runRestore(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
 	}
+	c.AddCommand(newRestoreVolumeCmd())
 	f := c.Flags()
 	f.StringVar(&o.storage, "storage", "", "log backup storage URL")
 	f.StringVar(&o.to, "to", "", `restore point: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz`)
@@ -109,47 +110,14 @@ and touches no cluster.`,
 }
 
 func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions) error {
-	switch {
-	case o.storage == "":
-		return cli.Usagef("pitr restore: --storage is required")
-	case o.to == "":
-		return cli.Usagef("pitr restore: --to is required")
-	case o.pd == "" && !o.dryRun:
+	if o.pd == "" && !o.dryRun {
 		return cli.Usagef("pitr restore: --pd is required (or --dry-run)")
-	case o.concurrency < 1:
-		return cli.Usagef("pitr restore: --concurrency must be at least 1")
 	}
-	ts, err := parseTS(stderr, "pitr restore", "to", o.to, &o.tz)
-	if err != nil {
-		return cli.Usagef("pitr restore: %v", err)
-	}
-	mem, err := cli.ParseSize(o.memory)
-	if err != nil || mem < 64<<20 {
-		return cli.Usagef("pitr restore: --memory %q: want a size of at least 64MiB, like 1GiB", o.memory)
-	}
-	if err := restore.CheckBudget(o.concurrency, mem); err != nil {
-		return cli.Usagef("pitr restore: --memory %s is %v", o.memory, err)
-	}
-	level := hclog.LevelFromString(o.logLevel)
-	if level == hclog.NoLevel {
-		return cli.Usagef("pitr restore: --log-level %q: want trace, debug, info, warn or error", o.logLevel)
-	}
-	// The clients' logs would tear the progress bar: errors only, unless
-	// debugging.
-	clientLevel := hclog.Error
-	if level <= hclog.Debug {
-		clientLevel = level
-	}
-	cli.RouteClientLogs(stderr, clientLevel)
-	tlsCfg := o.tls.get(nil, func(string) bool { return true })
-	if err := tlsCfg.Validate(); err != nil {
-		return cli.Usagef("pitr restore: %v", err)
-	}
-	src, err := openBackupStorage(ctx, o.storage)
+	rs, err := setupRestore(ctx, stderr, "pitr restore", o)
 	if err != nil {
 		return err
 	}
-	defer src.Close()
+	defer rs.close()
 	var snap restore.Source
 	if o.snapshot != "" {
 		st, err := openBackupStorage(ctx, o.snapshot)
@@ -161,18 +129,87 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 	}
 
 	if o.dryRun {
-		plan, err := restore.PlanRestore(ctx, src, ts, snap)
+		plan, err := restore.PlanRestore(ctx, rs.opts.Source, rs.opts.RestoreTS, snap)
 		if err != nil {
 			return restoreError("pitr restore", err)
 		}
 		return plan.Print(stdout)
 	}
-	opts := restore.Options{
+	rs.opts.Snapshot = snap
+	res, err := restore.Run(ctx, rs.opts)
+	if err != nil {
+		return restoreError("pitr restore", err)
+	}
+	_, err = fmt.Fprintln(stdout, res.Summary())
+	return err
+}
+
+// restoreSetup is a restore's options from its flags, and what to close
+// after it.
+type restoreSetup struct {
+	opts    restore.Options
+	closers []func()
+}
+
+func (r *restoreSetup) close() {
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		r.closers[i]()
+	}
+}
+
+// setupRestore checks the flags a log restore shares with a volume
+// restore's data phase and opens the source and the metrics server.
+func setupRestore(ctx context.Context, stderr io.Writer, path string, o *restoreOptions) (_ *restoreSetup, err error) {
+	switch {
+	case o.storage == "":
+		return nil, cli.Usagef("%s: --storage is required", path)
+	case o.to == "":
+		return nil, cli.Usagef("%s: --to is required", path)
+	case o.concurrency < 1:
+		return nil, cli.Usagef("%s: --concurrency must be at least 1", path)
+	}
+	ts, err := parseTS(stderr, path, "to", o.to, &o.tz)
+	if err != nil {
+		return nil, cli.Usagef("%s: %v", path, err)
+	}
+	mem, err := cli.ParseSize(o.memory)
+	if err != nil || mem < 64<<20 {
+		return nil, cli.Usagef("%s: --memory %q: want a size of at least 64MiB, like 1GiB", path, o.memory)
+	}
+	if err := restore.CheckBudget(o.concurrency, mem); err != nil {
+		return nil, cli.Usagef("%s: --memory %s is %v", path, o.memory, err)
+	}
+	level := hclog.LevelFromString(o.logLevel)
+	if level == hclog.NoLevel {
+		return nil, cli.Usagef("%s: --log-level %q: want trace, debug, info, warn or error", path, o.logLevel)
+	}
+	// The clients' logs would tear the progress bar: errors only, unless
+	// debugging.
+	clientLevel := hclog.Error
+	if level <= hclog.Debug {
+		clientLevel = level
+	}
+	cli.RouteClientLogs(stderr, clientLevel)
+	tlsCfg := o.tls.get(nil, func(string) bool { return true })
+	if err := tlsCfg.Validate(); err != nil {
+		return nil, cli.Usagef("%s: %v", path, err)
+	}
+	rs := &restoreSetup{}
+	defer func() {
+		if err != nil {
+			rs.close()
+		}
+	}()
+	src, err := openBackupStorage(ctx, o.storage)
+	if err != nil {
+		return nil, err
+	}
+	rs.closers = append(rs.closers, func() { _ = src.Close() })
+	rs.opts = restore.Options{
 		Source:       src,
 		PDAddrs:      restoreAddrs(o.pd),
 		TLS:          tlsCfg,
 		RestoreTS:    ts,
-		Snapshot:     snap,
 		SkipChecksum: o.noChecksum,
 		Force:        o.force,
 		ProgressFile: o.progressFile,
@@ -181,25 +218,20 @@ func runRestore(ctx context.Context, stdout, stderr io.Writer, o *restoreOptions
 		Logger:       hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: level, Output: stderr}),
 	}
 	if !o.noProgress {
-		opts.Progress = stderr
+		rs.opts.Progress = stderr
 	}
 	if o.metricsAddr != "" {
 		ln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
-			return cli.Usagef("pitr restore: --metrics-addr: %v", err)
+			return nil, cli.Usagef("%s: --metrics-addr: %v", path, err)
 		}
 		reg := prometheus.NewRegistry()
 		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
-		opts.Metrics = reg
+		rs.closers = append(rs.closers, func() { _ = srv.Close() })
+		rs.opts.Metrics = reg
 	}
-	res, err := restore.Run(ctx, opts)
-	if err != nil {
-		return restoreError("pitr restore", err)
-	}
-	_, err = fmt.Fprintln(stdout, res.Summary())
-	return err
+	return rs, nil
 }
 
 // openBackupStorage opens a backup root for reading, with retries of

@@ -13,6 +13,7 @@ import (
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
+	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/volsnap"
 	"github.com/pitr-io/pitr/volume"
@@ -171,4 +172,176 @@ func volumeErr(cmd *cobra.Command, err error) error {
 		code = cli.ExitFormat
 	}
 	return cli.WithExit(code, &lineError{msg: cmd.CommandPath() + ": " + oneLine(err), err: err})
+}
+
+// volumeRestoreOptions are the flags of `pitr restore volume`.
+type volumeRestoreOptions struct {
+	restoreOptions
+	providerOptions
+	prepare    bool
+	output     string
+	volumeFile string
+	storeWait  time.Duration
+}
+
+func newRestoreVolumeCmd() *cobra.Command {
+	o := &volumeRestoreOptions{}
+	c := &cobra.Command{
+		Use:   "volume --storage URL --pd ADDRS --to TS (--prepare --provider P --output FILE | [--volume-file FILE])",
+		Short: "Restore a cluster from a volume backup and the log after it",
+		Long: `Restore a whole cluster from a volume-snapshot backup (pitr backup volume),
+then apply the log up to --to, in two phases, as BR's EBS restore does:
+
+  --prepare   (PD of the new cluster running, its stores not started)
+              picks the newest volume backup with resolved ts <= --to,
+              makes a volume from every snapshot (--provider, in the zone
+              of the volume it was taken from), marks PD
+              snapshot-recovering, and writes --output: the volume file
+              with restore_volume_id set. Start each store on its volumes
+              then (TiDB Operator does; for the playground: its
+              start-stores call): they start in recovery mode.
+
+  (no flag)   runs TiKV's recovery protocol on those stores: each region's
+              leader from the peers with the newest log, every version after
+              the resolved ts deleted, PD's marker cleared; then restores the
+              log in (resolved ts, --to] as pitr restore does (GC off,
+              import mode, progress file, resume by rerunning). A rerun
+              after the recovery goes on to the log. --volume-file (the
+              --output of --prepare) pins the backup.
+
+There is no post-restore checksum: a volume backup carries no range
+checksums. Exit statuses are those of pitr restore.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runRestoreVolume(cmd, o) },
+	}
+	f := c.Flags()
+	f.StringVar(&o.storage, "storage", "", "the task's storage URL (where the volume backup and the log are)")
+	f.StringVar(&o.to, "to", "", `restore point: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz`)
+	f.StringVar(&o.pd, "pd", "", "PD addresses of the new cluster, comma separated")
+	f.BoolVar(&o.prepare, "prepare", false, "phase 1: make the volumes, mark PD, write --output")
+	f.StringVar(&o.output, "output", "", "--prepare: where to write the volume file of the new volumes")
+	f.StringVar(&o.volumeFile, "volume-file", "", "phase 2: the --output of --prepare (default: choose the backup by --to again)")
+	f.DurationVar(&o.storeWait, "store-wait", 2*time.Minute, "phase 2: how long to wait for every store to register with PD")
+	f.StringVar(&o.progressFile, "progress-file", "", "where finished ranges are recorded (default: under the user cache dir)")
+	f.IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "key ranges restored at once")
+	f.StringVar(&o.memory, "memory", "1GiB", "memory budget for reading and writing")
+	f.BoolVar(&o.noProgress, "no-progress", false, "do not draw progress on stderr")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve the restore's progress as Prometheus metrics on this address")
+	f.StringVar(&o.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
+	o.tls.register(f)
+	o.tz.register(f)
+	o.providerOptions.register(c)
+	return c
+}
+
+func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
+	path := cmd.CommandPath()
+	ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+	if o.pd == "" {
+		return cli.Usagef("%s: --pd is required", path)
+	}
+	if o.prepare && o.output == "" {
+		return cli.Usagef("%s: --prepare needs --output FILE", path)
+	}
+	if !o.prepare && o.output != "" {
+		return cli.Usagef("%s: --output goes with --prepare", path)
+	}
+	rs, err := setupRestore(ctx, stderr, path, &o.restoreOptions)
+	if err != nil {
+		return err
+	}
+	defer rs.close()
+	st := rs.opts.Source.(storage.Storage)
+	infos, err := volsnap.List(ctx, st)
+	if err != nil {
+		return volumeErr(cmd, err)
+	}
+	var pinned uint64
+	if o.volumeFile != "" {
+		vf, err := volsnap.ReadVolumeFile(o.volumeFile)
+		if err != nil {
+			return cli.Usagef("%s: %v", path, err)
+		}
+		if vf.ClusterInfo == nil || vf.ClusterInfo.ResolvedTS == 0 {
+			return cli.Usagef("%s: --volume-file %s has no cluster_info.resolved_ts: pass the --output of --prepare", path, o.volumeFile)
+		}
+		pinned = vf.ClusterInfo.ResolvedTS
+	}
+	chosen, ok := volsnap.Choose(infos, rs.opts.RestoreTS)
+	if pinned != 0 {
+		ok = false
+		for _, in := range infos {
+			if in.Finished() && in.ResolvedTS() == pinned {
+				chosen, ok = in, true
+			}
+		}
+		if !ok {
+			return cli.WithExit(cli.ExitNoBase, fmt.Errorf("%s: no finished volume backup at resolved ts %s in %s", path, keyspace.Format(pinned), st.URL()))
+		}
+	}
+	if !ok {
+		return cli.WithExit(cli.ExitNoBase, fmt.Errorf("%s: %s holds no finished volume backup with resolved ts at or before %s: take one with `pitr backup volume`",
+			path, st.URL(), keyspace.Format(rs.opts.RestoreTS)))
+	}
+	tlsCfg := rs.opts.TLS
+	hc, err := connector.HTTPClient(tlsCfg, 30*time.Second)
+	if err != nil {
+		return cli.Usagef("%s: %v", path, err)
+	}
+	if o.prepare {
+		prov, err := o.providerOptions.open(cmd)
+		if err != nil {
+			return err
+		}
+		po := volsnap.PrepareOptions{Provider: prov, Backup: chosen, PDAddrs: rs.opts.PDAddrs, TLS: tlsCfg, HTTP: hc, Logger: rs.opts.Logger}
+		if !o.noProgress {
+			po.Progress = stderr
+		}
+		vf, err := volsnap.Prepare(ctx, po)
+		if err != nil {
+			return volumeErr(cmd, err)
+		}
+		if err := volsnap.WriteVolumeFile(o.output, vf); err != nil {
+			return cli.WithExit(cli.ExitFailure, fmt.Errorf("%s: write --output %s (the volumes are made and PD is marked): %v", path, o.output, err))
+		}
+		n := 0
+		for _, s := range vf.TiKV.Stores {
+			n += len(s.Volumes)
+		}
+		_, err = fmt.Fprintf(stdout, "prepared %d volumes of %d stores from the volume backup at %s; PD is marked snapshot-recovering; start the stores on them (%s), then run this command without --prepare\n",
+			n, len(vf.TiKV.Stores), keyspace.Format(chosen.ResolvedTS()), o.output)
+		return err
+	}
+	cc := connector.Config{PDAddrs: rs.opts.PDAddrs, TLS: tlsCfg, Timeout: 10 * time.Second, Component: "pitr-restore"}
+	pd, err := connector.PD(ctx, cc)
+	if err != nil {
+		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("%s: %v", path, err))
+	}
+	defer pd.Close()
+	etcd, err := connector.Etcd(ctx, cc, volsnap.RecoveredKey)
+	if err != nil {
+		return cli.WithExit(cli.ExitUnavailable, fmt.Errorf("%s: %v", path, err))
+	}
+	defer etcd.Close()
+	do := volsnap.DataOptions{
+		Recover: volsnap.RecoverOptions{PD: pd, PDAddrs: rs.opts.PDAddrs, TLS: tlsCfg, HTTP: hc, StoreWait: o.storeWait, Logger: rs.opts.Logger},
+		Etcd:    etcd, Restore: rs.opts, Backup: chosen,
+	}
+	if !o.noProgress {
+		do.Recover.Progress = stderr
+	}
+	res, err := volsnap.RestoreData(ctx, do)
+	if err != nil {
+		if errors.Is(err, volsnap.ErrNotRecovering) || errors.Is(err, volsnap.ErrRecovery) || errors.Is(err, volsnap.ErrInvalid) ||
+			(res == nil && errors.Is(err, volsnap.ErrUnavailable)) {
+			return volumeErr(cmd, err)
+		}
+		return restoreError(path, err)
+	}
+	if r := res.Recovered; r != nil {
+		fmt.Fprintf(stdout, "recovered %d stores at resolved ts %s: %d regions, %d stale regions tombstoned, %d versions and locks after it deleted, in %s\n",
+			r.Stores, keyspace.Format(chosen.ResolvedTS()), r.Regions, r.Tombstoned, r.ResolvedKeys, r.Duration.Round(time.Millisecond))
+	}
+	_, err = fmt.Fprintln(stdout, res.Restore.Summary())
+	return err
 }
