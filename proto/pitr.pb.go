@@ -2187,7 +2187,7 @@ func (x *VolumeSnapshot) GetBytes() int64 {
 	return 0
 }
 
-// volume/<resolved_ts:016x>/backup.lock: created if absent by a volume
+// volume/<resolved_ts:016x>/volumebackup.lock: created if absent by a volume
 // backup before its first snapshot; the snapshot ids are recorded as they
 // are taken, so a failed backup can delete them.
 type VolumeBackupLock struct {

@@ -58,7 +58,7 @@ var (
 // Names under a backup root.
 const (
 	MetaName = "volumebackupmeta"
-	LockName = "backup.lock"
+	LockName = "volumebackup.lock"
 )
 
 // Root is where a volume backup at resolved ts lives under a task root.

@@ -19,6 +19,7 @@ import (
 	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/volsnap"
 )
 
 // backupOptions are the flags of `pitr backup full`.
@@ -204,6 +205,9 @@ func backupErr(cmd *cobra.Command, err error) error {
 
 // snapshotView is one line of `pitr backup status`.
 type snapshotView struct {
+	// Kind is "snapshot" (pitr backup full) or "volume" (pitr backup
+	// volume; BackupTS is its resolved ts).
+	Kind       string `json:"kind"`
 	Root       string `json:"root"`
 	BackupTS   uint64 `json:"backup_ts"`
 	BackupTime string `json:"backup_time"`
@@ -212,6 +216,10 @@ type snapshotView struct {
 	Files      int    `json:"files"`
 	Bytes      int64  `json:"bytes"`
 	Keys       uint64 `json:"keys"`
+	// Volume backups: the provider and the snapshots per store.
+	Provider  string `json:"provider,omitempty"`
+	Stores    int    `json:"stores,omitempty"`
+	Snapshots int    `json:"snapshots,omitempty"`
 }
 
 func runBackupStatus(cmd *cobra.Command, url string, asJSON bool) error {
@@ -239,7 +247,7 @@ func runBackupStatus(cmd *cobra.Command, url string, asJSON bool) error {
 	}
 	views := make([]snapshotView, 0, len(infos))
 	for _, in := range infos {
-		v := snapshotView{Root: in.Root, BackupTS: in.BackupTS, BackupTime: keyspace.Time(in.BackupTS).Format(time.RFC3339), State: "unfinished"}
+		v := snapshotView{Kind: "snapshot", Root: in.Root, BackupTS: in.BackupTS, BackupTime: keyspace.Time(in.BackupTS).Format(time.RFC3339), State: "unfinished"}
 		if in.Lock != nil {
 			v.Task = in.Lock.GetTask()
 		}
@@ -247,6 +255,25 @@ func runBackupStatus(cmd *cobra.Command, url string, asJSON bool) error {
 			v.State, v.Task, v.Files, v.Keys = "finished", m.GetTask(), len(m.GetFiles()), m.GetTotalKvs()
 			for _, f := range m.GetFiles() {
 				v.Bytes += f.GetSize()
+			}
+		}
+		views = append(views, v)
+	}
+	vols, err := volsnap.List(ctx, st)
+	if err != nil {
+		return backupErr(cmd, err)
+	}
+	for _, in := range vols {
+		ts := in.ResolvedTS()
+		v := snapshotView{Kind: "volume", Root: in.Root, BackupTS: ts, BackupTime: keyspace.Time(ts).Format(time.RFC3339), State: "unfinished",
+			Task: in.Lock.GetTask(), Provider: in.Lock.GetProvider()}
+		if m := in.Meta; m != nil {
+			v.State, v.Task, v.Provider, v.Stores = "finished", m.GetTask(), m.GetFullBackupType(), len(m.GetStores())
+			for _, s := range m.GetStores() {
+				v.Snapshots += len(s.GetVolumes())
+				for _, sv := range s.GetVolumes() {
+					v.Bytes += sv.GetBytes()
+				}
 			}
 		}
 		views = append(views, v)
@@ -262,13 +289,18 @@ func runBackupStatus(cmd *cobra.Command, url string, asJSON bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKUP TS\tTIME (UTC)\tSTATE\tFILES\tSIZE\tKEYS\tROOT")
+	fmt.Fprintln(tw, "KIND\tBACKUP TS\tTIME (UTC)\tSTATE\tFILES\tSIZE\tKEYS\tROOT")
 	for _, v := range views {
 		root := v.Root
 		if root == "" {
 			root = "."
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%s\n", v.BackupTS, v.BackupTime, v.State, v.Files, storage.FormatBytes(v.Bytes), v.Keys, root)
+		files, keys := fmt.Sprint(v.Files), fmt.Sprint(v.Keys)
+		if v.Kind == "volume" {
+			// A volume backup holds snapshots, not files, and no key count.
+			files, keys = fmt.Sprintf("%d snapshots (%s)", v.Snapshots, v.Provider), "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Kind, v.BackupTS, v.BackupTime, v.State, files, storage.FormatBytes(v.Bytes), keys, root)
 	}
 	return tw.Flush()
 }
