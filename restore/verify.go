@@ -9,6 +9,7 @@ import (
 
 	"github.com/pitr-io/pitr/keyspace"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
 )
 
@@ -20,6 +21,10 @@ type VerifyOptions struct {
 	// Snapshot, when set, is the base snapshot's own storage (--snapshot);
 	// nil: the snapshots under the task root.
 	Snapshot Source
+	// Volume, when set, is the volume backup a restore would start from
+	// (the caller checked the backup itself: package volsnap); the log is
+	// verified over (Volume.BackupTS, T].
+	Volume *VolumeBase
 	// Progress, when set, receives the progress bar while files are read.
 	Progress io.Writer
 }
@@ -48,7 +53,9 @@ type VerifyResult struct {
 func (r *VerifyResult) Summary() string {
 	s := fmt.Sprintf("ok: task %q, %d metas, %d files (%s) intact; the log covers %d key ranges over (%s, %s]",
 		r.Task, r.Metas, r.Files, storage.FormatBytes(r.Bytes), len(r.Ranges), keyspace.Format(r.From), keyspace.Format(r.To))
-	if r.Base != nil {
+	if r.Base != nil && r.Base.Volume {
+		s += fmt.Sprintf("; base: the volume backup %s at %s", strings.TrimSuffix(r.Base.URL, "/")+"/"+r.Base.Root, keyspace.Format(r.Base.BackupTS))
+	} else if r.Base != nil {
 		s += fmt.Sprintf("; base snapshot %s at %s: %d files (%s) intact, its checksums tile its ranges and match its rows, its ranges cover the task ranges",
 			strings.TrimSuffix(r.Base.URL, "/")+"/"+r.Base.Root, keyspace.Format(r.Base.BackupTS), r.BaseFiles, storage.FormatBytes(r.BaseBytes))
 	} else {
@@ -107,15 +114,18 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 			res.Unchecksummed++
 		}
 	}
-	snaps, explicit, err := loadSnapshots(ctx, src, o.Snapshot)
-	if err != nil {
-		return nil, err
+	var snaps []snapshot.Info
+	explicit := false
+	if o.Volume == nil {
+		if snaps, explicit, err = loadSnapshots(ctx, src, o.Snapshot); err != nil {
+			return nil, err
+		}
 	}
 	url := b.URL
 	if o.Snapshot != nil {
 		url = o.Snapshot.URL()
 	}
-	base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: cp, TruncatedTo: b.TruncatedTo, RestoreTS: to, Snapshots: snaps, Explicit: explicit, SnapshotURL: url}, res.Ranges)
+	base, err := chooseBase(PlanInput{Task: b.Task, Checkpoint: cp, TruncatedTo: b.TruncatedTo, RestoreTS: to, Snapshots: snaps, Explicit: explicit, SnapshotURL: url, Volume: o.Volume}, res.Ranges)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +175,7 @@ func Verify(ctx context.Context, src Source, o VerifyOptions) (*VerifyResult, er
 	if err := checkFiles(ctx, srcs, files, o.Concurrency, onBytes); err != nil {
 		return nil, err
 	}
-	if base != nil {
+	if base != nil && !base.Volume {
 		if err := checkBaseSums(ctx, srcs.of(FileRef{Base: true}), base); err != nil {
 			return nil, err
 		}

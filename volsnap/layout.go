@@ -10,7 +10,9 @@ import (
 
 	"github.com/pitr-io/pitr/logfile"
 	pitrpb "github.com/pitr-io/pitr/proto"
+	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
+	"github.com/pitr-io/pitr/volume"
 )
 
 // ErrNoBackup: no volume backup where one was looked for.
@@ -138,4 +140,32 @@ func Choose(infos []Info, t uint64) (Info, bool) {
 		}
 	}
 	return Info{}, false
+}
+
+// CheckSnapshots asks the provider for every snapshot of a finished
+// backup: each must exist (else restore.ErrMissing) and be completed
+// (else restore.ErrCorrupt with the provider's reason). It returns how
+// many it checked.
+func CheckSnapshots(ctx context.Context, p volume.Provider, in Info) (int, error) {
+	m := in.Meta
+	if m.GetFullBackupType() != p.Name() {
+		return 0, fmt.Errorf("%w: the volume backup at %s was taken with provider %q, not %q", ErrInvalid, in.Root, m.GetFullBackupType(), p.Name())
+	}
+	n := 0
+	for _, s := range m.GetStores() {
+		for _, v := range s.GetVolumes() {
+			st, err := p.Status(ctx, []string{v.GetSnapshotId()})
+			if errors.Is(err, volume.ErrNotFound) {
+				return n, fmt.Errorf("%w: snapshot %s of volume %s of store %d: %v", restore.ErrMissing, v.GetSnapshotId(), v.GetVolumeId(), s.GetStoreId(), err)
+			}
+			if err != nil {
+				return n, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			if st[0].State != volume.Completed {
+				return n, fmt.Errorf("%w: snapshot %s of volume %s of store %d is %s: %s", restore.ErrCorrupt, v.GetSnapshotId(), v.GetVolumeId(), s.GetStoreId(), st[0].State, st[0].Message)
+			}
+			n++
+		}
+	}
+	return n, nil
 }

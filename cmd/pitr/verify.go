@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/restore"
+	"github.com/pitr-io/pitr/volsnap"
 )
 
 // verifyOptions are the flags of `pitr verify`.
@@ -18,7 +20,9 @@ type verifyOptions struct {
 	concurrency int
 	noProgress  bool
 	snapshot    string
+	volume      bool
 	tz          tzFlag
+	providerOptions
 }
 
 func newVerifyCmd() *cobra.Command {
@@ -34,7 +38,10 @@ snapshot a restore to --to would use (as restore picks it; --snapshot
 names one) or the task's start ts. The base's files are checked like the
 log's, its checksums must tile its ranges and match its files' rows
 (11), and its ranges must cover the task ranges (16 when a needed base is
-missing). It stops at the first problem and
+missing). With --volume the base is the newest finished volume backup
+at or before --to instead (pitr backup volume): its volumebackupmeta must
+pass its checksum and, with --provider, every snapshot it names must exist
+(12) and be completed (11). It stops at the first problem and
 names it (a file path, or a key range and timestamp interval), with the
 exit status restore would give (10 out of range, 11 corrupt, 12 missing
 file or hole, 13 not a pitr backup, 15 newer format).`,
@@ -47,6 +54,8 @@ file or hole, 13 not a pitr backup, 15 newer format).`,
 	c.Flags().StringVar(&o.to, "to", "", `restore point to verify: TSO, RFC3339, now-5m, or "2026-12-01 21:00:00" in --tz (default: the checkpoint)`)
 	o.tz.register(c.Flags())
 	c.Flags().StringVar(&o.snapshot, "snapshot", "", "base snapshot root URL (default: the snapshots under the task root)")
+	c.Flags().BoolVar(&o.volume, "volume", false, "verify a restore from the volume backup at or before --to (and the log after it)")
+	o.providerOptions.register(c)
 	c.Flags().IntVar(&o.concurrency, "concurrency", restore.DefaultConcurrency, "files checked at once")
 	c.Flags().BoolVar(&o.noProgress, "no-progress", false, "do not draw the progress bar on stderr")
 	return c
@@ -83,10 +92,42 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 	if !o.noProgress {
 		vo.Progress = stderr
 	}
+	extra := ""
+	if o.volume {
+		if o.snapshot != "" {
+			return cli.Usagef("pitr verify: --volume and --snapshot name two different bases")
+		}
+		infos, err := volsnap.List(ctx, src)
+		if err != nil {
+			return restoreError("pitr verify", err)
+		}
+		to := ts
+		if to == 0 {
+			to = math.MaxUint64
+		}
+		in, ok := volsnap.Choose(infos, to)
+		if !ok {
+			return cli.WithExit(cli.ExitNoBase, fmt.Errorf("pitr verify: %s holds no finished volume backup at or before the restore point", src.URL()))
+		}
+		vo.Volume = &restore.VolumeBase{Root: in.Root, BackupTS: in.ResolvedTS()}
+		if o.provider != "" {
+			prov, err := o.providerOptions.open("pitr verify")
+			if err != nil {
+				return err
+			}
+			n, err := volsnap.CheckSnapshots(ctx, prov, in)
+			if err != nil {
+				return restoreError("pitr verify", err)
+			}
+			extra = fmt.Sprintf("; its %d volume snapshots are completed (%s)", n, prov.Name())
+		} else {
+			extra = "; its volume snapshots were not asked for (no --provider)"
+		}
+	}
 	res, err := restore.Verify(ctx, src, vo)
 	if err != nil {
 		return restoreError("pitr verify", err)
 	}
-	_, err = fmt.Fprintln(stdout, res.Summary())
+	_, err = fmt.Fprintln(stdout, res.Summary()+extra)
 	return err
 }

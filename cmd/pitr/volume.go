@@ -33,8 +33,7 @@ func (p *providerOptions) register(cmd *cobra.Command) {
 }
 
 // open returns the provider the flags name.
-func (p *providerOptions) open(cmd *cobra.Command) (volume.Provider, error) {
-	path := cmd.CommandPath()
+func (p *providerOptions) open(path string) (volume.Provider, error) {
 	switch p.provider {
 	case "":
 		return nil, cli.Usagef("%s: --provider is required: local or aws-ebs", path)
@@ -116,7 +115,7 @@ func runBackupVolume(cmd *cobra.Command, o *volumeBackupOptions) error {
 	if err != nil {
 		return cli.Usagef("%s: %v", path, err)
 	}
-	prov, err := o.providerOptions.open(cmd)
+	prov, err := o.providerOptions.open(path)
 	if err != nil {
 		return err
 	}
@@ -289,7 +288,7 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 		return cli.Usagef("%s: %v", path, err)
 	}
 	if o.prepare {
-		prov, err := o.providerOptions.open(cmd)
+		prov, err := o.providerOptions.open(path)
 		if err != nil {
 			return err
 		}
