@@ -29,6 +29,9 @@ const module = "github.com/pitr-io/pitr"
 //     (the demo) and cmd/pitr-bench, and its cluster layer (testkit
 //     itself) imports neither agent nor coordinator, so that their own
 //     internal tests can use it;
+//   - volume (the provider interface of volume snapshots) imports nothing
+//     of ours, volume/awsebs only volume, and its EC2 test server
+//     (volume/awsebs/ec2test) is imported only by tests;
 //   - the pitr binary links no etcd server and no playground.
 func TestDependencyDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Deps", "./...").Output()
@@ -77,6 +80,12 @@ func TestDependencyDirection(t *testing.T) {
 				t.Errorf("%s imports %s: checksum imports only keyspace and proto", pkg, d)
 			case under(pkg, "snapshot") && (under(d, "agent") || under(d, "coordinator") || under(d, "restore")):
 				t.Errorf("%s imports %s: snapshot imports neither agent, coordinator nor restore", pkg, d)
+			case pkg == "volume":
+				t.Errorf("%s imports %s: volume imports nothing of ours", pkg, d)
+			case under(d, "volume/awsebs/ec2test") && !under(pkg, "volume/awsebs/ec2test"):
+				t.Errorf("%s imports %s: ec2test is for tests only", pkg, d)
+			case under(pkg, "volume/awsebs") && d != "volume" && !under(d, "volume/awsebs"):
+				t.Errorf("%s imports %s: volume/awsebs imports only volume", pkg, d)
 			case pkg == "cmd/pitr" && under(d, "playground"):
 				t.Errorf("%s imports %s: the pitr binary links no playground (pitr-playground does)", pkg, d)
 			case under(d, "playground") && !under(pkg, "playground") && !under(pkg, "cmd/pitr-playground") && !under(pkg, "cmd/pitr-bench") && !under(pkg, "testkit"):
