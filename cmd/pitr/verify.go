@@ -111,7 +111,7 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 		}
 		vo.Volume = &restore.VolumeBase{Root: in.Root, BackupTS: in.ResolvedTS()}
 		if o.provider != "" {
-			prov, err := o.providerOptions.open("pitr verify")
+			prov, err := o.providerOptions.open(ctx, "pitr verify")
 			if err != nil {
 				return err
 			}

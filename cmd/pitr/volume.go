@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,23 +18,28 @@ import (
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/volsnap"
 	"github.com/pitr-io/pitr/volume"
+	"github.com/pitr-io/pitr/volume/awsebs"
 	"github.com/pitr-io/pitr/volume/local"
 )
 
 // providerOptions choose and configure a volume provider.
 type providerOptions struct {
-	provider  string
-	localRoot string
+	provider    string
+	localRoot   string
+	awsRegion   string
+	awsEndpoint string
 }
 
 func (p *providerOptions) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&p.provider, "provider", "", "volume provider: local or aws-ebs")
 	f.StringVar(&p.localRoot, "local-root", "", "local provider: the directory of its snapshots and volumes (on the volumes' filesystem)")
+	f.StringVar(&p.awsRegion, "aws-region", "", "aws-ebs: the region (default: the standard AWS chain's)")
+	f.StringVar(&p.awsEndpoint, "aws-endpoint", "", "aws-ebs: the EC2 endpoint (default: AWS's, or AWS_ENDPOINT_URL_EC2)")
 }
 
 // open returns the provider the flags name.
-func (p *providerOptions) open(path string) (volume.Provider, error) {
+func (p *providerOptions) open(ctx context.Context, path string) (volume.Provider, error) {
 	switch p.provider {
 	case "":
 		return nil, cli.Usagef("%s: --provider is required: local or aws-ebs", path)
@@ -44,6 +50,12 @@ func (p *providerOptions) open(path string) (volume.Provider, error) {
 		pr, err := local.New(p.localRoot)
 		if err != nil {
 			return nil, cli.Usagef("%s: --local-root: %v", path, err)
+		}
+		return pr, nil
+	case awsebs.Name:
+		pr, err := awsebs.New(ctx, awsebs.Config{Region: p.awsRegion, Endpoint: p.awsEndpoint})
+		if err != nil {
+			return nil, cli.Usagef("%s: --provider aws-ebs: %v", path, err)
 		}
 		return pr, nil
 	default:
@@ -115,11 +127,11 @@ func runBackupVolume(cmd *cobra.Command, o *volumeBackupOptions) error {
 	if err != nil {
 		return cli.Usagef("%s: %v", path, err)
 	}
-	prov, err := o.providerOptions.open(path)
+	ctx := cmd.Context()
+	prov, err := o.providerOptions.open(ctx, path)
 	if err != nil {
 		return err
 	}
-	ctx := cmd.Context()
 	st, err := storage.OpenStack(ctx, o.storage, storage.StackOptions{})
 	if err != nil {
 		return cli.Usagef("%s: --storage: %v", path, err)
@@ -288,7 +300,7 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 		return cli.Usagef("%s: %v", path, err)
 	}
 	if o.prepare {
-		prov, err := o.providerOptions.open(path)
+		prov, err := o.providerOptions.open(ctx, path)
 		if err != nil {
 			return err
 		}
