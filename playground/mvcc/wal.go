@@ -24,11 +24,11 @@ const (
 	checkpointMagic = "PITRMVC2"
 	// checkpointMagicV1 is format version 1: no applied index.
 	checkpointMagicV1 = "PITRMVC1"
-	walPrefix       = "wal-"
-	walSuffix       = ".log"
-	frameHeaderLen  = 8
-	maxFrameLen     = 1 << 30
-	ckptBatchMods   = 1024
+	walPrefix         = "wal-"
+	walSuffix         = ".log"
+	frameHeaderLen    = 8
+	maxFrameLen       = 1 << 30
+	ckptBatchMods     = 1024
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
