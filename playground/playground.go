@@ -648,6 +648,14 @@ func (p *Playground) Close() error {
 		n.srv.Stop()
 	}
 	p.wg.Wait()
+	p.mu.Lock()
+	rec := p.recovery
+	p.mu.Unlock()
+	if rec != nil {
+		rec.mu.Lock()
+		rec.closeEngines() // the store copies of a recovery that did not finish
+		rec.mu.Unlock()
+	}
 	if srv := p.pd(); srv != nil {
 		errs = append(errs, srv.Close())
 	}

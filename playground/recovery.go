@@ -437,12 +437,9 @@ func (p *Playground) buildRecovered(rec *recovery) error {
 	// and no gap: BR's leader selection must not leave gaps.
 	var at []byte
 	for i, r := range regions {
-		if i > 0 && len(at) == 0 {
-			return fmt.Errorf("elected region %d starts after a region ending at +inf", r.ID)
-		}
 		switch c := bytes.Compare(r.StartKey, at); {
-		case c < 0:
-			return fmt.Errorf("elected regions overlap: region %d starts at %x, inside region %d", r.ID, r.StartKey, regions[i-1].ID)
+		case i > 0 && (len(at) == 0 || c < 0):
+			return fmt.Errorf("elected regions %d and %d overlap: BR's leader selection must keep only the newer one", regions[i-1].ID, r.ID)
 		case c > 0:
 			return fmt.Errorf("no elected region covers [%x, %x): BR's leader selection must not leave gaps", at, r.StartKey)
 		}
