@@ -10,6 +10,11 @@
 // cluster with security configured does; ClientTLS returns the files a
 // client needs. The control API stays plain HTTP.
 //
+// With Config.Dir set, every store has a KV and a raft volume and the
+// playground writes BR's volume file (volumes.go); with DeferStores, the
+// stores start later from restored volumes in snapshot-recovery mode, as
+// BR's volume restore drives them (recovery.go).
+//
 // It is the test bed of pitr and the embedded default of `pitr-playground demo`; see
 // DESIGN.md §8 for the rules it follows and TIKV-PROTOCOLS.md for the
 // protocol behaviour it reproduces. It is imported only by tests, cmd/pitr
