@@ -23,6 +23,10 @@ import (
 //	POST /stores/{id}/stop
 //	POST /stores/{id}/start
 //	POST /gc                           -> {"safepoint": N}
+//	GET  /volumes                      -> the volume file (volumes.go), 404 without Dir
+//	POST /start-stores {"volumes_file": F} start the deferred stores from BR's
+//	                                   restore volume file (recovery.go); 409
+//	                                   when PD is not marked snapshot-recovering
 //	GET  /healthz
 //
 // Errors are {"error": "..."} with 400 (bad request), 404 (no such region or
@@ -198,6 +202,35 @@ func (p *Playground) ctlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]uint64{"safepoint": sp})
 	})
+	mux.HandleFunc("GET /volumes", func(w http.ResponseWriter, _ *http.Request) {
+		if p.cfg.Dir == "" {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "the playground has no dir, so no volumes"})
+			return
+		}
+		f, err := p.Volumes()
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, f)
+	})
+	mux.HandleFunc("POST /start-stores", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			VolumesFile string `json:"volumes_file"`
+		}
+		if !readJSON(w, r, &in) {
+			return
+		}
+		if in.VolumesFile == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "volumes_file is required"})
+			return
+		}
+		if err := p.StartStoresFromVolumes(r.Context(), in.VolumesFile); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	return mux
 }
 
@@ -218,7 +251,7 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, cluster.ErrBadSplitKey), errors.Is(err, cluster.ErrNotAdjacent), errors.Is(err, cluster.ErrBadPeerMove):
 		code = http.StatusBadRequest
-	case errors.Is(err, cluster.ErrStoreDown), errors.Is(err, ErrStoreRunning), errors.Is(err, ErrStoreStopped):
+	case errors.Is(err, cluster.ErrStoreDown), errors.Is(err, ErrStoreRunning), errors.Is(err, ErrStoreStopped), errors.Is(err, ErrNotRecovering):
 		code = http.StatusConflict
 	}
 	writeJSON(w, code, map[string]string{"error": err.Error()})

@@ -10,6 +10,11 @@
 // cluster with security configured does; ClientTLS returns the files a
 // client needs. The control API stays plain HTTP.
 //
+// With Config.Dir set, every store has a KV and a raft volume and the
+// playground writes BR's volume file (volumes.go); with DeferStores, the
+// stores start later from restored volumes in snapshot-recovery mode, as
+// BR's volume restore drives them (recovery.go).
+//
 // It is the test bed of pitr and the embedded default of `pitr-playground demo`; see
 // DESIGN.md §8 for the rules it follows and TIKV-PROTOCOLS.md for the
 // protocol behaviour it reproduces. It is imported only by tests, cmd/pitr
@@ -99,7 +104,15 @@ type Config struct {
 	// security.ca-path/cert-path/key-path set. The control API is not
 	// affected.
 	TLSDir string
-	Logger hclog.Logger
+	// DeferStores starts PD (and the control API) but no store, as TiDB
+	// Operator holds TiKV back during a volume restore: the stores start
+	// with StartStoresFromVolumes (recovery.go).
+	DeferStores bool
+	// MinResolvedTSInterval is how often each store reports its min
+	// resolved ts to PD (TiKV's pd.report-min-resolved-ts-interval,
+	// default 1s; negative disables the reports).
+	MinResolvedTSInterval time.Duration
+	Logger                hclog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -130,6 +143,9 @@ func (c *Config) setDefaults() {
 	if c.PDLeaderDelay == 0 {
 		c.PDLeaderDelay = 3 * time.Second
 	}
+	if c.MinResolvedTSInterval == 0 {
+		c.MinResolvedTSInterval = time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -157,8 +173,13 @@ type Playground struct {
 	closed bool
 	ssts   *importer.Registry
 
+	// recovery is the snapshot recovery of stores started from volumes
+	// (recovery.go); guarded by mu.
+	recovery *recovery
+
 	ctl    *http.Server
 	ctlLn  net.Listener
+	runCtx context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -204,7 +225,7 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		return nil, fmt.Errorf("open engine: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, cancel: cancel, ssts: importer.NewRegistry(),
+	p = &Playground{cfg: cfg, log: log, Cluster: cl, Engine: eng, stores: map[uint64]*storeNode{}, runCtx: runCtx, cancel: cancel, ssts: importer.NewRegistry(),
 		pdDir: pdDir}
 	// The error returns below set p to nil, so close what was built
 	// through a copy of it.
@@ -234,8 +255,22 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 		return nil, fmt.Errorf("start pd: get ts: %w", err)
 	}
 	eng.UpdateMaxTS(now)
-	for _, s := range cl.Stores() {
-		if err := p.startStore(s.ID, s.Addr, s.StatusAddr); err != nil {
+	if !cfg.DeferStores {
+		for _, s := range cl.Stores() {
+			if err := p.startStore(s.ID, s.Addr, s.StatusAddr); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		// Deferred stores are down until they start from volumes.
+		for _, s := range cl.Stores() {
+			if err := cl.SetStoreUp(s.ID, false, 0); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if cfg.Dir != "" {
+		if err := p.writeVolumesFile(); err != nil {
 			return nil, err
 		}
 	}
@@ -245,6 +280,10 @@ func Start(ctx context.Context, cfg Config) (p *Playground, err error) {
 	if cfg.GCInterval > 0 {
 		p.wg.Add(1)
 		go p.gcLoop(runCtx)
+	}
+	if cfg.MinResolvedTSInterval > 0 {
+		p.wg.Add(1)
+		go p.minResolvedTSLoop(runCtx)
 	}
 	log.Info("playground started", "pd", p.PDAddr(), "ctl", p.CtlAddr(), "stores", len(p.stores), "dir", cfg.Dir)
 	return p, nil
@@ -294,7 +333,7 @@ func (p *Playground) startStore(id uint64, addr, statusAddr string) error {
 		Engine:     p.Engine,
 		Logger:     p.cfg.Logger.Named(fmt.Sprintf("tikv-%d", id)),
 		TLS:        tlsCfg,
-		Register:   []func(*grpc.Server){svc.Register, imp.Register},
+		Register:   []func(*grpc.Server){svc.Register, imp.Register, (&recoverData{p: p, storeID: id}).register},
 	}
 	srv, err := tikv.Start(tcfg)
 	if err != nil && (addr != "127.0.0.1:0" || statusAddr != "127.0.0.1:0") {
@@ -529,6 +568,12 @@ func (p *Playground) RunGC(ctx context.Context) (uint64, error) {
 	if sp == 0 {
 		return 0, nil
 	}
+	if p.Recovering() {
+		// Stores in recovery mode run no GC: the data is not the
+		// cluster's until the recovery ends.
+		p.log.Debug("gc skipped: snapshot recovery", "safepoint", sp)
+		return sp, nil
+	}
 	if !p.GCEnabled() {
 		p.log.Debug("gc skipped: every running store has gc.ratio-threshold disabled", "safepoint", sp)
 		return sp, nil
@@ -608,6 +653,14 @@ func (p *Playground) Close() error {
 		n.srv.Stop()
 	}
 	p.wg.Wait()
+	p.mu.Lock()
+	rec := p.recovery
+	p.mu.Unlock()
+	if rec != nil {
+		rec.mu.Lock()
+		rec.closeEngines() // the store copies of a recovery that did not finish
+		rec.mu.Unlock()
+	}
 	if srv := p.pd(); srv != nil {
 		errs = append(errs, srv.Close())
 	}

@@ -25,6 +25,7 @@ type playgroundOptions struct {
 	replicas int
 	gc       time.Duration
 	tlsDir   string
+	defer_   bool
 }
 
 func newPlaygroundCmd() *cobra.Command {
@@ -74,6 +75,7 @@ stays plain HTTP on its loopback address.`,
 	f.IntVar(&o.replicas, "replicas", 0, "peers per region of a new cluster (default: every store), so /move-peer has somewhere to go")
 	f.StringVar(&o.tikvVer, "tikv-version", cdc.DefaultVersion, "TiKV version the stores report and behave as (e.g. 7.1.0)")
 	f.DurationVar(&o.gc, "gc-interval", playground.DefaultGCInterval, "how often GC runs; 0 turns it off")
+	f.BoolVar(&o.defer_, "defer-stores", false, "start PD but no store; start the stores from restored volumes with POST /start-stores on the control API (volume-snapshot restore)")
 	f.StringVar(&o.tlsDir, "tls-dir", "", "serve TLS requiring client certificates, with the certificates in this directory (generated when it has none)")
 	return c
 }
@@ -104,7 +106,7 @@ func runPlayground(cmd *cobra.Command, o *playgroundOptions) error {
 	ctx := cmd.Context()
 	p, err := playground.Start(ctx, playground.Config{
 		Stores: o.stores, Dir: o.dir, PDAddr: o.pdAddr, CtlAddr: o.ctlAddr, TiKVVersion: ver, Replicas: o.replicas,
-		GCInterval: gcInterval, TLSDir: o.tlsDir, Logger: log,
+		GCInterval: gcInterval, TLSDir: o.tlsDir, DeferStores: o.defer_, Logger: log,
 	})
 	if errors.Is(err, certs.ErrIncomplete) {
 		// A --tls-dir holding part of a PKI is the user's to fix; nothing

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -357,24 +358,12 @@ func (s *Service) resolvedLoop() {
 // is read: a prewrite applied after the read gets its commit ts after the
 // TSO, so the guarantee holds.
 func (s *Service) advance(ctx context.Context) {
-	ts, err := s.cfg.TSO.TS(ctx)
-	if err != nil || ts == 0 {
+	minTS, err := s.roundTS(ctx)
+	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("get tso for resolved ts", "error", err)
 		}
 		return
-	}
-	minTS := ts
-	if s.maxTS != nil {
-		s.maxTS.UpdateMaxTS(ts)
-		if s.barrier != nil {
-			s.barrier.Snapshot().Release()
-		}
-	}
-	if s.memLock != nil {
-		if l, ok := s.memLock.GlobalMinLockTS(); ok && l < minTS {
-			minTS = l
-		}
 	}
 	s.mu.Lock()
 	conns := s.connList()
@@ -382,6 +371,63 @@ func (s *Service) advance(ctx context.Context) {
 	for _, c := range conns {
 		c.advance(minTS)
 	}
+}
+
+// roundTS is the upper bound of a resolved-ts round: a fresh TSO, taken
+// before any lock is read, with max_ts pushed to it and the apply barrier
+// passed, lowered to the oldest in-memory lock. Every lock read after it
+// lowers it further.
+func (s *Service) roundTS(ctx context.Context) (uint64, error) {
+	ts, err := s.cfg.TSO.TS(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if ts == 0 {
+		return 0, errors.New("tso returned 0")
+	}
+	if s.maxTS != nil {
+		s.maxTS.UpdateMaxTS(ts)
+		if s.barrier != nil {
+			s.barrier.Snapshot().Release()
+		}
+	}
+	if s.memLock != nil {
+		if l, ok := s.memLock.GlobalMinLockTS(); ok && l < ts {
+			ts = l
+		}
+	}
+	return ts, nil
+}
+
+// MinResolvedTS computes the store's min resolved ts over the raw key
+// ranges of the regions it leads, as TiKV's resolved-ts endpoint does for
+// pd.report-min-resolved-ts-interval: the round's ts (roundTS), lowered to
+// the start ts of every lock in the ranges read after it. No transaction
+// can commit at or below it: a lock read commits above its start ts, and a
+// prewrite applied later commits above the round's TSO.
+func (s *Service) MinResolvedTS(ctx context.Context, ranges [][2][]byte) (uint64, error) {
+	ts, err := s.roundTS(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var snap mvcc.Snapshot
+	if s.barrier != nil {
+		snap = s.barrier.Snapshot()
+	} else {
+		var cancel func()
+		snap, cancel = s.cfg.Engine.Observe(func(*mvcc.Command) {})
+		cancel()
+	}
+	defer snap.Release()
+	for _, r := range ranges {
+		if err := snap.Locks(r[0], r[1], func(l *mvcc.Lock) error {
+			ts = min(ts, l.StartTS)
+			return nil
+		}); err != nil {
+			return 0, err
+		}
+	}
+	return ts, nil
 }
 
 // TrackedLock is one lock a subscription's resolved-ts tracker holds.

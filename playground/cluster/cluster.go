@@ -245,6 +245,15 @@ type Cluster struct {
 	// split, so a stale request is answered with every region that now covers
 	// it (TiKV attaches the split siblings to EpochNotMatch the same way).
 	before map[uint64]*Region
+	// metaWritten is the region-meta.json last written per store.
+	metaWritten map[uint64][]byte
+	// Snapshot recovery (recovery.go): recoveryPeers maps a region id to
+	// the stores holding a peer of it until the recovered regions are
+	// installed; elected maps a recovered region to its elected leader
+	// until EndRecovery.
+	recovering    bool
+	recoveryPeers map[uint64]map[uint64]bool
+	elected       map[uint64]uint64
 }
 
 type persisted struct {
@@ -280,6 +289,10 @@ func OpenReplicas(dir string, clusterID uint64, nStores, replicas int) (*Cluster
 				c.stores[s.ID] = s
 			}
 			sortRegions(c.regions)
+			// A dir from before raft volumes gets them now.
+			if err := c.saveRegionMetasLocked(); err != nil {
+				return nil, err
+			}
 			return c, nil
 		case !errors.Is(err, os.ErrNotExist):
 			return nil, fmt.Errorf("read %s: %w", metaFile, err)
@@ -341,7 +354,10 @@ func (c *Cluster) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(c.dir, metaFile), b)
+	if err := writeFileAtomic(filepath.Join(c.dir, metaFile), b); err != nil {
+		return err
+	}
+	return c.saveRegionMetasLocked()
 }
 
 func writeFileAtomic(path string, b []byte) error {
@@ -750,10 +766,11 @@ func (c *Cluster) SetStoreUp(storeID uint64, up bool, startUnix int64) error {
 	s.Up = up
 	if up {
 		s.StartTS = startUnix
-		// Leaderless regions elect this store.
+		// Leaderless regions elect this store (not while recovering: the
+		// recovery elects the leaders).
 		var changed []Event
 		for _, r := range c.regions {
-			if r.Leader == 0 && r.PeerOn(storeID) != nil {
+			if r.Leader == 0 && r.PeerOn(storeID) != nil && !c.recovering {
 				old := r.Clone()
 				r.Leader = storeID
 				changed = append(changed, Event{Kind: EventLeaderChange, Old: []*Region{old}, New: []*Region{r.Clone()}})
@@ -816,6 +833,11 @@ func (c *Cluster) checkLocked(storeID uint64, ctx *kvrpcpb.Context, rawKeys [][]
 		}
 	}
 	r := c.byIDLocked(ctx.GetRegionId())
+	if r == nil {
+		if rerr := c.recoveryErrorLocked(storeID, ctx.GetRegionId()); rerr != nil {
+			return rerr
+		}
+	}
 	if r == nil || r.PeerOn(storeID) == nil {
 		// A store without a peer of the region does not know it
 		// (raftstore: RegionNotFound).

@@ -45,16 +45,36 @@
 // A protected rollback is a Rollback write whose short value is "p", as in
 // TiKV. Old values are not persisted: observers get them only live.
 //
-// Checkpoint file:
+// Checkpoint file (format version 2; version 1 lacks the applied index,
+// which then counts from 0, and is still read):
 //
-//	"PITRMVC1" (8 bytes, the format version is the last byte)
-//	| first segment F uint64 LE | max_ts uint64 LE
+//	"PITRMVC2" (8 bytes, the format version is the last byte)
+//	| first segment F uint64 LE | max_ts uint64 LE | applied index uint64 LE
 //	| frames of put mutations (locks, then default, then write CF; ≤1024
 //	  per frame) | terminator frame with len 0
 //
 // A checkpoint is written from a copy-on-write clone after rotating the log
 // to segment F, as temp file + fsync + rename + fsync(dir); then segments
 // < F are deleted. The engine checkpoints when the log since the last
-// checkpoint exceeds DefaultCheckpointBytes, and on Close.
+// checkpoint exceeds DefaultCheckpointBytes, and on Close. The applied
+// index (Engine.AppliedIndex) counts every batch applied since the engine
+// was created: the checkpoint stores it as of the start of segment F and
+// replay adds one per frame.
+//
+// Recovery requires the segments from F on to be contiguous: a missing
+// segment is an error (errWALGap), never skipped.
+//
+// Live copies (volume snapshots). Files in the directory are only ever
+// appended to (the open segment) or replaced whole by rename (the
+// checkpoint); a segment is deleted only after the checkpoint that no
+// longer needs it is durable; a closed segment never changes again. So a
+// copy made while the engine runs by listing the directory, then
+// hard-linking each listed file and recording its size, opens as a crash
+// state (a prefix of the applied batches) provided the checkpoint is linked
+// after the segments (reverse name order does it; a listed file that has
+// vanished is skipped): only the last listed segment can still grow, and a
+// segment deleted before its link is covered by the newer checkpoint the
+// copy then takes. Linked checkpoint first, a copy can miss a segment a
+// later checkpoint deleted; it then fails to open with errWALGap.
 
 package mvcc

@@ -45,6 +45,9 @@ type Engine struct {
 	closed    bool
 
 	maxTS atomic.Uint64
+	// applied counts the batches applied since the engine was created
+	// (guarded by mu for writes; see AppliedIndex).
+	applied atomic.Uint64
 
 	ckptMu          sync.Mutex // one checkpoint at a time
 	checkpointBytes int64
@@ -78,11 +81,12 @@ func Open(dir string, logger hclog.Logger) (*Engine, error) {
 	}
 	os.Remove(filepath.Join(dir, checkpointName+".tmp"))
 	start := time.Now()
-	nextSeg, maxTS, err := recoverDir(dir, e.v, logger)
+	nextSeg, maxTS, applied, err := recoverDir(dir, e.v, logger)
 	if err != nil {
 		return nil, fmt.Errorf("recover engine: %w", err)
 	}
 	e.maxTS.Store(maxTS)
+	e.applied.Store(applied)
 	f, err := openSegment(dir, nextSeg)
 	if err != nil {
 		return nil, err
@@ -167,13 +171,17 @@ func (e *Engine) Checkpoint() error {
 		return e.walErr
 	}
 	maxTS := e.maxTS.Load()
+	applied := e.applied.Load()
 	e.mu.Unlock()
-	return e.installCheckpoint(snap, first, maxTS)
+	return e.installCheckpoint(snap, first, maxTS, applied)
 }
 
-func (e *Engine) installCheckpoint(v *view, first, maxTS uint64) error {
+// installCheckpoint writes the checkpoint durably, and only then deletes
+// the segments it covers: a copy of the directory (see doc.go) never holds
+// a checkpoint that needs a segment already gone.
+func (e *Engine) installCheckpoint(v *view, first, maxTS, applied uint64) error {
 	start := time.Now()
-	if err := writeCheckpoint(e.dir, v, first, maxTS); err != nil {
+	if err := writeCheckpoint(e.dir, v, first, maxTS, applied); err != nil {
 		return err
 	}
 	segs, err := listSegments(e.dir)
@@ -221,8 +229,16 @@ func (e *Engine) Close() error {
 	if e.walErr != nil {
 		return e.walErr
 	}
-	return e.installCheckpoint(e.v, w.seg+1, e.maxTS.Load())
+	return e.installCheckpoint(e.v, w.seg+1, e.maxTS.Load(), e.applied.Load())
 }
+
+// AppliedIndex returns how many batches (commands, GC and ingest batches,
+// loads and resolves) the engine has applied since it was created: it only
+// grows, is persisted in the checkpoint and advanced by WAL replay, so an
+// engine opened from a copy of the directory reports how far the copy got.
+// It stands in for a raft peer's last_index in snapshot recovery. A
+// checkpoint of format version 1 carries none: counting starts at 0.
+func (e *Engine) AppliedIndex() uint64 { return e.applied.Load() }
 
 // MaxTS returns the concurrency manager's max_ts: the largest ts any read,
 // CheckTxnStatus or UpdateMaxTS has used.
@@ -309,6 +325,7 @@ func (e *Engine) applyLocked(cmd *Command, observed bool) error {
 	for i := range cmd.Mods {
 		e.v.apply(&cmd.Mods[i])
 	}
+	e.applied.Add(1)
 	if observed {
 		for _, o := range e.observers {
 			o.fn(cmd)

@@ -21,12 +21,14 @@ import (
 
 const (
 	checkpointName  = "mvcc.checkpoint"
-	checkpointMagic = "PITRMVC1"
-	walPrefix       = "wal-"
-	walSuffix       = ".log"
-	frameHeaderLen  = 8
-	maxFrameLen     = 1 << 30
-	ckptBatchMods   = 1024
+	checkpointMagic = "PITRMVC2"
+	// checkpointMagicV1 is format version 1: no applied index.
+	checkpointMagicV1 = "PITRMVC1"
+	walPrefix         = "wal-"
+	walSuffix         = ".log"
+	frameHeaderLen    = 8
+	maxFrameLen       = 1 << 30
+	ckptBatchMods     = 1024
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -99,17 +101,26 @@ func listSegments(dir string) ([]uint64, error) {
 	return segs, nil
 }
 
+// errWALGap reports a missing log segment between the checkpoint and a
+// later segment: replaying past it would skip batches.
+var errWALGap = errors.New("wal segment missing")
+
 // recover loads dir into v: the checkpoint, then every WAL segment from the
 // checkpoint's first segment on. It truncates a torn tail of the last
-// segment and returns the next segment number and the persisted max_ts.
-func recoverDir(dir string, v *view, logger hclog.Logger) (nextSeg, maxTS uint64, err error) {
-	firstSeg, maxTS, err := loadCheckpoint(filepath.Join(dir, checkpointName), v)
+// segment and returns the next segment number, the persisted max_ts and
+// the applied index (the checkpoint's plus one per replayed batch).
+//
+// The segments from the checkpoint's first one on must be contiguous: a
+// gap (a copy of the directory that took an old checkpoint and missed a
+// segment deleted since) is an error, never a silent skip.
+func recoverDir(dir string, v *view, logger hclog.Logger) (nextSeg, maxTS, applied uint64, err error) {
+	firstSeg, maxTS, applied, err := loadCheckpoint(filepath.Join(dir, checkpointName), v)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	segs, err := listSegments(dir)
 	if err != nil {
-		return 0, 0, fmt.Errorf("list wal: %w", err)
+		return 0, 0, 0, fmt.Errorf("list wal: %w", err)
 	}
 	nextSeg = firstSeg
 	for i, seg := range segs {
@@ -117,31 +128,38 @@ func recoverDir(dir string, v *view, logger hclog.Logger) (nextSeg, maxTS uint64
 		if seg < firstSeg {
 			// Covered by the checkpoint; left over from a crash before cleanup.
 			if err := os.Remove(path); err != nil {
-				return 0, 0, fmt.Errorf("remove old wal: %w", err)
+				return 0, 0, 0, fmt.Errorf("remove old wal: %w", err)
 			}
 			continue
 		}
-		last := i == len(segs)-1
-		if err := replaySegment(path, v, last, logger); err != nil {
-			return 0, 0, err
+		if seg != nextSeg {
+			return 0, 0, 0, fmt.Errorf("replay: next segment is %s, found %s: %w", walName(nextSeg), walName(seg), errWALGap)
 		}
+		last := i == len(segs)-1
+		n, err := replaySegment(path, v, last, logger)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		applied += n
 		nextSeg = seg + 1
 	}
-	return nextSeg, maxTS, nil
+	return nextSeg, maxTS, applied, nil
 }
 
-func replaySegment(path string, v *view, last bool, logger hclog.Logger) error {
+// replaySegment applies the batches of one segment and returns how many.
+func replaySegment(path string, v *view, last bool, logger hclog.Logger) (uint64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("open wal: %w", err)
+		return 0, fmt.Errorf("open wal: %w", err)
 	}
 	defer f.Close()
 	r := bufio.NewReaderSize(f, 1<<20)
 	var good int64
+	var n uint64
 	for {
 		p, err := readFrame(r)
 		if err == io.EOF {
-			return nil
+			return n, nil
 		}
 		if err == nil {
 			var mods []Modify
@@ -151,17 +169,18 @@ func replaySegment(path string, v *view, last bool, logger hclog.Logger) error {
 					v.apply(&mods[i])
 				}
 				good += int64(frameHeaderLen + len(p))
+				n++
 				continue
 			}
 		}
 		if !last {
-			return fmt.Errorf("replay %s at offset %d: %w", filepath.Base(path), good, err)
+			return 0, fmt.Errorf("replay %s at offset %d: %w", filepath.Base(path), good, err)
 		}
 		logger.Warn("truncating torn wal tail", "file", filepath.Base(path), "offset", good, "error", err)
 		if err := os.Truncate(path, good); err != nil {
-			return fmt.Errorf("truncate torn wal: %w", err)
+			return 0, fmt.Errorf("truncate torn wal: %w", err)
 		}
-		return nil
+		return n, nil
 	}
 }
 
@@ -215,37 +234,46 @@ func (w *wal) rotate() (uint64, error) {
 }
 
 // loadCheckpoint reads the checkpoint into v; a missing file is an empty
-// store whose log starts at segment 0.
-func loadCheckpoint(path string, v *view) (firstSeg, maxTS uint64, err error) {
+// store whose log starts at segment 0. Format version 1 has no applied
+// index (0).
+func loadCheckpoint(path string, v *view) (firstSeg, maxTS, applied uint64, err error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, 0, nil
+		return 0, 0, 0, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("open checkpoint: %w", err)
+		return 0, 0, 0, fmt.Errorf("open checkpoint: %w", err)
 	}
 	defer f.Close()
 	r := bufio.NewReaderSize(f, 1<<20)
 	var h [len(checkpointMagic) + 16]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return 0, 0, fmt.Errorf("read checkpoint header: %w", errCorrupt)
+		return 0, 0, 0, fmt.Errorf("read checkpoint header: %w", errCorrupt)
 	}
-	if string(h[:len(checkpointMagic)]) != checkpointMagic {
-		return 0, 0, fmt.Errorf("checkpoint magic: %w", errCorrupt)
+	switch string(h[:len(checkpointMagic)]) {
+	case checkpointMagic:
+		var a [8]byte
+		if _, err := io.ReadFull(r, a[:]); err != nil {
+			return 0, 0, 0, fmt.Errorf("read checkpoint header: %w", errCorrupt)
+		}
+		applied = binary.LittleEndian.Uint64(a[:])
+	case checkpointMagicV1:
+	default:
+		return 0, 0, 0, fmt.Errorf("checkpoint magic: %w", errCorrupt)
 	}
 	firstSeg = binary.LittleEndian.Uint64(h[len(checkpointMagic):])
 	maxTS = binary.LittleEndian.Uint64(h[len(checkpointMagic)+8:])
 	for {
 		p, err := readFrame(r)
 		if err != nil {
-			return 0, 0, fmt.Errorf("read checkpoint: %w", errCorrupt)
+			return 0, 0, 0, fmt.Errorf("read checkpoint: %w", errCorrupt)
 		}
 		if len(p) == 0 {
-			return firstSeg, maxTS, nil
+			return firstSeg, maxTS, applied, nil
 		}
 		mods, err := decodeBatch(p)
 		if err != nil {
-			return 0, 0, fmt.Errorf("read checkpoint: %w", err)
+			return 0, 0, 0, fmt.Errorf("read checkpoint: %w", err)
 		}
 		for i := range mods {
 			v.apply(&mods[i])
@@ -255,7 +283,7 @@ func loadCheckpoint(path string, v *view) (firstSeg, maxTS uint64, err error) {
 
 // writeCheckpoint writes the full state of v (a frozen clone) to dir,
 // durably: temp file, fsync, rename, fsync dir.
-func writeCheckpoint(dir string, v *view, firstSeg, maxTS uint64) error {
+func writeCheckpoint(dir string, v *view, firstSeg, maxTS, applied uint64) error {
 	path := filepath.Join(dir, checkpointName)
 	tmp := path + ".tmp"
 	f, err := os.Create(tmp)
@@ -263,10 +291,11 @@ func writeCheckpoint(dir string, v *view, firstSeg, maxTS uint64) error {
 		return fmt.Errorf("create checkpoint: %w", err)
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
-	var h [len(checkpointMagic) + 16]byte
+	var h [len(checkpointMagic) + 24]byte
 	copy(h[:], checkpointMagic)
 	binary.LittleEndian.PutUint64(h[len(checkpointMagic):], firstSeg)
 	binary.LittleEndian.PutUint64(h[len(checkpointMagic)+8:], maxTS)
+	binary.LittleEndian.PutUint64(h[len(checkpointMagic)+16:], applied)
 	_, werr := bw.Write(h[:])
 	var mods []Modify
 	var frame, payload []byte

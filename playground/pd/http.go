@@ -118,6 +118,7 @@ func (s *Server) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, "The config is updated.")
 	})
+	s.recoveryRoutes(mux)
 	return mux
 }
 

@@ -120,6 +120,8 @@ type Server struct {
 
 	scans atomic.Uint64 // ScanRegions and BatchScanRegions calls
 
+	minRes minResolved // stores' min resolved ts (recovery.go)
+
 	closing   chan struct{}
 	closeOnce sync.Once
 	closeErr  error

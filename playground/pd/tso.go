@@ -139,3 +139,25 @@ func (s *Server) TS(ctx context.Context) (uint64, error) {
 	}
 	return ComposeTS(p, l), nil
 }
+
+// resetTo moves the allocator to ts, so that the next timestamp is above
+// it (PD's admin reset-ts); a ts below the last one issued is refused.
+func (a *tsoAllocator) resetTo(ctx context.Context, ts uint64) error {
+	p, l := ExtractPhysical(ts), int64(ts&uint64(maxLogical-1))
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.ready {
+		return errTSONotReady
+	}
+	if p < a.physical || (p == a.physical && l < a.logical) {
+		return errors.New("the specified ts is smaller than now")
+	}
+	if limit := p + tsoSaveWindow.Milliseconds(); p+tsoSaveMargin.Milliseconds() >= a.limit {
+		if err := a.save(ctx, limit); err != nil {
+			return fmt.Errorf("save tso window: %w", err)
+		}
+		a.limit = limit
+	}
+	a.physical, a.logical = p, l
+	return nil
+}
