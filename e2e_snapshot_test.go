@@ -150,6 +150,9 @@ const childEnv = "PITR_E2E_CHILD"
 // runChild runs `backup` in a child process: PITR_CHILD_PD, _STORAGE,
 // _RATE (bytes/s), _TTL (seconds) configure it.
 func runChild(what string) int {
+	if what == "volume-backup" {
+		return runVolumeChild()
+	}
 	if what != "backup" {
 		fmt.Fprintf(os.Stderr, "unknown child %q\n", what)
 		return 2

@@ -381,10 +381,37 @@ func checkStores(ctx context.Context, pd PD, stores []volume.Store) (string, err
 	return version, nil
 }
 
+// resolvedWait bounds how long a backup waits for PD to have a min
+// resolved ts from every store: a store reports it every second once it
+// runs (pd.report-min-resolved-ts-interval), so a cluster that just
+// started may have none yet.
+const resolvedWait = 15 * time.Second
+
 // minResolvedTS reads PD's min resolved ts (GET /pd/api/v1/min-resolved-ts,
 // tikv/pd server/api/min_resolved_ts.go): the minimum of the resolved ts
 // every store reports, below which no transaction can still commit.
 func minResolvedTS(ctx context.Context, hc *http.Client, t connector.TLS, addrs []string) (uint64, error) {
+	deadline := time.Now().Add(resolvedWait)
+	for {
+		ts, real, err := readMinResolvedTS(ctx, hc, t, addrs)
+		if err != nil {
+			return 0, err
+		}
+		if real && ts != 0 {
+			return ts, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%w: PD has had no min resolved ts from the stores for %s (TiKV reports it when pd.report-min-resolved-ts-interval is set, default 1s)", ErrNoResolvedTS, resolvedWait)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func readMinResolvedTS(ctx context.Context, hc *http.Client, t connector.TLS, addrs []string) (uint64, bool, error) {
 	var body struct {
 		MinResolvedTS uint64 `json:"min_resolved_ts"`
 		IsRealTime    bool   `json:"is_real_time"`
@@ -393,14 +420,11 @@ func minResolvedTS(ctx context.Context, hc *http.Client, t connector.TLS, addrs 
 	for _, a := range addrs {
 		err := restore.CallJSON(ctx, hc, http.MethodGet, connector.URL(t, strings.TrimSuffix(a, "/"), "/pd/api/v1/min-resolved-ts"), nil, &body)
 		if err == nil {
-			if !body.IsRealTime || body.MinResolvedTS == 0 {
-				return 0, fmt.Errorf("%w: PD has no min resolved ts from the stores (TiKV reports it when pd.report-min-resolved-ts-interval is set, default 1s)", ErrNoResolvedTS)
-			}
-			return body.MinResolvedTS, nil
+			return body.MinResolvedTS, body.IsRealTime, nil
 		}
 		errs = append(errs, err)
 	}
-	return 0, fmt.Errorf("%w: read PD's min resolved ts: %v", ErrUnavailable, errors.Join(errs...))
+	return 0, false, fmt.Errorf("%w: read PD's min resolved ts: %v", ErrUnavailable, errors.Join(errs...))
 }
 
 // snapshotAll starts every store's snapshot at once: the stores' points
