@@ -331,8 +331,19 @@ func who() string {
 	return fmt.Sprintf("pitr backup volume on %s, pid %d", host, os.Getpid())
 }
 
+// HasLog reports whether a root is a task's (a log beside its volume
+// backups), or a volume backup's of its own.
+func HasLog(ctx context.Context, src interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+}) (bool, error) {
+	ti, err := readTask(ctx, src)
+	return ti != nil, err
+}
+
 // readTask reads task.pb when the root is a task's.
-func readTask(ctx context.Context, st storage.Storage) (*pitrpb.TaskInfo, error) {
+func readTask(ctx context.Context, st interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+}) (*pitrpb.TaskInfo, error) {
 	b, err := st.Get(ctx, logfile.TaskPath)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, nil

@@ -136,7 +136,9 @@ type DataOptions struct {
 type DataResult struct {
 	// Recovered is nil when an earlier run had recovered the cluster.
 	Recovered *RecoverResult
-	Restore   *restore.Result
+	// Restore is nil when the root holds no log (a volume backup of its
+	// own): the recovered cluster is the restore.
+	Restore *restore.Result
 }
 
 // RestoreData is the second phase of a volume restore: recover the
@@ -151,6 +153,14 @@ func RestoreData(ctx context.Context, o DataOptions) (*DataResult, error) {
 	ts := m.GetResolvedTs()
 	if t := o.Restore.RestoreTS; t < ts {
 		return nil, fmt.Errorf("%w: the volume backup is at %s, after the restore point %s", restore.ErrOutOfRange, keyspace.Format(ts), keyspace.Format(t))
+	}
+	ti, err := readTask(ctx, o.Restore.Source)
+	if err != nil {
+		return nil, err
+	}
+	if t := o.Restore.RestoreTS; ti == nil && t != ts {
+		return nil, fmt.Errorf("%w: %s holds a volume backup and no log, so the only restore point is its resolved ts %s",
+			restore.ErrOutOfRange, o.Restore.Source.URL(), keyspace.Format(ts))
 	}
 	res := &DataResult{}
 	done, err := recoveredTo(ctx, o.Etcd)
@@ -186,6 +196,11 @@ func RestoreData(ctx context.Context, o DataOptions) (*DataResult, error) {
 	}
 	if err := waitServing(ctx, rec.PD, o.ServeWait); err != nil {
 		return nil, err
+	}
+	if ti == nil {
+		// A volume backup in a root of its own: the cluster at its
+		// resolved ts is the whole restore.
+		return res, nil
 	}
 	ro := o.Restore
 	ro.Volume = &restore.VolumeBase{Root: o.Backup.Root, BackupTS: ts}

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pitr-io/pitr/cmd/internal/cli"
+	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/volsnap"
 )
@@ -122,6 +123,15 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 			extra = fmt.Sprintf("; its %d volume snapshots are completed (%s)", n, prov.Name())
 		} else {
 			extra = "; its volume snapshots were not asked for (no --provider)"
+		}
+		hasLog, err := volsnap.HasLog(ctx, src)
+		if err != nil {
+			return restoreError("pitr verify", err)
+		}
+		if !hasLog {
+			_, err = fmt.Fprintf(stdout, "ok: the volume backup %s%s at resolved ts %s (%d stores, provider %s): its meta is intact%s; the root holds no log\n",
+				src.URL()+"/", in.Root, keyspace.Format(in.ResolvedTS()), len(in.Meta.GetStores()), in.Meta.GetFullBackupType(), extra)
+			return err
 		}
 	}
 	res, err := restore.Verify(ctx, src, vo)

@@ -173,7 +173,7 @@ func volumeErr(cmd *cobra.Command, err error) error {
 	switch {
 	case errors.Is(err, volsnap.ErrInvalid):
 		code = cli.ExitUsage
-	case errors.Is(err, volsnap.ErrConflict):
+	case errors.Is(err, volsnap.ErrConflict), errors.Is(err, volsnap.ErrNotRecovering):
 		code = cli.ExitConflict
 	case errors.Is(err, volsnap.ErrUnavailable):
 		code = cli.ExitUnavailable
@@ -352,6 +352,10 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 	if r := res.Recovered; r != nil {
 		fmt.Fprintf(stdout, "recovered %d stores at resolved ts %s: %d regions, %d stale regions tombstoned, %d versions and locks after it deleted, in %s\n",
 			r.Stores, keyspace.Format(chosen.ResolvedTS()), r.Regions, r.Tombstoned, r.ResolvedKeys, r.Duration.Round(time.Millisecond))
+	}
+	if res.Restore == nil {
+		_, err = fmt.Fprintf(stdout, "no log in %s: the cluster is restored to the volume backup's resolved ts %s\n", st.URL(), keyspace.Format(chosen.ResolvedTS()))
+		return err
 	}
 	_, err = fmt.Fprintln(stdout, res.Restore.Summary())
 	return err
