@@ -374,8 +374,9 @@ func Recover(ctx context.Context, o RecoverOptions) (*RecoverResult, error) {
 	say("deleted %d versions and locks after resolved ts %s", resolved, keyspace.Format(o.ResolvedTS))
 
 	// 5. PD allocates ids above the restored ones (BR sets base-alloc-id
-	// from its plan's max id), then leaves recovery.
-	if err := ph.call(ctx, http.MethodPost, "/pd/api/v1/admin/base-alloc-id", []byte(fmt.Sprint(pl.maxAllocID+1)), nil); err != nil {
+	// from its plan's max id; tikv/pd server/api/admin.go recoverAllocID
+	// takes {"id": "<decimal>"}), then leaves recovery.
+	if err := ph.call(ctx, http.MethodPost, "/pd/api/v1/admin/base-alloc-id", []byte(fmt.Sprintf(`{"id":"%d"}`, pl.maxAllocID+1)), nil); err != nil {
 		log.Warn("set PD's base alloc id; PD keeps allocating from its own", "max_id", pl.maxAllocID, "error", err)
 	}
 	if o.Mark != nil {

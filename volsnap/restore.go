@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -26,6 +27,9 @@ import (
 // marker: a rerun of the restore finds the recovery done and goes on to
 // the log.
 const RecoveredKey = "/pitr/v1/volume-restore/recovered"
+
+// prepareConcurrency bounds the volumes Prepare makes at once.
+const prepareConcurrency = 8
 
 // PrepareOptions configure Prepare.
 type PrepareOptions struct {
@@ -73,23 +77,58 @@ func Prepare(ctx context.Context, o PrepareOptions) (*VolumeFile, error) {
 	if len(out.Kubernetes) == 0 {
 		out.Kubernetes = nil
 	}
+	// Every volume at once (BR creates them concurrently too): EBS takes
+	// a while to make each one available.
+	type job struct{ store, vol int }
+	var jobs []job
+	for i, s := range m.GetStores() {
+		out.TiKV.Stores = append(out.TiKV.Stores, FileStore{StoreID: s.GetStoreId(), Instance: s.GetInstanceId(), Volumes: make([]FileVolume, len(s.GetVolumes()))})
+		for j := range s.GetVolumes() {
+			jobs = append(jobs, job{i, j})
+		}
+	}
+	var mu sync.Mutex
 	var made []string
-	for _, s := range m.GetStores() {
-		fs := FileStore{StoreID: s.GetStoreId(), Instance: s.GetInstanceId()}
-		for _, v := range s.GetVolumes() {
+	errs := make([]error, len(jobs))
+	sem := make(chan struct{}, prepareConcurrency)
+	var wg sync.WaitGroup
+	for k, jb := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s := m.GetStores()[jb.store]
+			v := s.GetVolumes()[jb.vol]
 			nv, err := o.Provider.CreateVolume(ctx, v.GetSnapshotId(), volume.CreateOptions{Zone: v.GetVolumeAz(),
 				Tags: map[string]string{"pitr:restored-from": v.GetSnapshotId(), "pitr:store-id": fmt.Sprint(s.GetStoreId())}})
 			if err != nil {
-				return nil, fmt.Errorf("create a volume from snapshot %s of store %d (volumes made so far: %s): %w", v.GetSnapshotId(), s.GetStoreId(), listOrNone(made), err)
+				errs[k] = fmt.Errorf("create a volume from snapshot %s of store %d: %w", v.GetSnapshotId(), s.GetStoreId(), err)
+				return
 			}
+			mu.Lock()
 			made = append(made, nv.ID)
 			if o.Progress != nil {
 				fmt.Fprintf(o.Progress, "volume restore: store %d: %s from %s\n", s.GetStoreId(), nv.ID, v.GetSnapshotId())
 			}
-			fs.Volumes = append(fs.Volumes, FileVolume{ID: v.GetVolumeId(), Type: v.GetType(), MountPath: v.GetMountPath(),
-				SnapshotID: v.GetSnapshotId(), RestoreVolumeID: nv.ID, Zone: v.GetVolumeAz()})
+			mu.Unlock()
+			out.TiKV.Stores[jb.store].Volumes[jb.vol] = FileVolume{ID: v.GetVolumeId(), Type: v.GetType(), MountPath: v.GetMountPath(),
+				SnapshotID: v.GetSnapshotId(), RestoreVolumeID: nv.ID, Zone: v.GetVolumeAz()}
+		}()
+	}
+	wg.Wait()
+	failed := 0
+	var first error
+	for _, err := range errs {
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			failed++
 		}
-		out.TiKV.Stores = append(out.TiKV.Stores, fs)
+	}
+	if first != nil {
+		return nil, fmt.Errorf("%w (%d of %d volumes failed; volumes made: %s)", first, failed, len(jobs), listOrNone(made))
 	}
 	out.TiKV.Replicas = len(out.TiKV.Stores)
 	if err := ph.call(ctx, http.MethodPost, markerPath, nil, nil); err != nil {
