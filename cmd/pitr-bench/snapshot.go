@@ -131,31 +131,11 @@ func snapshotSource(ctx context.Context, env *Env, bin string, st storage.Storag
 	defer p.Close()
 	out := &snapshotRun{}
 	start := time.Now()
-	loadTS, err := p.PD.TS(ctx)
+	bounds, logical, nRows, err := loadBenchRows(ctx, p, size, snapshotBenchRegions)
 	if err != nil {
 		return nil, err
 	}
-	rows, arena := benchRows(size)
-	out.logical = int64(len(arena))
-	batch := make([]mvcc.IngestEntry, 0, 4096)
-	for i := range rows {
-		batch = append(batch, mvcc.IngestEntry{Key: rows[i].Key, StartTS: loadTS, CommitTS: loadTS, Value: rows[i].Value})
-		if len(batch) == cap(batch) || i == len(rows)-1 {
-			if err := p.Engine.Ingest(batch); err != nil {
-				return nil, err
-			}
-			batch = batch[:0]
-		}
-	}
-	for i := 1; i < snapshotBenchRegions; i++ {
-		k := bytes.Clone(rows[len(rows)*i/snapshotBenchRegions].Key)
-		if _, err := p.Cluster.Split(k); err != nil {
-			return nil, fmt.Errorf("split source: %w", err)
-		}
-		out.bounds = append(out.bounds, k)
-	}
-	nRows := len(rows)
-	rows, arena = nil, nil
+	out.bounds, out.logical = bounds, logical
 	env.Logf("source: %d rows, %d MiB of keys+values, %d regions, loaded in %s", nRows, out.logical>>20, snapshotBenchRegions, time.Since(start).Round(time.Millisecond))
 
 	// client-go first: it sets the PD client's globals (see connector.KV).
@@ -324,4 +304,33 @@ func sampleRSS(pid int) (stop func(), sampled func() (rss, peak float64, err err
 // quietLogger logs warnings and errors to stderr.
 func quietLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})
+}
+
+// loadBenchRows ingests size bytes of benchRows into a playground at one
+// commit ts and splits it into regions regions; it returns the split
+// keys, the key and value bytes loaded and the rows.
+func loadBenchRows(ctx context.Context, p *playground.Playground, size int64, regions int) (bounds [][]byte, logical int64, n int, err error) {
+	ts, err := p.PD.TS(ctx)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	rows, arena := benchRows(size)
+	batch := make([]mvcc.IngestEntry, 0, 4096)
+	for i := range rows {
+		batch = append(batch, mvcc.IngestEntry{Key: rows[i].Key, StartTS: ts, CommitTS: ts, Value: rows[i].Value})
+		if len(batch) == cap(batch) || i == len(rows)-1 {
+			if err := p.Engine.Ingest(batch); err != nil {
+				return nil, 0, 0, err
+			}
+			batch = batch[:0]
+		}
+	}
+	for i := 1; i < regions; i++ {
+		k := bytes.Clone(rows[len(rows)*i/regions].Key)
+		if _, err := p.Cluster.Split(k); err != nil {
+			return nil, 0, 0, fmt.Errorf("split source: %w", err)
+		}
+		bounds = append(bounds, k)
+	}
+	return bounds, int64(len(arena)), len(rows), nil
 }

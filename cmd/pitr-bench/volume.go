@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/playground"
-	"github.com/pitr-io/pitr/playground/mvcc"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
@@ -86,31 +84,11 @@ func volumeRun(ctx context.Context, env *Env, size int64, restores bool) (*volum
 	}
 	defer p.Close()
 	out := &volumeResult{}
-	ts, err := p.PD.TS(ctx)
+	bounds, logical, _, err := loadBenchRows(ctx, p, size, volumeBenchRegions)
 	if err != nil {
 		return nil, err
 	}
-	rows, arena := benchRows(size)
-	out.logical = int64(len(arena))
-	batch := make([]mvcc.IngestEntry, 0, 4096)
-	for i := range rows {
-		batch = append(batch, mvcc.IngestEntry{Key: rows[i].Key, StartTS: ts, CommitTS: ts, Value: rows[i].Value})
-		if len(batch) == cap(batch) || i == len(rows)-1 {
-			if err := p.Engine.Ingest(batch); err != nil {
-				return nil, err
-			}
-			batch = batch[:0]
-		}
-	}
-	var bounds [][]byte
-	for i := 1; i < volumeBenchRegions; i++ {
-		k := bytes.Clone(rows[len(rows)*i/volumeBenchRegions].Key)
-		if _, err := p.Cluster.Split(k); err != nil {
-			return nil, fmt.Errorf("split source: %w", err)
-		}
-		bounds = append(bounds, k)
-	}
-	rows, arena = nil, nil
+	out.logical = logical
 	cfg := connector.Config{PDAddrs: []string{p.PDAddr()}, Component: "pitr-bench"}
 	kv, err := connector.KV(ctx, cfg)
 	if err != nil {
