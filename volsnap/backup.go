@@ -278,6 +278,9 @@ func Backup(ctx context.Context, o BackupOptions) (res *BackupResult, err error)
 		return nil, err
 	}
 	if err := o.Storage.CreateIfAbsent(ctx, root+LockName, lb); errors.Is(err, storage.ErrAlreadyExists) {
+		if root == "" {
+			return nil, fmt.Errorf("%w: %s holds a volume backup already (%s): use a root of its own per backup, or a task root", ErrConflict, o.Storage.URL(), LockName)
+		}
 		return nil, fmt.Errorf("%w: %s%s exists: a volume backup at resolved ts %s was taken (or is being taken) there", ErrConflict, o.Storage.URL()+"/", root+LockName, keyspace.Format(ts))
 	} else if err != nil {
 		return nil, fmt.Errorf("write %s: %w", root+LockName, err)

@@ -102,9 +102,21 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 		if err != nil {
 			return restoreError("pitr verify", err)
 		}
+		hasLog, err := volsnap.HasLog(ctx, src)
+		if err != nil {
+			return restoreError("pitr verify", err)
+		}
 		to := ts
 		if to == 0 {
+			// The newest a restore can use: at or before the checkpoint.
 			to = math.MaxUint64
+			if hasLog {
+				b, err := restore.Load(ctx, src)
+				if err != nil {
+					return restoreError("pitr verify", err)
+				}
+				to = b.Checkpoint
+			}
 		}
 		in, ok := volsnap.Choose(infos, to)
 		if !ok {
@@ -123,10 +135,6 @@ func runVerify(ctx context.Context, stdout, stderr io.Writer, o *verifyOptions) 
 			extra = fmt.Sprintf("; its %d volume snapshots are completed (%s)", n, prov.Name())
 		} else {
 			extra = "; its volume snapshots were not asked for (no --provider)"
-		}
-		hasLog, err := volsnap.HasLog(ctx, src)
-		if err != nil {
-			return restoreError("pitr verify", err)
 		}
 		if !hasLog {
 			_, err = fmt.Fprintf(stdout, "ok: the volume backup %s%s at resolved ts %s (%d stores, provider %s): its meta is intact%s; the root holds no log\n",

@@ -342,12 +342,23 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 		do.Recover.Progress = stderr
 	}
 	res, err := volsnap.RestoreData(ctx, do)
-	if err != nil {
+	if err != nil && res == nil {
 		if errors.Is(err, volsnap.ErrNotRecovering) || errors.Is(err, volsnap.ErrRecovery) || errors.Is(err, volsnap.ErrInvalid) ||
-			(res == nil && errors.Is(err, volsnap.ErrUnavailable)) {
+			errors.Is(err, volsnap.ErrUnavailable) {
 			return volumeErr(cmd, err)
 		}
 		return restoreError(path, err)
+	}
+	if err != nil {
+		// The recovery is done and recorded: only the log is left.
+		hint := fmt.Sprintf("the cluster is recovered to the volume backup at %s; rerun this command to restore the log up to %s",
+			keyspace.Format(chosen.ResolvedTS()), keyspace.Format(rs.opts.RestoreTS))
+		var we *restore.WrittenError
+		if errors.As(err, &we) {
+			hint += fmt.Sprintf(" (%d of %d key ranges of the log are done; progress file %s)", we.UnitsDone, we.Units, we.ProgressFile)
+		}
+		e := restoreError(path, err)
+		return cli.WithExit(cli.Code(e), fmt.Errorf("%v; %s", e, hint))
 	}
 	if r := res.Recovered; r != nil {
 		fmt.Fprintf(stdout, "recovered %d stores at resolved ts %s: %d regions, %d stale regions tombstoned, %d versions and locks after it deleted, in %s\n",
