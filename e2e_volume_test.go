@@ -186,6 +186,7 @@ func TestVolumeBackupKilledWhilePaused(t *testing.T) {
 		return false
 	}, time.Minute, 50*time.Millisecond, "the child holds GC: %s", &stderr)
 	require.Eventually(t, func() bool { return limit() == float64(0) }, 10*time.Second, 50*time.Millisecond, "the child set PD's scheduling limits to 0")
+	require.True(t, c.P.PD.SchedulerPaused("balance-region-scheduler"), "the child paused the balance schedulers")
 	require.NoError(t, child.Process.Signal(syscall.SIGKILL))
 	var ee *exec.ExitError
 	require.ErrorAs(t, child.Wait(), &ee)
@@ -203,6 +204,8 @@ func TestVolumeBackupKilledWhilePaused(t *testing.T) {
 		return true
 	}, 20*time.Second, 200*time.Millisecond, "the killed backup's GC hold lapses")
 	require.Eventually(t, func() bool { return limit() != float64(0) }, 20*time.Second, 200*time.Millisecond, "the killed backup's scheduling limits lapse")
+	require.Eventually(t, func() bool { return !c.P.PD.SchedulerPaused("balance-region-scheduler") }, 20*time.Second, 200*time.Millisecond,
+		"the killed backup's scheduler pause lapses")
 	t.Logf("GC hold and scheduling limits lapsed %s after the kill (TTL 4 s)", time.Since(killed).Round(100*time.Millisecond))
 }
 

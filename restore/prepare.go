@@ -90,6 +90,10 @@ var pausedSchedulers = []string{
 	"shuffle-leader-scheduler", "shuffle-region-scheduler", "shuffle-hot-region-scheduler",
 }
 
+// BalanceSchedulers are the schedulers a restore pauses (a copy): those
+// that move leaders and peers. A volume backup pauses them too.
+func BalanceSchedulers() []string { return slices.Clone(pausedSchedulers) }
+
 // loweredConfig are the schedule config keys a restore sets to 0 for the
 // duration, through PD's temporary (TTL) config: no merges, so regions
 // being written are not merged away (BR lowers max-merge-region-size/keys;

@@ -75,9 +75,10 @@ const (
 )
 
 // scheduleLimits are the PD config keys a volume backup sets to 0 while
-// it takes the snapshots: no operator moves a peer or a leader, and none
-// merges, so every store's snapshot holds the regions PD knows (BR's EBS
-// backup sets these, its design doc "BR Backup" step 1).
+// it takes the snapshots, besides pausing the balance schedulers: no
+// operator moves a peer or a leader, and none merges, so every store's
+// snapshot holds the regions PD knows (BR's EBS backup sets these, its
+// design doc "BR Backup" step 1).
 var scheduleLimits = []string{
 	"hot-region-schedule-limit", "leader-schedule-limit", "merge-schedule-limit",
 	"region-schedule-limit", "replica-schedule-limit",
@@ -240,7 +241,7 @@ func Backup(ctx context.Context, o BackupOptions) (res *BackupResult, err error)
 	// Pause, resolved ts, GC, snapshots, resume: the window is as short as
 	// the provider's Snapshot calls.
 	pausedAt := time.Now()
-	resume, err := restore.PauseScheduling(ctx, log, o.TLS, o.PDAddrs, o.HTTP, o.PauseTTL, nil, scheduleLimits)
+	resume, err := restore.PauseScheduling(ctx, log, o.TLS, o.PDAddrs, o.HTTP, o.PauseTTL, restore.BalanceSchedulers(), scheduleLimits)
 	if err != nil {
 		return nil, err
 	}
