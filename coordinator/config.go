@@ -87,9 +87,15 @@ type Config struct {
 	// same pass (restore.Compact), which is on by default;
 	// CompactRateLimit bounds its storage bytes per second (0: none) and
 	// CompactConcurrency its files read at once (0: restore's default).
+	// CompactFileTarget is the size of its output files (0: restore's
+	// default, 128 MiB) and CompactGrace how long superseded metas and
+	// their files stay after their compacted meta (0:
+	// restore.DefaultCompactGrace; longer than any restore).
 	NoCompaction       bool
 	CompactRateLimit   int64
 	CompactConcurrency int
+	CompactFileTarget  int64
+	CompactGrace       time.Duration
 	// KV is the client-go store of scheduled snapshots (nil: New makes
 	// one on PDAddrs when SnapshotInterval is set).
 	KV *tikv.KVStore
@@ -182,6 +188,8 @@ func (c *Config) Validate() error {
 		return bad("safepoint TTL %s is below PD's 1s granularity", c.SafePointTTL)
 	case c.SessionTTL < time.Second:
 		return bad("session TTL %s is below etcd's 1s granularity", c.SessionTTL)
+	case c.CompactFileTarget < 0 || c.CompactGrace < 0:
+		return bad("compaction file target %d and grace %s must not be negative", c.CompactFileTarget, c.CompactGrace)
 	case c.MaxSlow < 0:
 		return bad("max slow %d is negative", c.MaxSlow)
 	case c.ConnectTimeout <= 0:

@@ -146,8 +146,9 @@ func (r *retention) pass(rec *pitrpb.TaskRecord, now time.Time) (*restore.Trunca
 	return res, u, nil
 }
 
-// compact runs one compaction of the task's root (restore.Compact) through
-// a storage stack limited to CompactRateLimit; another process compacting
+// compact runs one compaction of the task's root (restore.Compact, with
+// CompactFileTarget and CompactGrace) through a storage stack limited to
+// CompactRateLimit; another process compacting
 // it (pitr compact) is not an error.
 func (r *retention) compact(rec *pitrpb.TaskRecord) error {
 	cfg := r.t.c.cfg
@@ -156,7 +157,8 @@ func (r *retention) compact(rec *pitrpb.TaskRecord) error {
 		return err
 	}
 	defer st.Close()
-	res, err := restore.Compact(r.ctx, st, restore.CompactOptions{Concurrency: cfg.CompactConcurrency, Logger: r.log})
+	res, err := restore.Compact(r.ctx, st, restore.CompactOptions{Concurrency: cfg.CompactConcurrency,
+		FileTarget: cfg.CompactFileTarget, Grace: cfg.CompactGrace, Logger: r.log})
 	switch {
 	case errors.Is(err, snapshot.ErrConflict):
 		r.log.Info("compaction skipped: another process is compacting", "task", rec.GetInfo().GetName(), "reason", err)

@@ -41,11 +41,15 @@ type coordinatorFile struct {
 	Keep              duration `toml:"keep"`
 	KeepSnapshots     int      `toml:"keep-snapshots"`
 	RetentionInterval duration `toml:"retention-interval"`
-	// Compaction (on unless false), CompactionRateLimit, CompactionConcurrency:
-	// the compaction of each task's log in the same pass.
-	Compaction            *bool `toml:"compaction"`
-	CompactionRateLimit   size  `toml:"compaction-ratelimit"`
-	CompactionConcurrency int   `toml:"compaction-concurrency"`
+	// Compaction (on unless false), CompactionRateLimit, CompactionConcurrency,
+	// CompactionFileTarget ("128MiB"), CompactionGrace ("1h"): the
+	// compaction of each task's log in the same pass (pitr compact's
+	// --file-target and --grace).
+	Compaction            *bool    `toml:"compaction"`
+	CompactionRateLimit   size     `toml:"compaction-ratelimit"`
+	CompactionConcurrency int      `toml:"compaction-concurrency"`
+	CompactionFileTarget  size     `toml:"compaction-file-target"`
+	CompactionGrace       duration `toml:"compaction-grace"`
 	// Security: TLS to the cluster and to the agents.
 	Security securityFile `toml:"security"`
 }
@@ -122,8 +126,10 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		cfg.Keep, cfg.KeepSnapshots, cfg.RetentionInterval = file.Keep.Duration, file.KeepSnapshots, file.RetentionInterval.Duration
 		cfg.NoCompaction = file.Compaction != nil && !*file.Compaction
 		cfg.CompactRateLimit, cfg.CompactConcurrency = file.CompactionRateLimit.n, file.CompactionConcurrency
-		if cfg.Keep < 0 || cfg.KeepSnapshots < 0 || cfg.RetentionInterval < 0 || cfg.CompactRateLimit < 0 || cfg.CompactConcurrency < 0 {
-			return cli.Usagef("--config %s: keep, keep-snapshots, retention-interval, compaction-ratelimit and compaction-concurrency must not be negative", o.configPath)
+		cfg.CompactFileTarget, cfg.CompactGrace = file.CompactionFileTarget.n, file.CompactionGrace.Duration
+		if cfg.Keep < 0 || cfg.KeepSnapshots < 0 || cfg.RetentionInterval < 0 || cfg.CompactRateLimit < 0 || cfg.CompactConcurrency < 0 ||
+			cfg.CompactFileTarget < 0 || cfg.CompactGrace < 0 {
+			return cli.Usagef("--config %s: keep, keep-snapshots, retention-interval and the compaction settings must not be negative", o.configPath)
 		}
 		if file.LogLevel != "" && !changed("log-level") {
 			o.logLevel = file.LogLevel

@@ -107,6 +107,8 @@ connect-timeout = "20s"
 	require.Equal(t, time.Hour, o.cfg.RetentionInterval)
 	require.False(t, o.cfg.NoCompaction)
 	require.Equal(t, int64(100<<20), o.cfg.CompactRateLimit)
+	require.Equal(t, int64(128<<20), o.cfg.CompactFileTarget)
+	require.Equal(t, time.Hour, o.cfg.CompactGrace)
 	var d duration
 	require.Error(t, d.UnmarshalText([]byte("1.5d")))
 	ao := agentOptions{configPath: filepath.Join("..", "..", "deploy", "agent.toml"), logLevel: "info"}
