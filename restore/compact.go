@@ -289,9 +289,14 @@ func mergeInto(ctx context.Context, st storage.Storage, inputs []FileRef, maxTS 
 	files, err := flush.WriteFiles(ctx, st, src, flush.FileOptions{
 		FileTarget:        o.FileTarget,
 		UploadConcurrency: max(o.Concurrency/2, 1),
-		Writer:            logfile.WriterOptions{},
-		Total:             logical,
-		Path:              func(id string) string { return logfile.CompactedDataPath(maxTS, id) },
+		// Row groups of at most an eighth of the target, as the agents'
+		// and snapshots' files: a file is cut once its bytes written
+		// reach the target, and a row group's bytes are written when it
+		// ends, so 8 MiB row groups overshot a small target by up to
+		// 8 MiB of rows.
+		Writer: logfile.WriterOptions{RowGroupBytes: max(min(logfile.DefaultRowGroupBytes, o.FileTarget/8), 1)},
+		Total:  logical,
+		Path:   func(id string) string { return logfile.CompactedDataPath(maxTS, id) },
 	})
 	if cerr := src.Close(); err == nil && cerr != nil {
 		err = cerr

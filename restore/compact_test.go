@@ -158,6 +158,31 @@ func TestCompact(t *testing.T) {
 // TestCompactKilledAtEachStep: a compaction stopped after its outputs, its
 // meta, or either half of its clean-up leaves a root that reads the same,
 // and later runs finish the work without leaving a file behind.
+// TestCompactFileTarget: the outputs are cut at the target (all but the
+// last at least that, none over twice it), whatever the target.
+func TestCompactFileTarget(t *testing.T) {
+	ctx := context.Background()
+	b, _ := compactBackup(t)
+	const target = 4 << 10
+	res, err := Compact(ctx, b.st, CompactOptions{FileTarget: target})
+	require.NoError(t, err)
+	t.Log(res.Summary())
+	require.GreaterOrEqual(t, res.OutputFiles, 3, "%d bytes of input in files of %d", res.InputBytes, target)
+	var files []*pitrpb.DataFile
+	for _, m := range mustLoad(t, b.st).Metas {
+		if m.Supersedes != nil {
+			files = append(files, m.Meta.GetFiles()...)
+		}
+	}
+	require.Len(t, files, res.OutputFiles)
+	for i, f := range files {
+		if i < len(files)-1 {
+			require.GreaterOrEqual(t, f.GetSize(), int64(target), "output %d", i)
+		}
+		require.Less(t, f.GetSize(), int64(2*target), "output %d", i)
+	}
+}
+
 func TestCompactKilledAtEachStep(t *testing.T) {
 	ctx := context.Background()
 	later := func() time.Time { return time.Now().Add(2 * DefaultCompactGrace) }
