@@ -86,7 +86,8 @@ type Config struct {
 	// NoCompaction turns off the compaction of each task's log in the
 	// same pass (restore.Compact), which is on by default;
 	// CompactRateLimit bounds its storage bytes per second (0: none) and
-	// CompactConcurrency its files read at once (0: restore's default).
+	// CompactConcurrency its files read and key-range parts merged at once
+	// (restore.CompactOptions.Concurrency; 0: restore's default).
 	// CompactFileTarget is the size of its output files (0: restore's
 	// default, 128 MiB) and CompactGrace how long superseded metas and
 	// their files stay after their compacted meta (0:

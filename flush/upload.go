@@ -211,8 +211,20 @@ func WriteFiles(ctx context.Context, up Uploader, src logfile.Iterator, o FileOp
 			return err
 		}
 		var done, inFile int64 // logical bytes written: in all, in the current file
+		var lastKey []byte
+		cutDue := false // the current file is full: cut it at the next key
 		for src.Next() {
 			r := src.Row()
+			// A key's versions stay in one file, so the files of one
+			// write do not overlap (a cut between two versions of a key
+			// would make both files hold it).
+			if cutDue && !bytes.Equal(r.Key, lastKey) {
+				if err := finish(cur); err != nil {
+					return abort(err)
+				}
+				cur, inFile, cutDue = nil, 0, false
+			}
+			lastKey = append(lastKey[:0], r.Key...)
 			done += r.LogicalSize()
 			inFile += r.LogicalSize()
 			if cur == nil {
@@ -233,14 +245,9 @@ func WriteFiles(ctx context.Context, up Uploader, src logfile.Iterator, o FileOp
 			// the target: the tail joins this file instead, so every file
 			// of a flush but the last is ≥ FileTarget and the last is not
 			// a sliver.
-			if cur.out.n >= o.FileTarget {
+			if !cutDue && cur.out.n >= o.FileTarget {
 				left := float64(total-done) * float64(cur.out.n) / float64(max(inFile, 1))
-				if left >= float64(o.FileTarget)/2 || total <= done {
-					if err := finish(cur); err != nil {
-						return abort(err)
-					}
-					cur, inFile = nil, 0
-				}
+				cutDue = left >= float64(o.FileTarget)/2 || total <= done
 			}
 		}
 		if err := src.Err(); err != nil {

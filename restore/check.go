@@ -19,6 +19,12 @@ import (
 // ErrCorrupt). Of several bad files the first in the given order is
 // reported. onBytes, when set, is called with the bytes read as they are.
 func checkFiles(ctx context.Context, src sources, files []FileRef, concurrency int, onBytes func(int64)) error {
+	return checkEach(ctx, src, files, concurrency, onBytes, nil)
+}
+
+// checkEach is checkFiles that also copies each file i whose keep(i) is
+// not nil into it as it reads (one read serves the check and the caller).
+func checkEach(ctx context.Context, src sources, files []FileRef, concurrency int, onBytes func(int64), keep func(i int) *bytes.Buffer) error {
 	if concurrency < 1 {
 		concurrency = 1
 	}
@@ -38,7 +44,11 @@ func checkFiles(ctx context.Context, src sources, files []FileRef, concurrency i
 				if i >= int64(len(files)) || i > firstBad.Load() || ctx.Err() != nil {
 					return
 				}
-				if err := checkFile(ctx, src.of(files[i]), files[i], onBytes); err != nil {
+				var w *bytes.Buffer
+				if keep != nil {
+					w = keep(int(i))
+				}
+				if err := checkFile(ctx, src.of(files[i]), files[i], onBytes, w); err != nil {
 					errs[i] = err
 					for {
 						cur := firstBad.Load()
@@ -65,7 +75,7 @@ const hashBufSize = 1 << 20
 
 var hashBufs = sync.Pool{New: func() any { b := make([]byte, hashBufSize); return &b }}
 
-func checkFile(ctx context.Context, src Source, f FileRef, onBytes func(int64)) error {
+func checkFile(ctx context.Context, src Source, f FileRef, onBytes func(int64), w *bytes.Buffer) error {
 	path := f.Key()
 	rc, err := src.NewReader(ctx, path)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -82,6 +92,9 @@ func checkFile(ctx context.Context, src Source, f FileRef, onBytes func(int64)) 
 		m, err := rc.Read(*bp)
 		if m > 0 {
 			h.Write((*bp)[:m])
+			if w != nil {
+				w.Write((*bp)[:m])
+			}
 			n += int64(m)
 			if onBytes != nil {
 				onBytes(int64(m))

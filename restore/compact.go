@@ -16,7 +16,6 @@ import (
 	"github.com/pitr-io/pitr/flush"
 	"github.com/pitr-io/pitr/keyspace"
 	"github.com/pitr-io/pitr/logfile"
-	"github.com/pitr-io/pitr/merge"
 	pitrpb "github.com/pitr-io/pitr/proto"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
@@ -56,7 +55,10 @@ type CompactOptions struct {
 	MaxInputs int
 	// Grace: superseded metas and their files, and orphaned outputs, are
 	// deleted once this old (default DefaultCompactGrace).
-	Grace       time.Duration
+	Grace time.Duration
+	// Concurrency bounds the input files read at once and the key-range
+	// parts merged at once (those also by the CPUs; default
+	// DefaultConcurrency).
 	Concurrency int
 	LeaseTTL    time.Duration
 	Progress    io.Writer
@@ -200,10 +202,6 @@ func Compact(ctx context.Context, st storage.Storage, o CompactOptions) (*Compac
 			StartKey: c.Start, EndKey: c.End, FromTs: c.From, ToTs: c.To})
 	}
 
-	srcs := sources{log: st}
-	if err := checkFiles(ctx, srcs, inputs, o.Concurrency, nil); err != nil {
-		return res, err
-	}
 	files, err := mergeInto(ctx, st, inputs, maxTS, o)
 	if err != nil {
 		return res, err
@@ -264,47 +262,6 @@ func sealedChains(b *Backup, until uint64, maxInputs int) [][]MetaFile {
 		files += n
 	}
 	return out
-}
-
-// mergeInto merges the rows of inputs (sorted, duplicates dropped) into
-// new files under compacted/data/.
-func mergeInto(ctx context.Context, st storage.Storage, inputs []FileRef, maxTS uint64, o CompactOptions) ([]*pitrpb.DataFile, error) {
-	var its []logfile.Iterator
-	closeAll := func() {
-		for _, it := range its {
-			_ = it.Close()
-		}
-	}
-	var logical int64
-	for _, f := range inputs {
-		rd, err := openFile(ctx, st, f)
-		if err != nil {
-			closeAll()
-			return nil, err
-		}
-		its = append(its, rd.Iter(nil, nil))
-		logical += f.File.GetLogicalBytes()
-	}
-	src := merge.Merge(its...)
-	files, err := flush.WriteFiles(ctx, st, src, flush.FileOptions{
-		FileTarget:        o.FileTarget,
-		UploadConcurrency: max(o.Concurrency/2, 1),
-		// Row groups of at most an eighth of the target, as the agents'
-		// and snapshots' files: a file is cut once its bytes written
-		// reach the target, and a row group's bytes are written when it
-		// ends, so 8 MiB row groups overshot a small target by up to
-		// 8 MiB of rows.
-		Writer: logfile.WriterOptions{RowGroupBytes: max(min(logfile.DefaultRowGroupBytes, o.FileTarget/8), 1)},
-		Total:  logical,
-		Path:   func(id string) string { return logfile.CompactedDataPath(maxTS, id) },
-	})
-	if cerr := src.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("write compacted files: %w", err)
-	}
-	return files, nil
 }
 
 // collectGarbage deletes, for every compacted meta older than the grace

@@ -14,6 +14,7 @@ import (
 func newCompactCmd() *cobra.Command {
 	var url, until, target string
 	var grace time.Duration
+	var concurrency int
 	var tz tzFlag
 	c := &cobra.Command{
 		Use:   "compact --storage URL [--until TS]",
@@ -36,7 +37,10 @@ Exit status: 4 another process is compacting the root (its lease), 10
 			if url == "" {
 				return cli.Usagef("%s: --storage is required (see '%s --help')", path, path)
 			}
-			o := restore.CompactOptions{Grace: grace, Progress: cmd.ErrOrStderr(),
+			if concurrency < 1 {
+				return cli.Usagef("%s: --concurrency must be at least 1", path)
+			}
+			o := restore.CompactOptions{Grace: grace, Concurrency: concurrency, Progress: cmd.ErrOrStderr(),
 				Logger: hclog.New(&hclog.LoggerOptions{Name: "pitr", Level: hclog.Warn, Output: cmd.ErrOrStderr()})}
 			if until != "" {
 				ts, err := parseTS(cmd.ErrOrStderr(), path, "until", until, &tz)
@@ -72,6 +76,7 @@ Exit status: 4 another process is compacting the root (its lease), 10
 	c.Flags().StringVar(&url, "storage", "", "log backup storage URL")
 	c.Flags().StringVar(&until, "until", "", `compact chains flushed at or before this: TSO, RFC3339, now-1h, or "2026-12-01 21:00:00" in --tz (default: the checkpoint)`)
 	c.Flags().StringVar(&target, "file-target", "128MiB", "size of the merged files")
+	c.Flags().IntVar(&concurrency, "concurrency", restore.DefaultConcurrency, "files read and key-range parts merged at once (parts: no more than the CPUs)")
 	c.Flags().DurationVar(&grace, "grace", restore.DefaultCompactGrace, "keep superseded metas and files this long after their compacted meta (longer than any restore)")
 	tz.register(c.Flags())
 	return c
