@@ -173,36 +173,28 @@ func TestVolumeBackupKilledWhilePaused(t *testing.T) {
 	require.NotEqual(t, float64(0), limit())
 	// The child's provider blocks in Snapshot: it is between pause and
 	// resume until killed.
-	require.Eventually(t, func() bool {
+	// gcHeld reports whether a volume backup holds a GC safepoint (ok:
+	// PD answered).
+	gcHeld := func() (held, ok bool) {
 		sps, err := c.P.PD.ServiceSafePoints(ctx)
 		if err != nil {
-			return false
+			return false, false
 		}
 		for id := range sps {
 			if strings.HasPrefix(id, "pitr-volume-backup-") {
-				return true
+				return true, true
 			}
 		}
-		return false
-	}, time.Minute, 50*time.Millisecond, "the child holds GC: %s", &stderr)
+		return false, true
+	}
+	require.Eventually(t, func() bool { held, _ := gcHeld(); return held }, time.Minute, 50*time.Millisecond, "the child holds GC: %s", &stderr)
 	require.Eventually(t, func() bool { return limit() == float64(0) }, 10*time.Second, 50*time.Millisecond, "the child set PD's scheduling limits to 0")
 	require.True(t, c.P.PD.SchedulerPaused("balance-region-scheduler"), "the child paused the balance schedulers")
 	require.NoError(t, child.Process.Signal(syscall.SIGKILL))
 	var ee *exec.ExitError
 	require.ErrorAs(t, child.Wait(), &ee)
 	killed := time.Now()
-	require.Eventually(t, func() bool {
-		sps, err := c.P.PD.ServiceSafePoints(ctx)
-		if err != nil {
-			return false
-		}
-		for id := range sps {
-			if strings.HasPrefix(id, "pitr-volume-backup-") {
-				return false
-			}
-		}
-		return true
-	}, 20*time.Second, 200*time.Millisecond, "the killed backup's GC hold lapses")
+	require.Eventually(t, func() bool { held, ok := gcHeld(); return ok && !held }, 20*time.Second, 200*time.Millisecond, "the killed backup's GC hold lapses")
 	require.Eventually(t, func() bool { return limit() != float64(0) }, 20*time.Second, 200*time.Millisecond, "the killed backup's scheduling limits lapse")
 	require.Eventually(t, func() bool { return !c.P.PD.SchedulerPaused("balance-region-scheduler") }, 20*time.Second, 200*time.Millisecond,
 		"the killed backup's scheduler pause lapses")

@@ -309,8 +309,15 @@ func Backup(ctx context.Context, o BackupOptions) (res *BackupResult, err error)
 	var total int64
 	for i, st := range stores {
 		vs := &pitrpb.VolumeStore{StoreId: st.StoreID, InstanceId: st.Instance}
-		for j, v := range st.Volumes {
-			s := done[i][j]
+		byVolume := map[string]volume.Snapshot{}
+		for _, s := range done[i] {
+			byVolume[s.VolumeID] = s
+		}
+		for _, v := range st.Volumes {
+			s, ok := byVolume[v.ID]
+			if !ok {
+				return nil, fmt.Errorf("%w: %s returned no snapshot of volume %s of store %d (the snapshots taken are kept: %s)", ErrSnapshot, o.Provider.Name(), v.ID, st.StoreID, snapshotIDs(done))
+			}
 			total += s.Bytes
 			vs.Volumes = append(vs.Volumes, &pitrpb.VolumeSnapshot{VolumeId: v.ID, Type: v.Type, MountPath: v.MountPath, SnapshotId: s.ID, VolumeAz: v.Zone, Bytes: s.Bytes})
 		}
