@@ -283,9 +283,33 @@ func (s *recoverData) state() (*recovery, *recoveringStore, error) {
 }
 
 func (s *recoverData) ReadRegionMeta(_ *recoverdatapb.ReadRegionMetaRequest, stream recoverdatapb.RecoverData_ReadRegionMetaServer) error {
-	_, st, err := s.state()
+	rec, st, err := s.state()
 	if err != nil {
 		return err
+	}
+	rec.mu.Lock()
+	built := rec.built && rec.err == nil
+	rec.mu.Unlock()
+	if built {
+		// A rerun of the protocol (BR's data phase retried before PD's
+		// marker was cleared): TiKV keeps no "recovered" state and
+		// reports its peers as they are now (services.rs read_region_meta
+		// collects the local regions each time), here the built
+		// cluster's, all at the shared engine's index.
+		applied := s.p.Engine.AppliedIndex()
+		for _, r := range s.p.Cluster.Regions() {
+			pr := r.PeerOn(s.storeID)
+			if pr == nil {
+				continue
+			}
+			if err := stream.Send(&recoverdatapb.RegionMeta{
+				RegionId: r.ID, PeerId: pr.GetId(), LastLogTerm: lastLogTerm, LastIndex: applied, CommitIndex: applied,
+				Version: r.Epoch.GetVersion(), StartKey: r.StartKey, EndKey: r.EndKey,
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	for _, r := range st.meta.Regions {
 		// Keys as the region's local state holds them: memcomparable
@@ -326,7 +350,16 @@ func (s *recoverData) RecoverRegion(stream recoverdatapb.RecoverData_RecoverRegi
 	rec.mu.Lock()
 	if rec.built {
 		rec.mu.Unlock()
-		return status.Error(codes.FailedPrecondition, "the cluster is already recovered")
+		// A rerun: TiKV forces the named peers to lead again and waits
+		// for them (services.rs recover_region, LeaderKeeper); the built
+		// cluster has no stale peer to tombstone.
+		for rid := range leaders {
+			if err := s.p.Cluster.TransferLeader(rid, s.storeID); err != nil {
+				return stream.SendAndClose(&recoverdatapb.RecoverRegionResponse{StoreId: s.storeID,
+					Error: &recoverdatapb.Error{Msg: fmt.Sprintf("region %d: %v", rid, err)}})
+			}
+		}
+		return stream.SendAndClose(&recoverdatapb.RecoverRegionResponse{StoreId: s.storeID})
 	}
 	st.leaders, st.tombstone = leaders, tomb
 	if !st.reported {
