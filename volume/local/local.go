@@ -7,18 +7,22 @@
 //
 // A snapshot is taken as EBS takes one: its point in time is fixed when
 // Snapshot returns, without pausing or flushing the writer, and its data
-// is copied afterwards (State Pending until then). Snapshot hard-links
-// every file of the store's volumes into the snapshot and records each
-// file's size, in one pass, and repeats the pass while it sees a file
-// created, removed or replaced during it. Afterwards the copier copies
-// each file's first <size> bytes and drops the links.
+// is copied afterwards (State Pending until then). Snapshot lists each
+// volume, then hard-links every listed file into the snapshot in reverse
+// name order and records its size, skipping a file deleted since the
+// listing. Afterwards the copier copies each file's first <size> bytes
+// and drops the links.
 //
-// The copy is a crash state of the volumes when their writers only append
-// to files or replace them whole by rename, and append to one file at a
-// time (a WAL), deleting a file only when nothing older needs it — the
-// rule the playground's engine and region metas keep (playground/mvcc
-// doc.go). A link keeps a renamed-over or deleted file's old contents,
-// and the recorded size cuts the one file being appended.
+// The copy is a crash state of a volume whose writer keeps the rule of
+// the playground's engine and region metas (playground/mvcc doc.go,
+// playground/volumes.go): files are only appended to (one at a time: a
+// WAL) or replaced whole by rename; the file that records how far the log
+// is applied (a checkpoint) is written after the log it covers, deletes
+// only log files it no longer needs, and sorts before them by name.
+// Linked last, it is at least as new as every log file linked before it,
+// so a log file deleted meanwhile was not needed; a link keeps the
+// contents a file had when linked, and the recorded sizes cut the file
+// being appended. Files created after the listing are after the cut.
 //
 // Layout under the root:
 //
@@ -51,10 +55,6 @@ import (
 
 // Name is the provider's name as --provider spells it.
 const Name = "local"
-
-// passAttempts bounds the link passes of one Snapshot: a pass is repeated
-// when a file was created, removed or replaced during it.
-const passAttempts = 20
 
 // Provider is the local provider. Its copiers run in this process; a
 // snapshot a dead process left pending is finished by the next Status.
@@ -126,17 +126,10 @@ func newID(prefix string) string {
 
 func (p *Provider) snapDir(id string) string { return filepath.Join(p.root, "snapshots", id) }
 
-// seen is one file as a pass saw it.
-type seen struct {
-	ino  uint64
-	size int64
-}
-
 // list walks a volume: its directories and regular files, by relative
 // path. Anything else (a symlink, a device) is refused: a copy could not
 // stand for it.
-func list(dir string) (dirs []string, files map[string]seen, err error) {
-	files = map[string]seen{}
+func list(dir string) (dirs, files []string, err error) {
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) && path != dir {
 			return nil // removed while walked: the second listing decides
@@ -158,28 +151,14 @@ func list(dir string) (dirs []string, files map[string]seen, err error) {
 		case !d.Type().IsRegular():
 			return fmt.Errorf("%s is not a regular file or directory", path)
 		}
-		info, err := d.Info()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		files[rel] = seen{ino: inode(info), size: info.Size()}
+		files = append(files, rel)
 		return nil
 	})
 	return dirs, files, err
 }
 
-func inode(fi fs.FileInfo) uint64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
-}
-
 // Snapshot implements volume.Provider: one link pass over every volume of
-// st, repeated until no file was created, removed or replaced during it.
+// st.
 func (p *Provider) Snapshot(ctx context.Context, st volume.Store, tags map[string]string) ([]volume.Snapshot, error) {
 	if len(st.Volumes) == 0 {
 		return nil, perr(fmt.Sprintf("snapshot store %d", st.StoreID), errors.New("no volumes"))
@@ -195,100 +174,80 @@ func (p *Provider) Snapshot(ctx context.Context, st volume.Store, tags map[strin
 		}
 	}
 	op := fmt.Sprintf("snapshot store %d", st.StoreID)
-	for attempt := 1; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return nil, perr(op, err)
+	ids, cuts, err := p.pass(st, tags)
+	if err != nil {
+		for _, id := range ids {
+			_ = os.RemoveAll(p.snapDir(id))
 		}
-		ids, cuts, stable, err := p.pass(st, tags)
-		if err != nil {
-			return nil, perr(op, err)
-		}
-		if !stable {
-			for _, id := range ids {
-				_ = os.RemoveAll(p.snapDir(id))
-			}
-			if attempt == passAttempts {
-				return nil, perr(op, fmt.Errorf("files kept being created or replaced during %d link passes", passAttempts))
-			}
-			continue
-		}
-		out := make([]volume.Snapshot, len(ids))
-		for i, id := range ids {
-			if err := writeJSON(filepath.Join(p.snapDir(id), "cut.json"), cuts[i]); err != nil {
-				return nil, perr(op, err)
-			}
-			p.startCopier(id, cuts[i])
-			out[i] = volume.Snapshot{ID: id, VolumeID: cuts[i].Volume.ID, State: volume.Pending, Bytes: cuts[i].bytes()}
-		}
-		return out, nil
+		return nil, perr(op, err)
 	}
+	out := make([]volume.Snapshot, len(ids))
+	for i, id := range ids {
+		if err := writeJSON(filepath.Join(p.snapDir(id), "cut.json"), cuts[i]); err != nil {
+			return nil, perr(op, err)
+		}
+		p.startCopier(id, cuts[i])
+		out[i] = volume.Snapshot{ID: id, VolumeID: cuts[i].Volume.ID, State: volume.Pending, Bytes: cuts[i].bytes()}
+	}
+	return out, nil
 }
 
-// pass links every file of st's volumes into new snapshot dirs. stable
-// is false when a second listing after the links differs in names or
-// inodes from the first (a file was created, removed or renamed over).
-func (p *Provider) pass(st volume.Store, tags map[string]string) (ids []string, cuts []*cut, stable bool, err error) {
-	type vol struct {
-		dirs  []string
-		files map[string]seen
-	}
-	before := make([]vol, len(st.Volumes))
-	for i, v := range st.Volumes {
-		if before[i].dirs, before[i].files, err = list(v.ID); err != nil {
-			return nil, nil, false, err
-		}
-	}
+// pass links every file of st's volumes into new snapshot dirs, each
+// volume's in reverse name order, skipping a listed file that is gone by
+// the time it is linked (see the package doc for why that is a crash
+// state).
+func (p *Provider) pass(st volume.Store, tags map[string]string) (ids []string, cuts []*cut, err error) {
 	now := time.Now().UnixMilli()
-	for i, v := range st.Volumes {
+	for _, v := range st.Volumes {
+		dirs, files, err := list(v.ID)
+		if err != nil {
+			return ids, nil, err
+		}
 		id := newID("snap-")
 		ids = append(ids, id)
 		links := filepath.Join(p.snapDir(id), "links")
 		if err := os.MkdirAll(links, 0o755); err != nil {
-			return ids, nil, false, err
+			return ids, nil, err
 		}
-		c := &cut{Volume: v, Dirs: before[i].dirs, Tags: tags, CreatedUnix: now}
-		names := make([]string, 0, len(before[i].files))
-		for rel := range before[i].files {
-			names = append(names, rel)
-		}
-		sort.Strings(names)
-		for n, rel := range names {
-			link := filepath.Join(links, fmt.Sprint(n))
-			if err := os.Link(filepath.Join(v.ID, filepath.FromSlash(rel)), link); err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return ids, nil, false, nil // removed since the listing
-				}
+		c := &cut{Volume: v, Dirs: dirs, Tags: tags, CreatedUnix: now}
+		sort.Sort(sort.Reverse(sort.StringSlice(files)))
+		for _, rel := range files {
+			link := filepath.Join(links, fmt.Sprint(len(c.Files)))
+			gone, err := linkFile(filepath.Join(v.ID, filepath.FromSlash(rel)), link)
+			if gone {
+				continue // deleted since the listing: superseded
+			}
+			if err != nil {
 				if errors.Is(err, syscall.EXDEV) {
-					return ids, nil, false, fmt.Errorf("the provider root %s is not on the filesystem of volume %s (snapshots begin as hard links)", p.root, v.ID)
+					return ids, nil, fmt.Errorf("the provider root %s is not on the filesystem of volume %s (snapshots begin as hard links)", p.root, v.ID)
 				}
-				return ids, nil, false, err
+				return ids, nil, err
 			}
 			fi, err := os.Stat(link)
 			if err != nil {
-				return ids, nil, false, err
-			}
-			if inode(fi) != before[i].files[rel].ino {
-				return ids, nil, false, nil // replaced since the listing
+				return ids, nil, err
 			}
 			c.Files = append(c.Files, cutFile{Path: rel, Size: fi.Size()})
 		}
 		cuts = append(cuts, c)
 	}
-	for i, v := range st.Volumes {
-		_, after, err := list(v.ID)
-		if err != nil {
-			return ids, nil, false, err
+	return ids, cuts, nil
+}
+
+// linkFile hard-links src at dst. gone: src no longer exists. Linux's
+// link(2) also answers ENOENT when src was renamed over between the name
+// lookup and the link (the old inode has no name left), so ENOENT is
+// retried while the name exists.
+func linkFile(src, dst string) (gone bool, err error) {
+	for try := 0; ; try++ {
+		err := os.Link(src, dst)
+		if !errors.Is(err, fs.ErrNotExist) || try == 1000 {
+			return false, err
 		}
-		if len(after) != len(before[i].files) {
-			return ids, nil, false, nil
-		}
-		for rel, s := range after {
-			if b, ok := before[i].files[rel]; !ok || b.ino != s.ino {
-				return ids, nil, false, nil
-			}
+		if _, serr := os.Lstat(src); errors.Is(serr, fs.ErrNotExist) {
+			return true, nil
 		}
 	}
-	return ids, cuts, true, nil
 }
 
 // startCopier copies a snapshot's linked files in the background, unless
