@@ -185,17 +185,18 @@ func printBackup(w io.Writer, url string, res *snapshot.Result) {
 		keyspace.Format(res.BackupTS), url, res.Root, resumed, res.Ranges, res.ByAgents, res.Files, storage.FormatBytes(res.Bytes), res.Kvs, res.Duration.Round(time.Millisecond))
 }
 
-// backupErr maps the backup's errors to exit statuses.
+// backupErr maps the errors of the backup commands (snapshot and volume)
+// and of restore volume's own steps to exit statuses.
 func backupErr(cmd *cobra.Command, err error) error {
 	code := cli.ExitFailure
 	switch {
-	case errors.Is(err, snapshot.ErrConflict):
+	case errors.Is(err, snapshot.ErrConflict), errors.Is(err, volsnap.ErrNotRecovering):
 		code = cli.ExitConflict
 	case errors.Is(err, snapshot.ErrChecksum), errors.Is(err, logfile.ErrCorrupt):
 		code = cli.ExitCorrupt
 	case errors.Is(err, logfile.ErrFormat):
 		code = cli.ExitFormat
-	case errors.Is(err, snapshot.ErrInvalid):
+	case errors.Is(err, snapshot.ErrInvalid), errors.Is(err, volsnap.ErrInvalid):
 		code = cli.ExitUsage
 	case errors.Is(err, coordinator.ErrUnavailable):
 		code = cli.ExitUnavailable

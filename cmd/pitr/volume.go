@@ -13,7 +13,6 @@ import (
 	"github.com/pitr-io/pitr/cmd/internal/cli"
 	"github.com/pitr-io/pitr/connector"
 	"github.com/pitr-io/pitr/keyspace"
-	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/storage"
 	"github.com/pitr-io/pitr/volsnap"
@@ -155,7 +154,7 @@ func runBackupVolume(cmd *cobra.Command, o *volumeBackupOptions) error {
 	}
 	res, err := volsnap.Backup(ctx, bo)
 	if err != nil {
-		return volumeErr(cmd, err)
+		return backupErr(cmd, err)
 	}
 	printVolumeBackup(cmd.OutOrStdout(), st.URL(), res)
 	return nil
@@ -167,23 +166,6 @@ func printVolumeBackup(w io.Writer, url string, res *volsnap.BackupResult) {
 		storage.FormatBytes(res.Bytes), res.Paused.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
 }
 
-// volumeErr maps the volume commands' errors to exit statuses.
-func volumeErr(cmd *cobra.Command, err error) error {
-	code := cli.ExitFailure
-	switch {
-	case errors.Is(err, volsnap.ErrInvalid):
-		code = cli.ExitUsage
-	case errors.Is(err, volsnap.ErrConflict), errors.Is(err, volsnap.ErrNotRecovering):
-		code = cli.ExitConflict
-	case errors.Is(err, volsnap.ErrUnavailable):
-		code = cli.ExitUnavailable
-	case errors.Is(err, logfile.ErrCorrupt):
-		code = cli.ExitCorrupt
-	case errors.Is(err, logfile.ErrFormat):
-		code = cli.ExitFormat
-	}
-	return cli.WithExit(code, &lineError{msg: cmd.CommandPath() + ": " + oneLine(err), err: err})
-}
 
 // volumeRestoreOptions are the flags of `pitr restore volume`.
 type volumeRestoreOptions struct {
@@ -265,7 +247,7 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 	st := rs.opts.Source.(storage.Storage)
 	infos, err := volsnap.List(ctx, st)
 	if err != nil {
-		return volumeErr(cmd, err)
+		return backupErr(cmd, err)
 	}
 	var pinned uint64
 	if o.volumeFile != "" {
@@ -310,7 +292,7 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 		}
 		vf, err := volsnap.Prepare(ctx, po)
 		if err != nil {
-			return volumeErr(cmd, err)
+			return backupErr(cmd, err)
 		}
 		if err := volsnap.WriteVolumeFile(o.output, vf); err != nil {
 			return cli.WithExit(cli.ExitFailure, fmt.Errorf("%s: write --output %s (the volumes are made and PD is marked): %v", path, o.output, err))
@@ -345,7 +327,7 @@ func runRestoreVolume(cmd *cobra.Command, o *volumeRestoreOptions) error {
 	if err != nil && res == nil {
 		if errors.Is(err, volsnap.ErrNotRecovering) || errors.Is(err, volsnap.ErrRecovery) || errors.Is(err, volsnap.ErrInvalid) ||
 			errors.Is(err, volsnap.ErrUnavailable) {
-			return volumeErr(cmd, err)
+			return backupErr(cmd, err)
 		}
 		return restoreError(path, err)
 	}
