@@ -438,15 +438,10 @@ func readMinResolvedTS(ctx context.Context, hc *http.Client, t connector.TLS, ad
 		MinResolvedTS uint64 `json:"min_resolved_ts"`
 		IsRealTime    bool   `json:"is_real_time"`
 	}
-	var errs []error
-	for _, a := range addrs {
-		err := restore.CallJSON(ctx, hc, http.MethodGet, connector.URL(t, strings.TrimSuffix(a, "/"), "/pd/api/v1/min-resolved-ts"), nil, &body)
-		if err == nil {
-			return body.MinResolvedTS, body.IsRealTime, nil
-		}
-		errs = append(errs, err)
+	if err := (pdHTTP{hc: hc, tls: t, addrs: addrs}).call(ctx, http.MethodGet, "/pd/api/v1/min-resolved-ts", nil, &body); err != nil {
+		return 0, false, fmt.Errorf("read PD's min resolved ts: %w", err)
 	}
-	return 0, false, fmt.Errorf("%w: read PD's min resolved ts: %v", ErrUnavailable, errors.Join(errs...))
+	return body.MinResolvedTS, body.IsRealTime, nil
 }
 
 // snapshotAll starts every store's snapshot at once: the stores' points
