@@ -166,7 +166,6 @@ func printVolumeBackup(w io.Writer, url string, res *volsnap.BackupResult) {
 		storage.FormatBytes(res.Bytes), res.Paused.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
 }
 
-
 // volumeRestoreOptions are the flags of `pitr restore volume`.
 type volumeRestoreOptions struct {
 	restoreOptions
