@@ -102,6 +102,16 @@ func TestVolumeCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "recovered 3 stores")
 	require.Contains(t, out, "no log in")
+	// PD allocates above every id the restored stores hold (base-alloc-id),
+	// so a new region or peer cannot take one of theirs.
+	next, err := dst.Cluster.AllocID()
+	require.NoError(t, err)
+	for _, r := range dst.Cluster.Regions() {
+		require.Greater(t, next, r.ID, "region %d", r.ID)
+		for _, pr := range r.Peers {
+			require.Greater(t, next, pr.GetId(), "peer %d of region %d", pr.GetId(), r.ID)
+		}
+	}
 	// A rerun finds the recovery done.
 	out, err = run("restore", "volume", "--storage", root, "--pd", tpd, "--to", fmt.Sprint(B), "--volume-file", prepared, "--no-progress")
 	require.NoError(t, err)

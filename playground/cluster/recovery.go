@@ -20,17 +20,18 @@ import (
 
 // BeginRecovery replaces the stores by storeIDs (down, no address) and
 // empties the region book; peers maps a region id to the stores whose raft
-// volume holds a peer of it. Ids allocated from now on are above every
-// store id.
+// volume holds a peer of it.
+//
+// Neither this nor InstallRecovered moves the id allocator: PD learns the
+// restored ids only from POST admin/base-alloc-id (BR sets it above every
+// id the stores reported, tikv/pd server/api/admin.go recoverAllocID), so
+// a recovery that skips it allocates ids the restored regions hold.
 func (c *Cluster) BeginRecovery(storeIDs []uint64, peers map[uint64][]uint64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stores = map[uint64]*Store{}
 	for _, id := range storeIDs {
 		c.stores[id] = &Store{ID: id}
-		if id >= c.nextID {
-			c.nextID = id + 1
-		}
 	}
 	c.regions = nil
 	c.before = map[uint64]*Region{}
@@ -78,16 +79,6 @@ func (c *Cluster) InstallRecovered(regions []*Region) error {
 	c.regions = rs
 	c.recoveryPeers = nil
 	c.elected = leaders
-	for _, r := range rs {
-		for _, p := range r.Peers {
-			if p.Id >= c.nextID {
-				c.nextID = p.Id + 1
-			}
-		}
-		if r.ID >= c.nextID {
-			c.nextID = r.ID + 1
-		}
-	}
 	return c.saveLocked()
 }
 
