@@ -17,6 +17,7 @@ import (
 
 	"github.com/pitr-io/pitr/agent"
 	"github.com/pitr-io/pitr/coordinator"
+	"github.com/pitr-io/pitr/logfile"
 	"github.com/pitr-io/pitr/restore"
 	"github.com/pitr-io/pitr/snapshot"
 	"github.com/pitr-io/pitr/storage"
@@ -271,6 +272,16 @@ func (p *Pipeline) Checkpoint() (uint64, error) {
 	return task.Checkpoint(p.Ctx, p.Clients.Etcd, p.Task)
 }
 
+// StoredCheckpoint reads the task's checkpoint/global from its storage.
+func (p *Pipeline) StoredCheckpoint() (uint64, error) {
+	b, err := p.Backup().Get(p.Ctx, logfile.CheckpointPath)
+	if err != nil {
+		return 0, err
+	}
+	gc, err := logfile.DecodeCheckpoint(b)
+	return gc.GetTs(), err
+}
+
 // WaitCheckpoint waits until the task's checkpoint reaches ts and returns
 // it. On a timeout it fails the TB with the task's status (the slowest
 // ranges and why) and the locks the source's CDC trackers hold at or below
@@ -283,7 +294,15 @@ func (p *Pipeline) WaitCheckpoint(ts uint64, limit time.Duration) uint64 {
 	for {
 		cp, err := p.Checkpoint()
 		if err == nil && cp >= ts {
-			return cp
+			// The coordinator writes checkpoint/global, which restore and
+			// verify read, in the background after etcd's: a checkpoint
+			// that jumped (a lock resolved) is in etcd a moment before it
+			// is in storage. The storage's is returned, once it is there.
+			var stored uint64
+			if stored, err = p.StoredCheckpoint(); err == nil && stored >= ts {
+				return stored
+			}
+			err = fmt.Errorf("etcd has %d, storage %d (%v)", cp, stored, err)
 		}
 		if time.Now().After(deadline) {
 			var b strings.Builder
