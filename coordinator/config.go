@@ -97,6 +97,9 @@ type Config struct {
 	CompactConcurrency int
 	CompactFileTarget  int64
 	CompactGrace       time.Duration
+	// CompactSealIdle: a store's newest chain is compacted too once idle
+	// this long (0: restore.DefaultSealIdle).
+	CompactSealIdle time.Duration
 	// KV is the client-go store of scheduled snapshots (nil: New makes
 	// one on PDAddrs when SnapshotInterval is set).
 	KV *tikv.KVStore
@@ -189,7 +192,7 @@ func (c *Config) Validate() error {
 		return bad("safepoint TTL %s is below PD's 1s granularity", c.SafePointTTL)
 	case c.SessionTTL < time.Second:
 		return bad("session TTL %s is below etcd's 1s granularity", c.SessionTTL)
-	case c.CompactFileTarget < 0 || c.CompactGrace < 0:
+	case c.CompactFileTarget < 0 || c.CompactGrace < 0 || c.CompactSealIdle < 0:
 		return bad("compaction file target %d and grace %s must not be negative", c.CompactFileTarget, c.CompactGrace)
 	case c.MaxSlow < 0:
 		return bad("max slow %d is negative", c.MaxSlow)

@@ -158,7 +158,7 @@ func (r *retention) compact(rec *pitrpb.TaskRecord) error {
 	}
 	defer st.Close()
 	res, err := restore.Compact(r.ctx, st, restore.CompactOptions{Concurrency: cfg.CompactConcurrency,
-		FileTarget: cfg.CompactFileTarget, Grace: cfg.CompactGrace, Logger: r.log})
+		FileTarget: cfg.CompactFileTarget, Grace: cfg.CompactGrace, SealIdle: cfg.CompactSealIdle, Logger: r.log})
 	switch {
 	case errors.Is(err, snapshot.ErrConflict):
 		r.log.Info("compaction skipped: another process is compacting", "task", rec.GetInfo().GetName(), "reason", err)

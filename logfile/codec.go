@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -29,10 +30,18 @@ const FormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V2)
 // coverage is a chain (coverage.go). Other objects stay at FormatVersion.
 const MetaFormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V3)
 
+// CompactedFormatVersion is the version of a compacted meta that carries
+// chain heads or supersedes compacted metas: 3. One with neither is
+// written as FormatVersion, which earlier builds read.
+const CompactedFormatVersion = uint32(pitrpb.FormatVersion_FORMAT_VERSION_V3)
+
 // maxVersion is the newest version of an object kind this build reads.
 func maxVersion(kind byte) uint32 {
-	if kind == kindMeta {
+	switch kind {
+	case kindMeta:
 		return MetaFormatVersion
+	case kindCompacted:
+		return CompactedFormatVersion
 	}
 	return FormatVersion
 }
@@ -330,7 +339,14 @@ func DecodeTruncation(b []byte) (*pitrpb.Truncation, error) {
 
 // EncodeCompactedMeta returns the bytes of a compacted meta.
 func EncodeCompactedMeta(m *pitrpb.CompactedMeta) ([]byte, error) {
-	return encodeListing("compacted meta", kindCompacted, m, func(c *pitrpb.CompactedMeta) { c.FormatVersion = FormatVersion })
+	return encodeListing("compacted meta", kindCompacted, m, func(c *pitrpb.CompactedMeta) {
+		// A build that reads only version 2 would ignore the heads, and
+		// read a superseded compacted meta as live: it is refused instead.
+		c.FormatVersion = FormatVersion
+		if len(c.GetHeads()) > 0 || slices.ContainsFunc(c.GetSupersedes(), IsCompactedMetaPath) {
+			c.FormatVersion = CompactedFormatVersion
+		}
+	})
 }
 
 // DecodeCompactedMeta verifies and parses a compacted meta.

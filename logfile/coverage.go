@@ -210,6 +210,41 @@ func (r *CoverageReader) Add(path string, m *pitrpb.Meta) error {
 	return nil
 }
 
+// Seed makes h a chain head the reader has seen: a later meta whose
+// prev_meta is h's meta continues it. h is what a compacted meta recorded
+// of a chain it superseded (pitrpb.ChainHead); its coverage is the
+// compacted meta's, so each region here starts empty at its to_ts. A head
+// already there (from a meta, or an earlier seed) is kept.
+func (r *CoverageReader) Seed(h *pitrpb.ChainHead) {
+	if _, ok := r.chains[h.GetMetaPath()]; ok {
+		return
+	}
+	st := make(chainState, len(h.GetRegions()))
+	for _, rc := range h.GetRegions() {
+		c := coverOf(rc)
+		c.From = c.To
+		st[rc.GetRegionId()] = c
+	}
+	r.chains[h.GetMetaPath()] = &readChain{st: st, store: h.GetStoreId()}
+}
+
+// Head returns the state of the chain whose last meta added is path, as a
+// ChainHead (nil when no chain ends there): what a compacted meta that
+// supersedes the chain keeps for a meta that may still continue it.
+func (r *CoverageReader) Head(path string) *pitrpb.ChainHead {
+	ch, ok := r.chains[path]
+	if !ok {
+		return nil
+	}
+	h := &pitrpb.ChainHead{MetaPath: path, StoreId: ch.store}
+	for id, c := range ch.st {
+		h.Regions = append(h.Regions, &pitrpb.RegionCoverage{RegionId: id, EpochVersion: c.Version, EpochConfVer: c.ConfVer,
+			StartKey: c.Start, EndKey: c.End, FromTs: c.From, ToTs: c.To})
+	}
+	slices.SortFunc(h.Regions, func(a, b *pitrpb.RegionCoverage) int { return cmp.Compare(a.GetRegionId(), b.GetRegionId()) })
+	return h
+}
+
 // AddCovers adds coverage that belongs to no chain (a compacted meta's).
 func (r *CoverageReader) AddCovers(rcs []*pitrpb.RegionCoverage) {
 	for _, rc := range rcs {
@@ -256,9 +291,11 @@ func (r *CoverageReader) Covers() []Cover {
 	}
 	r.chains = nil
 	r.mergeOut()
-	out := make([]Cover, len(r.out))
-	for i, c := range r.out {
-		out[i] = *c
+	out := make([]Cover, 0, len(r.out))
+	for _, c := range r.out {
+		if c.To > c.From { // a seeded head nothing continued covers nothing
+			out = append(out, *c)
+		}
 	}
 	return out
 }

@@ -32,6 +32,13 @@ func CompactedMetaPath(maxFlushTS uint64, id string) string {
 	return fmt.Sprintf("%s%016x-%s.meta", CompactedPrefix, maxFlushTS, id)
 }
 
+// IsCompactedMetaPath reports whether p is a compacted meta's path
+// (compacted/<…>.meta, not under compacted/data/).
+func IsCompactedMetaPath(p string) bool {
+	rest, ok := strings.CutPrefix(p, CompactedPrefix)
+	return ok && strings.HasSuffix(rest, ".meta") && !strings.Contains(rest, "/")
+}
+
 // CompactedDataPath is where a compacted meta's data files live:
 //
 //	compacted/data/<max_flush_ts:016x>/<id>.parquet

@@ -42,6 +42,11 @@ type Backup struct {
 	Metas []MetaFile
 	// Coverage is the metas' coverage, merged (logfile.CoverageReader).
 	Coverage []logfile.Cover
+	// Superseded are the compacted metas another compacted meta
+	// supersedes, still in storage until its grace period ends: not in
+	// Metas or Coverage, kept for the clean-up (their files are still
+	// referenced).
+	Superseded []MetaFile
 	// Truncation is the truncation record (pitr truncate), nil when the
 	// log was never truncated; TruncatedTo its until_ts.
 	Truncation  *pitrpb.Truncation
@@ -49,16 +54,21 @@ type Backup struct {
 }
 
 // MetaFile is one meta and where it was read from. A compacted meta
-// (compacted/…) is one too, with its files, FlushTs its newest input's
-// and Supersedes the metas it replaces; Pending says some of those are
+// (compacted/…) is one too, with its files, FlushTs its newest input's,
+// Supersedes the metas (and compacted metas) it replaces and Heads the
+// chains of those its agent may continue; Pending says some of those are
 // still in storage (pitr compact deletes them after a grace period).
 type MetaFile struct {
 	Path       string
 	Meta       *pitrpb.Meta
 	Supersedes []string
+	Heads      []*pitrpb.ChainHead
 	Pending    bool
 	Created    time.Time // a compacted meta's
 }
+
+// IsCompacted reports whether m is a compacted meta.
+func (m MetaFile) IsCompacted() bool { return logfile.IsCompactedMetaPath(m.Path) }
 
 // metaConcurrency bounds the metas read at once, metaBatch the metas
 // whose coverage is held before it is applied.
@@ -116,10 +126,33 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A compacted meta another one supersedes is read no more (pitr
+	// compact merges only compacted metas none of whose own inputs are
+	// left, so nothing it supersedes is there to be hidden too).
+	hidden := map[string]bool{}
+	for _, c := range compacted {
+		for _, p := range c.Supersedes {
+			if logfile.IsCompactedMetaPath(p) {
+				hidden[p] = true
+			}
+		}
+	}
+	live := compacted[:0:0]
+	for _, c := range compacted {
+		if hidden[c.Path] {
+			b.Superseded = append(b.Superseded, c.MetaFile)
+		} else {
+			live = append(live, c)
+		}
+	}
+	compacted = live
 	superseded := map[string]int{} // meta path → the compacted meta replacing it
 	for i, c := range compacted {
 		for _, p := range c.Supersedes {
 			superseded[p] = i
+			if hidden[p] {
+				compacted[i].Pending = true
+			}
 		}
 	}
 	var paths []string
@@ -145,6 +178,7 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	// Of several problems the first in path order is reported, so the
 	// answer does not depend on timing.
 	cov := logfile.NewCoverageReader()
+	seedHeads(cov, compacted)
 	for lo := 0; lo < len(paths); lo += metaBatch {
 		batch := paths[lo:min(lo+metaBatch, len(paths))]
 		errs := make([]error, len(batch))
@@ -174,6 +208,16 @@ func Load(ctx context.Context, src Source) (*Backup, error) {
 	}
 	b.Coverage = cov.Covers()
 	return b, nil
+}
+
+// seedHeads gives cov the chain heads of compacted metas, so that a meta
+// continuing a superseded meta reads as the chain it continues.
+func seedHeads(cov *logfile.CoverageReader, compacted []compactedFile) {
+	for _, c := range compacted {
+		for _, h := range c.Heads {
+			cov.Seed(h)
+		}
+	}
 }
 
 // compactedFile is a compacted meta as Load reads it.
@@ -206,7 +250,7 @@ func loadCompacted(ctx context.Context, src Source, task string) ([]compactedFil
 		}
 		out = append(out, compactedFile{
 			MetaFile: MetaFile{Path: p, Meta: &pitrpb.Meta{FormatVersion: m.GetFormatVersion(), FlushTs: m.GetMaxFlushTs(), Task: m.GetTask(), Files: m.GetFiles()},
-				Supersedes: m.GetSupersedes(), Created: time.UnixMilli(m.GetCreatedUnixMs())},
+				Supersedes: m.GetSupersedes(), Heads: m.GetHeads(), Created: time.UnixMilli(m.GetCreatedUnixMs())},
 			cov: m.GetCoverage(),
 		})
 	}

@@ -12,10 +12,13 @@ type metaChain struct {
 }
 
 // compacted reports whether c is a compacted meta.
-func (c *metaChain) compacted() bool { return c.metas[0].Supersedes != nil }
+func (c *metaChain) compacted() bool { return c.metas[0].IsCompacted() }
 
 // flushedBy reports whether every meta of c was flushed at or before ts.
-func (c *metaChain) flushedBy(ts uint64) bool { return c.metas[len(c.metas)-1].Meta.GetFlushTs() <= ts }
+func (c *metaChain) flushedBy(ts uint64) bool { return c.lastFlush() <= ts }
+
+// lastFlush is the flush ts of c's last meta.
+func (c *metaChain) lastFlush() uint64 { return c.metas[len(c.metas)-1].Meta.GetFlushTs() }
 
 // changesAfter reports whether a file of c holds a change after ts.
 func (c *metaChain) changesAfter(ts uint64) bool {
@@ -36,7 +39,7 @@ func chainsOf(b *Backup) []*metaChain {
 	of := map[string]*metaChain{}     // meta path → its chain
 	newest := map[uint64]*metaChain{} // store → its newest chain
 	for _, m := range b.Metas {
-		if m.Supersedes != nil {
+		if m.IsCompacted() {
 			chains = append(chains, &metaChain{metas: []MetaFile{m}})
 			continue
 		}

@@ -28,8 +28,8 @@ func compactBackup(t *testing.T) (*testBackup, uint64) {
 	rng := rand.New(rand.NewSource(7))
 	var last []logfile.Row
 	for w := uint64(1); w <= 12; w++ {
-		for store, end := range map[uint64]string{1: "k050", 2: ""} {
-			start := map[uint64]string{1: "", 2: "k050"}[store]
+		for _, store := range []uint64{1, 2} { // in order: the same root every time
+			start, end := map[uint64]string{1: "", 2: "k050"}[store], map[uint64]string{1: "k050", 2: ""}[store]
 			var rows []logfile.Row
 			for i := 0; i < 40; i++ {
 				k := rng.Intn(50) + 50*int(store-1)

@@ -162,7 +162,7 @@ func DescribeLog(ctx context.Context, src Source, window time.Duration) (*LogInf
 	seen := map[string]bool{}
 	for _, m := range b.Metas {
 		switch {
-		case m.Supersedes != nil:
+		case m.IsCompacted():
 			li.Compacted++
 		case m.Meta.GetFormatVersion() < logfile.MetaFormatVersion:
 			li.Legacy++

@@ -114,7 +114,7 @@ func Truncate(ctx context.Context, st storage.Storage, until uint64, o TruncateO
 	s := base.BackupTS
 	res.UntilTS, res.Snapshot = s, base.Root
 
-	metas, files := truncatable(b, s)
+	metas, files, heads := truncatable(b, s)
 	res.Metas = len(metas)
 	for _, f := range files {
 		res.Files++
@@ -163,6 +163,15 @@ func Truncate(ctx context.Context, st storage.Storage, until uint64, o TruncateO
 	written = fmt.Sprintf("the restorable range already starts at %s", keyspace.Format(s))
 	if err := step(1); err != nil {
 		return nil, fail(err)
+	}
+	if len(heads) > 0 {
+		// Chain heads a store's agent may still continue outlive the
+		// compacted metas removed: a compacted meta of heads alone.
+		p, err := writeHeads(ctx, st, b.Task.GetName(), heads)
+		if err != nil {
+			return nil, fail(err)
+		}
+		say("truncate: kept %d chain heads in %s", len(heads), p)
 	}
 	for _, f := range files {
 		if err := deleteObject(ctx, st, f.GetPath()); err != nil {
@@ -215,9 +224,33 @@ func deleteObject(ctx context.Context, st storage.Storage, key string) error {
 	return nil
 }
 
+// writeHeads stores heads as a compacted meta of their own.
+func writeHeads(ctx context.Context, st storage.Storage, task string, heads []*pitrpb.ChainHead) (string, error) {
+	var maxTS uint64
+	for _, h := range heads {
+		ts, _, _ := logfile.ParseMetaPath(h.GetMetaPath())
+		maxTS = max(maxTS, ts)
+	}
+	id, err := randomID()
+	if err != nil {
+		return "", err
+	}
+	raw, err := logfile.EncodeCompactedMeta(&pitrpb.CompactedMeta{Task: task, Heads: heads, MinFlushTs: maxTS, MaxFlushTs: maxTS, CreatedUnixMs: time.Now().UnixMilli()})
+	if err != nil {
+		return "", err
+	}
+	p := logfile.CompactedMetaPath(maxTS, id)
+	if err := st.Put(ctx, p, raw); err != nil {
+		return "", fmt.Errorf("write %s: %w", p, err)
+	}
+	return p, nil
+}
+
 // truncatable returns the metas of b that no restore from s or later needs,
-// in the order to delete them (each chain last to first), and their files.
-func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile) {
+// in the order to delete them (each chain last to first), their files, and
+// the chain heads of the compacted metas among them that a meta may still
+// continue (headNeeded) and no kept compacted meta holds.
+func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile, heads []*pitrpb.ChainHead) {
 	chains := chainsOf(b)
 	// A store's newest chain stays (its agent may continue it), and a
 	// compacted meta while the metas it supersedes are still there (its
@@ -226,11 +259,15 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 		return c.newest || c.metas[0].Pending || !c.flushedBy(s) || c.changesAfter(s)
 	}
 	kept := map[string]bool{}
+	keptHeads := map[string]bool{}
 	for _, c := range chains {
 		if keep(c) {
 			for _, m := range c.metas {
 				for _, f := range m.Meta.GetFiles() {
 					kept[f.GetPath()] = true
+				}
+				for _, h := range m.Heads {
+					keptHeads[h.GetMetaPath()] = true
 				}
 			}
 		}
@@ -242,6 +279,12 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 		}
 		for _, m := range slices.Backward(c.metas) {
 			metas = append(metas, m.Path)
+			for _, h := range m.Heads {
+				if !keptHeads[h.GetMetaPath()] && headNeeded(b, h, nil) {
+					keptHeads[h.GetMetaPath()] = true
+					heads = append(heads, h)
+				}
+			}
 		}
 		for _, m := range c.metas {
 			for _, f := range m.Meta.GetFiles() {
@@ -252,5 +295,5 @@ func truncatable(b *Backup, s uint64) (metas []string, files []*pitrpb.DataFile)
 			}
 		}
 	}
-	return metas, files
+	return metas, files, heads
 }

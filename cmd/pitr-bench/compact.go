@@ -137,7 +137,7 @@ func runCompactBench(ctx context.Context, env *Env) ([]Row, error) {
 		// many goroutines as it may use, in the same unit (file bytes in).
 		inputs = nil
 		for _, m := range after.Metas {
-			if m.Supersedes == nil {
+			if !m.IsCompacted() {
 				continue
 			}
 			sup := map[string]bool{}

@@ -13,14 +13,16 @@ import (
 
 func newCompactCmd() *cobra.Command {
 	var url, until, target string
-	var grace time.Duration
+	var grace, sealIdle time.Duration
 	var concurrency int
 	var tz tzFlag
 	c := &cobra.Command{
 		Use:   "compact --storage URL [--until TS]",
 		Short: "Merge small log files into restore-ready files",
 		Long: `Merge the data files of the sealed chains of metas (those their agent has
-moved on from, flushed at or before --until, default the checkpoint) into
+moved on from, or idle for --seal-idle, flushed at or before --until,
+default the checkpoint), and of earlier compacted metas under half the
+target, into
 sorted, de-duplicated files of --file-target bytes, and write one compacted
 meta that supersedes those metas: restores then read a few large files
 instead of many small ones, and return exactly what they returned before.
@@ -56,6 +58,13 @@ Exit status: 4 another process is compacting the root (its lease), 10
 				}
 				o.FileTarget = n
 			}
+			if sealIdle < 0 {
+				return cli.Usagef("%s: --seal-idle must not be negative", path)
+			}
+			o.SealIdle = sealIdle
+			if sealIdle == 0 {
+				o.SealIdle = -1 // every chain, whatever its age
+			}
 			if grace < 0 {
 				return cli.Usagef("%s: --grace must not be negative", path)
 			}
@@ -77,6 +86,7 @@ Exit status: 4 another process is compacting the root (its lease), 10
 	c.Flags().StringVar(&until, "until", "", `compact chains flushed at or before this: TSO, RFC3339, now-1h, or "2026-12-01 21:00:00" in --tz (default: the checkpoint)`)
 	c.Flags().StringVar(&target, "file-target", "128MiB", "size of the merged files")
 	c.Flags().IntVar(&concurrency, "concurrency", restore.DefaultConcurrency, "files read and key-range parts merged at once (parts: no more than the CPUs)")
+	c.Flags().DurationVar(&sealIdle, "seal-idle", restore.DefaultSealIdle, "compact a store's newest chain too once it is idle this long before --until (0: whatever its age)")
 	c.Flags().DurationVar(&grace, "grace", restore.DefaultCompactGrace, "keep superseded metas and files this long after their compacted meta (longer than any restore)")
 	tz.register(c.Flags())
 	return c

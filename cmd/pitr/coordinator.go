@@ -50,6 +50,9 @@ type coordinatorFile struct {
 	CompactionConcurrency int      `toml:"compaction-concurrency"`
 	CompactionFileTarget  size     `toml:"compaction-file-target"`
 	CompactionGrace       duration `toml:"compaction-grace"`
+	// CompactionSealIdle ("10m"): a store's newest chain is compacted too
+	// once idle this long (pitr compact's --seal-idle).
+	CompactionSealIdle duration `toml:"compaction-seal-idle"`
 	// Security: TLS to the cluster and to the agents.
 	Security securityFile `toml:"security"`
 }
@@ -127,8 +130,9 @@ func loadCoordinatorOptions(o *coordinatorOptions, changed func(string) bool, pd
 		cfg.NoCompaction = file.Compaction != nil && !*file.Compaction
 		cfg.CompactRateLimit, cfg.CompactConcurrency = file.CompactionRateLimit.n, file.CompactionConcurrency
 		cfg.CompactFileTarget, cfg.CompactGrace = file.CompactionFileTarget.n, file.CompactionGrace.Duration
+		cfg.CompactSealIdle = file.CompactionSealIdle.Duration
 		if cfg.Keep < 0 || cfg.KeepSnapshots < 0 || cfg.RetentionInterval < 0 || cfg.CompactRateLimit < 0 || cfg.CompactConcurrency < 0 ||
-			cfg.CompactFileTarget < 0 || cfg.CompactGrace < 0 {
+			cfg.CompactFileTarget < 0 || cfg.CompactGrace < 0 || cfg.CompactSealIdle < 0 {
 			return cli.Usagef("--config %s: keep, keep-snapshots, retention-interval and the compaction settings must not be negative", o.configPath)
 		}
 		if file.LogLevel != "" && !changed("log-level") {
