@@ -80,8 +80,8 @@ func PD(ctx context.Context, c Config) (pd.Client, error) {
 	timeout := c.timeout()
 	retries := max(int(timeout/time.Second), 1)
 	sec := pd.SecurityOption{CAPath: c.TLS.CA, CertPath: c.TLS.Cert, KeyPath: c.TLS.Key}
-	return openWithin(ctx, timeout, "connect to PD "+c.addrs(), func() (pd.Client, error) {
-		return pd.NewClientWithContext(context.Background(), caller.Component(c.Component), c.pdAddrs(), sec,
+	return openWithin(ctx, timeout, "connect to PD "+c.addrs(), func(octx context.Context) (pd.Client, error) {
+		return pd.NewClientWithContext(octx, caller.Component(c.Component), c.pdAddrs(), sec,
 			opt.WithMaxErrorRetry(retries), opt.WithInitMetricsOption(false),
 			opt.WithCustomTimeoutOption(min(timeout, 5*time.Second)))
 	}, func(p pd.Client) { p.Close() })
@@ -128,7 +128,7 @@ func KV(ctx context.Context, c Config) (*txnkv.Client, error) {
 		return nil, err
 	}
 	timeout := c.timeout()
-	return openWithin(ctx, timeout, "connect client-go to PD "+c.addrs(), func() (*txnkv.Client, error) {
+	return openWithin(ctx, timeout, "connect client-go to PD "+c.addrs(), func(context.Context) (*txnkv.Client, error) {
 		// NewClient sometimes fails at once (a cancelled RPC while its PD
 		// client starts, seen with several clusters in one process): a
 		// failure that comes quickly is retried twice; one that took its
@@ -265,14 +265,19 @@ func GetTS(ctx context.Context, p TSO) (uint64, error) {
 // waits for it at most timeout (plus a second) or until ctx ends; a client
 // that arrives after the wait gave up is closed. Failures are
 // ErrUnavailable.
-func openWithin[T any](ctx context.Context, timeout time.Duration, what string, open func() (T, error), closeIt func(T)) (T, error) {
+func openWithin[T any](ctx context.Context, timeout time.Duration, what string, open func(octx context.Context) (T, error), closeIt func(T)) (T, error) {
 	type result struct {
 		c   T
 		err error
 	}
+	// octx lives as long as the client (the PD client's loops run under
+	// it), and is cancelled only when the caller gives up on it, so a
+	// connection attempt abandoned stops at once instead of running on
+	// with its goroutines (a test's goleak check saw them).
+	octx, abandon := context.WithCancel(context.Background())
 	ch := make(chan result, 1)
 	go func() {
-		c, err := open()
+		c, err := open(octx)
 		ch <- result{c, err}
 	}()
 	t := time.NewTimer(timeout + time.Second)
@@ -281,12 +286,17 @@ func openWithin[T any](ctx context.Context, timeout time.Duration, what string, 
 	select {
 	case r := <-ch:
 		if r.err != nil {
+			abandon()
 			return zero, fmt.Errorf("%w: %s: %v", ErrUnavailable, what, r.err)
 		}
+		// The client keeps octx until it is closed (Close stops what
+		// runs under it); octx is never cancelled then.
+		_ = abandon
 		return r.c, nil
 	case <-t.C:
 	case <-ctx.Done():
 	}
+	abandon()
 	go func() {
 		if r := <-ch; r.err == nil {
 			closeIt(r.c)
